@@ -1,0 +1,201 @@
+"""The engine contract: what an application plugs into the Legion core.
+
+Pure declarations, no I/O. An *engine* says how one partition's state changes
+(``apply``) and how to answer a request against it (``read``, ``coverage``);
+the core decides everything else — which nodes hold which partitions, where a
+request goes, retries, durability of the operation log, and moving
+partitions between nodes. It is Riak Core's vnode behaviour in Python.
+
+Lifecycle, per node process (the *runtime* is the caller of every method):
+
+1. ``__init__(root)`` once, with a directory that belongs to this engine on
+   this node.
+2. ``open(partition, directory)`` for every partition this node holds or is
+   about to receive, before any other call names that partition. After a
+   restart the core opens the partition again and replays, through ``apply``,
+   the logged operations the engine may not have applied yet — so ``apply``
+   must tolerate seeing an operation twice.
+3. ``apply(partition, ops)`` from the node's single writer thread: never two
+   calls at once, ops in arbitrary order (possibly old ones, possibly already
+   applied). Must be idempotent and commutative: after it returns, the
+   partition's state must be durable and equal to the state reached by any
+   other order of the same set of operations.
+4. ``read(partition, query)`` and ``coverage(partition, query)`` from worker
+   threads, possibly while ``apply`` runs on the same partition. They return a
+   msgpack-able value; the engine's HTTP handler receives the replies of
+   several replicas / partitions and merges them.
+5. ``fold(partition)`` when another node takes a copy of the partition
+   (handoff): yields operations which, applied to an empty partition, rebuild
+   this partition's state exactly — tombstones included.
+6. ``close(partition)`` before the core deletes a partition's directory (after
+   the partition moved away) and at shutdown.
+
+HTTP: ``routes()`` declares the engine's endpoints under ``/v1/<name>/``. A
+handler gets an ``HttpRequest`` and the node's ``Cluster`` (the coordinator:
+``write``/``read``/``coverage`` across replicas) and returns an
+``HttpResponse``. Raising a ``LegionError`` gives the matching 4xx/5xx.
+
+CLI: the classmethod ``cli()`` may return a typer app mounted as ``legion <name> …``; its
+commands must talk to the cluster through ``legion.Client`` only.
+
+Engines are found through the ``legion.engines`` entry-point group, so a
+third-party package adds one with no change to ``legion/``.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from legion.errors import BadRequest, ConfigError
+from legion.replication import Operation
+
+ENTRY_POINT_GROUP = "legion.engines"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """An engine handler's view of one HTTP request (already authenticated)."""
+
+    method: str
+    path_params: Mapping[str, str]
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+    request_id: str = ""
+
+    def json(self) -> Any:
+        """The body parsed as JSON; BadRequest if it is not."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+    def int_param(self, name: str, default: int | None = None) -> int | None:
+        """An optional integer query parameter; BadRequest if it is not an integer."""
+        raw = self.query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise BadRequest(f"query parameter {name!r} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What an engine handler answers: status, body bytes, content type, headers."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> HttpResponse:
+        return cls(status=status, body=json.dumps(value).encode(), content_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What ``Cluster.write`` reports once the write met its quorum."""
+
+    partition: int
+    hlc: int
+    acks: int
+    replicas: int
+
+
+class Cluster(Protocol):
+    """The coordinator an engine's HTTP handlers use; implemented by the runtime."""
+
+    node_id: str
+    partitions: int
+
+    def partition_of(self, key: bytes) -> int: ...
+
+    async def write(
+        self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None
+    ) -> WriteResult:
+        """Stamp one operation, send it to every live replica, wait for ``w`` durable appends."""
+        ...
+
+    async def read(self, engine: str, key: bytes, query: Any, *, r: int | None = None) -> list[Any]:
+        """``engine.read`` on ``r`` live replicas of ``key``'s partition; their replies."""
+        ...
+
+    async def coverage(self, engine: str, query: Any) -> list[Any]:
+        """``engine.coverage`` on one live replica of every partition; one reply per partition."""
+        ...
+
+
+Handler = Callable[[HttpRequest, Cluster], Awaitable[HttpResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One HTTP endpoint an engine serves, e.g. ``Route("GET", "/v1/kv/{key}", get)``."""
+
+    method: str
+    path: str
+    handler: Handler
+
+
+class Engine(ABC):
+    """Base class of every engine. See the module docstring for when each method is called."""
+
+    name: ClassVar[str]
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @abstractmethod
+    def open(self, partition: int, directory: Path) -> None:
+        """Open (creating if needed) one partition's state stored under ``directory``."""
+
+    @abstractmethod
+    def close(self, partition: int) -> None:
+        """Release one partition's resources; its files stay on disk."""
+
+    @abstractmethod
+    def apply(self, partition: int, ops: Sequence[Operation]) -> None:
+        """Apply a batch of operations durably, idempotently and commutatively."""
+
+    @abstractmethod
+    def read(self, partition: int, query: Any) -> Any:
+        """Answer a single-partition read; return a msgpack-able value."""
+
+    def coverage(self, partition: int, query: Any) -> Any:
+        """Answer one partition's share of a whole-keyspace request."""
+        raise BadRequest(f"engine {self.name!r} has no coverage requests")
+
+    @abstractmethod
+    def fold(self, partition: int) -> Iterator[Operation]:
+        """Yield operations that rebuild this partition's state on an empty replica."""
+
+    def routes(self) -> Sequence[Route]:
+        """The HTTP endpoints this engine serves."""
+        return ()
+
+    @classmethod
+    def cli(cls) -> Any | None:
+        """A typer app mounted as ``legion <name>``, or None. A classmethod: the CLI needs no node."""
+        return None
+
+
+def load_engines() -> dict[str, type[Engine]]:
+    """Every engine installed under the ``legion.engines`` entry-point group, by name."""
+    found: dict[str, type[Engine]] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        cls = entry.load()
+        if not (isinstance(cls, type) and issubclass(cls, Engine)):
+            raise ConfigError(f"entry point {entry.name!r} does not name an Engine subclass")
+        if cls.name != entry.name:
+            raise ConfigError(f"engine class {cls.__name__} is named {cls.name!r} but registered as {entry.name!r}")
+        found[cls.name] = cls
+    return found

@@ -1,0 +1,46 @@
+"""Every bound Legion runs under, in one place, with units last.
+
+Pure. The relations between the limits are asserted at import so that a bad
+edit fails loudly at start-up rather than as a hang under load.
+"""
+
+from __future__ import annotations
+
+PARTITIONS_DEFAULT = 64
+PARTITIONS_MAX = 4096
+REPLICAS_DEFAULT = 3
+REPLICAS_MAX = 7
+
+KEY_BYTES_MAX = 1024
+VALUE_BYTES_MAX = 4 * 1024 * 1024
+REQUEST_BODY_BYTES_MAX = 8 * 1024 * 1024
+PEER_BODY_BYTES_MAX = 64 * 1024 * 1024
+NODE_ID_CHARS_MAX = 64
+
+REQUEST_DEADLINE_MS = 5_000
+PEER_CONNECT_TIMEOUT_MS = 1_000
+FORWARD_ATTEMPTS_MAX = 3
+
+HEARTBEAT_INTERVAL_MS = 500
+# A member silent for this long is marked down by the claimant.
+FAILURE_TIMEOUT_MS = 3_000
+GOSSIP_INTERVAL_MS = 500
+GOSSIP_FANOUT = 2
+
+HANDOFF_BATCH_OPS_MAX = 2_000
+HANDOFF_RETRY_INTERVAL_MS = 500
+
+WRITE_QUEUE_OPS_MAX = 10_000
+WRITE_BATCH_OPS_MAX = 1_000
+
+# The claimant may drift from another node's wall clock by this much before
+# the hybrid logical clock refuses a remote timestamp as absurd.
+CLOCK_DRIFT_MS_MAX = 60_000
+
+assert PARTITIONS_DEFAULT & (PARTITIONS_DEFAULT - 1) == 0
+assert PARTITIONS_MAX & (PARTITIONS_MAX - 1) == 0
+assert 1 <= REPLICAS_DEFAULT <= REPLICAS_MAX
+assert KEY_BYTES_MAX + VALUE_BYTES_MAX < REQUEST_BODY_BYTES_MAX <= PEER_BODY_BYTES_MAX
+assert HEARTBEAT_INTERVAL_MS * 3 <= FAILURE_TIMEOUT_MS
+assert PEER_CONNECT_TIMEOUT_MS < REQUEST_DEADLINE_MS
+assert WRITE_BATCH_OPS_MAX <= WRITE_QUEUE_OPS_MAX

@@ -1,0 +1,99 @@
+"""Operations and the rules that make replicas converge.
+
+Pure. An ``Operation`` is one change to one key of one engine's partition,
+stamped with a hybrid-logical-clock timestamp and the node that coordinated
+it. Engines define what ``kind`` and ``body`` mean; the core only needs every
+engine's ``apply`` to be idempotent and commutative, so that two replicas that
+have seen the same set of operations hold the same state in whatever order
+the operations arrived. ``supersedes`` is the last-writer-wins order every
+bundled engine uses: a higher timestamp wins, the origin id breaks ties.
+
+Quorum arithmetic lives here too: how many acknowledgements a write needs
+given the preference list it was sent to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgpack
+
+from legion.errors import BadRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One change to one key in one partition of one engine."""
+
+    engine: str
+    partition: int
+    key: bytes
+    hlc: int
+    origin: str
+    kind: str
+    body: bytes = b""
+
+    @property
+    def version(self) -> tuple[int, str]:
+        """The last-writer-wins order: timestamp, then origin node id."""
+        return (self.hlc, self.origin)
+
+    def to_wire(self) -> list[object]:
+        return [self.engine, self.partition, self.key, self.hlc, self.origin, self.kind, self.body]
+
+    @classmethod
+    def from_wire(cls, raw: object) -> Operation:
+        if not isinstance(raw, (list, tuple)) or len(raw) != 7:
+            raise BadRequest("an operation is a list of 7 fields")
+        engine, partition, key, hlc, origin, kind, body = raw
+        if not (
+            isinstance(engine, str)
+            and isinstance(partition, int)
+            and isinstance(key, bytes)
+            and isinstance(hlc, int)
+            and isinstance(origin, str)
+            and isinstance(kind, str)
+            and isinstance(body, bytes)
+        ):
+            raise BadRequest("an operation's fields have the wrong types")
+        return cls(engine, partition, key, hlc, origin, kind, body)
+
+
+def supersedes(a: tuple[int, str], b: tuple[int, str] | None) -> bool:
+    """True if version ``a`` wins over ``b`` under last-writer-wins."""
+    return b is None or a > b
+
+
+def encode_ops(ops: Iterable[Operation]) -> bytes:
+    """A batch of operations as one msgpack body."""
+    return msgpack.packb([op.to_wire() for op in ops], use_bin_type=True)
+
+
+def decode_ops(body: bytes) -> list[Operation]:
+    """The inverse of ``encode_ops``; raises BadRequest on anything malformed."""
+    try:
+        raw = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise BadRequest(f"operations body is not valid msgpack: {exc}") from None
+    if not isinstance(raw, list):
+        raise BadRequest("operations body must be a msgpack list")
+    return [Operation.from_wire(item) for item in raw]
+
+
+def write_quorum(requested: int | None, replicas: int) -> int:
+    """Acknowledgements a write needs: ``requested`` (default: a majority), capped at the replica count."""
+    if replicas < 1:
+        raise BadRequest("no replicas to write to")
+    if requested is None:
+        return min(replicas, max(1, replicas // 2 + 1)) if replicas >= 2 else 1
+    if requested < 1:
+        raise BadRequest(f"w must be at least 1, got {requested}")
+    return min(requested, replicas)
+
+
+def read_quorum(requested: int | None, replicas: int) -> int:
+    """Replies a read needs: ``requested`` (default: a majority), capped at the replica count."""
+    if requested is not None and requested < 1:
+        raise BadRequest(f"r must be at least 1, got {requested}")
+    return write_quorum(requested, replicas)
