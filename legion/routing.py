@@ -1,0 +1,68 @@
+"""Routing decisions: which replicas a request goes to, in what order.
+
+Pure: functions of the cluster state, the set of nodes believed live, and the
+deciding node's id. The coordinator (``legion.runtime.coordinator``) carries
+them out — forwarding with a deadline and retrying the next candidate.
+
+- A write goes to every live owner of the key's partition: the current
+  preference list plus, during a rebalance, the nodes gaining the partition.
+  Only acknowledgements from the current preference list count towards ``W``.
+- A read asks live replicas of the current preference list; the deciding node
+  puts itself first when it holds one (it saves a network hop), the rest keep
+  preference order.
+- A coverage request picks one live replica per partition (itself when it
+  can) and groups the partitions by node, so each node gets one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from legion.cluster_state import ClusterState, owners
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """Who receives a write and who counts towards its quorum."""
+
+    partition: int
+    counted: tuple[str, ...]
+    extra: tuple[str, ...]
+    replicas: int
+
+
+def live_nodes(state: ClusterState, suspects: frozenset[str] | set[str] = frozenset()) -> set[str]:
+    """Members not marked down in the state and not locally suspected."""
+    return {m.id for m in state.members if not m.down and m.status != "removed"} - set(suspects)
+
+
+def write_plan(state: ClusterState, partition: int, live: set[str]) -> WritePlan:
+    current = state.placement[partition]
+    gaining = tuple(n for n in owners(state, partition) if n not in current)
+    return WritePlan(
+        partition=partition,
+        counted=tuple(n for n in current if n in live),
+        extra=tuple(n for n in gaining if n in live),
+        replicas=len(current),
+    )
+
+
+def read_order(state: ClusterState, partition: int, live: set[str], self_id: str) -> tuple[str, ...]:
+    """Live replicas of ``partition`` in the order a read should try them."""
+    current = [n for n in state.placement[partition] if n in live]
+    if self_id in current:
+        current.remove(self_id)
+        current.insert(0, self_id)
+    return tuple(current)
+
+
+def coverage_plan(
+    state: ClusterState, live: set[str], self_id: str, partitions: list[int] | None = None,
+    avoid: frozenset[str] = frozenset(),
+) -> dict[str, list[int]]:
+    """One live replica per partition, grouped by node; partitions with no live replica map to ''."""
+    plan: dict[str, list[int]] = {}
+    for p in range(state.partitions) if partitions is None else partitions:
+        order = [n for n in read_order(state, p, live, self_id) if n not in avoid]
+        plan.setdefault(order[0] if order else "", []).append(p)
+    return plan

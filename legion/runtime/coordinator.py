@@ -1,0 +1,236 @@
+"""The coordinator: carries out routing decisions for one request.
+
+I/O. Implements the ``legion.engine.Cluster`` protocol engines' handlers use:
+
+- ``write`` stamps one operation with this node's hybrid logical clock, sends
+  it to every live owner of its partition at once (the local replica through
+  the log writer, peers over HTTP) and returns as soon as ``W`` replicas of
+  the current preference list have made it durable. Slower replicas keep
+  going in the background, each bounded by the request deadline.
+- ``read`` asks ``R`` replicas (itself first when it holds one), and when one
+  fails asks the next in preference order, until ``R`` replied or none are left.
+- ``coverage`` asks one replica per partition, one call per node, and
+  re-plans the partitions of a node that failed onto the next replicas.
+
+Every peer call carries the request id and the time left before the deadline.
+A peer that fails to connect is *suspected* locally for a short while, so
+later requests skip it without waiting for the failure detector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from legion.engine import WriteResult
+from legion.errors import DeadlineExceeded, LegionError, NotOwner, Unavailable
+from legion.keyspace import key_bytes, partition_of
+from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
+from legion.replication import Operation, encode_ops, read_quorum, write_quorum
+from legion.routing import coverage_plan, live_nodes, read_order, write_plan
+
+if TYPE_CHECKING:
+    from legion.runtime.node import Node
+
+log = logging.getLogger(__name__)
+
+SUSPECT_MS = 1_000
+
+
+class Coordinator:
+    """This node's side of every client request: routing, fan-out, quorum, retries."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._suspects: dict[str, float] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+    @property
+    def partitions(self) -> int:
+        return self.node.state.partitions
+
+    def partition_of(self, key: bytes) -> int:
+        return partition_of(key, self.partitions)
+
+    def live(self) -> set[str]:
+        now = time.monotonic()
+        suspects = {n for n, until in self._suspects.items() if until > now}
+        return live_nodes(self.node.state, suspects) | {self.node_id}
+
+    def suspect(self, node_id: str) -> None:
+        self._suspects[node_id] = time.monotonic() + SUSPECT_MS / 1000
+
+    # --- writes --------------------------------------------------------------
+
+    async def write(self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None) -> WriteResult:
+        key = key_bytes(key)
+        partition = self.partition_of(key)
+        state = self.node.state
+        plan = write_plan(state, partition, self.live())
+        need = write_quorum(w, plan.replicas)
+        if len(plan.counted) < need:
+            raise Unavailable(
+                f"partition {partition}: {len(plan.counted)} of {plan.replicas} replicas are live; the write needs {need}",
+                partition=partition,
+            )
+        op = Operation(engine, partition, key, self.node.clock.now(), self.node_id, kind, body)
+        deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
+        counted = {n: asyncio.ensure_future(self._send_ops(n, [op], deadline)) for n in plan.counted}
+        for n in plan.extra:
+            self._keep(asyncio.ensure_future(self._send_ops(n, [op], deadline)))
+        acks, errors = await self._await_quorum(counted, need)
+        if acks < need:
+            raise Unavailable(
+                f"partition {partition}: only {acks} of {need} required replicas acknowledged the write "
+                f"({'; '.join(errors)})",
+                partition=partition,
+            )
+        return WriteResult(partition=partition, hlc=op.hlc, acks=acks, replicas=plan.replicas)
+
+    async def _await_quorum(self, tasks: dict[str, asyncio.Future[None]], need: int) -> tuple[int, list[str]]:
+        acks, errors = 0, []
+        pending = set(tasks.values())
+        names = {t: n for n, t in tasks.items()}
+        while pending and acks < need:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is None:
+                    acks += 1
+                else:
+                    errors.append(f"{names[task]}: {exc}")
+        for task in pending:
+            self._keep(task)
+        return acks, errors
+
+    async def _send_ops(self, node_id: str, ops: list[Operation], deadline: float) -> None:
+        if node_id == self.node_id:
+            await self.node.accept_ops(ops)
+            return
+        await self._peer(node_id, "POST", "/internal/apply", deadline, data=encode_ops(ops))
+
+    # --- reads ---------------------------------------------------------------
+
+    async def read(self, engine: str, key: bytes, query: Any, *, r: int | None = None) -> list[Any]:
+        key = key_bytes(key)
+        partition = self.partition_of(key)
+        state = self.node.state
+        order = list(read_order(state, partition, self.live(), self.node_id))
+        need = read_quorum(r, len(state.placement[partition]))
+        deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
+        request = {"engine": engine, "partition": partition, "query": query}
+
+        def ask(node_id: str) -> Awaitable[Any]:
+            return self._read_one(node_id, request, deadline)
+
+        replies, errors = await self._gather_first(order, need, ask)
+        if len(replies) < need:
+            raise Unavailable(
+                f"partition {partition}: {len(replies)} of {need} required replicas answered "
+                f"({'; '.join(errors) or 'no live replica'})",
+                partition=partition,
+            )
+        return replies
+
+    async def _gather_first(
+        self, order: list[str], need: int, ask: Callable[[str], Awaitable[Any]]
+    ) -> tuple[list[Any], list[str]]:
+        """Ask ``need`` candidates at once; replace each failure with the next candidate."""
+        replies: list[Any] = []
+        errors: list[str] = []
+        queue = list(order)
+        running: dict[asyncio.Future[Any], str] = {}
+        while len(replies) < need and (queue or running):
+            while queue and len(running) < need - len(replies):
+                node_id = queue.pop(0)
+                running[asyncio.ensure_future(ask(node_id))] = node_id
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                node_id = running.pop(task)
+                exc = task.exception()
+                if exc is None:
+                    replies.append(task.result())
+                else:
+                    errors.append(f"{node_id}: {exc}")
+        for task in running:
+            task.cancel()
+        return replies, errors
+
+    async def _read_one(self, node_id: str, request: dict[str, Any], deadline: float) -> Any:
+        if node_id == self.node_id:
+            return await self.node.local_read(request["engine"], request["partition"], request["query"])
+        body = msgpack.packb(request, use_bin_type=True)
+        raw = await self._peer(node_id, "POST", "/internal/read", deadline, data=body)
+        return msgpack.unpackb(raw, raw=False)
+
+    # --- coverage ------------------------------------------------------------
+
+    async def coverage(self, engine: str, query: Any) -> list[Any]:
+        deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
+        state = self.node.state
+        results: dict[int, Any] = {}
+        failed: set[str] = set()
+        todo = list(range(state.partitions))
+        for _attempt in range(FORWARD_ATTEMPTS_MAX):
+            plan = coverage_plan(state, self.live(), self.node_id, todo, avoid=frozenset(failed))
+            if "" in plan:
+                break
+            calls = {n: asyncio.ensure_future(self._coverage_one(n, engine, parts, query, deadline)) for n, parts in plan.items()}
+            await asyncio.wait(calls.values())
+            todo = []
+            for node_id, task in calls.items():
+                if task.exception() is None:
+                    results.update(zip(plan[node_id], task.result()))
+                else:
+                    failed.add(node_id)
+                    todo.extend(plan[node_id])
+            if not todo:
+                break
+        missing = [p for p in range(state.partitions) if p not in results]
+        if missing:
+            raise Unavailable(f"no live replica answered for partitions {missing[:10]}", partitions=missing[:50])
+        return [results[p] for p in range(state.partitions)]
+
+    async def _coverage_one(self, node_id: str, engine: str, partitions: list[int], query: Any, deadline: float) -> list[Any]:
+        if node_id == self.node_id:
+            return await self.node.local_coverage(engine, partitions, query)
+        body = msgpack.packb({"engine": engine, "partitions": partitions, "query": query}, use_bin_type=True)
+        raw = await self._peer(node_id, "POST", "/internal/coverage", deadline, data=body)
+        return msgpack.unpackb(raw, raw=False)
+
+    # --- peers ---------------------------------------------------------------
+
+    async def _peer(self, node_id: str, method: str, path: str, deadline: float, data: bytes) -> bytes:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            raise DeadlineExceeded(f"deadline passed before contacting {node_id}")
+        url = self.node.state.url_of(node_id) + path
+        try:
+            return await self.node.peers.call(method, url, data=data, timeout_ms=remaining_ms)
+        except (Unavailable, DeadlineExceeded):
+            self.suspect(node_id)
+            raise
+        except NotOwner:
+            # The peer's view of the placement differs from ours: fetch the newer state soon.
+            self.node.request_gossip()
+            raise
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        """Let a task finish in the background, logging rather than losing its failure."""
+        self._background.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None and not isinstance(t.exception(), LegionError):
+                log.warning("background replica write failed: %r", t.exception())
+
+        task.add_done_callback(done)

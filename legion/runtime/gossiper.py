@@ -1,0 +1,107 @@
+"""The gossiper: heartbeats, cluster-state dissemination, and claimant duties.
+
+I/O. Every ``GOSSIP_INTERVAL_MS`` the node exchanges a digest (epoch and
+committer) with every other member; a successful exchange is a heartbeat.
+Whoever holds the newer state sends it whole, so the cluster converges on the
+highest epoch within a round or two. After each round the claimant — and
+only the claimant, after its start-up grace period — turns the failure
+detector's verdicts into state changes (``down`` / back up) and commits a
+finished rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from legion import cluster_state as cs
+from legion.errors import LegionError
+from legion.limits import GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS
+from legion.membership import liveness_verdicts
+
+if TYPE_CHECKING:
+    from legion.runtime.node import Node
+
+log = logging.getLogger(__name__)
+
+
+class Gossiper:
+    """Runs the gossip loop of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="gossip")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def push_soon(self) -> None:
+        """Run a round now rather than at the next tick (after a state change)."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        interval_s = min(GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS) / 1000
+        while True:
+            try:
+                await self.round()
+                self.claimant_duties()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gossip round failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def round(self) -> None:
+        state = self.node.state
+        peers = [m for m in state.members if m.id != self.node.node_id and m.status != cs.REMOVED]
+        await asyncio.gather(*(self._exchange(m.id, m.url) for m in peers))
+
+    async def _exchange(self, peer_id: str, url: str) -> None:
+        state = self.node.state
+        digest: dict[str, Any] = {"node_id": self.node.node_id, "epoch": state.epoch, "committed_by": state.committed_by}
+        try:
+            raw = await self.node.peers.call(
+                "POST", url + "/internal/gossip", json_body=digest, timeout_ms=HEARTBEAT_INTERVAL_MS * 2
+            )
+            reply = json.loads(raw)
+            self.node.heard_from(peer_id)
+            if reply.get("state") is not None:
+                theirs = cs.from_dict(reply["state"])
+                if not self.node.adopt(theirs) and cs.newer(self.node.state, theirs):
+                    # They are behind: send ours whole.
+                    await self.node.peers.call(
+                        "POST",
+                        url + "/internal/gossip",
+                        json_body={**digest, "state": cs.to_dict(self.node.state)},
+                        timeout_ms=HEARTBEAT_INTERVAL_MS * 2,
+                    )
+        except LegionError as exc:
+            log.debug("gossip with %s failed: %s", peer_id, exc)
+
+    def claimant_duties(self) -> None:
+        """Mark members down or back up, and commit a rebalance whose handoffs are done."""
+        node = self.node
+        if not node.may_claim():
+            return
+        state = node.state
+        new = state
+        for member_id, down in liveness_verdicts(state, node.alive()).items():
+            log.info("marking %s %s", member_id, "down" if down else "up")
+            new = cs.set_down(new, member_id, down)
+        new = cs.try_commit(new)
+        committed = cs.commit(state, new, node.node_id)
+        if committed is not state:
+            node.adopt(committed)
+            self.push_soon()

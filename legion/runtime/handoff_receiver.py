@@ -1,0 +1,124 @@
+"""The handoff receiver: pulls the partitions this node is gaining.
+
+I/O. Whenever the cluster state changes, the receiver compares the pending
+placement with the current one: for every partition this node gains, it
+streams a fold of the partition from a live current replica (``/internal/
+fold``), applies it through the log writer like any other write, and reports
+the partition ready to the claimant. Writes that arrive during the pull are
+applied too; operations are idempotent and commutative, so the order does not
+matter. The claimant commits the new placement once every gaining node has
+reported; the receiver then drops the partitions this node no longer holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import msgpack
+
+from legion import cluster_state as cs
+from legion.errors import LegionError, Unavailable
+from legion.limits import HANDOFF_RETRY_INTERVAL_MS, PEER_BODY_BYTES_MAX
+from legion.replication import Operation
+from legion.routing import read_order
+
+if TYPE_CHECKING:
+    from legion.runtime.node import Node
+
+log = logging.getLogger(__name__)
+
+
+class HandoffReceiver:
+    """Runs the handoff loop of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # Partitions already copied for the pending placement in force, so a failed report is retried without pulling again.
+        self._pulled: set[int] = set()
+        self._pulled_for: object = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="handoff")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.node.reconcile()
+                await self.pull_gained()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("handoff round failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=HANDOFF_RETRY_INTERVAL_MS / 1000)
+            except asyncio.TimeoutError:
+                pass
+
+    def wanted(self) -> list[int]:
+        state = self.node.state
+        me = self.node.node_id
+        return sorted(p for p, n in cs.gained_slots(state.placement, state.pending) - state.ready if n == me)
+
+    async def pull_gained(self) -> None:
+        wanted = self.wanted()
+        if self._pulled_for != self.node.state.pending:
+            self._pulled, self._pulled_for = set(), self.node.state.pending
+        if not wanted:
+            return
+        for p in wanted:
+            if p in self._pulled:
+                continue
+            try:
+                await self.pull(p)
+                self._pulled.add(p)
+            except LegionError as exc:
+                log.warning("pulling partition %d failed, will retry: %s", p, exc)
+        done = [p for p in wanted if p in self._pulled]
+        if done:
+            await self.report(done)
+
+    async def pull(self, partition: int) -> None:
+        """Copy every engine's share of ``partition`` from a live current replica."""
+        node = self.node
+        sources = [n for n in read_order(node.state, partition, node.coordinator.live(), node.node_id) if n != node.node_id]
+        if not sources:
+            raise Unavailable(f"no live replica to pull partition {partition} from")
+        for engine in node.engines:
+            await node.writer.ensure_open(engine, partition)
+            await self._pull_engine(sources[0], engine, partition)
+        log.info("pulled partition %d from %s", partition, sources[0])
+
+    async def _pull_engine(self, source: str, engine: str, partition: int) -> None:
+        node = self.node
+        url = f"{node.state.url_of(source)}/internal/fold?engine={engine}&partition={partition}"
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=PEER_BODY_BYTES_MAX)
+        async for chunk in node.peers.stream(url):
+            unpacker.feed(chunk)
+            for batch in unpacker:
+                await node.writer.submit([Operation.from_wire(raw) for raw in batch])
+
+    async def report(self, partitions: list[int]) -> None:
+        node = self.node
+        body = {"node_id": node.node_id, "partitions": partitions}
+        target = node.claimant()
+        if target == node.node_id:
+            await node.change_state(lambda s: cs.try_commit(cs.mark_ready(s, node.node_id, partitions)))
+            return
+        if target is None:
+            raise Unavailable("no claimant to report handoff to")
+        raw = await node.peers.call("POST", node.state.url_of(target) + "/internal/handoff-done", json_body=body)
+        node.adopt(cs.from_dict(json.loads(raw)["state"]))

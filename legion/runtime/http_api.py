@@ -1,0 +1,218 @@
+"""The HTTP endpoints a node serves: cluster API, peer API, engine routes.
+
+I/O, and thin: each handler parses and checks its input (raising
+``BadRequest`` with what to fix), calls the node or its coordinator, and
+encodes the answer. Errors become responses in ``transport`` only.
+
+Client API (JSON): ``GET /v1/health``, ``GET /v1/cluster``,
+``POST /v1/cluster/join``, ``POST /v1/cluster/remove``, plus every engine's
+routes. Peer API (msgpack bodies, same token): ``/internal/gossip``,
+``/internal/apply``, ``/internal/read``, ``/internal/coverage``,
+``/internal/fold`` (streamed) and ``/internal/handoff-done``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from legion import cluster_state as cs
+from legion.engine import HttpRequest, Route
+from legion.errors import BadRequest
+from legion.limits import HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX
+from legion.replication import decode_ops
+from legion.runtime.node import Node, _Forward, check_node_id
+from legion.runtime.transport import read_body, read_json
+
+URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+MSGPACK = "application/msgpack"
+FOLD_STALL_S = 60
+
+
+def add_routes(app: web.Application, node: Node) -> None:
+    api = _Api(node)
+    app.router.add_get("/v1/health", api.health)
+    app.router.add_get("/v1/cluster", api.cluster)
+    app.router.add_post("/v1/cluster/join", api.join)
+    app.router.add_post("/v1/cluster/remove", api.remove)
+    app.router.add_post("/internal/gossip", api.gossip)
+    app.router.add_post("/internal/apply", api.apply)
+    app.router.add_post("/internal/read", api.read)
+    app.router.add_post("/internal/coverage", api.coverage)
+    app.router.add_get("/internal/fold", api.fold)
+    app.router.add_post("/internal/handoff-done", api.handoff_done)
+    for engine in node.engines.values():
+        for route in engine.routes():
+            if not route.path.startswith(f"/v1/{engine.name}"):
+                raise ValueError(f"engine {engine.name!r} route {route.path!r} must live under /v1/{engine.name}")
+            app.router.add_route(route.method, route.path, _engine_handler(node, route))
+
+
+def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        req = HttpRequest(
+            method=request.method,
+            path_params=dict(request.match_info),
+            query=dict(request.query),
+            headers=dict(request.headers),
+            body=await read_body(request),
+            request_id=request.get("request_id", ""),
+        )
+        resp = await route.handler(req, node.coordinator)
+        headers = {**resp.headers, "Content-Type": resp.content_type}
+        return web.Response(status=resp.status, body=resp.body, headers=headers)
+
+    return handle
+
+
+def _msgpack_response(value: Any) -> web.Response:
+    return web.Response(body=msgpack.packb(value, use_bin_type=True), content_type=MSGPACK)
+
+
+async def _read_msgpack(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request, PEER_BODY_BYTES_MAX)
+    try:
+        value = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise BadRequest(f"body is not valid msgpack: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("body must be a msgpack map")
+    return value
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise BadRequest(f"field {name!r} is missing or has the wrong type")
+    return value
+
+
+class _Api:
+    """Handlers bound to one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"node_id": self.node.node_id, "epoch": self.node.state.epoch, "status": "ok"})
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        return web.json_response(cs.status_document(self.node.state, self.node.claimant()))
+
+    async def join(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise BadRequest('body must be a JSON object {"node_id": …, "url": …}')
+        node_id = check_node_id(body.get("node_id"))  # type: ignore[arg-type]
+        url = body.get("url")
+        if not isinstance(url, str) or not URL_PATTERN.match(url):
+            raise BadRequest(f"url must look like http://HOST:PORT, got {url!r}")
+        self.node.heard_from(node_id)
+        return await self._claimant_change(request, body, lambda s: cs.add_member(s, node_id, url))
+
+    async def remove(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise BadRequest('body must be a JSON object {"node_id": …}')
+        node_id = check_node_id(body.get("node_id"))  # type: ignore[arg-type]
+        self.node.state.member(node_id)  # NotFound before forwarding anything
+        return await self._claimant_change(request, body, lambda s: cs.remove_member(s, node_id))
+
+    async def _claimant_change(
+        self, request: web.Request, body: Any, change: Callable[[cs.ClusterState], cs.ClusterState]
+    ) -> web.Response:
+        try:
+            state = await self.node.change_state(change)
+        except _Forward as fwd:
+            raw = await self.node.peers.call(
+                "POST", fwd.url + request.path, json_body=body, request_id=request.get("request_id", "")
+            )
+            return web.Response(body=raw, content_type="application/json")
+        doc = cs.status_document(state, self.node.claimant())
+        doc["state"] = cs.to_dict(state)
+        return web.json_response(doc)
+
+    async def gossip(self, request: web.Request) -> web.Response:
+        body = await read_json(request, PEER_BODY_BYTES_MAX)
+        if not isinstance(body, dict) or not isinstance(body.get("node_id"), str):
+            raise BadRequest("gossip body must be a JSON object with node_id")
+        self.node.heard_from(body["node_id"])
+        if body.get("state") is not None:
+            self.node.adopt(cs.from_dict(body["state"]))
+        mine = self.node.state
+        theirs = (body.get("epoch"), body.get("committed_by"))
+        reply: dict[str, Any] = {"node_id": self.node.node_id, "epoch": mine.epoch, "committed_by": mine.committed_by}
+        if (mine.epoch, mine.committed_by) != theirs:
+            reply["state"] = cs.to_dict(mine)
+        return web.json_response(reply)
+
+    async def apply(self, request: web.Request) -> web.Response:
+        ops = decode_ops(await read_body(request, PEER_BODY_BYTES_MAX))
+        await self.node.accept_ops(ops)
+        return _msgpack_response({"applied": len(ops)})
+
+    async def read(self, request: web.Request) -> web.Response:
+        body = await _read_msgpack(request)
+        reply = await self.node.local_read(_field(body, "engine", str), _field(body, "partition", int), body.get("query"))
+        return _msgpack_response(reply)
+
+    async def coverage(self, request: web.Request) -> web.Response:
+        body = await _read_msgpack(request)
+        partitions = _field(body, "partitions", list)
+        if not all(isinstance(p, int) for p in partitions):
+            raise BadRequest("partitions must be a list of integers")
+        return _msgpack_response(await self.node.local_coverage(_field(body, "engine", str), partitions, body.get("query")))
+
+    async def fold(self, request: web.Request) -> web.StreamResponse:
+        """Stream a partition's fold as consecutive msgpack batches of operations."""
+        engine = request.query.get("engine", "")
+        try:
+            partition = int(request.query.get("partition", ""))
+        except ValueError:
+            raise BadRequest("query parameter 'partition' must be an integer") from None
+        impl = self.node.check_holds(engine, partition)
+        await self.node.writer.ensure_open(engine, partition)
+        response = web.StreamResponse(headers={"Content-Type": MSGPACK})
+        await response.prepare(request)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+        loop = asyncio.get_running_loop()
+
+        def put(item: bytes | None) -> None:
+            # Bounded: a receiver that stopped reading ends the fold instead of parking the thread.
+            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=FOLD_STALL_S)
+
+        def produce() -> None:
+            batch: list[Any] = []
+            for op in impl.fold(partition):
+                batch.append(op.to_wire())
+                if len(batch) >= HANDOFF_BATCH_OPS_MAX:
+                    put(msgpack.packb(batch, use_bin_type=True))
+                    batch = []
+            if batch:
+                put(msgpack.packb(batch, use_bin_type=True))
+            put(None)
+
+        producer = loop.run_in_executor(None, produce)
+        while (chunk := await queue.get()) is not None:
+            await response.write(chunk)
+        await producer
+        await response.write_eof()
+        return response
+
+    async def handoff_done(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object")
+        node_id = check_node_id(body.get("node_id"))  # type: ignore[arg-type]
+        partitions = body.get("partitions")
+        if not isinstance(partitions, list) or not all(isinstance(p, int) for p in partitions):
+            raise BadRequest("partitions must be a list of integers")
+        return await self._claimant_change(
+            request, body, lambda s: cs.try_commit(cs.mark_ready(s, node_id, partitions))
+        )

@@ -1,0 +1,284 @@
+"""A Legion node: one process holding some partitions of every engine.
+
+I/O. The node owns the pieces and their lifecycle — the node database and log
+writer, the engines, the HTTP server, the peer client, the gossiper and the
+handoff receiver — and the one mutable thing they share: the cluster state
+this node currently believes. ``adopt`` is the only way that belief changes;
+it persists the state before acting on it, then reconciles local partitions
+with it (open what this node now holds, drop what moved away).
+
+State changes are decided by the claimant only (``change_state``): any other
+node forwards the request to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from legion import cluster_state as cs
+from legion.clock import HybridClock
+from legion.engine import Engine, load_engines
+from legion.errors import BadRequest, ConfigError, LegionError, NotOwner, Unavailable
+from legion.keyspace import check_partition_count
+from legion.limits import FAILURE_TIMEOUT_MS, NODE_ID_CHARS_MAX, PEER_BODY_BYTES_MAX, REPLICAS_MAX
+from legion.membership import alive_ids, claimant
+from legion.replication import Operation
+from legion.runtime.coordinator import Coordinator
+from legion.runtime.gossiper import Gossiper
+from legion.runtime.handoff_receiver import HandoffReceiver
+from legion.runtime.log_writer import LogWriter
+from legion.runtime.storage import NodeStore
+from legion.runtime.transport import PeerClient, make_middlewares
+
+log = logging.getLogger(__name__)
+
+NODE_ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NODE_ID_CHARS_MAX - 1}}}$")
+JOIN_ATTEMPTS_MAX = 60
+JOIN_RETRY_INTERVAL_S = 0.5
+
+
+@dataclass
+class NodeConfig:
+    """How to start one node: where its data lives, where it listens, whom it joins."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 7400
+    join: str | None = None
+    token_file: Path | None = None
+    node_id: str | None = None
+    partitions: int = 64
+    replicas: int = 3
+
+
+def check_node_id(node_id: str) -> str:
+    if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
+        raise BadRequest(
+            f"node id must be 1-{NODE_ID_CHARS_MAX} letters, digits, '_', '.' or '-', starting with a letter or digit; got {node_id!r}"
+        )
+    return node_id
+
+
+def load_token(config: NodeConfig) -> str:
+    """The cluster token: from --token-file, or DATA_DIR/token (created, 0600, for a new cluster)."""
+    path = config.token_file or config.data_dir / "token"
+    if path.exists():
+        token = path.read_text().strip()
+        if not token:
+            raise ConfigError(f"token file {path} is empty")
+        return token
+    if config.join or config.token_file:
+        raise ConfigError(f"token file {path} does not exist; copy the cluster's token file and pass --token-file")
+    token = secrets.token_urlsafe(32)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.info("generated a cluster token in %s", path)
+    return token
+
+
+class Node:
+    """One running node; see the module docstring."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        check_partition_count(config.partitions)
+        if not 1 <= config.replicas <= REPLICAS_MAX:
+            raise ConfigError(f"replicas must be between 1 and {REPLICAS_MAX}, got {config.replicas}")
+        self.config = config
+        self.url = f"http://{config.host}:{config.port}"
+        self.token = load_token(config)
+        self.store = NodeStore(config.data_dir)
+        self.node_id = check_node_id(self.store.meta_get("node_id") or config.node_id or f"node-{uuid.uuid4().hex[:8]}")
+        self.store.meta_put("node_id", self.node_id)
+        raw_state = self.store.meta_get("cluster_state")
+        self.state: cs.ClusterState = cs.from_dict(raw_state) if raw_state else None  # type: ignore[assignment]
+        self.clock = HybridClock(lambda: int(time.time() * 1000))
+        self.engines: dict[str, Engine] = {
+            name: cls(config.data_dir / "engines" / name) for name, cls in sorted(load_engines().items())
+        }
+        self.writer = LogWriter(self.store, self.engines, config.data_dir)
+        self.peers = PeerClient(self.token)
+        self.coordinator = Coordinator(self)
+        self.gossiper = Gossiper(self)
+        self.handoff = HandoffReceiver(self)
+        self.started_ms = self.now_ms()
+        self.last_heard_ms: dict[str, int] = {}
+        self._state_changed = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    @staticmethod
+    def now_ms() -> int:
+        return int(time.monotonic() * 1000)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        self.writer.start(asyncio.get_running_loop())
+        await self.peers.start()
+        from legion.runtime.http_api import add_routes
+
+        app = web.Application(client_max_size=PEER_BODY_BYTES_MAX, middlewares=make_middlewares(self.token))
+        add_routes(app, self)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024).start()
+        if self.state is None:
+            if self.config.join:
+                await self._join(self.config.join)
+            else:
+                cluster_id = f"c-{uuid.uuid4().hex[:12]}"
+                self.adopt(cs.new_cluster(cluster_id, self.node_id, self.url, self.config.partitions, self.config.replicas))
+        for member in self.state.members:
+            self.last_heard_ms.setdefault(member.id, self.started_ms)
+        await self.reconcile()
+        self.gossiper.start()
+        self.handoff.start()
+        log.info("node %s serving %s (cluster %s, epoch %d)", self.node_id, self.url, self.state.cluster_id, self.state.epoch)
+
+    async def stop(self) -> None:
+        await self.gossiper.stop()
+        await self.handoff.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.peers.close()
+        await asyncio.to_thread(self.writer.stop)
+        self.store.close()
+
+    async def _join(self, seed: str) -> None:
+        """Ask a seed (which forwards to the claimant) to admit this node; adopt the answer."""
+        last_error: LegionError | None = None
+        for _attempt in range(JOIN_ATTEMPTS_MAX):
+            try:
+                raw = await self.peers.call(
+                    "POST", seed.rstrip("/") + "/v1/cluster/join", json_body={"node_id": self.node_id, "url": self.url}
+                )
+                self.adopt(cs.from_dict(json.loads(raw)["state"]))
+                return
+            except (Unavailable, LegionError) as exc:
+                if not isinstance(exc, Unavailable) and exc.http_status < 500:
+                    raise
+                last_error = exc
+                await asyncio.sleep(JOIN_RETRY_INTERVAL_S)
+        raise ConfigError(f"could not join through {seed}: {last_error}")
+
+    # --- the cluster state ---------------------------------------------------
+
+    def adopt(self, state: cs.ClusterState) -> bool:
+        """Take ``state`` if it is newer than ours; persist it first. True if adopted."""
+        if self.state is not None and not cs.newer(state, self.state):
+            return False
+        self.store.meta_put("cluster_state", cs.to_dict(state))
+        self.state = state
+        self._state_changed.set()
+        self.handoff.wake()
+        return True
+
+    def alive(self) -> set[str]:
+        return alive_ids(self.state, self.node_id, self.last_heard_ms, self.now_ms())
+
+    def claimant(self) -> str | None:
+        return claimant(self.state, self.alive())
+
+    def may_claim(self) -> bool:
+        """Claimant duties start only after a grace period, so a restarted node first hears the cluster."""
+        return self.claimant() == self.node_id and self.now_ms() - self.started_ms >= FAILURE_TIMEOUT_MS
+
+    def heard_from(self, node_id: str) -> None:
+        self.last_heard_ms[node_id] = self.now_ms()
+
+    async def change_state(self, change: Callable[[cs.ClusterState], cs.ClusterState]) -> cs.ClusterState:
+        """Apply ``change`` as the claimant, or forward to the claimant. Returns the resulting state."""
+        if self.claimant() == self.node_id:
+            new = cs.commit(self.state, change(self.state), self.node_id)
+            if new is not self.state:
+                self.adopt(new)
+                self.gossiper.push_soon()
+            return self.state
+        raise _Forward(self.state.url_of(self.claimant()))  # type: ignore[arg-type]
+
+    def request_gossip(self) -> None:
+        self.gossiper.push_soon()
+
+    async def reconcile(self) -> None:
+        """Open the partitions this node holds; drop those that moved away for good."""
+        held = set(cs.partitions_held(self.state, self.node_id))
+        for engine in self.engines:
+            for p in sorted(held):
+                await self.writer.ensure_open(engine, p)
+        for engine, p in sorted(self.writer.open_partitions()):
+            if p not in held:
+                await self.writer.drop(engine, p)
+
+    # --- local replica operations (called by the coordinator and the peer API) ---
+
+    def check_holds(self, engine: str, partition: int) -> Engine:
+        if engine not in self.engines:
+            raise BadRequest(f"unknown engine {engine!r}; this node has {sorted(self.engines)}")
+        if not 0 <= partition < self.state.partitions:
+            raise BadRequest(f"partition {partition} is out of range 0..{self.state.partitions - 1}")
+        if self.node_id not in cs.owners(self.state, partition):
+            raise NotOwner(f"node {self.node_id} holds no replica of partition {partition}", epoch=self.state.epoch)
+        return self.engines[engine]
+
+    async def accept_ops(self, ops: list[Operation]) -> None:
+        for op in ops:
+            self.check_holds(op.engine, op.partition)
+            self.clock.observe(op.hlc)
+        await self.writer.submit(ops)
+
+    async def local_read(self, engine: str, partition: int, query: Any) -> Any:
+        impl = self.check_holds(engine, partition)
+        await self.writer.ensure_open(engine, partition)
+        return await asyncio.to_thread(impl.read, partition, query)
+
+    async def local_coverage(self, engine: str, partitions: list[int], query: Any) -> list[Any]:
+        impls = [self.check_holds(engine, p) for p in partitions]
+        for p in partitions:
+            await self.writer.ensure_open(engine, p)
+
+        def run() -> list[Any]:
+            return [impl.coverage(p, query) for impl, p in zip(impls, partitions)]
+
+        return await asyncio.to_thread(run)
+
+
+class _Forward(Exception):
+    """Raised by ``change_state`` on a non-claimant: the HTTP layer forwards to ``url``."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+async def _serve(config: NodeConfig) -> None:
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    print(f"legion node {node.node_id} listening on {node.url}", flush=True)
+    await stop.wait()
+    log.info("node %s stopping", node.node_id)
+    await node.stop()
+
+
+def run(config: NodeConfig) -> None:
+    """Run one node in the foreground until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_serve(config))

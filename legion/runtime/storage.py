@@ -1,0 +1,133 @@
+"""A node's durable metadata and operation log, in one SQLite database (WAL mode).
+
+I/O. ``node.sqlite`` in the node's data directory holds:
+
+- ``meta``: small JSON values — the node's own id, the last cluster state it
+  adopted — so a restarted node comes back as itself with the newest state it
+  knew;
+- ``oplog``: every operation this node accepted, per engine and partition,
+  in arrival order (``seq``). An operation is acknowledged only after the
+  transaction holding it commits, so acknowledged writes survive ``kill -9``
+  (WAL + ``synchronous=NORMAL`` is durable against a process crash; only an
+  OS crash or power loss can take the last transactions);
+- ``applied``: per partition, the highest ``seq`` the engine has applied, so
+  a restart replays only the tail the engine may have missed.
+
+Only the log writer thread writes ``oplog`` and ``applied``; any thread may
+read through its own connection (``reader()``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from legion.replication import Operation
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS oplog (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    engine TEXT NOT NULL, partition INTEGER NOT NULL,
+    key BLOB NOT NULL, hlc INTEGER NOT NULL, origin TEXT NOT NULL,
+    kind TEXT NOT NULL, body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS oplog_partition ON oplog (engine, partition, seq);
+CREATE TABLE IF NOT EXISTS applied (
+    engine TEXT NOT NULL, partition INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (engine, partition)
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with the durability settings every Legion database uses."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class NodeStore:
+    """The node database: metadata, operation log and applied watermarks."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "node.sqlite"
+        self._writer = connect(self.path)
+        self._writer.executescript(SCHEMA)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path)
+        return conn
+
+    def meta_get(self, key: str) -> Any | None:
+        row = self.reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def meta_put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._writer.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def append(self, ops: Sequence[Operation], applied: Mapping[tuple[str, int], int]) -> list[int]:
+        """Durably log ``ops`` and record earlier applied watermarks, in one transaction; their seqs."""
+        with self._lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO applied (engine, partition, seq) VALUES (?, ?, ?) "
+                    "ON CONFLICT (engine, partition) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    [(e, p, s) for (e, p), s in applied.items()],
+                )
+                seqs = []
+                for op in ops:
+                    cur = conn.execute(
+                        "INSERT INTO oplog (engine, partition, key, hlc, origin, kind, body) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (op.engine, op.partition, op.key, op.hlc, op.origin, op.kind, op.body),
+                    )
+                    seqs.append(cur.lastrowid)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return seqs
+
+    def applied_seq(self, engine: str, partition: int) -> int:
+        row = self.reader().execute(
+            "SELECT seq FROM applied WHERE engine = ? AND partition = ?", (engine, partition)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def ops_after(self, engine: str, partition: int, seq: int) -> Iterator[tuple[int, Operation]]:
+        """Logged operations of one partition with a seq above ``seq``, oldest first."""
+        rows = self.reader().execute(
+            "SELECT seq, key, hlc, origin, kind, body FROM oplog "
+            "WHERE engine = ? AND partition = ? AND seq > ? ORDER BY seq",
+            (engine, partition, seq),
+        )
+        for s, key, hlc, origin, kind, body in rows:
+            yield s, Operation(engine, partition, bytes(key), hlc, origin, kind, bytes(body))
+
+    def drop_partition(self, engine: str, partition: int) -> None:
+        """Forget a partition's log once it has moved to other nodes."""
+        with self._lock:
+            self._writer.execute("DELETE FROM oplog WHERE engine = ? AND partition = ?", (engine, partition))
+            self._writer.execute("DELETE FROM applied WHERE engine = ? AND partition = ?", (engine, partition))
+
+    def close(self) -> None:
+        with self._lock:
+            self._writer.close()

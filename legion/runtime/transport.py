@@ -1,0 +1,192 @@
+"""HTTP transport: the server-side middleware chain and the peer client.
+
+I/O. Every request, from a client or a peer, passes the same chain:
+
+1. a request id (``X-Request-Id``, generated when absent) for tracing a
+   request across the hops it is forwarded over;
+2. authentication: ``Authorization: Bearer <cluster token>``, compared in
+   constant time; anything else is 401 before a handler runs;
+3. error mapping — the one place a ``LegionError`` becomes an HTTP status and
+   a JSON body saying what to fix. aiohttp's own HTTP errors (unknown route,
+   wrong method, oversized body) get the same JSON shape. Anything else is a
+   bug: logged with its traceback, answered 500 without one.
+
+``PeerClient`` is how a node talks to other nodes: one pooled aiohttp session,
+every call bounded by a deadline, connection failures raised as
+``Unavailable`` and peer errors rebuilt as the typed error the peer raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from legion.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    LegionError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    from_json,
+)
+from legion.limits import PEER_CONNECT_TIMEOUT_MS, REQUEST_BODY_BYTES_MAX, REQUEST_DEADLINE_MS
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(error: LegionError, request_id: str = "") -> web.Response:
+    """The one mapping from a typed error to an HTTP response."""
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return web.json_response(error.to_json(), status=error.http_status, headers=headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> LegionError:
+    if exc.status == 413:
+        return PayloadTooLarge(f"request body is over the limit ({exc.text or 'too large'})")
+    if exc.status == 404:
+        return NotFound("no such endpoint; see the README for the HTTP API")
+    if exc.status == 405:
+        return BadRequest(f"method not allowed on this endpoint ({exc.reason})")
+    err = BadRequest(exc.reason or "bad request")
+    err.http_status = exc.status if 400 <= exc.status < 500 else 400
+    return err
+
+
+def make_middlewares(token: str) -> list[Callable[..., Any]]:
+    """Request id, authentication and error mapping, outermost first."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex[:16]
+        request["request_id"] = request_id
+        try:
+            supplied = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(supplied, expected):
+                raise Unauthorized("missing or wrong cluster token: send 'Authorization: Bearer <token>'")
+            response = await handler(request)
+        except LegionError as exc:
+            return error_response(exc, request_id)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(_from_http_exception(exc), request_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
+            err = LegionError("internal error; the node's log has the details", request_id=request_id)
+            return error_response(err, request_id)
+        response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+        return response
+
+    return [errors]
+
+
+async def read_body(request: web.Request, limit_bytes: int = REQUEST_BODY_BYTES_MAX) -> bytes:
+    """The request body, refusing (413) anything over ``limit_bytes`` before reading it all."""
+    if request.content_length is not None and request.content_length > limit_bytes:
+        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLarge(f"request body is over the limit of {limit_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, limit_bytes: int = REQUEST_BODY_BYTES_MAX) -> Any:
+    body = await read_body(request, limit_bytes)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _peer_error(status: int, body: bytes) -> LegionError:
+    """The typed error a peer answered with."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    return from_json(status, parsed)
+
+
+class PeerClient:
+    """Calls to other nodes: pooled connections, deadlines, typed errors."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"Authorization": f"Bearer {self._token}"},
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes | None = None,
+        json_body: Any = None,
+        content_type: str = "application/msgpack",
+        timeout_ms: int = REQUEST_DEADLINE_MS,
+        request_id: str = "",
+    ) -> bytes:
+        """One request to a peer; the response body. Raises Unavailable/DeadlineExceeded or the peer's error."""
+        assert self._session is not None, "PeerClient.start() first"
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        if json_body is not None:
+            data, content_type = json.dumps(json_body).encode(), "application/json"
+        if data is not None:
+            headers["Content-Type"] = content_type
+        timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000, connect=PEER_CONNECT_TIMEOUT_MS / 1000)
+        try:
+            async with self._session.request(method, url, data=data, headers=headers, timeout=timeout) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise _peer_error(resp.status, body)
+                return body
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"{url} did not answer within {timeout_ms} ms") from None
+        except aiohttp.ClientError as exc:
+            raise Unavailable(f"{url} is unreachable: {exc.__class__.__name__}") from None
+
+    async def stream(self, url: str, *, read_timeout_ms: int = 30_000) -> AsyncIterator[bytes]:
+        """GET ``url`` and yield its body in chunks as they arrive (for long transfers: no total deadline,
+        but each read must arrive within ``read_timeout_ms``)."""
+        assert self._session is not None, "PeerClient.start() first"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_ms / 1000, connect=PEER_CONNECT_TIMEOUT_MS / 1000)
+        try:
+            async with self._session.get(url, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise _peer_error(resp.status, await resp.read())
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"{url} stalled for {read_timeout_ms} ms") from None
+        except aiohttp.ClientError as exc:
+            raise Unavailable(f"{url} failed: {exc.__class__.__name__}") from None
