@@ -15,7 +15,10 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    restart the core opens the partition again and replays, through ``apply``,
    the logged operations the engine may not have applied yet — so ``apply``
    must tolerate seeing an operation twice.
-3. ``apply(partition, ops)`` from the node's single writer thread: never two
+3. ``validate(op)`` on the event loop for every operation a replica
+   receives, before it is logged; it must be cheap and raise ``BadRequest``
+   for anything ``apply`` could not apply.
+   ``apply(partition, ops)`` from the node's single writer thread: never two
    calls at once, ops in arbitrary order (possibly old ones, possibly already
    applied). Must be idempotent and commutative: after it returns, the
    partition's state must be durable and equal to the state reached by any
@@ -150,6 +153,9 @@ class Engine(ABC):
     """Base class of every engine. See the module docstring for when each method is called."""
 
     name: ClassVar[str]
+    # True when ``read`` is a bounded point lookup (tens of microseconds): the runtime
+    # then calls it on the event loop, skipping a thread hop that would cost more than the read.
+    inline_reads: ClassVar[bool] = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -161,6 +167,12 @@ class Engine(ABC):
     @abstractmethod
     def close(self, partition: int) -> None:
         """Release one partition's resources; its files stay on disk."""
+
+    def validate(self, op: Operation) -> None:
+        """Raise BadRequest if ``op`` is not one this engine can apply.
+
+        Called on every replica before the operation is logged, so a malformed
+        operation is refused alone instead of failing the batch it would join."""
 
     @abstractmethod
     def apply(self, partition: int, ops: Sequence[Operation]) -> None:

@@ -93,7 +93,16 @@ def write_quorum(requested: int | None, replicas: int) -> int:
 
 
 def read_quorum(requested: int | None, replicas: int) -> int:
-    """Replies a read needs: ``requested`` (default: a majority), capped at the replica count."""
-    if requested is not None and requested < 1:
+    """Replies a read needs: ``requested`` (default 1: the first live replica), capped at the replica count.
+
+    One reply is the fast default (Cassandra's ONE, Elasticsearch's any in-sync
+    copy): a replica that missed writes while it was down re-syncs before it
+    serves reads again. Ask for ``r`` with ``r + w > N`` (e.g. r=2, w=2) to read
+    your own writes even while a replica is lagging."""
+    if replicas < 1:
+        raise BadRequest("no replicas to read from")
+    if requested is None:
+        return 1
+    if requested < 1:
         raise BadRequest(f"r must be at least 1, got {requested}")
-    return write_quorum(requested, replicas)
+    return min(requested, replicas)

@@ -31,7 +31,8 @@ from legion.engine import WriteResult
 from legion.errors import DeadlineExceeded, LegionError, NotOwner, Unavailable
 from legion.keyspace import key_bytes, partition_of
 from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
-from legion.replication import Operation, encode_ops, read_quorum, write_quorum
+from legion.replication import Operation, read_quorum, write_quorum
+from legion.runtime.replica_sender import ReplicaSender
 from legion.routing import coverage_plan, live_nodes, read_order, write_plan
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Coordinator:
         self.node = node
         self._suspects: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._senders: dict[str, ReplicaSender] = {}
 
     @property
     def node_id(self) -> str:
@@ -84,9 +86,9 @@ class Coordinator:
             )
         op = Operation(engine, partition, key, self.node.clock.now(), self.node_id, kind, body)
         deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
-        counted = {n: asyncio.ensure_future(self._send_ops(n, [op], deadline)) for n in plan.counted}
+        counted = {n: asyncio.ensure_future(self._send_op(n, op, deadline)) for n in plan.counted}
         for n in plan.extra:
-            self._keep(asyncio.ensure_future(self._send_ops(n, [op], deadline)))
+            self._keep(asyncio.ensure_future(self._send_op(n, op, deadline)))
         acks, errors = await self._await_quorum(counted, need)
         if acks < need:
             raise Unavailable(
@@ -112,11 +114,24 @@ class Coordinator:
             self._keep(task)
         return acks, errors
 
-    async def _send_ops(self, node_id: str, ops: list[Operation], deadline: float) -> None:
+    async def _send_op(self, node_id: str, op: Operation, deadline: float) -> None:
         if node_id == self.node_id:
-            await self.node.accept_ops(ops)
+            refused = await self.node.accept_ops([op])
+            if refused:
+                raise refused[0]
             return
-        await self._peer(node_id, "POST", "/internal/apply", deadline, data=encode_ops(ops))
+        url = self.node.state.url_of(node_id)
+        sender = self._senders.get(node_id)
+        if sender is None or sender.url != url:
+            sender = self._senders[node_id] = ReplicaSender(self.node.peers, url)
+        try:
+            await sender.send(op, deadline)
+        except (Unavailable, DeadlineExceeded):
+            self.suspect(node_id)
+            raise
+        except NotOwner:
+            self.node.request_gossip()
+            raise
 
     # --- reads ---------------------------------------------------------------
 
@@ -223,6 +238,10 @@ class Coordinator:
             # The peer's view of the placement differs from ours: fetch the newer state soon.
             self.node.request_gossip()
             raise
+
+    def close(self) -> None:
+        for sender in self._senders.values():
+            sender.close()
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         """Let a task finish in the background, logging rather than losing its failure."""

@@ -8,6 +8,12 @@ the partition ready to the claimant. Writes that arrive during the pull are
 applied too; operations are idempotent and commutative, so the order does not
 matter. The claimant commits the new placement once every gaining node has
 reported; the receiver then drops the partitions this node no longer holds.
+
+The same pull re-syncs a replica that may have missed writes: after a
+restart, or after the cluster marked this node down while it was running.
+Until a partition has re-synced, this node refuses to serve reads of it
+(``Unavailable``), so the coordinator asks the next replica instead. (Until
+incremental anti-entropy lands, a re-sync copies the whole partition.)
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class HandoffReceiver:
         # Partitions already copied for the pending placement in force, so a failed report is retried without pulling again.
         self._pulled: set[int] = set()
         self._pulled_for: object = None
+        self.resyncing: set[int] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="handoff")
@@ -53,12 +60,27 @@ class HandoffReceiver:
     def wake(self) -> None:
         self._wake.set()
 
+    def resync_all(self) -> None:
+        """Re-copy every partition this node holds before serving reads of it again."""
+        state = self.node.state
+        self.resyncing = {p for p, nodes in enumerate(state.placement) if self.node.node_id in nodes}
+        self.wake()
+
+    async def resync(self) -> None:
+        for p in sorted(self.resyncing):
+            try:
+                await self.pull(p, missing_source_ok=True)
+                self.resyncing.discard(p)
+            except LegionError as exc:
+                log.warning("re-syncing partition %d failed, will retry: %s", p, exc)
+
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
             try:
                 await self.node.reconcile()
                 await self.pull_gained()
+                await self.resync()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -91,11 +113,15 @@ class HandoffReceiver:
         if done:
             await self.report(done)
 
-    async def pull(self, partition: int) -> None:
-        """Copy every engine's share of ``partition`` from a live current replica."""
+    async def pull(self, partition: int, *, missing_source_ok: bool = False) -> None:
+        """Copy every engine's share of ``partition`` from a live current replica.
+
+        With ``missing_source_ok``, having no other live replica is success: this copy is the best there is."""
         node = self.node
         sources = [n for n in read_order(node.state, partition, node.coordinator.live(), node.node_id) if n != node.node_id]
         if not sources:
+            if missing_source_ok:
+                return
             raise Unavailable(f"no live replica to pull partition {partition} from")
         for engine in node.engines:
             await node.writer.ensure_open(engine, partition)

@@ -154,8 +154,9 @@ class _Api:
 
     async def apply(self, request: web.Request) -> web.Response:
         ops = decode_ops(await read_body(request, PEER_BODY_BYTES_MAX))
-        await self.node.accept_ops(ops)
-        return _msgpack_response({"applied": len(ops)})
+        refused = await self.node.accept_ops(ops)
+        errors = {i: {**exc.to_json(), "status": exc.http_status} for i, exc in refused.items()}
+        return _msgpack_response({"applied": len(ops) - len(refused), "errors": errors})
 
     async def read(self, request: web.Request) -> web.Response:
         body = await _read_msgpack(request)

@@ -33,7 +33,7 @@ from legion import cluster_state as cs
 from legion.clock import HybridClock
 from legion.engine import Engine, load_engines
 from legion.errors import BadRequest, ConfigError, LegionError, NotOwner, Unavailable
-from legion.keyspace import check_partition_count
+from legion.keyspace import check_partition_count, partition_of
 from legion.limits import FAILURE_TIMEOUT_MS, NODE_ID_CHARS_MAX, PEER_BODY_BYTES_MAX, REPLICAS_MAX
 from legion.membership import alive_ids, claimant
 from legion.replication import Operation
@@ -118,7 +118,7 @@ class Node:
         self.handoff = HandoffReceiver(self)
         self.started_ms = self.now_ms()
         self.last_heard_ms: dict[str, int] = {}
-        self._state_changed = asyncio.Event()
+        self._was_down = False
         self._runner: web.AppRunner | None = None
 
     @staticmethod
@@ -137,6 +137,7 @@ class Node:
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024).start()
+        restarted = self.state is not None
         if self.state is None:
             if self.config.join:
                 await self._join(self.config.join)
@@ -146,6 +147,8 @@ class Node:
         for member in self.state.members:
             self.last_heard_ms.setdefault(member.id, self.started_ms)
         await self.reconcile()
+        if restarted:
+            self.handoff.resync_all()
         self.gossiper.start()
         self.handoff.start()
         log.info("node %s serving %s (cluster %s, epoch %d)", self.node_id, self.url, self.state.cluster_id, self.state.epoch)
@@ -155,6 +158,7 @@ class Node:
         await self.handoff.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.coordinator.close()
         await self.peers.close()
         await asyncio.to_thread(self.writer.stop)
         self.store.close()
@@ -183,10 +187,20 @@ class Node:
         if self.state is not None and not cs.newer(state, self.state):
             return False
         self.store.meta_put("cluster_state", cs.to_dict(state))
+        self._note_own_liveness(state)
         self.state = state
-        self._state_changed.set()
         self.handoff.wake()
         return True
+
+    def _note_own_liveness(self, state: cs.ClusterState) -> None:
+        """Once the cluster has thought this node down, it may have skipped it: re-sync when back up."""
+        if not state.has_member(self.node_id):
+            return
+        if state.member(self.node_id).down:
+            self._was_down = True
+        elif self._was_down:
+            self._was_down = False
+            self.handoff.resync_all()
 
     def alive(self) -> set[str]:
         return alive_ids(self.state, self.node_id, self.last_heard_ms, self.now_ms())
@@ -235,19 +249,41 @@ class Node:
             raise NotOwner(f"node {self.node_id} holds no replica of partition {partition}", epoch=self.state.epoch)
         return self.engines[engine]
 
-    async def accept_ops(self, ops: list[Operation]) -> None:
-        for op in ops:
-            self.check_holds(op.engine, op.partition)
-            self.clock.observe(op.hlc)
-        await self.writer.submit(ops)
+    async def accept_ops(self, ops: list[Operation]) -> dict[int, LegionError]:
+        """Log and apply the acceptable operations of a batch; the refused ones by index, with why."""
+        refused: dict[int, LegionError] = {}
+        accepted: list[Operation] = []
+        for i, op in enumerate(ops):
+            try:
+                engine = self.check_holds(op.engine, op.partition)
+                if partition_of(op.key, self.state.partitions) != op.partition:
+                    raise BadRequest(f"operation key does not belong to partition {op.partition}")
+                engine.validate(op)
+                self.clock.observe(op.hlc)
+                accepted.append(op)
+            except LegionError as exc:
+                refused[i] = exc
+        if accepted:
+            await self.writer.submit(accepted)
+        return refused
+
+    def check_serves(self, engine: str, partition: int) -> Engine:
+        """The engine, if this node may answer reads of ``partition`` (it holds it and is not re-syncing it)."""
+        impl = self.check_holds(engine, partition)
+        if partition in self.handoff.resyncing:
+            raise Unavailable(f"node {self.node_id} is re-syncing partition {partition}; ask another replica")
+        return impl
 
     async def local_read(self, engine: str, partition: int, query: Any) -> Any:
-        impl = self.check_holds(engine, partition)
-        await self.writer.ensure_open(engine, partition)
+        impl = self.check_serves(engine, partition)
+        if not self.writer.is_open(engine, partition):
+            await self.writer.ensure_open(engine, partition)
+        if impl.inline_reads:
+            return impl.read(partition, query)
         return await asyncio.to_thread(impl.read, partition, query)
 
     async def local_coverage(self, engine: str, partitions: list[int], query: Any) -> list[Any]:
-        impls = [self.check_holds(engine, p) for p in partitions]
+        impls = [self.check_serves(engine, p) for p in partitions]
         for p in partitions:
             await self.writer.ensure_open(engine, p)
 

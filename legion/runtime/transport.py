@@ -58,9 +58,8 @@ def _from_http_exception(exc: web.HTTPException) -> LegionError:
         return PayloadTooLarge(f"request body is over the limit ({exc.text or 'too large'})")
     if exc.status == 404:
         return NotFound("no such endpoint; see the README for the HTTP API")
-    if exc.status == 405:
-        return BadRequest(f"method not allowed on this endpoint ({exc.reason})")
-    err = BadRequest(exc.reason or "bad request")
+    reason = "method not allowed on this endpoint" if exc.status == 405 else exc.reason or "bad request"
+    err = BadRequest(reason)
     err.http_status = exc.status if 400 <= exc.status < 500 else 400
     return err
 

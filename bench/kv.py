@@ -1,0 +1,159 @@
+"""Single-key KV throughput of a Legion cluster against a bare aiohttp server.
+
+Run: ``make bench`` or ``.venv/bin/python bench/kv.py [--runs 5] [--seconds 5] [--concurrency 32]``.
+
+Both sides are measured in the same run, on the same machine, by the same
+load generator (one aiohttp client process, ``--concurrency`` requests in
+flight, keep-alive connections, the bearer token on every request):
+
+- **baseline**: one aiohttp server process with a dict behind
+  ``PUT/GET /v1/kv/{key}`` that checks the token — the same HTTP round trip
+  with no routing, no replication and no storage;
+- **legion**: a local 3-node cluster (N=3, default W=2, R=2), requests spread
+  round-robin over the nodes, so most of them are forwarded to replicas.
+
+It prints the median of ``--runs`` runs for each, and the ratio legion/bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from legion.runtime import local_cluster  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+def bare_server(port: int) -> None:
+    """The baseline: the same endpoints, a dict instead of a cluster."""
+    store: dict[str, tuple[bytes, str]] = {}
+    expected = f"Bearer {TOKEN}"
+
+    async def put(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != expected:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        store[request.match_info["key"]] = (await request.read(), request.content_type)
+        return web.json_response({"key": request.match_info["key"], "acks": 1})
+
+    async def get(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != expected:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        found = store.get(request.match_info["key"])
+        if found is None:
+            return web.json_response({"error": "not_found"}, status=404)
+        return web.Response(body=found[0], headers={"Content-Type": found[1]})
+
+    app = web.Application()
+    app.router.add_put("/v1/kv/{key}", put)
+    app.router.add_get("/v1/kv/{key}", get)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def load(urls: list[str], token: str, method: str, seconds: float, concurrency: int, keys: int) -> float:
+    """Requests per second completed by ``concurrency`` workers over ``seconds`` (GETs ask for keys 0..keys-1)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+    value = b"x" * 100
+    done = 0
+    errors = 0
+    deadline = time.monotonic() + seconds
+    counter = itertools.count()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.monotonic() < deadline:
+                i = next(counter)
+                url = f"{urls[i % len(urls)]}/v1/kv/key-{i % keys}"
+                if method == "PUT":
+                    async with session.put(url, data=value) as resp:
+                        await resp.read()
+                        ok = resp.status == 200
+                else:
+                    async with session.get(url) as resp:
+                        await resp.read()
+                        ok = resp.status == 200
+                done += ok
+                errors += not ok
+
+        start = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.monotonic() - start
+    if errors:
+        print(f"  warning: {errors} {method} requests failed", file=sys.stderr)
+    return done / elapsed
+
+
+def measure(urls: list[str], token: str, args: argparse.Namespace) -> dict[str, float]:
+    rates = {"PUT": asyncio.run(load(urls, token, "PUT", args.seconds, args.concurrency, args.keys))}
+    # GET only keys the PUT phase certainly wrote, so every GET is a hit.
+    written = max(1, min(args.keys, int(rates["PUT"] * args.seconds * 0.9)))
+    rates["GET"] = asyncio.run(load(urls, token, "GET", args.seconds, args.concurrency, written))
+    return rates
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        bare_server(args.bare_server)
+        return
+
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(port)])
+    workdir = Path(tempfile.mkdtemp(prefix="legion-bench-"))
+    try:
+        local_cluster.up(workdir / "cluster", nodes=3, partitions=64, replicas=3, base_port=0)
+        doc = local_cluster.load(workdir / "cluster")
+        cluster_urls = [n["url"] for n in doc["nodes"]]
+        token = (workdir / "cluster" / "token").read_text().strip()
+        time.sleep(0.5)
+        results: dict[str, list[dict[str, float]]] = {"bare": [], "legion": []}
+        for run in range(args.runs):
+            results["bare"].append(measure([f"http://127.0.0.1:{port}"], TOKEN, args))
+            results["legion"].append(measure(cluster_urls, token, args))
+            print(f"run {run + 1}/{args.runs}: bare {results['bare'][-1]}  legion {results['legion'][-1]}", flush=True)
+    finally:
+        bare.terminate()
+        try:
+            local_cluster.down(workdir / "cluster")
+        except Exception as exc:  # the bench must not leave nodes behind, and must say why
+            print(f"cleanup: {exc}", file=sys.stderr)
+
+    print(f"\nKV single-key throughput, median of {args.runs} runs x {args.seconds:.0f} s, "
+          f"concurrency {args.concurrency}, {os.cpu_count()} cores")
+    print(f"{'op':<5}{'bare aiohttp req/s':>20}{'legion req/s':>16}{'ratio':>8}{'target':>8}")
+    for method, target in (("GET", 0.5), ("PUT", 0.25)):
+        b = statistics.median(r[method] for r in results["bare"])
+        lg = statistics.median(r[method] for r in results["legion"])
+        print(f"{method:<5}{b:>20.0f}{lg:>16.0f}{lg / b:>8.2f}{target:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

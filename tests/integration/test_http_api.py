@@ -1,0 +1,154 @@
+"""Bad input over HTTP gets a 4xx that says what to fix; nothing gets a 500 or kills a node.
+
+One 3-node cluster for the module; raw HTTP (aiohttp-free, stdlib) so the
+tests see exactly what a curl user would.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from legion.limits import KEY_BYTES_MAX, REQUEST_BODY_BYTES_MAX, VALUE_BYTES_MAX
+from legion.runtime import local_cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("api") / "cluster"
+    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, timeout_s=60)
+    doc = local_cluster.load(directory)
+    token = (directory / "token").read_text().strip()
+    try:
+        yield [n["url"] for n in doc["nodes"]], token, directory
+    finally:
+        local_cluster.down(directory)
+
+
+def send(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def auth(token: str, **extra: str) -> dict:
+    return {"Authorization": f"Bearer {token}", **extra}
+
+
+def error_of(body: bytes) -> dict:
+    parsed = json.loads(body)
+    assert isinstance(parsed.get("message"), str) and parsed["message"], parsed
+    return parsed
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [("GET", "/v1/cluster"), ("GET", "/v1/kv/a"), ("PUT", "/v1/kv/a"), ("POST", "/internal/apply"), ("GET", "/internal/fold?engine=kv&partition=0"), ("GET", "/nope")],
+)
+def test_requests_without_the_token_get_401_and_run_nothing(cluster, method, path):
+    urls, token, _ = cluster
+    status, _, body = send(urls[0], method, path, body=b"x" if method in ("PUT", "POST") else None)
+    assert status == 401
+    assert "token" in error_of(body)["message"]
+    status, _, _ = send(urls[0], method, path, headers={"Authorization": "Bearer wrong"})
+    assert status == 401
+
+
+def test_an_unauthenticated_put_writes_nothing(cluster):
+    urls, token, _ = cluster
+    assert send(urls[0], "PUT", "/v1/kv/sneaky", b"x")[0] == 401
+    assert send(urls[1], "GET", "/v1/kv/sneaky", headers=auth(token))[0] == 404
+
+
+def test_oversized_values_and_bodies_get_413(cluster):
+    urls, token, _ = cluster
+    status, _, body = send(urls[0], "PUT", "/v1/kv/big", b"v" * (VALUE_BYTES_MAX + 1), auth(token))
+    assert status == 413 and str(VALUE_BYTES_MAX) in error_of(body)["message"]
+    status, _, body = send(urls[0], "PUT", "/v1/kv/huge", b"v" * (REQUEST_BODY_BYTES_MAX + 1), auth(token))
+    assert status == 413
+    error_of(body)
+
+
+def test_bad_keys_and_parameters_get_400_with_a_reason(cluster):
+    urls, token, _ = cluster
+    long_key = "k" * (KEY_BYTES_MAX + 1)
+    status, _, body = send(urls[0], "PUT", f"/v1/kv/{long_key}", b"x", auth(token))
+    assert status == 400 and "key" in error_of(body)["message"]
+    status, _, body = send(urls[0], "PUT", "/v1/kv/a?w=two", b"x", auth(token))
+    assert status == 400 and "'w'" in error_of(body)["message"]
+    status, _, body = send(urls[0], "GET", "/v1/kv/a?r=0", None, auth(token))
+    assert status == 400
+
+
+def test_malformed_cluster_and_peer_bodies_get_400(cluster):
+    urls, token, _ = cluster
+    for path, body in [
+        ("/v1/cluster/join", b"{not json"),
+        ("/v1/cluster/join", b'{"node_id": "../../etc", "url": "http://127.0.0.1:1"}'),
+        ("/v1/cluster/join", b'{"node_id": "n9", "url": "ftp://x"}'),
+        ("/v1/cluster/remove", b"[]"),
+        ("/internal/apply", b"\xc1\xc1"),
+        ("/internal/apply", b"\x91\x01"),
+        ("/internal/read", b"\x80"),
+        ("/internal/gossip", b'{"node_id": "n1", "state": {"bogus": 1}}'),
+    ]:
+        status, _, raw = send(urls[0], "POST", path, body, auth(token, **{"Content-Type": "application/json"}))
+        assert 400 <= status < 500, (path, body, status, raw)
+        error_of(raw)
+
+
+def test_removing_an_unknown_node_is_404(cluster):
+    urls, token, _ = cluster
+    status, _, body = send(urls[0], "POST", "/v1/cluster/remove", b'{"node_id": "ghost"}', auth(token))
+    assert status == 404 and "ghost" in error_of(body)["message"]
+
+
+def test_unknown_routes_and_methods_get_json_4xx(cluster):
+    urls, token, _ = cluster
+    status, _, body = send(urls[0], "GET", "/v2/whatever", None, auth(token))
+    assert status == 404
+    error_of(body)
+    status, _, body = send(urls[0], "PATCH", "/v1/kv/a", b"", auth(token))
+    assert status == 405
+    error_of(body)
+
+
+paths = st.one_of(
+    st.sampled_from(["/v1/kv/", "/v1/cluster", "/v1/cluster/join", "/v1/cluster/remove", "/internal/apply",
+                     "/internal/read", "/internal/coverage", "/internal/gossip", "/internal/handoff-done",
+                     "/internal/fold", "/v1/health"]).flatmap(
+        lambda base: st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="#?"), max_size=40).map(lambda tail: base + tail)
+    ),
+    st.text(alphabet="abc/%.?=&", max_size=30).map(lambda p: "/" + p),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    method=st.sampled_from(["GET", "PUT", "POST", "DELETE", "HEAD"]),
+    path=paths,
+    body=st.one_of(st.binary(max_size=512), st.just(b'{"node_id": "n1", "partitions": [1e9]}'), st.just(b"\x92\xa2kv\x00")),
+    content_type=st.sampled_from(["application/json", "application/msgpack", "text/plain", "x/y"]),
+)
+def test_random_requests_never_get_a_500_nor_kill_a_node(cluster, method, path, body, content_type):
+    urls, token, _ = cluster
+    status, _, _ = send(urls[0], method, path, body if method != "HEAD" else None, auth(token, **{"Content-Type": content_type}))
+    assert status < 500, (method, path, body, status)
+
+
+def test_nodes_survive_the_fuzzing(cluster):
+    urls, token, _ = cluster
+    for url in urls:
+        status, _, body = send(url, "GET", "/v1/health", None, auth(token))
+        assert status == 200 and json.loads(body)["status"] == "ok"
