@@ -6,7 +6,8 @@ Both sides are measured in the same run, on the same machine, by the same
 load generator (one aiohttp client process, ``--concurrency`` requests in
 flight, keep-alive connections, the bearer token on every request):
 
-- **baseline**: one aiohttp server process with a dict behind
+- **baseline**: one aiohttp server process (same event loop as the nodes:
+  uvloop where installed) with a dict behind
   ``PUT/GET /v1/kv/{key}`` that checks the token — the same HTTP round trip
   with no routing, no replication and no storage;
 - **legion**: a local 3-node cluster (N=3, default W=2, R=2), requests spread
@@ -61,7 +62,13 @@ def bare_server(port: int) -> None:
     app = web.Application()
     app.router.add_put("/v1/kv/{key}", put)
     app.router.add_get("/v1/kv/{key}", get)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    try:
+        import uvloop  # the same event loop the nodes run on, so only Legion's own work differs
+    except ImportError:
+        loop = None
+    else:
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
 
 
 async def load(urls: list[str], token: str, method: str, seconds: float, concurrency: int, keys: int) -> float:

@@ -1,0 +1,53 @@
+"""Legion: horizontally scalable, stateful applications.
+
+Legion owns the four hard problems every stateful distributed system meets —
+**partitioning, replication, request routing and rebalancing** — so that an
+application (an *engine*) only says how one partition's state changes and how
+to answer a request against it.
+
+Quickstart (a local 3-node cluster and the bundled key/value engine)::
+
+    $ legion cluster up --nodes 3
+    $ legion kv put greeting hello
+    $ legion kv get greeting
+
+    >>> from legion import Client
+    >>> from engines.kv import KVClient
+    >>> kv = KVClient(Client.connect())        # ./.legion, or LEGION_URL + LEGION_TOKEN
+    >>> kv.put("greeting", b"hello")
+    >>> kv.get("greeting").value
+    b'hello'
+
+Architecture — a pure core and an I/O shell:
+
+- ``keyspace``      key → partition (stable BLAKE2b hash, P a power of two)
+- ``placement``     partitions → ordered preference lists of N nodes:
+                    balanced, minimal movement, no co-located replicas
+- ``cluster_state`` the versioned document every node agrees on: members,
+                    placement, pending rebalance, epoch
+- ``membership``    failure detector verdicts and the claimant rule
+- ``clock``         hybrid logical clocks
+- ``replication``   operations, last-writer-wins order, quorum arithmetic
+- ``routing``       which replicas a write, read or coverage request goes to
+- ``engine``        the engine contract (open/apply/read/coverage/fold) and the
+                    entry-point registry (group ``legion.engines``)
+- ``errors``        one typed error tree, each with its HTTP status
+- ``limits``        every bound, with units
+- ``client``        the Python client the CLI is built on
+
+Everything above is plain functions and data: no sockets, no event loop, no
+wall clock. ``legion.runtime`` carries their decisions out: ``node`` (one
+process), ``http_api`` and ``transport`` (aiohttp server, auth, error mapping,
+peer client), ``coordinator`` (fan-out, quorum, retries), ``log_writer`` and
+``storage`` (SQLite WAL operation log with group commit), ``gossiper``
+(heartbeats, state dissemination, claimant duties), ``handoff_receiver``
+(pulling partitions on rebalance and re-sync), ``replica_sender`` (batched
+replication), ``local_cluster`` (starting real node processes locally).
+
+Read ``docs/writing-an-engine.md`` to build an engine of your own.
+"""
+
+from legion.client import Client
+from legion.errors import LegionError
+
+__all__ = ["Client", "LegionError"]

@@ -55,6 +55,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from legion.errors import BadRequest, ConfigError
 from legion.replication import Operation
 
@@ -63,7 +65,9 @@ ENTRY_POINT_GROUP = "legion.engines"
 
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
-    """An engine handler's view of one HTTP request (already authenticated)."""
+    """An engine handler's view of one HTTP request (already authenticated).
+
+    ``headers`` looks names up case-insensitively, as HTTP requires."""
 
     method: str
     path_params: Mapping[str, str]
@@ -71,6 +75,10 @@ class HttpRequest:
     headers: Mapping[str, str]
     body: bytes
     request_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.headers, (CIMultiDict, CIMultiDictProxy)):
+            object.__setattr__(self, "headers", CIMultiDictProxy(CIMultiDict(self.headers)))
 
     def json(self) -> Any:
         """The body parsed as JSON; BadRequest if it is not."""

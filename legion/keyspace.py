@@ -30,7 +30,10 @@ def check_partition_count(partitions: int) -> int:
 
 def key_bytes(key: str | bytes) -> bytes:
     """The bytes a key hashes as; raise BadRequest for empty or oversized keys."""
-    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    try:
+        raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    except UnicodeEncodeError:
+        raise BadRequest("key is not valid UTF-8 text") from None
     if not raw:
         raise BadRequest("key must not be empty")
     if len(raw) > KEY_BYTES_MAX:

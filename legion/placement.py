@@ -36,6 +36,7 @@ fewest its path allows, and ``moved_slots`` exceeds the leaver's load by one.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections import deque
 from collections.abc import Sequence
@@ -103,18 +104,78 @@ def _checked(
 
 
 def _fresh(nodes: list[str], partitions: int, r: int) -> Placement:
-    n = len(nodes)
-    primaries = dict.fromkeys(nodes, 0)
-    rows = []
-    for p in range(partitions):
-        # Consecutive deals keep loads within one of each other; promoting the
-        # member with the fewest primaries keeps primaries just as even.
-        row = [nodes[(p * r + i) % n] for i in range(r)]
-        lead = min(row, key=primaries.__getitem__)
-        primaries[lead] += 1
-        row.remove(lead)
-        rows.append((lead, *row))
-    return tuple(rows)
+    rows: list[list[str]] = []
+    cycle: list[str] = []
+    for k in range(partitions * r):
+        if not cycle:
+            cycle = _cycle_order(nodes, k // len(nodes))
+        if k % r == 0:
+            rows.append([])
+        # Each cycle deals every member once, so loads differ by at most one.
+        # A member the current row already has (left over from the previous
+        # cycle) waits its turn; at most r - 1 do, and n >= r.
+        row = rows[-1]
+        i = next(i for i, v in enumerate(cycle) if v not in row)
+        row.append(cycle.pop(i))
+    return _spread_primaries(rows, nodes)
+
+
+def _cycle_order(nodes: list[str], cycle: int) -> list[str]:
+    # A fresh stable pseudo-random order per cycle, so that a node's
+    # co-replicas vary: with a fixed order, r consecutive nodes would always
+    # share partitions, and when one left its neighbours could not take its
+    # slots without breaking balance.
+    def rank(v: str) -> bytes:
+        return hashlib.blake2b(f"{cycle}:{v}".encode(), digest_size=8).digest()
+
+    return sorted(nodes, key=rank)
+
+
+def _spread_primaries(rows: list[list[str]], nodes: list[str]) -> Placement:
+    leads = [min(row, key=row.index) for row in rows]  # the first dealt, for now
+    count = dict.fromkeys(nodes, 0)
+    rows_of: dict[str, list[int]] = {v: [] for v in nodes}
+    for p, row in enumerate(rows):
+        count[leads[p]] += 1
+        for v in row:
+            rows_of[v].append(p)
+    # Raise an under-led node along a chain of hand-overs (it takes row p
+    # from a, a takes another row from b, ...) ending at a node leading at
+    # least two more rows. Each chain narrows the spread; none left means the
+    # spread is as small as these rows allow.
+    while True:
+        top = max(count.values())
+        levels = sorted({c for c in count.values() if c <= top - 2})
+        if not any(
+            _hand_over([w for w in nodes if count[w] == c], leads, count, rows_of) for c in levels
+        ):
+            break
+    return tuple((leads[p], *(v for v in row if v != leads[p])) for p, row in enumerate(rows))
+
+
+def _hand_over(
+    sources: list[str], leads: list[str], count: dict[str, int], rows_of: dict[str, list[int]]
+) -> bool:
+    """Breadth-first search from equally-led ``sources`` for one chain; apply it."""
+    starts = set(sources)
+    taken_from: dict[str, tuple[int, str]] = {}
+    queue = deque(sources)
+    while queue:
+        a = queue.popleft()
+        for p in rows_of[a]:
+            b = leads[p]
+            if b in starts or b in taken_from:
+                continue
+            taken_from[b] = (p, a)
+            if count[b] >= count[sources[0]] + 2:
+                count[b] -= 1
+                while b not in starts:
+                    p, b = taken_from[b]
+                    leads[p] = b
+                count[b] += 1
+                return True
+            queue.append(b)
+    return False
 
 
 class _Board:

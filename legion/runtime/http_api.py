@@ -60,7 +60,7 @@ def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitab
             method=request.method,
             path_params=dict(request.match_info),
             query=dict(request.query),
-            headers=dict(request.headers),
+            headers=request.headers,
             body=await read_body(request),
             request_id=request.get("request_id", ""),
         )

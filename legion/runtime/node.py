@@ -317,4 +317,9 @@ async def _serve(config: NodeConfig) -> None:
 def run(config: NodeConfig) -> None:
     """Run one node in the foreground until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve(config))
+    try:
+        import uvloop  # the faster event loop where it is available (not on Windows)
+    except ImportError:
+        asyncio.run(_serve(config))
+    else:
+        uvloop.run(_serve(config))

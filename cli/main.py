@@ -1,0 +1,68 @@
+"""The ``legion`` command: the root typer app and its entry point.
+
+Does I/O only through what it mounts. Command groups live one per file
+(``cluster``, ``node``); every installed engine whose ``Engine.cli()``
+returns a typer app is mounted as ``legion <engine name> …``. ``main()``
+turns any ``LegionError`` into one red ``error: …`` line on stderr and exit
+status 1 — users see what to fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from cli import cluster, node
+from legion.engine import load_engines
+from legion.errors import LegionError
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+stderr = Console(stderr=True)
+
+
+def build_app() -> typer.Typer:
+    """The root app with the built-in groups and every engine's commands."""
+    app = typer.Typer(
+        name="legion",
+        help="Run and use a Legion cluster: partitioned, replicated, rebalancing state.",
+        no_args_is_help=True,
+        add_completion=False,
+        # LegionErrors are printed by main(); anything else is a bug and
+        # deserves the plain traceback, not a wall of rich locals.
+        pretty_exceptions_enable=False,
+    )
+    app.add_typer(cluster.app, name="cluster")
+    app.add_typer(node.app, name="node")
+    _mount_engines(app)
+    return app
+
+
+def _mount_engines(app: typer.Typer) -> None:
+    try:
+        engines = load_engines()
+    except (ImportError, LegionError) as exc:
+        # One broken plug-in must not take `legion cluster …` down with it.
+        stderr.print(f"[yellow]warning:[/] engine commands unavailable: {escape(str(exc))}", soft_wrap=True)
+        return
+    for name, engine in sorted(engines.items()):
+        engine_app = engine.cli()
+        if engine_app is not None:
+            app.add_typer(engine_app, name=name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ``legion`` command; exits with its status."""
+    try:
+        build_app()(args=list(argv) if argv is not None else None, prog_name="legion")
+    except LegionError as exc:
+        # soft_wrap: the message stays one line however narrow the terminal.
+        stderr.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True, highlight=False)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)

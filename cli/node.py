@@ -1,0 +1,67 @@
+"""``legion node …``: run one node process in the foreground.
+
+Parses arguments into a ``legion.runtime.node.NodeConfig`` and hands over to
+``legion.runtime.node.run``; no logic of its own beyond checking the
+arguments. ``legion cluster up`` starts its nodes through this command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from legion.errors import ConfigError
+from legion.keyspace import check_partition_count
+from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
+
+app = typer.Typer(help="Run a single node (what `legion cluster up` starts for you).", no_args_is_help=True)
+
+LISTEN_EXAMPLE = "127.0.0.1:7400"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[IPv6]:PORT``) as a host and a port; ConfigError if it is not."""
+    host, separator, port_text = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not separator or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"--listen must be HOST:PORT with a port from 1 to 65535, e.g. {LISTEN_EXAMPLE}; got {listen!r}")
+    return host, int(port_text)
+
+
+@app.command()
+def start(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where this node keeps its data.")],
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve on.")] = LISTEN_EXAMPLE,
+    join: Annotated[
+        str | None, typer.Option("--join", help="URL of any node of the cluster to join (omit to start a new cluster).")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="The cluster token (default: DATA_DIR/token, created if new).")
+    ] = None,
+    node_id: Annotated[str | None, typer.Option("--node-id", help="This node's id (kept across restarts).")] = None,
+    partitions: Annotated[
+        int, typer.Option("--partitions", help="Partitions in a new cluster (a power of two).")
+    ] = PARTITIONS_DEFAULT,
+    replicas: Annotated[int, typer.Option("--replicas", help="Replicas of each partition.")] = REPLICAS_DEFAULT,
+) -> None:
+    """Start a node and serve until SIGTERM or Ctrl-C."""
+    host, port = parse_listen(listen)
+    check_partition_count(partitions)
+    # Imported here: the runtime pulls in aiohttp and every engine, which
+    # the other commands do not need.
+    from legion.runtime.node import NodeConfig, run
+
+    config = NodeConfig(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        join=join,
+        token_file=token_file,
+        node_id=node_id,
+        partitions=partitions,
+        replicas=replicas,
+    )
+    run(config)

@@ -1,0 +1,272 @@
+"""The key/value engine: one SQLite database per partition, and its HTTP routes.
+
+Does I/O (SQLite files). The data rules — what an operation means, which
+version wins — live in the pure ``entries`` module; this module only stores
+entries and answers requests.
+
+On disk, each partition is ``<directory>/kv.sqlite`` with one table,
+``entries`` (see ``SCHEMA``): per key, the newest entry this replica has
+seen, tombstones included. WAL mode with ``synchronous=NORMAL``: a committed
+``apply`` survives the process being killed (``kill -9``), the durability bar
+DESIGN.md sets; an OS crash or power loss may roll back the last commits
+(``synchronous=FULL`` would prevent that at one fsync per ``apply``).
+
+Threads, as the contract in ``legion.engine`` promises: ``apply`` comes from
+the node's single writer thread, so each partition has one writer
+connection; ``read`` and ``fold`` come from worker threads concurrently, so
+each (partition, thread) pair gets its own reader connection. WAL lets
+readers run while the writer commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines.kv import entries
+from engines.kv.entries import Entry
+from legion.engine import Cluster, Engine, HttpRequest, HttpResponse, Route
+from legion.errors import BadRequest, ConfigError, NotFound, NotOwner
+from legion.limits import REQUEST_DEADLINE_MS
+from legion.replication import Operation
+
+DATABASE_FILE = "kv.sqlite"
+SCHEMA_VERSION = 1
+# fold reads this many rows per query, so no read transaction stays open
+# while the caller (a handoff sender) is slow to consume them.
+FOLD_PAGE_ROWS = 512
+BUSY_TIMEOUT_S = REQUEST_DEADLINE_MS / 1000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key BLOB PRIMARY KEY,
+    hlc INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    deleted INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+    content_type TEXT,
+    value BLOB,
+    CHECK ((deleted = 1) = (value IS NULL))
+) WITHOUT ROWID
+"""
+
+# Replace a row only when the incoming version is newer. Row values compare
+# left to right, like Python tuples; origin is TEXT with the BINARY collation,
+# i.e. UTF-8 byte order, which is code-point order — the same order Python
+# uses for str, so SQLite and legion.replication.supersedes agree.
+UPSERT = """
+INSERT INTO entries (key, hlc, origin, deleted, content_type, value)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    hlc = excluded.hlc, origin = excluded.origin, deleted = excluded.deleted,
+    content_type = excluded.content_type, value = excluded.value
+WHERE (excluded.hlc, excluded.origin) > (entries.hlc, entries.origin)
+"""
+
+SELECT_ONE = "SELECT hlc, origin, deleted, content_type, value FROM entries WHERE key = ?"
+SELECT_PAGE = (
+    "SELECT key, hlc, origin, deleted, content_type, value FROM entries"
+    " WHERE key > ? ORDER BY key LIMIT ?"
+)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: apply issues BEGIN/COMMIT itself. check_same_thread
+    # is off only so that close() can run on any thread; a connection is still
+    # used by one thread at a time (_Connection.lock).
+    return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+
+
+@dataclass(eq=False)
+class _Connection:
+    """A SQLite connection, the lock its user holds, and whether close() took it away."""
+
+    conn: sqlite3.Connection
+    partition: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
+
+    @contextmanager
+    def use(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            # close() may win the race against a call that already found the partition.
+            if self.closed:
+                raise NotOwner(f"partition {self.partition} was closed in the kv engine on this node")
+            yield self.conn
+
+    def close(self) -> None:
+        with self.lock:  # waits for a statement in flight on another thread
+            self.closed = True
+            self.conn.close()
+
+
+class _PartitionStore:
+    """One partition's database: a writer connection and per-thread readers."""
+
+    def __init__(self, partition: int, directory: Path) -> None:
+        self.partition = partition
+        self.path = directory / DATABASE_FILE
+        directory.mkdir(parents=True, exist_ok=True)
+        writer = _connect(self.path)
+        version = writer.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            writer.close()
+            raise ConfigError(f"{self.path} has kv schema version {version}; this code knows {SCHEMA_VERSION}")
+        writer.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+        writer.execute("PRAGMA synchronous=NORMAL")  # per connection
+        writer.execute(SCHEMA)
+        writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.writer = _Connection(writer, partition)
+        self._local = threading.local()
+        self._readers: list[_Connection] = []
+        self._readers_lock = threading.Lock()  # guards _readers and closed
+        self.closed = False
+
+    def reader(self) -> _Connection:
+        """This thread's reader connection, opened on first use.
+
+        One per worker thread that ever read this partition; the runtime's
+        worker pool is bounded, so the number of readers is too.
+        """
+        reader: _Connection | None = getattr(self._local, "reader", None)
+        if reader is not None:
+            return reader
+        with self._readers_lock:
+            if self.closed:  # else a reader opened after close() would never be closed
+                raise NotOwner(f"partition {self.partition} was closed in the kv engine on this node")
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=1")  # a reader that writes is a bug
+            reader = self._local.reader = _Connection(conn, self.partition)
+            self._readers.append(reader)
+        return reader
+
+    def close(self) -> None:
+        with self._readers_lock:
+            self.closed = True
+            readers, self._readers = self._readers, []
+        for connection in [self.writer, *readers]:
+            connection.close()
+
+
+class KVEngine(Engine):
+    """A replicated key/value store: last-writer-wins per key, tombstones for deletes."""
+
+    name = entries.ENGINE_NAME
+    inline_reads = True  # a read is one primary-key lookup in SQLite
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self._stores: dict[int, _PartitionStore] = {}
+        self._stores_lock = threading.Lock()  # open/close race with worker threads' lookups
+
+    def open(self, partition: int, directory: Path) -> None:
+        with self._stores_lock:
+            if partition not in self._stores:
+                self._stores[partition] = _PartitionStore(partition, directory)
+
+    def close(self, partition: int) -> None:
+        with self._stores_lock:
+            store = self._stores.pop(partition, None)
+        if store is not None:
+            store.close()
+
+    def validate(self, op: Operation) -> None:
+        entries.entry_of(op)  # raises BadRequest for anything apply would refuse
+
+    def apply(self, partition: int, ops: Sequence[Operation]) -> None:
+        # Decode everything first: a malformed batch fails before touching the
+        # database. An Entry's fields are the table's columns after the key.
+        rows = [(op.key, *entries.entry_of(op)) for op in ops]
+        with self._store(partition).writer.use() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(UPSERT, rows)
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def read(self, partition: int, query: Any) -> list[Any] | None:
+        """``query`` is the key's bytes; the reply is ``Entry.to_wire()`` or None."""
+        if not isinstance(query, bytes):
+            raise BadRequest("a kv read query is the key as bytes")
+        with self._store(partition).reader().use() as conn:
+            row = conn.execute(SELECT_ONE, (query,)).fetchone()
+        return None if row is None else _entry(row).to_wire()
+
+    def fold(self, partition: int) -> Iterator[Operation]:
+        # Keyset pagination. Rows are never deleted (a delete is a tombstone
+        # row), so every key present when the fold starts is visited; a row
+        # updated meanwhile yields the old or the new version, and the log
+        # tail the core sends after the fold covers the difference.
+        store = self._store(partition)
+        after = b""
+        while True:
+            # The reader is looked up per page: a generator may resume on another thread.
+            with store.reader().use() as conn:
+                page = conn.execute(SELECT_PAGE, (after, FOLD_PAGE_ROWS)).fetchall()
+            for key, *rest in page:
+                yield entries.operation_of(partition, key, _entry(rest))
+            if len(page) < FOLD_PAGE_ROWS:
+                return
+            after = page[-1][0]
+
+    def routes(self) -> Sequence[Route]:
+        return (
+            Route("PUT", "/v1/kv/{key}", put_handler),
+            Route("GET", "/v1/kv/{key}", get_handler),
+            Route("DELETE", "/v1/kv/{key}", delete_handler),
+        )
+
+    @classmethod
+    def cli(cls) -> Any:
+        from engines.kv.cli import app  # imported here: a node serving requests never needs typer
+
+        return app
+
+    def _store(self, partition: int) -> _PartitionStore:
+        store = self._stores.get(partition)
+        if store is None:
+            raise NotOwner(f"partition {partition} is not open in the kv engine on this node")
+        return store
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    hlc, origin, deleted, content_type, value = row
+    return Entry(hlc, origin, bool(deleted), content_type, value)
+
+
+# HTTP handlers: parse and validate, call the coordinator, shape the answer.
+# Errors are raised as LegionErrors; the runtime turns them into responses.
+
+
+async def put_handler(req: HttpRequest, cluster: Cluster) -> HttpResponse:
+    key = req.path_params["key"]
+    raw_key = entries.parse_key(key)
+    body = entries.encode_put(req.headers.get("Content-Type"), req.body)
+    result = await cluster.write(entries.ENGINE_NAME, raw_key, entries.KIND_PUT, body, w=req.int_param("w"))
+    return HttpResponse.json({"key": key, "partition": result.partition, "hlc": result.hlc, "acks": result.acks})
+
+
+async def get_handler(req: HttpRequest, cluster: Cluster) -> HttpResponse:
+    key = req.path_params["key"]
+    raw_key = entries.parse_key(key)
+    replies = await cluster.read(entries.ENGINE_NAME, raw_key, raw_key, r=req.int_param("r"))
+    entry = entries.newest(replies)
+    if entry is None or entry.deleted:
+        raise NotFound(f"key {key!r} not found")
+    assert entry.value is not None and entry.content_type is not None
+    headers = {"X-Legion-HLC": str(entry.hlc)}
+    return HttpResponse(body=entry.value, content_type=entry.content_type, headers=headers)
+
+
+async def delete_handler(req: HttpRequest, cluster: Cluster) -> HttpResponse:
+    key = req.path_params["key"]
+    raw_key = entries.parse_key(key)
+    result = await cluster.write(entries.ENGINE_NAME, raw_key, entries.KIND_DELETE, b"", w=req.int_param("w"))
+    return HttpResponse.json({"key": key, "deleted": True, "hlc": result.hlc, "acks": result.acks})

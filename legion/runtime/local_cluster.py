@@ -1,0 +1,549 @@
+"""Local clusters: real node processes on loopback, for development, the demo and tests.
+
+Does I/O: spawns and signals processes, probes ports, reads and writes the
+cluster directory. Nothing here is needed to run a production node; it is
+what ``legion cluster up`` and the test fixtures use to get a cluster of real
+``legion node start`` processes on one machine.
+
+A cluster directory ``DIR`` holds::
+
+    DIR/cluster.json        {"partitions", "replicas", "nodes": [node, ...]}
+    DIR/token               the cluster token (mode 0600)
+    DIR/nodes/<id>/         one node's data directory
+    DIR/nodes/<id>/node.log that node's stdout and stderr
+
+where each node is ``{"id", "url", "data_dir", "pid", "log", "join", "removed"}``:
+``pid`` is null while the node is stopped, ``join`` the seed URL it was first
+started with, ``removed`` true once it has left the cluster for good (its
+entry stays so that its id is never reused). ``legion.client.Client.connect``
+reads the same file.
+
+Node processes run in their own session, so they outlive the command that
+started them and a Ctrl-C in its terminal does not reach them. Two commands
+must not change one cluster directory at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from legion.client import CLUSTER_FILE_NAME, TOKEN_FILE_NAME, Client
+from legion.errors import ConfigError, DeadlineExceeded, NotFound, Unavailable
+from legion.keyspace import check_partition_count
+from legion.limits import REPLICAS_MAX
+
+HOST = "127.0.0.1"
+NODES_MAX = 64
+STOP_TIMEOUT_S = 10.0
+KILL_TIMEOUT_S = 5.0
+POLL_INTERVAL_S = 0.1
+# How often a long wait on the cluster checks that its node processes live.
+LIVENESS_CHECK_INTERVAL_S = 1.0
+CLIENT_TIMEOUT_S = 5.0
+LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES_MAX = 16 * 1024
+
+Progress = Callable[[str], None]
+
+# Popen objects of the nodes this process spawned: polling them reaps the
+# children that exit, so a killed node is not mistaken for a live zombie.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def load(directory: Path) -> dict[str, Any]:
+    """The cluster directory's ``cluster.json``; ConfigError if there is none."""
+    path = Path(directory) / CLUSTER_FILE_NAME
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no cluster in {directory}: run `legion cluster up --dir {directory}`") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("nodes"), list):
+        raise ConfigError(f"{path} is not a cluster file (no 'nodes' list)")
+    return document
+
+
+def up(
+    directory: Path,
+    *,
+    nodes: int = 3,
+    partitions: int = 64,
+    replicas: int = 3,
+    base_port: int = 7400,
+    timeout_s: float = 60,
+    reset: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Start a new cluster of ``nodes`` processes in ``directory``; its ``cluster.json`` once all are up.
+
+    ``base_port=0`` picks free ports. ``reset=True`` deletes the data of a
+    stopped cluster in ``directory`` first; without it such a directory is
+    refused. If start-up fails, the nodes already started are stopped again.
+    """
+    directory = Path(directory).resolve()
+    _check_new_cluster(directory, nodes=nodes, partitions=partitions, replicas=replicas, reset=reset)
+    ports = _choose_ports(nodes, base_port)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_token(directory)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the cluster directory {directory}: {exc.strerror}") from None
+    document: dict[str, Any] = {
+        "partitions": partitions,
+        "replicas": replicas,
+        "nodes": [_node_entry(directory, f"n{index + 1}", port) for index, port in enumerate(ports)],
+    }
+    _save(directory, document)
+    deadline = time.monotonic() + timeout_s
+    try:
+        first, rest = document["nodes"][0], document["nodes"][1:]
+        _start(directory, document, first, join=None, progress=progress)
+        _wait_healthy(directory, first, deadline, timeout_s)
+        for node in rest:
+            _start(directory, document, node, join=first["url"], progress=progress)
+        _report(progress, f"waiting for {nodes} nodes to be up and partitions placed")
+        with _client(directory, document["nodes"]) as client:
+            ids = [node["id"] for node in document["nodes"]]
+            _wait_settled(client, document["nodes"], _all_up(ids), deadline, timeout_s, "the cluster to settle")
+    except BaseException:
+        # Ctrl-C or a failed node: leave no orphan processes; the logs stay.
+        down(directory)
+        raise
+    return load(directory)
+
+
+def down(directory: Path) -> list[str]:
+    """Stop every running node of the cluster in ``directory``; the ids of those that were running."""
+    directory = Path(directory).resolve()
+    document = load(directory)
+    stopped = _stop(document["nodes"], kill=False)
+    for node in document["nodes"]:
+        node["pid"] = None
+    _save(directory, document)
+    return stopped
+
+
+def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | None = None) -> dict[str, Any]:
+    """Start one more node, join it to the cluster, wait until it is up and rebalanced; its entry."""
+    directory = Path(directory).resolve()
+    document = load(directory)
+    live = _running(document)
+    if not live:
+        raise ConfigError(
+            f"no node of the cluster in {directory} is running: start one with `legion cluster start-node ID --dir {directory}`"
+        )
+    node_id = f"n{max(_id_number(node['id']) for node in document['nodes']) + 1}"
+    node = _node_entry(directory, node_id, _next_port(document))
+    document["nodes"].append(node)
+    deadline = time.monotonic() + timeout_s
+    _start(directory, document, node, join=live[0]["url"], progress=progress)
+    _wait_healthy(directory, node, deadline, timeout_s)
+    _report(progress, f"waiting for {node_id} to be up and partitions to move")
+    with _client(directory, live + [node]) as client:
+        _wait_settled(client, [node], _all_up([node_id]), deadline, timeout_s, f"{node_id} to join")
+    return node
+
+
+def remove_node(
+    directory: Path, node_id: str, *, timeout_s: float = 60, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Remove ``node_id`` for good: hand off its partitions, then stop it; the final status document."""
+    directory = Path(directory).resolve()
+    document = load(directory)
+    node = _find(document, node_id)
+    if node.get("removed"):
+        raise ConfigError(f"node {node_id} was already removed from the cluster in {directory}")
+    others = [other for other in _running(document) if other is not node]
+    if not others:
+        raise ConfigError(f"cannot remove {node_id}: no other node of the cluster in {directory} is running")
+    deadline = time.monotonic() + timeout_s
+    with _client(directory, others) as client:
+        client.remove_node(node_id)
+        _report(progress, f"waiting for {node_id}'s partitions to move to other nodes")
+
+        def removed(status: dict[str, Any]) -> bool:
+            member = _member(status, node_id)
+            return (member is None or member.get("status") == "removed") and not status.get("rebalancing")
+
+        status = _wait_settled(client, others, removed, deadline, timeout_s, f"{node_id} to be removed")
+    _stop([node], kill=False)
+    node["pid"] = None
+    node["removed"] = True
+    _save(directory, document)
+    return status
+
+
+def start_node(directory: Path, node_id: str, *, timeout_s: float = 60) -> dict[str, Any]:
+    """Restart a stopped or killed node with its own id, port and data; its entry once it answers."""
+    directory = Path(directory).resolve()
+    document = load(directory)
+    node = _find(document, node_id)
+    if node.get("removed"):
+        raise ConfigError(
+            f"node {node_id} was removed from the cluster; add a new one with `legion cluster add-node --dir {directory}`"
+        )
+    if _is_running(node):
+        raise ConfigError(f"node {node_id} is already running (pid {node['pid']})")
+    port = _port_of(node["url"])
+    if not _port_free(port):
+        raise ConfigError(f"port {port} that node {node_id} listens on is taken by another process; stop it first")
+    join = _seed_url(document, node) if node.get("join") else None
+    _start(directory, document, node, join=join, progress=None)
+    _wait_healthy(directory, node, time.monotonic() + timeout_s, timeout_s)
+    return node
+
+
+def stop_node(directory: Path, node_id: str, *, kill: bool = False) -> bool:
+    """Stop one node (SIGTERM, or SIGKILL with ``kill=True`` to simulate a crash); whether it was running."""
+    directory = Path(directory).resolve()
+    document = load(directory)
+    node = _find(document, node_id)
+    stopped = _stop([node], kill=kill)
+    node["pid"] = None
+    _save(directory, document)
+    return bool(stopped)
+
+
+# -- checks and files --------------------------------------------------------------
+
+
+def _check_new_cluster(directory: Path, *, nodes: int, partitions: int, replicas: int, reset: bool) -> None:
+    """Refuse bad sizes, a running cluster, and (unless ``reset``) a stopped cluster's data."""
+    if not 1 <= nodes <= NODES_MAX:
+        raise ConfigError(f"--nodes must be between 1 and {NODES_MAX}, got {nodes}")
+    check_partition_count(partitions)
+    if not 1 <= replicas <= REPLICAS_MAX:
+        raise ConfigError(f"--replicas must be between 1 and {REPLICAS_MAX}, got {replicas}")
+    cluster_file = directory / CLUSTER_FILE_NAME
+    if cluster_file.exists() and any(_is_running(node) for node in load(directory)["nodes"]):
+        raise ConfigError(f"a cluster is already running in {directory}; `legion cluster down --dir {directory}` first")
+    stale = [path for path in (cluster_file, directory / "nodes") if path.exists()]
+    if stale and not reset:
+        raise ConfigError(
+            f"{directory} holds a stopped cluster: restart its nodes with "
+            f"`legion cluster start-node ID --dir {directory}`, or pass --reset to delete its data"
+        )
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _write_token(directory: Path) -> None:
+    """A fresh token, readable by its owner only from the moment it exists."""
+    path = directory / TOKEN_FILE_NAME
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        # O_CREAT's mode does not apply to a file that already existed.
+        os.fchmod(descriptor, 0o600)
+        os.write(descriptor, (secrets.token_urlsafe(32) + "\n").encode())
+    finally:
+        os.close(descriptor)
+
+
+def _save(directory: Path, document: dict[str, Any]) -> None:
+    """Replace ``cluster.json`` atomically, so a reader never sees half a file."""
+    path = directory / CLUSTER_FILE_NAME
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _node_entry(directory: Path, node_id: str, port: int) -> dict[str, Any]:
+    data_dir = directory / "nodes" / node_id
+    return {
+        "id": node_id,
+        "url": f"http://{HOST}:{port}",
+        "data_dir": str(data_dir),
+        "pid": None,
+        "log": str(data_dir / "node.log"),
+        "join": None,
+        "removed": False,
+    }
+
+
+def _find(document: dict[str, Any], node_id: str) -> dict[str, Any]:
+    for node in document["nodes"]:
+        if node["id"] == node_id:
+            return node
+    known = ", ".join(node["id"] for node in document["nodes"]) or "none"
+    raise NotFound(f"no node {node_id!r} in this cluster (nodes: {known})")
+
+
+def _running(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node for node in document["nodes"] if not node.get("removed") and _is_running(node)]
+
+
+def _seed_url(document: dict[str, Any], node: dict[str, Any]) -> str:
+    """The node's original seed if it still runs, else any running node, else the original seed."""
+    live_urls = [other["url"] for other in _running(document) if other is not node]
+    return node["join"] if node["join"] in live_urls or not live_urls else live_urls[0]
+
+
+def _id_number(node_id: str) -> int:
+    match = re.fullmatch(r"n(\d+)", node_id)
+    return int(match.group(1)) if match else 0
+
+
+# -- ports -----------------------------------------------------------------------
+
+
+def _port_of(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None, url
+    return port
+
+
+def _port_free(port: int) -> bool:
+    """Whether a server could listen on ``HOST:port`` now (TIME_WAIT leftovers do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports the kernel considers free right now."""
+    probes: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probes.append(probe)
+            probe.bind((HOST, 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def _choose_ports(count: int, base_port: int) -> list[int]:
+    if base_port == 0:
+        return _free_ports(count)
+    if not 1024 <= base_port <= 65535 - count + 1:
+        raise ConfigError(f"--base-port must be 0 (pick free ports) or between 1024 and {65536 - count}, got {base_port}")
+    ports = list(range(base_port, base_port + count))
+    busy = [port for port in ports if not _port_free(port)]
+    if busy:
+        ports_are = "ports " + ", ".join(map(str, busy)) + " are" if len(busy) > 1 else f"port {busy[0]} is"
+        raise ConfigError(
+            f"{ports_are} already in use on {HOST}: choose others with --base-port N, or --base-port 0 for free ones"
+        )
+    return ports
+
+
+def _next_port(document: dict[str, Any]) -> int:
+    """One past the highest port in use when free (URLs stay tidy), else any free port."""
+    candidate = max(_port_of(node["url"]) for node in document["nodes"]) + 1
+    if candidate <= 65535 and _port_free(candidate):
+        return candidate
+    return _free_ports(1)[0]
+
+
+# -- processes ---------------------------------------------------------------------
+
+
+def _is_running(node: dict[str, Any]) -> bool:
+    """Whether the node's recorded pid is a live (not zombie) process of *that* node.
+
+    The command line is checked against the node's data directory because a
+    pid recorded before a reboot may belong to an unrelated process by now,
+    and signalling that would be a nasty surprise.
+    """
+    pid = node.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    proc = Path("/proc") / str(pid)
+    if not proc.exists():
+        return True  # no procfs (macOS): the signal probe is all we have
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = (proc / "cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False  # it exited while we looked
+    return state != "Z" and node["data_dir"].encode() in command
+
+
+def _start(
+    directory: Path, document: dict[str, Any], node: dict[str, Any], *, join: str | None, progress: Progress | None
+) -> None:
+    """Spawn ``legion node start`` for ``node`` and record its pid in ``cluster.json`` at once."""
+    data_dir = Path(node["data_dir"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "cli", "node", "start",
+        "--data-dir", str(data_dir),
+        "--listen", f"{HOST}:{_port_of(node['url'])}",
+        "--token-file", str(directory / TOKEN_FILE_NAME),
+        "--node-id", node["id"],
+        "--partitions", str(document["partitions"]),
+        "--replicas", str(document["replicas"]),
+    ]  # fmt: skip
+    if join:
+        argv += ["--join", join]
+    # Unbuffered, so that node.log is complete when a node dies.
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(node["log"], "ab") as log:
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=environment, start_new_session=True,
+        )  # fmt: skip
+    _children[child.pid] = child
+    node["pid"] = child.pid
+    node["join"] = node["join"] or join
+    _save(directory, document)
+    _report(progress, f"started {node['id']} (pid {child.pid}) on {node['url']}")
+
+
+def _signal(pid: int, signum: int) -> None:
+    """Signal the node's whole process group: it may have started helpers (e.g. Dask workers)."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, signum)
+
+
+def _stop(nodes: Sequence[dict[str, Any]], *, kill: bool) -> list[str]:
+    """Stop the running ones among ``nodes``: SIGTERM (or SIGKILL), then SIGKILL after a grace period."""
+    running = [node for node in nodes if _is_running(node)]
+    for node in running:
+        _signal(node["pid"], signal.SIGKILL if kill else signal.SIGTERM)
+    lingering = _wait_exited(running, KILL_TIMEOUT_S if kill else STOP_TIMEOUT_S)
+    for node in lingering:
+        _signal(node["pid"], signal.SIGKILL)
+    stuck = _wait_exited(lingering, KILL_TIMEOUT_S)
+    if stuck:
+        pids = ", ".join(f"{node['id']} (pid {node['pid']})" for node in stuck)
+        raise ConfigError(f"could not stop {pids} even with SIGKILL")
+    for node in running:
+        _children.pop(node["pid"], None)
+    return [node["id"] for node in running]
+
+
+def _wait_exited(nodes: Sequence[dict[str, Any]], timeout_s: float) -> list[dict[str, Any]]:
+    """Wait up to ``timeout_s`` for ``nodes`` to exit; those still running."""
+    deadline = time.monotonic() + timeout_s
+    remaining = list(nodes)
+    while remaining and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL_S)
+        remaining = [node for node in remaining if _is_running(node)]
+    return remaining
+
+
+def _exited_error(node: dict[str, Any]) -> ConfigError:
+    """The error for a node that died on us, quoting the end of its log."""
+    child = _children.get(node["pid"]) if node.get("pid") else None
+    if child is not None:
+        try:
+            # Reap it for its exit status: it may have been seen as a zombie first.
+            child.wait(timeout=KILL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+    code = f" with status {child.returncode}" if child is not None and child.returncode is not None else ""
+    try:
+        with open(node["log"], "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_TAIL_BYTES_MAX))
+            tail = log.read().decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
+    except OSError as exc:
+        tail = [f"(cannot read the log: {exc.strerror})"]
+    quoted = "\n".join("  | " + line for line in tail) or "  | (the log is empty)"
+    return ConfigError(f"node {node['id']} exited{code}; last lines of {node['log']}:\n{quoted}")
+
+
+# -- waiting -------------------------------------------------------------------------
+
+
+def _client(directory: Path, nodes: Sequence[dict[str, Any]]) -> Client:
+    token = (directory / TOKEN_FILE_NAME).read_text().strip()
+    return Client([node["url"] for node in nodes], token, timeout_s=CLIENT_TIMEOUT_S)
+
+
+def _wait_healthy(directory: Path, node: dict[str, Any], deadline: float, timeout_s: float) -> None:
+    """Wait until the node answers ``/v1/health``; ConfigError with its log if it dies first."""
+    with _client(directory, [node]) as client:
+        while True:
+            if not _is_running(node):
+                raise _exited_error(node)
+            try:
+                client.health()
+                return
+            except Unavailable:
+                pass
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"node {node['id']} did not answer at {node['url']} within {timeout_s:g}s; see {node['log']}"
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+
+def _wait_settled(
+    client: Client,
+    watched: Sequence[dict[str, Any]],
+    predicate: Callable[[dict[str, Any]], bool],
+    deadline: float,
+    timeout_s: float,
+    what: str,
+) -> dict[str, Any]:
+    """``client.wait_for(predicate)`` in short slices, failing fast if a watched node dies."""
+    while True:
+        for node in watched:
+            if not _is_running(node):
+                raise _exited_error(node)
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            return client.wait_for(predicate, timeout_s=min(remaining, LIVENESS_CHECK_INTERVAL_S))
+        except DeadlineExceeded as exc:
+            if time.monotonic() >= deadline:
+                logs = Path(watched[0]["log"]).parent.parent if watched else "the node directories"
+                last = exc.details.get("last_status", "none")
+                raise DeadlineExceeded(
+                    f"timed out after {timeout_s:g}s waiting for {what}; last status: {last}; node logs are under {logs}"
+                ) from None
+
+
+def _all_up(node_ids: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
+    """Predicate: every named node is a member with status ``up`` and no rebalance is in flight."""
+
+    def check(status: dict[str, Any]) -> bool:
+        members = [_member(status, node_id) for node_id in node_ids]
+        return all(m is not None and m.get("status") == "up" for m in members) and not status.get("rebalancing")
+
+    return check
+
+
+def _member(status: dict[str, Any], node_id: str) -> dict[str, Any] | None:
+    for member in status.get("members", ()):
+        if member.get("id") == node_id:
+            return member
+    return None
+
+
+def _report(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)

@@ -1,0 +1,189 @@
+"""The ``legion`` command end to end: real node processes, driven only through the CLI.
+
+Every command runs as ``python -m cli …`` in a subprocess, the way a user
+types it, against a cluster that ``legion cluster up`` started on free
+loopback ports. Errors must come out as one ``error: …`` line on stderr with
+exit status 1 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from legion.errors import ConfigError
+from legion.runtime import local_cluster
+
+CliResult = subprocess.CompletedProcess[str]
+
+
+def assert_ok(result: CliResult) -> CliResult:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def assert_one_error_line(result: CliResult, expected: str) -> None:
+    """Exit 1, and stderr is exactly one ``error:`` line containing ``expected``; no traceback anywhere."""
+    assert result.returncode == 1, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert expected in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def workdir(legion_cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory whose ./.legion holds a running 3-node cluster, started through the CLI."""
+    work = tmp_path_factory.mktemp("cli-cluster")
+    try:
+        up = assert_ok(legion_cli("cluster", "up", "--nodes", "3", "--dir", ".legion", "--base-port", "0", cwd=work))
+        assert "cluster up" in up.stdout
+        for node_id in ("n1", "n2", "n3"):
+            assert node_id in up.stdout
+        yield work
+    finally:
+        if (work / ".legion" / "cluster.json").exists():
+            legion_cli("cluster", "down", "--dir", ".legion", cwd=work)
+
+
+def test_status_json_shows_three_settled_members(legion_cli, workdir: Path) -> None:
+    status = json.loads(assert_ok(legion_cli("cluster", "status", "--json", cwd=workdir)).stdout)
+    assert [member["id"] for member in status["members"]] == ["n1", "n2", "n3"]
+    assert {member["status"] for member in status["members"]} == {"up"}
+    assert (status["partitions"], status["replicas"], status["rebalancing"]) == (64, 3, False)
+    assert len(status["placement"]) == 64
+
+
+def test_status_table_names_members_and_the_claimant(legion_cli, workdir: Path) -> None:
+    table = assert_ok(legion_cli("cluster", "status", "--cluster", str(workdir / ".legion"))).stdout
+    for word in ("n1", "n2", "n3", "up", "claimant", "64 partitions", "settled"):
+        assert word in table
+
+
+def test_kv_put_get_delete(legion_cli, workdir: Path) -> None:
+    put = assert_ok(legion_cli("kv", "put", "greeting", "hello, world", cwd=workdir))
+    assert "partition" in put.stdout
+    assert assert_ok(legion_cli("kv", "get", "greeting", cwd=workdir)).stdout == "hello, world"
+    described = json.loads(assert_ok(legion_cli("kv", "get", "greeting", "--json", cwd=workdir)).stdout)
+    assert described["value"] == "hello, world"
+    assert described["content_type"].startswith("text/plain")
+    assert_ok(legion_cli("kv", "delete", "greeting", cwd=workdir))
+    assert_one_error_line(legion_cli("kv", "get", "greeting", cwd=workdir), "not found")
+
+
+def test_kv_reads_a_value_from_stdin_and_any_node_serves_it(legion_cli, workdir: Path) -> None:
+    assert_ok(legion_cli("kv", "put", "doc:1", "-", "--content-type", "application/json", input='{"a": 1}', cwd=workdir))
+    nodes = local_cluster.load(workdir / ".legion")["nodes"]
+    token = (workdir / ".legion" / "token").read_text().strip()
+    for node in nodes:
+        # LEGION_URL + LEGION_TOKEN pin the command to one node.
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", "kv", "get", "doc:1"],
+            capture_output=True, text=True, timeout=60, cwd=workdir,
+            env={"PATH": "/usr/bin:/bin", "LEGION_URL": node["url"], "LEGION_TOKEN": token},
+        )  # fmt: skip
+        assert assert_ok(result).stdout == '{"a": 1}'
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["kv", "get", "never-written"], "not found"),
+        (["kv", "put", "k" * 2000, "v"], "1024"),
+        (["cluster", "status", "--cluster", "nowhere"], "no cluster at"),
+        (["cluster", "up", "--dir", ".legion", "--base-port", "0"], "already running"),
+        (["cluster", "up", "--dir", "other", "--partitions", "3", "--base-port", "0"], "power of two"),
+        (["cluster", "start-node", "n1", "--dir", ".legion"], "already running"),
+        (["cluster", "remove-node", "n9", "--dir", ".legion"], "no node 'n9'"),
+        (["node", "start", "--data-dir", "d", "--listen", "nonsense"], "--listen must be HOST:PORT"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_1(legion_cli, workdir: Path, args: list[str], expected: str) -> None:
+    assert_one_error_line(legion_cli(*args, cwd=workdir), expected)
+
+
+def test_a_wrong_token_is_reported_not_crashed(legion_cli, workdir: Path) -> None:
+    url = local_cluster.load(workdir / ".legion")["nodes"][0]["url"]
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "cluster", "status"],
+        capture_output=True, text=True, timeout=60, cwd=workdir,
+        env={"PATH": "/usr/bin:/bin", "LEGION_URL": url, "LEGION_TOKEN": "not-the-token"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2_without_a_traceback(legion_cli) -> None:
+    result = legion_cli("cluster", "up", "--nodes", "many")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_up_on_a_busy_port_suggests_base_port(legion_cli, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = legion_cli("cluster", "up", "--nodes", "1", "--dir", str(tmp_path / "c"), "--base-port", str(port))
+    assert_one_error_line(result, "--base-port")
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "legion"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert_ok(result)
+    assert "cluster" in result.stdout and "node" in result.stdout
+
+
+def test_a_cluster_grows_shrinks_restarts_and_stops_through_the_cli(legion_cli, tmp_path: Path) -> None:
+    run = lambda *args: legion_cli(*args, cwd=tmp_path)  # noqa: E731
+    directory = tmp_path / ".legion"
+    try:
+        assert_ok(run("cluster", "up", "--nodes", "2", "--partitions", "16", "--replicas", "2", "--base-port", "0"))
+        assert "added n3" in assert_ok(run("cluster", "add-node")).stdout
+        assert_ok(run("kv", "put", "survivor", "still here"))
+
+        assert_ok(run("cluster", "stop-node", "n2", "--kill"))
+        assert_ok(run("cluster", "start-node", "n2"))
+        assert run("kv", "get", "survivor").stdout == "still here"
+
+        assert "removed n1" in assert_ok(run("cluster", "remove-node", "n1")).stdout
+        status = json.loads(assert_ok(run("cluster", "status", "--json")).stdout)
+        by_id = {member["id"]: member["status"] for member in status["members"]}
+        assert by_id.get("n1", "removed") == "removed"
+        assert by_id["n2"] == by_id["n3"] == "up"
+        assert run("kv", "get", "survivor").stdout == "still here"
+
+        assert "stopped n2, n3" in assert_ok(run("cluster", "down")).stdout
+        assert all(node["pid"] is None for node in local_cluster.load(directory)["nodes"])
+        assert_one_error_line(run("cluster", "status"), "is the cluster running?")
+        assert_one_error_line(run("cluster", "up", "--base-port", "0"), "--reset")
+        assert_ok(run("cluster", "up", "--nodes", "1", "--base-port", "0", "--reset"))
+        assert_one_error_line(run("kv", "get", "survivor"), "not found")
+    finally:
+        if (directory / "cluster.json").exists():
+            local_cluster.down(directory)
+
+
+def test_a_node_that_dies_at_start_up_is_reported_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_python = tmp_path / "fake-python"
+    fake_python.write_text("#!/bin/sh\necho 'starting'\necho 'boom: the data directory is corrupt' >&2\nexit 3\n")
+    fake_python.chmod(0o755)
+    # local_cluster spawns nodes with sys.executable; this one dies at once.
+    monkeypatch.setattr(sys, "executable", str(fake_python))
+    directory = tmp_path / "c"
+    with pytest.raises(ConfigError) as caught:
+        local_cluster.up(directory, nodes=2, base_port=0, timeout_s=10)
+    assert "node n1 exited with status 3" in caught.value.message
+    assert "boom: the data directory is corrupt" in caught.value.message
+    assert all(node["pid"] is None for node in local_cluster.load(directory)["nodes"])
