@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from legion import cluster_state as cs
 from legion.cluster_state import REMOVED, ClusterState
 from legion.limits import FAILURE_TIMEOUT_MS
 
@@ -46,3 +47,13 @@ def liveness_verdicts(state: ClusterState, alive: set[str]) -> dict[str, bool]:
         if looks_down != member.down:
             verdicts[member.id] = looks_down
     return verdicts
+
+
+def claimant_step(state: ClusterState, alive: set[str], by: str) -> ClusterState:
+    """What the claimant ``by`` commits after a gossip round: liveness verdicts, then a finished rebalance.
+
+    Returns ``state`` itself when there is nothing to change, else the next epoch."""
+    new = state
+    for member_id, down in liveness_verdicts(state, alive).items():
+        new = cs.set_down(new, member_id, down)
+    return cs.commit(state, cs.try_commit(new), by)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from legion import cluster_state as cs
 from legion.errors import LegionError
 from legion.limits import GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS
-from legion.membership import liveness_verdicts
+from legion.membership import claimant_step
 
 if TYPE_CHECKING:
     from legion.runtime.node import Node
@@ -96,12 +96,10 @@ class Gossiper:
         if not node.may_claim():
             return
         state = node.state
-        new = state
-        for member_id, down in liveness_verdicts(state, node.alive()).items():
-            log.info("marking %s %s", member_id, "down" if down else "up")
-            new = cs.set_down(new, member_id, down)
-        new = cs.try_commit(new)
-        committed = cs.commit(state, new, node.node_id)
+        committed = claimant_step(state, node.alive(), node.node_id)
         if committed is not state:
+            for before, after in zip(state.members, committed.members):
+                if before.down != after.down:
+                    log.info("marking %s %s", after.id, "down" if after.down else "up")
             node.adopt(committed)
             self.push_soon()
