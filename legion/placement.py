@@ -40,7 +40,6 @@ import hashlib
 import heapq
 from collections import deque
 from collections.abc import Sequence
-from itertools import groupby
 
 from legion.errors import BadRequest
 
@@ -254,28 +253,46 @@ def _shed_excess(board: _Board, total: int) -> None:
     board.need = {v: base - board.load[v] for v in board.eligible}
     board.pool = extra - min(extra, len(over))
     fair_primaries = -(-len(board.rows) // len(nodes))
+    mates = dict.fromkeys(nodes, 0)
     for rank, v in enumerate(over):
         target = base + 1 if rank < extra else base
         primaries = sum(1 for _, pos in board.spots[v] if pos == 0)
-        for p, pos in _shed_choice(board, v, board.load[v] - target, primaries - fair_primaries):
+        spots = _shed_choice(board, v, board.load[v] - target, primaries - fair_primaries, mates)
+        for p, pos in spots:
             board.vacate(p, pos)
 
 
-def _shed_choice(board: _Board, v: str, count: int, spare_primaries: int) -> list[tuple[int, int]]:
-    # Fewest holes first, so shed slots land in distinct partitions and a
-    # single newcomer can take them all; within that, give up primaries only
-    # while v holds more than its share.
+def _shed_choice(
+    board: _Board, v: str, count: int, spare_primaries: int, mates: dict[str, int]
+) -> list[tuple[int, int]]:
+    """Pick ``count`` of v's slots to give up.
+
+    Fewest holes first, so shed slots land in distinct partitions and one
+    newcomer can take them all. Next, the partitions whose remaining members
+    were left behind least often (``mates``): whoever fills the holes then
+    shares partitions with every node about equally, which keeps a later
+    departure refillable in place. Last, primaries only while v leads more
+    than its share of partitions.
+    """
+
+    def key(spot: tuple[int, int]) -> tuple[int, int, bool, int]:
+        p, pos = spot
+        left = sum(mates[w] for w in board.rows[p] if w is not None and w != v)
+        return (board.holes[p], left, (pos == 0) != (spare_primaries > 0), p)
+
+    heap = [(key(spot), spot) for spot in board.spots[v]]
+    heapq.heapify(heap)
     picks: list[tuple[int, int]] = []
-    ordered = sorted(board.spots[v], key=lambda s: (board.holes[s[0]], s[0]))
-    for _, group in groupby(ordered, key=lambda s: board.holes[s[0]]):
-        spots = list(group)
-        firsts = [s for s in spots if s[1] == 0]
-        cut = max(0, spare_primaries)
-        for spot in firsts[:cut] + [s for s in spots if s[1] != 0] + firsts[cut:]:
-            if len(picks) == count:
-                return picks
-            picks.append(spot)
-            spare_primaries -= spot[1] == 0
+    while len(picks) < count:
+        stale, spot = heapq.heappop(heap)
+        if key(spot) != stale:  # its mates were left behind since: re-rank
+            heapq.heappush(heap, (key(spot), spot))
+            continue
+        picks.append(spot)
+        spare_primaries -= spot[1] == 0
+        for w in board.rows[spot[0]]:
+            if w is not None and w != v:
+                mates[w] += 1
     return picks
 
 

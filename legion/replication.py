@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -70,15 +71,20 @@ def encode_ops(ops: Iterable[Operation]) -> bytes:
     return msgpack.packb([op.to_wire() for op in ops], use_bin_type=True)
 
 
+def unpack(body: bytes, kind: type[list[Any]] | type[dict[Any, Any]]) -> Any:
+    """A msgpack body that must hold a ``kind`` (list or map); BadRequest otherwise."""
+    try:
+        value = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise BadRequest(f"body is not valid msgpack: {exc}") from None
+    if not isinstance(value, kind):
+        raise BadRequest(f"body must be a msgpack {'list' if kind is list else 'map'}")
+    return value
+
+
 def decode_ops(body: bytes) -> list[Operation]:
     """The inverse of ``encode_ops``; raises BadRequest on anything malformed."""
-    try:
-        raw = msgpack.unpackb(body, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise BadRequest(f"operations body is not valid msgpack: {exc}") from None
-    if not isinstance(raw, list):
-        raise BadRequest("operations body must be a msgpack list")
-    return [Operation.from_wire(item) for item in raw]
+    return [Operation.from_wire(item) for item in unpack(body, list)]
 
 
 def write_quorum(requested: int | None, replicas: int) -> int:

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUSPECT_MS = 1_000
+T = TypeVar("T")
 
 
 class Coordinator:
@@ -124,14 +125,7 @@ class Coordinator:
         sender = self._senders.get(node_id)
         if sender is None or sender.url != url:
             sender = self._senders[node_id] = ReplicaSender(self.node.peers, url)
-        try:
-            await sender.send(op, deadline)
-        except (Unavailable, DeadlineExceeded):
-            self.suspect(node_id)
-            raise
-        except NotOwner:
-            self.node.request_gossip()
-            raise
+        await self._watch(node_id, sender.send(op, deadline))
 
     # --- reads ---------------------------------------------------------------
 
@@ -229,13 +223,17 @@ class Coordinator:
         if remaining_ms <= 0:
             raise DeadlineExceeded(f"deadline passed before contacting {node_id}")
         url = self.node.state.url_of(node_id) + path
+        return await self._watch(node_id, self.node.peers.call(method, url, data=data, timeout_ms=remaining_ms))
+
+    async def _watch(self, node_id: str, call: Awaitable[T]) -> T:
+        """Await a call to a peer, learning from its failure: suspect it if unreachable;
+        refresh our cluster state if it says it does not own what we think it owns."""
         try:
-            return await self.node.peers.call(method, url, data=data, timeout_ms=remaining_ms)
+            return await call
         except (Unavailable, DeadlineExceeded):
             self.suspect(node_id)
             raise
         except NotOwner:
-            # The peer's view of the placement differs from ours: fetch the newer state soon.
             self.node.request_gossip()
             raise
 

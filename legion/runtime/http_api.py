@@ -26,7 +26,7 @@ from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route
 from legion.errors import BadRequest
 from legion.limits import HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX
-from legion.replication import decode_ops
+from legion.replication import decode_ops, unpack
 from legion.runtime.node import Node, _Forward, check_node_id
 from legion.runtime.transport import read_body, read_json
 
@@ -76,13 +76,20 @@ def _msgpack_response(value: Any) -> web.Response:
 
 
 async def _read_msgpack(request: web.Request) -> dict[str, Any]:
-    body = await read_body(request, PEER_BODY_BYTES_MAX)
-    try:
-        value = msgpack.unpackb(body, raw=False)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise BadRequest(f"body is not valid msgpack: {exc}") from None
-    if not isinstance(value, dict):
-        raise BadRequest("body must be a msgpack map")
+    return unpack(await read_body(request, PEER_BODY_BYTES_MAX), dict)
+
+
+async def _json_object(request: web.Request, shape: str) -> dict[str, Any]:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest(f"body must be a JSON object {shape}")
+    return body
+
+
+def _int_list(body: dict[str, Any], name: str) -> list[int]:
+    value = body.get(name)
+    if not isinstance(value, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in value):
+        raise BadRequest(f"field {name!r} must be a list of integers")
     return value
 
 
@@ -106,9 +113,7 @@ class _Api:
         return web.json_response(cs.status_document(self.node.state, self.node.claimant()))
 
     async def join(self, request: web.Request) -> web.Response:
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise BadRequest('body must be a JSON object {"node_id": …, "url": …}')
+        body = await _json_object(request, '{"node_id": …, "url": …}')
         node_id = check_node_id(body.get("node_id"))  # type: ignore[arg-type]
         url = body.get("url")
         if not isinstance(url, str) or not URL_PATTERN.match(url):
@@ -117,9 +122,7 @@ class _Api:
         return await self._claimant_change(request, body, lambda s: cs.add_member(s, node_id, url))
 
     async def remove(self, request: web.Request) -> web.Response:
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise BadRequest('body must be a JSON object {"node_id": …}')
+        body = await _json_object(request, '{"node_id": …}')
         node_id = check_node_id(body.get("node_id"))  # type: ignore[arg-type]
         self.node.state.member(node_id)  # NotFound before forwarding anything
         return await self._claimant_change(request, body, lambda s: cs.remove_member(s, node_id))
@@ -165,9 +168,7 @@ class _Api:
 
     async def coverage(self, request: web.Request) -> web.Response:
         body = await _read_msgpack(request)
-        partitions = _field(body, "partitions", list)
-        if not all(isinstance(p, int) for p in partitions):
-            raise BadRequest("partitions must be a list of integers")
+        partitions = _int_list(body, "partitions")
         return _msgpack_response(await self.node.local_coverage(_field(body, "engine", str), partitions, body.get("query")))
 
     async def fold(self, request: web.Request) -> web.StreamResponse:
@@ -207,13 +208,9 @@ class _Api:
         return response
 
     async def handoff_done(self, request: web.Request) -> web.Response:
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise BadRequest("body must be a JSON object")
+        body = await _json_object(request, '{"node_id": …, "partitions": [...]}')
         node_id = check_node_id(body.get("node_id"))  # type: ignore[arg-type]
-        partitions = body.get("partitions")
-        if not isinstance(partitions, list) or not all(isinstance(p, int) for p in partitions):
-            raise BadRequest("partitions must be a list of integers")
+        partitions = _int_list(body, "partitions")
         return await self._claimant_change(
             request, body, lambda s: cs.try_commit(cs.mark_ready(s, node_id, partitions))
         )
