@@ -24,7 +24,8 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    partition's state must be durable and equal to the state reached by any
    other order of the same set of operations.
 4. ``read(partition, query)`` and ``coverage(partition, query)`` from worker
-   threads, possibly while ``apply`` runs on the same partition. They return a
+   threads (``read`` on the event loop if the engine sets ``inline_reads``),
+   possibly while ``apply`` runs on the same partition. They return a
    msgpack-able value; the engine's HTTP handler receives the replies of
    several replicas / partitions and merges them.
 5. ``fold(partition)`` when another node takes a copy of the partition

@@ -1,0 +1,188 @@
+"""Invariants of a simulated Legion cluster, checked while it runs and once it has settled.
+
+Pure. ``InvariantChecker`` is an ``Observer`` of a ``Simulation``: it checks
+every state a node adopts, every commit, and every dropped copy, the moment it
+happens, and raises ``AssertionError`` naming the node, the partition and the
+states involved. ``check_convergence`` judges a cluster after its quiet period.
+
+The invariants:
+
+(a) placement: every adopted state's committed placement, and its pending one
+    if any, gives each partition min(replicas, data holders) distinct nodes,
+    only members, with loads within one of each other (the rule of
+    ``legion.placement``);
+(b) data safety, the property handoff exists for: a commit never assigns a
+    partition to a node that holds no copy of it (the gainers pulled first);
+    at every moment every node the newest committed placement assigns a
+    partition to holds a copy; no node drops a copy that placement still
+    assigns to it; and no partition ever loses its last copy;
+(c) convergence: after the quiet period every live non-removed node holds the
+    same state, no rebalance is pending, no member is marked down, every node
+    sees the lowest-id live member as claimant, each node holds exactly the
+    copies that state gives it, and every operator action that was
+    acknowledged took effect;
+(d) epochs: the state a node believes never goes back to an older one.
+"""
+
+from __future__ import annotations
+
+from legion import cluster_state as cs
+from legion.placement import Placement, node_loads
+from legion.testing.sim import Observer, Simulation, describe
+from legion.testing.sim_node import SimNode
+
+
+class InvariantChecker(Observer):
+    """Checks (a), (b) and (d) on every event that could break them."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.drops = 0
+
+    def on_adopt(
+        self, sim: Simulation, node: SimNode, before: cs.ClusterState | None, after: cs.ClusterState, committed: bool
+    ) -> None:
+        check_placements(after, f"{node.id} adopted {describe(after)}")
+        check_epoch_order(node.id, before, after)
+        if committed:
+            self.commits += 1
+            assert before is not None
+            check_commit_backed(sim, node.id, before, after)
+        check_data_safety(sim)
+
+    def on_drop(self, sim: Simulation, node: SimNode, partition: int) -> None:
+        self.drops += 1
+        check_drop_allowed(sim, node, partition)
+
+
+# --- (a) placement ------------------------------------------------------------
+
+
+def check_placements(state: cs.ClusterState, context: str) -> None:
+    holders = cs.data_holders(state)
+    if state.pending is None:
+        check_balanced(state.placement, holders, state, f"{context}: committed placement")
+        return
+    check_balanced(state.pending, holders, state, f"{context}: pending placement")
+    # The committed placement was made for the member set of an earlier epoch,
+    # whose data holders are exactly the nodes it names.
+    named = sorted({node for row in state.placement for node in row})
+    live_members = {m.id for m in state.members if m.status != cs.REMOVED}
+    assert set(named) <= live_members, f"{context}: committed placement names non-members {sorted(set(named) - live_members)}"
+    check_balanced(state.placement, named, state, f"{context}: committed placement")
+
+
+def check_balanced(placement: Placement, nodes: list[str], state: cs.ClusterState, context: str) -> None:
+    """Each row min(replicas, |nodes|) distinct nodes from ``nodes``; loads floor or ceil of the mean."""
+    assert nodes, f"{context}: no data holders"
+    assert len(placement) == state.partitions, f"{context}: {len(placement)} rows for {state.partitions} partitions"
+    r = min(state.replicas, len(nodes))
+    allowed = set(nodes)
+    for p, row in enumerate(placement):
+        assert len(row) == r and len(set(row)) == r, f"{context}: partition {p} has {row}, want {r} distinct nodes"
+        assert allowed.issuperset(row), f"{context}: partition {p} has {row}, not all among holders {nodes}"
+    base, extra = divmod(state.partitions * r, len(nodes))
+    loads = {node: node_loads(placement).get(node, 0) for node in nodes}
+    assert all(base <= load <= base + 1 for load in loads.values()), f"{context}: unbalanced loads {loads}"
+    assert sum(1 for load in loads.values() if load == base + 1) == extra, f"{context}: unbalanced loads {loads}"
+
+
+# --- (b) data safety ------------------------------------------------------------
+
+
+def check_commit_backed(sim: Simulation, node_id: str, before: cs.ClusterState, after: cs.ClusterState) -> None:
+    """A commit never hands a partition to a node that has not pulled it."""
+    for p, row in enumerate(after.placement):
+        for holder in row:
+            if holder not in before.placement[p] and p not in sim.nodes[holder].data:
+                raise AssertionError(
+                    f"{node_id} committed {describe(after)} giving partition {p} to {holder}, "
+                    f"which holds no copy of it (the commit came before the handoff)"
+                )
+
+
+def check_data_safety(sim: Simulation) -> None:
+    """Every node the newest committed placement names holds a copy; every partition has a copy somewhere."""
+    newest = sim.newest_state()
+    if newest is None:
+        return
+    for p, row in enumerate(newest.placement):
+        missing = [n for n in row if p not in sim.nodes[n].data]
+        if missing:
+            holders = sorted(n.id for n in sim.nodes.values() if p in n.data)
+            raise AssertionError(
+                f"the newest committed state {describe(newest)} assigns partition {p} to {list(row)}, "
+                f"but {missing} hold no copy of it (copies are on {holders or 'no node at all: data lost'})"
+            )
+
+
+def check_drop_allowed(sim: Simulation, node: SimNode, partition: int) -> None:
+    newest = sim.newest_state()
+    assert newest is not None
+    if node.id in newest.placement[partition]:
+        raise AssertionError(
+            f"{node.id} drops partition {partition} (its view: {describe(node.state)}), "
+            f"but the newest committed state {describe(newest)} still assigns it there"
+        )
+    others = [n.id for n in sim.nodes.values() if n is not node and partition in n.data]
+    assert others, f"{node.id} drops the last copy of partition {partition}"
+
+
+# --- (d) epochs -----------------------------------------------------------------
+
+
+def check_epoch_order(node_id: str, before: cs.ClusterState | None, after: cs.ClusterState) -> None:
+    if before is None:
+        return
+    forward = after.epoch > before.epoch or (after.epoch == before.epoch and after.committed_by < before.committed_by)
+    assert forward, f"{node_id} went back from {describe(before)} to {describe(after)}"
+
+
+# --- (c) convergence --------------------------------------------------------------
+
+
+def check_convergence(sim: Simulation) -> None:
+    """Raise AssertionError unless the cluster has settled (see the module docstring, (c))."""
+    running = sim.running()
+    assert running, "no node is running"
+    assert all(n.serving for n in running), f"nodes still starting: {[n.id for n in running if not n.serving]}"
+    assert sim.operator.in_flight == 0, "an operator request is still in flight"
+    final = _newest_of(running)
+    members = {m.id: m for m in final.members if m.status != cs.REMOVED}
+    participants = [n for n in running if n.id in members]
+    assert participants, f"no running node is a member of {describe(final)}"
+    for node in participants:
+        assert node.state == final, f"{node.id} holds {describe(node.state)}, others {describe(final)}"
+    assert final.pending is None, f"a rebalance is still pending: {describe(final)}"
+    absent = sorted(set(members) - {n.id for n in participants})
+    assert not absent, f"members {absent} of {describe(final)} are not running"
+    down = sorted(m for m, member in members.items() if member.down)
+    assert not down, f"members {down} are still marked down in {describe(final)}"
+    lowest = min(n.id for n in participants)
+    for node in participants:
+        assert node.claimant() == lowest, f"{node.id} sees {node.claimant()} as claimant, not {lowest}"
+    for node in running:
+        held = set(cs.partitions_held(final, node.id))
+        assert node.data == held, f"{node.id} holds copies of {sorted(node.data)}, but {describe(final)} gives it {sorted(held)}"
+    check_operator_effects(sim, final)
+
+
+def check_operator_effects(sim: Simulation, final: cs.ClusterState) -> None:
+    """Every acknowledged join and remove shows in the final state."""
+    for node_id in sorted(sim.joins_acknowledged - sim.removes_requested):
+        assert final.has_member(node_id) and final.member(node_id).status == cs.UP, (
+            f"{node_id}'s join was acknowledged, but it is not an up member of {describe(final)}"
+        )
+    for node_id in sorted(sim.removes_acknowledged):
+        assert not final.has_member(node_id) or final.member(node_id).status == cs.REMOVED, (
+            f"the removal of {node_id} was acknowledged, but {describe(final)} still has it"
+        )
+
+
+def _newest_of(nodes: list[SimNode]) -> cs.ClusterState:
+    newest: cs.ClusterState | None = None
+    for node in nodes:
+        if node.state is not None and cs.newer(node.state, newest):
+            newest = node.state
+    assert newest is not None, "no running node has a cluster state"
+    return newest

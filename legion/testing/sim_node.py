@@ -1,0 +1,321 @@
+"""A simulated Legion node: the runtime's protocol, step for step, over the simulated network.
+
+Pure (runs on ``legion.testing.sim_kernel``). ``SimNode`` keeps what a real
+node keeps and runs what it runs, calling the same pure functions:
+
+- ``legion.runtime.node.Node``: the believed ``ClusterState`` (persisted: it
+  survives a crash), ``adopt`` (only a newer state), ``alive`` / ``claimant`` /
+  ``may_claim`` with the start-up grace period, ``change_state`` (commit as the
+  claimant, else forward to it), ``reconcile`` (drop what is no longer held),
+  ``_join`` (through a seed, with the same retry rule);
+- ``legion.runtime.gossiper.Gossiper``: a digest exchange with every other
+  non-removed member each round, the newer state sent whole, then claimant
+  duties (``membership.claimant_step``);
+- ``legion.runtime.handoff_receiver.HandoffReceiver``: pull each gained slot
+  from a live current replica, then report it ready to the claimant;
+- ``legion.runtime.http_api``: the gossip, join, remove, handoff-done and fold
+  handlers.
+
+Data is modelled, not stored: ``data`` is the set of partitions this node holds
+a full copy of. A fold answers whether the source holds a copy; a pull of an
+empty partition "succeeds" exactly as the runtime's would, and the checkers
+notice. Not modelled: client reads and writes, the coordinator's local
+suspicion list, and the re-sync after a restart (it refreshes a copy the node
+already holds, so it never changes who holds one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from legion import cluster_state as cs
+from legion.errors import ConfigError, LegionError, NotFound, NotOwner, Unavailable
+from legion.limits import (
+    FAILURE_TIMEOUT_MS,
+    GOSSIP_INTERVAL_MS,
+    HANDOFF_RETRY_INTERVAL_MS,
+    HEARTBEAT_INTERVAL_MS,
+    REQUEST_DEADLINE_MS,
+)
+from legion.membership import alive_ids, claimant, claimant_step
+from legion.routing import live_nodes, read_order
+from legion.testing.sim_kernel import Call, Endpoint, Gather, Sleep
+
+if TYPE_CHECKING:
+    from legion.testing.sim import Simulation
+
+# Mirrors of legion.runtime.node.JOIN_ATTEMPTS_MAX / JOIN_RETRY_INTERVAL_S
+# (copied, not imported: the simulator must not load the I/O shell).
+JOIN_ATTEMPTS_MAX = 60
+JOIN_RETRY_INTERVAL_MS = 500
+GOSSIP_TIMEOUT_MS = HEARTBEAT_INTERVAL_MS * 2
+# The runtime streams a fold with a 1 s connect and 30 s read timeout; a
+# simulated fold is one message, so one deadline stands for both.
+FOLD_TIMEOUT_MS = REQUEST_DEADLINE_MS
+CLUSTER_ID = "c-sim"
+
+Change = Callable[[cs.ClusterState], cs.ClusterState]
+
+
+class SimNode(Endpoint):
+    """One node: its persisted state and data, its in-memory view of peers, and its loops."""
+
+    def __init__(self, sim: Simulation, node_id: str, seed_id: str | None) -> None:
+        super().__init__(node_id)
+        self.sim = sim
+        self.url = f"http://sim-{node_id}:7400"
+        self.seed_id = seed_id  # None for the node that founds the cluster
+        # Persisted: kept across crashes, like the node database.
+        self.state: cs.ClusterState | None = None
+        self.data: set[int] = set()
+        # In memory: lost on a crash.
+        self.last_heard_ms: dict[str, int] = {}
+        self.started_ms = 0
+        self.serving = False  # the gossip and handoff loops run
+        self.pulled: set[int] = set()
+        self.pulled_for: object = None
+        self.running = False
+
+    # --- Node: the believed state -------------------------------------------
+
+    @property
+    def now_ms(self) -> int:
+        return self.sim.kernel.now_ms
+
+    def adopt(self, state: cs.ClusterState, *, committed: bool = False) -> bool:
+        """Take ``state`` if it is newer than ours. True if adopted."""
+        if self.state is not None and not cs.newer(state, self.state):
+            return False
+        before, self.state = self.state, state
+        self.sim.adopted(self, before, state, committed)
+        self.sim.kernel.wake(self, "handoff")
+        return True
+
+    def alive(self) -> set[str]:
+        assert self.state is not None
+        return alive_ids(self.state, self.id, self.last_heard_ms, self.now_ms)
+
+    def claimant(self) -> str | None:
+        assert self.state is not None
+        return claimant(self.state, self.alive())
+
+    def may_claim(self) -> bool:
+        return self.claimant() == self.id and self.now_ms - self.started_ms >= FAILURE_TIMEOUT_MS
+
+    def heard_from(self, node_id: str) -> None:
+        self.last_heard_ms[node_id] = self.now_ms
+
+    def change_state(self, change: Change) -> cs.ClusterState | None:
+        """Apply ``change`` as the claimant and return the result; None if another node is claimant."""
+        state = self._state()
+        if self.claimant() != self.id:
+            return None
+        new = cs.commit(state, change(state), self.id)
+        if new is not state:
+            self.adopt(new, committed=True)
+            self.sim.kernel.wake(self, "gossip")
+        return self.state
+
+    def reconcile(self) -> None:
+        """Drop the copies of partitions this node no longer holds or gains."""
+        held = set(cs.partitions_held(self._state(), self.id))
+        for p in sorted(self.data - held):
+            self.sim.dropping(self, p)
+            self.data.discard(p)
+
+    def _state(self) -> cs.ClusterState:
+        # A real node serving before its join completed fails here with an
+        # AttributeError, which the HTTP layer answers with a 500.
+        if self.state is None:
+            raise LegionError(f"{self.id} has no cluster state yet")
+        return self.state
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def boot(self) -> Any:
+        """Node.start: found or join the cluster, then start the loops."""
+        self.started_ms = self.now_ms
+        self.last_heard_ms = {}
+        self.pulled, self.pulled_for = set(), None
+        if self.state is None:
+            if self.seed_id is None:
+                state = cs.new_cluster(CLUSTER_ID, self.id, self.url, self.sim.partitions, self.sim.replicas)
+                # The founder is the whole placement when the partitions are created.
+                self.data = {p for p, nodes in enumerate(state.placement) if self.id in nodes}
+                self.adopt(state)
+            else:
+                yield from self.join()
+                self.sim.joined(self)
+        assert self.state is not None
+        for member in self.state.members:
+            self.last_heard_ms.setdefault(member.id, self.started_ms)
+        self.reconcile()
+        self.serving = True
+        self.sim.kernel.spawn(self, self.gossip_loop())
+        self.sim.kernel.spawn(self, self.handoff_loop())
+
+    def join(self) -> Any:
+        """Node._join: ask the seed (which forwards to the claimant) to admit us; adopt the answer."""
+        assert self.seed_id is not None
+        last_error: LegionError | None = None
+        for _attempt in range(JOIN_ATTEMPTS_MAX):
+            try:
+                reply = yield Call(self.seed_id, "join", {"node_id": self.id, "url": self.url}, REQUEST_DEADLINE_MS)
+                self.adopt(cs.from_dict(reply["state"]))
+                return
+            except LegionError as exc:
+                if not isinstance(exc, Unavailable) and exc.http_status < 500:
+                    raise
+                last_error = exc
+                yield Sleep(JOIN_RETRY_INTERVAL_MS)
+        raise ConfigError(f"could not join through {self.seed_id}: {last_error}")
+
+    # --- Gossiper ------------------------------------------------------------
+
+    def gossip_loop(self) -> Any:
+        interval_ms = min(GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS)
+        while True:
+            state = self._state()
+            peers = [m.id for m in state.members if m.id != self.id and m.status != cs.REMOVED]
+            yield Gather(tuple(self.exchange(peer) for peer in peers))
+            self.claimant_duties()
+            yield Sleep(interval_ms, wake="gossip")
+            self.flags.discard("gossip")
+
+    def exchange(self, peer: str) -> Any:
+        state = self._state()
+        digest = {"node_id": self.id, "epoch": state.epoch, "committed_by": state.committed_by}
+        try:
+            reply = yield Call(peer, "gossip", digest, GOSSIP_TIMEOUT_MS)
+            self.heard_from(peer)
+            if reply.get("state") is not None:
+                theirs = cs.from_dict(reply["state"])
+                if not self.adopt(theirs) and cs.newer(self._state(), theirs):
+                    # They are behind: send ours whole.
+                    body = {**digest, "state": cs.to_dict(self._state())}
+                    yield Call(peer, "gossip", body, GOSSIP_TIMEOUT_MS)
+        except LegionError:
+            pass
+
+    def claimant_duties(self) -> None:
+        if not self.may_claim():
+            return
+        state = self._state()
+        committed = claimant_step(state, self.alive(), self.id)
+        if committed is not state:
+            self.adopt(committed, committed=True)
+            self.sim.kernel.wake(self, "gossip")
+
+    # --- HandoffReceiver -------------------------------------------------------
+
+    def handoff_loop(self) -> Any:
+        while True:
+            self.flags.discard("handoff")
+            try:
+                self.reconcile()
+                yield from self.pull_gained()
+            except LegionError as exc:
+                self.sim.log(f"{self.id} handoff round failed: {exc}")
+            yield Sleep(HANDOFF_RETRY_INTERVAL_MS, wake="handoff")
+
+    def wanted(self) -> list[int]:
+        state = self._state()
+        return sorted(p for p, n in cs.gained_slots(state.placement, state.pending) - state.ready if n == self.id)
+
+    def pull_gained(self) -> Any:
+        wanted = self.wanted()
+        if self.pulled_for != self._state().pending:
+            self.pulled, self.pulled_for = set(), self._state().pending
+        if not wanted:
+            return
+        for p in wanted:
+            if p in self.pulled:
+                continue
+            try:
+                yield from self.pull(p)
+                self.pulled.add(p)
+            except LegionError:
+                pass
+        done = [p for p in wanted if p in self.pulled]
+        if done:
+            yield from self.report(done)
+
+    def pull(self, partition: int) -> Any:
+        state = self._state()
+        live = live_nodes(state) | {self.id}
+        sources = [n for n in read_order(state, partition, live, self.id) if n != self.id]
+        if not sources:
+            raise Unavailable(f"no live replica to pull partition {partition} from")
+        reply = yield Call(sources[0], "fold", {"partition": partition}, FOLD_TIMEOUT_MS)
+        self.sim.pulled(self, partition, sources[0], bool(reply["copy"]))
+        if reply["copy"]:
+            self.data.add(partition)
+
+    def report(self, partitions: list[int]) -> Any:
+        body = {"node_id": self.id, "partitions": partitions}
+        target = self.claimant()
+        if target == self.id:
+            self.change_state(lambda s: cs.try_commit(cs.mark_ready(s, self.id, partitions)))
+            return
+        if target is None:
+            raise Unavailable("no claimant to report handoff to")
+        reply = yield Call(target, "handoff-done", body, REQUEST_DEADLINE_MS)
+        self.adopt(cs.from_dict(reply["state"]))
+
+    # --- http_api: the handlers ------------------------------------------------
+
+    def handler(self, kind: str) -> Callable[[str, Any], Any]:
+        handlers: dict[str, Callable[[str, Any], Any]] = {
+            "gossip": self.on_gossip,
+            "join": self.on_join,
+            "remove": self.on_remove,
+            "handoff-done": self.on_handoff_done,
+            "fold": self.on_fold,
+        }
+        if kind not in handlers:
+            return super().handler(kind)
+        return handlers[kind]
+
+    def on_gossip(self, src: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.heard_from(body["node_id"])
+        if body.get("state") is not None:
+            self.adopt(cs.from_dict(body["state"]))
+        mine = self._state()
+        reply: dict[str, Any] = {"node_id": self.id, "epoch": mine.epoch, "committed_by": mine.committed_by}
+        if (mine.epoch, mine.committed_by) != (body.get("epoch"), body.get("committed_by")):
+            reply["state"] = cs.to_dict(mine)
+        return reply
+
+    def on_join(self, src: str, body: dict[str, Any]) -> Any:
+        node_id, url = body["node_id"], body["url"]
+        self.heard_from(node_id)
+        return self.claimant_change("join", body, lambda s: cs.add_member(s, node_id, url))
+
+    def on_remove(self, src: str, body: dict[str, Any]) -> Any:
+        node_id = body["node_id"]
+        self._state().member(node_id)  # NotFound before forwarding anything
+        return self.claimant_change("remove", body, lambda s: cs.remove_member(s, node_id))
+
+    def on_handoff_done(self, src: str, body: dict[str, Any]) -> Any:
+        node_id, partitions = body["node_id"], body["partitions"]
+        return self.claimant_change(
+            "handoff-done", body, lambda s: cs.try_commit(cs.mark_ready(s, node_id, partitions))
+        )
+
+    def on_fold(self, src: str, body: dict[str, Any]) -> dict[str, Any]:
+        partition = body["partition"]
+        if self.id not in cs.owners(self._state(), partition):
+            raise NotOwner(f"node {self.id} holds no replica of partition {partition}")
+        return {"copy": partition in self.data}
+
+    def claimant_change(self, kind: str, body: Any, change: Change) -> Any:
+        """_Api._claimant_change: commit here as the claimant, or forward the request to it."""
+        state = self.change_state(change)
+        if state is not None:
+            return {"state": cs.to_dict(state)}
+        target = self.claimant()
+        if target is None:
+            raise NotFound(f"{self.id} knows no claimant to forward {kind} to")
+        reply = yield Call(target, kind, body, REQUEST_DEADLINE_MS)
+        return reply
