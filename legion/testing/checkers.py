@@ -68,7 +68,8 @@ def check_placements(state: cs.ClusterState, context: str) -> None:
     # whose data holders are exactly the nodes it names.
     named = sorted({node for row in state.placement for node in row})
     live_members = {m.id for m in state.members if m.status != cs.REMOVED}
-    assert set(named) <= live_members, f"{context}: committed placement names non-members {sorted(set(named) - live_members)}"
+    strangers = sorted(set(named) - live_members)
+    assert not strangers, f"{context}: committed placement names non-members {strangers}"
     check_balanced(state.placement, named, state, f"{context}: committed placement")
 
 
@@ -163,7 +164,9 @@ def check_convergence(sim: Simulation) -> None:
         assert node.claimant() == lowest, f"{node.id} sees {node.claimant()} as claimant, not {lowest}"
     for node in running:
         held = set(cs.partitions_held(final, node.id))
-        assert node.data == held, f"{node.id} holds copies of {sorted(node.data)}, but {describe(final)} gives it {sorted(held)}"
+        assert node.data == held, (
+            f"{node.id} holds copies of {sorted(node.data)}, but {describe(final)} gives it {sorted(held)}"
+        )
     check_operator_effects(sim, final)
 
 

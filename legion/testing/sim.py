@@ -17,12 +17,17 @@ its persisted cluster state and its data, loses everything in memory) and
 ``legion.testing.checkers`` holds the invariants, and
 ``legion.testing.scenario`` the generated scenarios that exercise them::
 
+    from legion.testing.checkers import InvariantChecker
+    from legion.testing.scenario import settle
+
     sim = Simulation(seed=7, partitions=16, replicas=3, loss=0.05, observers=[InvariantChecker()])
     sim.start("n1")
     for node in ("n2", "n3"):
         sim.join(node)
-    sim.run_until(20_000)
-    check_convergence(sim)
+    sim.run_until(2_000)
+    sim.crash("n1")
+    sim.run_until(8_000)
+    settle(sim)  # restarts n1 and waits for convergence (checkers.check_convergence)
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ OPERATOR_RETRY_INTERVAL_MS = 1_000
 # Bounds a run, so that a livelock fails instead of hanging the test.
 EVENTS_PER_SIMULATED_SECOND_MAX = 20_000
 TRACE_LINES_MAX = 20_000
+
+StateKey = tuple[int, str]
 
 
 class Observer:
@@ -68,17 +75,19 @@ class Operator(Endpoint):
         self.sim = sim
         self.in_flight = 0
 
-    def remove(self, node_id: str) -> Any:
+    def remove(self, node_id: str, via: str | None) -> Any:
         self.in_flight += 1
         try:
-            yield from self._remove(node_id)
+            yield from self._remove(node_id, via)
         finally:
             self.in_flight -= 1
 
-    def _remove(self, node_id: str) -> Any:
+    def _remove(self, node_id: str, via: str | None) -> Any:
         sim = self.sim
         for _attempt in range(OPERATOR_ATTEMPTS_MAX):
             entries = [n.id for n in sim.running() if n.state is not None]
+            if via is not None:  # the first attempt goes where the caller said
+                entries, via = [via], None
             if entries:
                 entry = sim.rng.choice(entries)
                 try:
@@ -114,6 +123,14 @@ class Simulation:
         self.removes_requested: set[str] = set()
         self.removes_acknowledged: set[str] = set()
         self.gave_up: set[str] = set()
+        # The history: each commit's parent, by (epoch, committer) — which names
+        # one state, since a node commits at most once per epoch.
+        self.parents: dict[StateKey, StateKey] = {}
+        self.committers: dict[int, set[str]] = {}
+        self.membership_commits: set[StateKey] = set()  # commits that changed a member's status
+        self.drop_views: list[tuple[str, int, StateKey]] = []  # (node, partition, the state it dropped under)
+        # Join requests that reached a node with no cluster state yet (it answers 500).
+        self.stateless_join_answers = 0
 
     @property
     def now_ms(self) -> int:
@@ -134,6 +151,24 @@ class Simulation:
 
     def crashed(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if not n.running]
+
+    def forked_epochs(self) -> list[int]:
+        """Epochs that two different claimants committed (a split brain, or a stale claimant)."""
+        return sorted(e for e, committers in self.committers.items() if len(committers) > 1)
+
+    def lineage(self, state: cs.ClusterState | None) -> set[StateKey]:
+        """``state`` and every commit it descends from."""
+        line: set[StateKey] = set()
+        current = None if state is None else state_key(state)
+        while current is not None and current not in line:
+            line.add(current)
+            current = self.parents.get(current)
+        return line
+
+    def discarded(self, keys: Iterable[StateKey]) -> list[StateKey]:
+        """Those of ``keys`` that the newest state does not descend from: branches gossip threw away."""
+        line = self.lineage(self.newest_state())
+        return sorted(k for k in keys if k not in line)
 
     def newest_state(self) -> cs.ClusterState | None:
         """The newest state any node holds, crashed or not: what gossip converges on."""
@@ -156,19 +191,17 @@ class Simulation:
             seed_id = self.rng.choice(members or sorted(self.nodes))
         self._launch(SimNode(self, node_id, seed_id))
 
-    def remove(self, node_id: str) -> None:
-        self.log(f"operator: remove {node_id}")
+    def remove(self, node_id: str, via: str | None = None) -> None:
+        """Ask ``via`` (default: a random running node) to remove ``node_id``; it forwards to the claimant."""
+        self.log(f"operator: remove {node_id}" + (f" via {via}" if via else ""))
         self.removes_requested.add(node_id)
-        self.kernel.spawn(self.operator, self.operator.remove(node_id))
+        self.kernel.spawn(self.operator, self.operator.remove(node_id, via))
 
     def crash(self, node_id: str) -> None:
         node = self.nodes[node_id]
         assert node.running, f"{node_id} is not running"
         self.kernel.kill(node)
-        # What lives only in memory is lost; the state and the data are on disk.
-        node.last_heard_ms = {}
-        node.serving = False
-        node.pulled, node.pulled_for = set(), None
+        node.forget()
         self.log(f"operator: crash {node_id}")
 
     def restart(self, node_id: str) -> None:
@@ -202,6 +235,7 @@ class Simulation:
                 self.log(f"{node.id} gave up starting: {error}")
                 self.gave_up.add(node.id)
                 self.kernel.kill(node)
+                node.forget()
 
         self.kernel.spawn(node, node.boot(), booted)
 
@@ -213,8 +247,17 @@ class Simulation:
 
     def adopted(self, node: SimNode, before: cs.ClusterState | None, after: cs.ClusterState, committed: bool) -> None:
         self.log(f"{node.id} {'commits' if committed else 'adopts'} {describe(after)}")
+        if committed and before is not None:
+            self.parents[state_key(after)] = state_key(before)
+            self.committers.setdefault(after.epoch, set()).add(node.id)
+            if [m.status for m in before.members] != [m.status for m in after.members]:
+                self.membership_commits.add(state_key(after))
         for observer in self.observers:
             observer.on_adopt(self, node, before, after, committed)
+
+    def join_reached_stateless(self, node: SimNode, joiner: str) -> None:
+        self.stateless_join_answers += 1
+        self.log(f"{node.id} got the join of {joiner} but has no cluster state yet: answers 500")
 
     def pulled(self, node: SimNode, partition: int, source: str, copied: bool) -> None:
         self.log(f"{node.id} pulled p{partition} from {source}" + ("" if copied else " (EMPTY: source had no copy)"))
@@ -223,8 +266,14 @@ class Simulation:
 
     def dropping(self, node: SimNode, partition: int) -> None:
         self.log(f"{node.id} drops p{partition}")
+        if node.state is not None:
+            self.drop_views.append((node.id, partition, state_key(node.state)))
         for observer in self.observers:
             observer.on_drop(self, node, partition)
+
+
+def state_key(state: cs.ClusterState) -> StateKey:
+    return (state.epoch, state.committed_by)
 
 
 def describe(state: cs.ClusterState | None) -> str:

@@ -1,7 +1,8 @@
 """A simulated Legion node: the runtime's protocol, step for step, over the simulated network.
 
 Pure (runs on ``legion.testing.sim_kernel``). ``SimNode`` keeps what a real
-node keeps and runs what it runs, calling the same pure functions:
+node keeps and runs what it runs, calling the same pure functions (through
+their modules, so a test that patches the core patches the simulation too):
 
 - ``legion.runtime.node.Node``: the believed ``ClusterState`` (persisted: it
   survives a crash), ``adopt`` (only a newer state), ``alive`` / ``claimant`` /
@@ -12,16 +13,17 @@ node keeps and runs what it runs, calling the same pure functions:
   non-removed member each round, the newer state sent whole, then claimant
   duties (``membership.claimant_step``);
 - ``legion.runtime.handoff_receiver.HandoffReceiver``: pull each gained slot
-  from a live current replica, then report it ready to the claimant;
+  from a live current replica, report it ready to the claimant, re-sync;
 - ``legion.runtime.http_api``: the gossip, join, remove, handoff-done and fold
   handlers.
 
 Data is modelled, not stored: ``data`` is the set of partitions this node holds
 a full copy of. A fold answers whether the source holds a copy; a pull of an
 empty partition "succeeds" exactly as the runtime's would, and the checkers
-notice. Not modelled: client reads and writes, the coordinator's local
-suspicion list, and the re-sync after a restart (it refreshes a copy the node
-already holds, so it never changes who holds one).
+notice. A re-sync (after a restart, or once marked up again) pulls like a
+handoff does, so it takes the same time and can supply a missing copy. Not
+modelled: client reads and writes (so no reads refused while re-syncing) and
+the coordinator's local suspicion list (only client requests feed it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from legion import cluster_state as cs
+from legion import membership, routing
 from legion.errors import ConfigError, LegionError, NotFound, NotOwner, Unavailable
 from legion.limits import (
     FAILURE_TIMEOUT_MS,
@@ -38,8 +41,6 @@ from legion.limits import (
     HEARTBEAT_INTERVAL_MS,
     REQUEST_DEADLINE_MS,
 )
-from legion.membership import alive_ids, claimant, claimant_step
-from legion.routing import live_nodes, read_order
 from legion.testing.sim_kernel import Call, Endpoint, Gather, Sleep
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class SimNode(Endpoint):
         self.serving = False  # the gossip and handoff loops run
         self.pulled: set[int] = set()
         self.pulled_for: object = None
+        self.resyncing: set[int] = set()
+        self.was_down = False
         self.running = False
 
     # --- Node: the believed state -------------------------------------------
@@ -87,18 +90,29 @@ class SimNode(Endpoint):
         """Take ``state`` if it is newer than ours. True if adopted."""
         if self.state is not None and not cs.newer(state, self.state):
             return False
+        self._note_own_liveness(state)
         before, self.state = self.state, state
         self.sim.adopted(self, before, state, committed)
         self.sim.kernel.wake(self, "handoff")
         return True
 
+    def _note_own_liveness(self, state: cs.ClusterState) -> None:
+        """Once the cluster has thought this node down, it may have skipped it: re-sync when back up."""
+        if not state.has_member(self.id):
+            return
+        if state.member(self.id).down:
+            self.was_down = True
+        elif self.was_down:
+            self.was_down = False
+            self.resync_all()  # as in the runtime, of the state being replaced
+
     def alive(self) -> set[str]:
         assert self.state is not None
-        return alive_ids(self.state, self.id, self.last_heard_ms, self.now_ms)
+        return membership.alive_ids(self.state, self.id, self.last_heard_ms, self.now_ms)
 
     def claimant(self) -> str | None:
         assert self.state is not None
-        return claimant(self.state, self.alive())
+        return membership.claimant(self.state, self.alive())
 
     def may_claim(self) -> bool:
         return self.claimant() == self.id and self.now_ms - self.started_ms >= FAILURE_TIMEOUT_MS
@@ -133,11 +147,18 @@ class SimNode(Endpoint):
 
     # --- lifecycle -------------------------------------------------------------
 
+    def forget(self) -> None:
+        """The process died: what lives only in memory is lost; the state and the data are on disk."""
+        self.last_heard_ms = {}
+        self.serving = False
+        self.pulled, self.pulled_for = set(), None
+        self.resyncing, self.was_down = set(), False
+
     def boot(self) -> Any:
         """Node.start: found or join the cluster, then start the loops."""
         self.started_ms = self.now_ms
-        self.last_heard_ms = {}
-        self.pulled, self.pulled_for = set(), None
+        self.forget()
+        restarted = self.state is not None
         if self.state is None:
             if self.seed_id is None:
                 state = cs.new_cluster(CLUSTER_ID, self.id, self.url, self.sim.partitions, self.sim.replicas)
@@ -151,6 +172,8 @@ class SimNode(Endpoint):
         for member in self.state.members:
             self.last_heard_ms.setdefault(member.id, self.started_ms)
         self.reconcile()
+        if restarted:
+            self.resync_all()
         self.serving = True
         self.sim.kernel.spawn(self, self.gossip_loop())
         self.sim.kernel.spawn(self, self.handoff_loop())
@@ -202,7 +225,7 @@ class SimNode(Endpoint):
         if not self.may_claim():
             return
         state = self._state()
-        committed = claimant_step(state, self.alive(), self.id)
+        committed = membership.claimant_step(state, self.alive(), self.id)
         if committed is not state:
             self.adopt(committed, committed=True)
             self.sim.kernel.wake(self, "gossip")
@@ -215,9 +238,24 @@ class SimNode(Endpoint):
             try:
                 self.reconcile()
                 yield from self.pull_gained()
+                yield from self.resync()
             except LegionError as exc:
                 self.sim.log(f"{self.id} handoff round failed: {exc}")
             yield Sleep(HANDOFF_RETRY_INTERVAL_MS, wake="handoff")
+
+    def resync_all(self) -> None:
+        """Re-copy every partition this node holds (after a restart, or once marked up again)."""
+        state = self._state()
+        self.resyncing = {p for p, nodes in enumerate(state.placement) if self.id in nodes}
+        self.sim.kernel.wake(self, "handoff")
+
+    def resync(self) -> Any:
+        for p in sorted(self.resyncing):
+            try:
+                yield from self.pull(p, missing_source_ok=True)
+                self.resyncing.discard(p)
+            except LegionError:
+                pass
 
     def wanted(self) -> list[int]:
         state = self._state()
@@ -241,11 +279,14 @@ class SimNode(Endpoint):
         if done:
             yield from self.report(done)
 
-    def pull(self, partition: int) -> Any:
+    def pull(self, partition: int, *, missing_source_ok: bool = False) -> Any:
+        """Copy ``partition`` from a live current replica (with ``missing_source_ok``, none is fine)."""
         state = self._state()
-        live = live_nodes(state) | {self.id}
-        sources = [n for n in read_order(state, partition, live, self.id) if n != self.id]
+        live = routing.live_nodes(state) | {self.id}
+        sources = [n for n in routing.read_order(state, partition, live, self.id) if n != self.id]
         if not sources:
+            if missing_source_ok:
+                return
             raise Unavailable(f"no live replica to pull partition {partition} from")
         reply = yield Call(sources[0], "fold", {"partition": partition}, FOLD_TIMEOUT_MS)
         self.sim.pulled(self, partition, sources[0], bool(reply["copy"]))
@@ -290,6 +331,8 @@ class SimNode(Endpoint):
     def on_join(self, src: str, body: dict[str, Any]) -> Any:
         node_id, url = body["node_id"], body["url"]
         self.heard_from(node_id)
+        if self.state is None:
+            self.sim.join_reached_stateless(self, node_id)
         return self.claimant_change("join", body, lambda s: cs.add_member(s, node_id, url))
 
     def on_remove(self, src: str, body: dict[str, Any]) -> Any:
