@@ -186,13 +186,26 @@ def commit(old: ClusterState, new: ClusterState, by: str) -> ClusterState:
     return replace(new, epoch=old.epoch + 1, committed_by=by)
 
 
+Digest = tuple[int, str]
+
+
+def digest(state: ClusterState | None) -> Digest:
+    """What gossip exchanges first: (epoch, committer). No state at all is (0, '')."""
+    return (0, "") if state is None else (state.epoch, state.committed_by)
+
+
+def digest_newer(a: Digest, b: Digest) -> bool:
+    """True if the state behind digest ``a`` wins over ``b``: higher epoch, then the lower committer id."""
+    return (a[0], b[1]) > (b[0], a[1])
+
+
 def newer(a: ClusterState, b: ClusterState | None) -> bool:
-    """True if gossip should keep ``a`` over ``b``: higher epoch, then the lower committer id."""
+    """True if gossip should keep ``a`` over ``b``."""
     if b is None:
         return True
     if a.cluster_id != b.cluster_id:
         raise Conflict(f"cluster id mismatch: {a.cluster_id} vs {b.cluster_id}")
-    return (a.epoch, b.committed_by) > (b.epoch, a.committed_by)
+    return digest_newer(digest(a), digest(b))
 
 
 def owners(state: ClusterState, partition: int) -> tuple[str, ...]:

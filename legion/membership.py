@@ -6,6 +6,9 @@ current time; these functions say which members look dead, which came back,
 and which node is the claimant — the lowest-id live member, the only one that
 commits changes to the cluster state.
 
+Only a claimant that sees a majority of the voting members commits, so the
+minority side of a network split stands still instead of forking the state.
+
 A member is never evicted automatically: the detector only marks it down,
 which routing skips. Removing a member for good is an operator's decision,
 because evicting on a timeout is how a network partition turns into two
@@ -31,10 +34,33 @@ def alive_ids(state: ClusterState, self_id: str, last_heard_ms: Mapping[str, int
     return alive
 
 
+def voters(state: ClusterState) -> list[str]:
+    """Members whose liveness counts for a majority: up or leaving (down or not).
+
+    Joining members do not vote and cannot claim: a joiner has no state of its
+    own until the claimant admits it, so it must not be asked to decide."""
+    return [m.id for m in state.members if m.status in (cs.UP, cs.LEAVING)]
+
+
 def claimant(state: ClusterState, alive: set[str]) -> str | None:
-    """The lowest-id member that is alive and not removed, or None if there is none."""
-    candidates = [m.id for m in state.members if m.status != REMOVED and m.id in alive]
+    """The lowest-id voting member that is alive, or None if there is none."""
+    candidates = [node for node in voters(state) if node in alive]
     return min(candidates) if candidates else None
+
+
+def has_majority(state: ClusterState, alive: set[str]) -> bool:
+    """True if more than half of the voting members are alive.
+
+    Commits need it: on the minority side of a network split no claimant can
+    decide anything, so healing the split never has to throw decisions away."""
+    members = voters(state)
+    return 2 * sum(1 for node in members if node in alive) > len(members)
+
+
+def may_claim(state: ClusterState, alive: set[str], self_id: str, *, in_grace: bool) -> bool:
+    """Whether ``self_id`` may commit changes now: it is the claimant, sees a majority,
+    and is past its start-up grace period (a restarted node first hears the cluster)."""
+    return not in_grace and claimant(state, alive) == self_id and has_majority(state, alive)
 
 
 def liveness_verdicts(state: ClusterState, alive: set[str]) -> dict[str, bool]:

@@ -69,26 +69,28 @@ class Gossiper:
         await asyncio.gather(*(self._exchange(m.id, m.url) for m in peers))
 
     async def _exchange(self, peer_id: str, url: str) -> None:
-        state = self.node.state
-        digest: dict[str, Any] = {"node_id": self.node.node_id, "epoch": state.epoch, "committed_by": state.committed_by}
+        """One push-pull exchange: digests first; whichever side is newer sends its state whole."""
+        mine = cs.digest(self.node.state)
+        message: dict[str, Any] = {"node_id": self.node.node_id, "epoch": mine[0], "committed_by": mine[1]}
         try:
-            raw = await self.node.peers.call(
-                "POST", url + "/internal/gossip", json_body=digest, timeout_ms=HEARTBEAT_INTERVAL_MS * 2
+            reply = json.loads(
+                await self.node.peers.call("POST", url + "/internal/gossip", json_body=message, timeout_ms=HEARTBEAT_INTERVAL_MS * 2)
             )
-            reply = json.loads(raw)
             self.node.heard_from(peer_id)
             if reply.get("state") is not None:
-                theirs = cs.from_dict(reply["state"])
-                if not self.node.adopt(theirs) and cs.newer(self.node.state, theirs):
-                    # They are behind: send ours whole.
-                    await self.node.peers.call(
-                        "POST",
-                        url + "/internal/gossip",
-                        json_body={**digest, "state": cs.to_dict(self.node.state)},
-                        timeout_ms=HEARTBEAT_INTERVAL_MS * 2,
-                    )
+                self.node.adopt(cs.from_dict(reply["state"]))
+            theirs = (int(reply.get("epoch", 0)), str(reply.get("committed_by", "")))
+            if cs.digest_newer(cs.digest(self.node.state), theirs):
+                await self.node.peers.call(
+                    "POST",
+                    url + "/internal/gossip",
+                    json_body={**message, "state": cs.to_dict(self.node.state)},
+                    timeout_ms=HEARTBEAT_INTERVAL_MS * 2,
+                )
         except LegionError as exc:
             log.debug("gossip with %s failed: %s", peer_id, exc)
+        except (ValueError, TypeError) as exc:
+            log.warning("gossip reply from %s was malformed: %s", peer_id, exc)
 
     def claimant_duties(self) -> None:
         """Mark members down or back up, and commit a rebalance whose handoffs are done."""

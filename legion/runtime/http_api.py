@@ -24,7 +24,7 @@ from aiohttp import web
 
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route
-from legion.errors import BadRequest
+from legion.errors import BadRequest, Unavailable
 from legion.limits import HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX
 from legion.replication import decode_ops, unpack
 from legion.runtime.node import Node, _Forward, check_node_id
@@ -33,9 +33,21 @@ from legion.runtime.transport import read_body, read_json
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
 FOLD_STALL_S = 60
+NODE_KEY = web.AppKey("node", Node)
+
+
+@web.middleware
+async def _requires_state(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Until a joining node has the cluster state, it can only take gossip (which brings the state)."""
+    node = request.app[NODE_KEY]
+    if node.state is None and request.path != "/internal/gossip":
+        raise Unavailable(f"node {node.node_id} is still joining the cluster; retry shortly")
+    return await handler(request)
 
 
 def add_routes(app: web.Application, node: Node) -> None:
+    app[NODE_KEY] = node
+    app.middlewares.append(_requires_state)
     api = _Api(node)
     app.router.add_get("/v1/health", api.health)
     app.router.add_get("/v1/cluster", api.cluster)
@@ -148,11 +160,14 @@ class _Api:
         self.node.heard_from(body["node_id"])
         if body.get("state") is not None:
             self.node.adopt(cs.from_dict(body["state"]))
-        mine = self.node.state
-        theirs = (body.get("epoch"), body.get("committed_by"))
-        reply: dict[str, Any] = {"node_id": self.node.node_id, "epoch": mine.epoch, "committed_by": mine.committed_by}
-        if (mine.epoch, mine.committed_by) != theirs:
-            reply["state"] = cs.to_dict(mine)
+        mine = cs.digest(self.node.state)
+        try:
+            theirs = (int(body.get("epoch", 0)), str(body.get("committed_by", "")))
+        except (TypeError, ValueError):
+            raise BadRequest("gossip epoch must be an integer") from None
+        reply: dict[str, Any] = {"node_id": self.node.node_id, "epoch": mine[0], "committed_by": mine[1]}
+        if cs.digest_newer(mine, theirs):
+            reply["state"] = cs.to_dict(self.node.state)
         return web.json_response(reply)
 
     async def apply(self, request: web.Request) -> web.Response:

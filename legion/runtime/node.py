@@ -35,6 +35,7 @@ from legion.engine import Engine, load_engines
 from legion.errors import BadRequest, ConfigError, LegionError, NotOwner, Unavailable
 from legion.keyspace import check_partition_count, partition_of
 from legion.limits import FAILURE_TIMEOUT_MS, NODE_ID_CHARS_MAX, PEER_BODY_BYTES_MAX, REPLICAS_MAX
+from legion import membership
 from legion.membership import alive_ids, claimant
 from legion.replication import Operation
 from legion.runtime.coordinator import Coordinator
@@ -119,6 +120,7 @@ class Node:
         self.started_ms = self.now_ms()
         self.last_heard_ms: dict[str, int] = {}
         self._was_down = False
+        self._grace_until_ms = self.started_ms
         self._runner: web.AppRunner | None = None
 
     @staticmethod
@@ -138,6 +140,9 @@ class Node:
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024).start()
         restarted = self.state is not None
+        if restarted:
+            # Its persisted state may be stale: hear the cluster before deciding anything for it.
+            self._grace_until_ms = self.started_ms + FAILURE_TIMEOUT_MS
         if self.state is None:
             if self.config.join:
                 await self._join(self.config.join)
@@ -167,6 +172,8 @@ class Node:
         """Ask a seed (which forwards to the claimant) to admit this node; adopt the answer."""
         last_error: LegionError | None = None
         for _attempt in range(JOIN_ATTEMPTS_MAX):
+            if self.state is not None:
+                return  # the claimant's answer was lost, but gossip brought the state
             try:
                 raw = await self.peers.call(
                     "POST", seed.rstrip("/") + "/v1/cluster/join", json_body={"node_id": self.node_id, "url": self.url}
@@ -209,21 +216,27 @@ class Node:
         return claimant(self.state, self.alive())
 
     def may_claim(self) -> bool:
-        """Claimant duties start only after a grace period, so a restarted node first hears the cluster."""
-        return self.claimant() == self.node_id and self.now_ms() - self.started_ms >= FAILURE_TIMEOUT_MS
+        return membership.may_claim(self.state, self.alive(), self.node_id, in_grace=self.now_ms() < self._grace_until_ms)
 
     def heard_from(self, node_id: str) -> None:
         self.last_heard_ms[node_id] = self.now_ms()
 
     async def change_state(self, change: Callable[[cs.ClusterState], cs.ClusterState]) -> cs.ClusterState:
         """Apply ``change`` as the claimant, or forward to the claimant. Returns the resulting state."""
-        if self.claimant() == self.node_id:
-            new = cs.commit(self.state, change(self.state), self.node_id)
-            if new is not self.state:
-                self.adopt(new)
-                self.gossiper.push_soon()
-            return self.state
-        raise _Forward(self.state.url_of(self.claimant()))  # type: ignore[arg-type]
+        target = self.claimant()
+        if target is None:
+            raise Unavailable("no live member can decide cluster changes right now; retry shortly")
+        if target != self.node_id:
+            raise _Forward(self.state.url_of(target))
+        if not self.may_claim():
+            raise Unavailable(
+                f"claimant {self.node_id} cannot commit yet: it is starting up or sees no majority of members; retry shortly"
+            )
+        new = cs.commit(self.state, change(self.state), self.node_id)
+        if new is not self.state:
+            self.adopt(new)
+            self.gossiper.push_soon()
+        return self.state
 
     def request_gossip(self) -> None:
         self.gossiper.push_soon()
