@@ -32,11 +32,13 @@ import http.client
 import json as jsonlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from legion.errors import ConfigError, DeadlineExceeded, Unavailable, from_json
 
@@ -50,33 +52,12 @@ TIMEOUT_S_DEFAULT = 10.0
 WAIT_POLL_TIMEOUT_S_MAX = 5.0
 
 
-class Headers(Mapping[str, str]):
-    """Response headers with case-insensitive lookup (HTTP header names are)."""
-
-    def __init__(self, items: Sequence[tuple[str, str]]) -> None:
-        self._items: dict[str, tuple[str, str]] = {}
-        for name, value in items:
-            self._items[name.lower()] = (name, value)
-
-    def __getitem__(self, name: str) -> str:
-        return self._items[name.lower()][1]
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, _ in self._items.values())
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({dict(self.items())!r})"
-
-
 @dataclass(frozen=True, slots=True)
 class Response:
     """One HTTP answer: status, headers (case-insensitive), raw body, and which node sent it."""
 
     status: int
-    headers: Headers
+    headers: CIMultiDictProxy[str]
     body: bytes
     url: str = ""
 
@@ -248,7 +229,7 @@ class Client:
             raise
         if raw.will_close:
             self._drop(endpoint)
-        return Response(raw.status, Headers(raw.getheaders()), data, endpoint.url)
+        return Response(raw.status, CIMultiDictProxy(CIMultiDict(raw.getheaders())), data, endpoint.url)
 
     def _connection(self, endpoint: _Endpoint) -> http.client.HTTPConnection:
         connection = self._connections.get(endpoint.url)
@@ -383,4 +364,4 @@ def _describe_failure(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-__all__ = ["Client", "Headers", "Response", "describe_status", "read_cluster_dir"]
+__all__ = ["Client", "Response", "describe_status", "read_cluster_dir"]
