@@ -10,34 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
-
-import pytest
 
 from engines.kv import KVClient
-from legion.client import Client
 from legion.errors import NotFound
 from legion.placement import moved_slots, node_loads
-from legion.runtime import local_cluster
+from legion.runtime import local_cluster as cluster_processes
+from tests.conftest import LocalCluster
 
 PARTITIONS = 64
-
-
-@pytest.fixture
-def cluster(tmp_path: Path):
-    directory = tmp_path / "cluster"
-    local_cluster.up(directory, nodes=3, partitions=PARTITIONS, replicas=3, base_port=0, timeout_s=60)
-    try:
-        yield directory
-    finally:
-        local_cluster.down(directory)
-
-
-def node_client(directory: Path, node_id: str) -> Client:
-    """A client pinned to one node, so a request enters the cluster exactly there."""
-    doc = local_cluster.load(directory)
-    url = next(n["url"] for n in doc["nodes"] if n["id"] == node_id)
-    return Client([url], (directory / "token").read_text().strip())
 
 
 def write_keys(kv: KVClient, keys: list[str], **kw) -> None:
@@ -68,14 +48,14 @@ def statuses(status: dict) -> dict[str, str]:
     return {m["id"]: m["status"] for m in status["members"]}
 
 
-def test_three_nodes_write_through_one_read_through_the_others(cluster: Path):
+def test_three_nodes_write_through_one_read_through_the_others(local_cluster: LocalCluster):
     keys = [f"user:{i:04d}" for i in range(1_000)]
-    with node_client(cluster, "n1") as c1:
+    with local_cluster.node_client("n1") as c1:
         write_keys(KVClient(c1), keys)
     for node_id in ("n2", "n3"):
-        with node_client(cluster, node_id) as c:
+        with local_cluster.node_client(node_id) as c:
             assert_all_readable(KVClient(c), keys)
-    with node_client(cluster, "n2") as c:
+    with local_cluster.node_client("n2") as c:
         status = c.status()
     assert statuses(status) == {"n1": "up", "n2": "up", "n3": "up"}
     assert len(status["placement"]) == PARTITIONS
@@ -84,16 +64,16 @@ def test_three_nodes_write_through_one_read_through_the_others(cluster: Path):
     assert status["rebalancing"] is False
 
 
-def test_kill_9_marks_down_keeps_quorum_writes_and_rejoins_as_itself(cluster: Path):
+def test_kill_9_marks_down_keeps_quorum_writes_and_rejoins_as_itself(local_cluster: LocalCluster):
     before = [f"before:{i}" for i in range(300)]
     after = [f"after:{i}" for i in range(300)]
-    with node_client(cluster, "n1") as c1:
+    with local_cluster.node_client("n1") as c1:
         write_keys(KVClient(c1), before)
-    victim = next(n for n in local_cluster.load(cluster)["nodes"] if n["id"] == "n2")
+    victim = next(n for n in local_cluster.nodes() if n["id"] == "n2")
     os.kill(victim["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
 
-    with node_client(cluster, "n3") as c3:
+    with local_cluster.node_client("n3") as c3:
         status, _ = wait_status(c3, lambda s: statuses(s)["n2"] == "down", timeout_s=15)
         print(f"n2 marked down {time.monotonic() - killed_at:.1f} s after kill -9")
         assert statuses(status)["n1"] == "up" and statuses(status)["n3"] == "up"
@@ -101,23 +81,23 @@ def test_kill_9_marks_down_keeps_quorum_writes_and_rejoins_as_itself(cluster: Pa
         write_keys(kv3, after, w=2)
         assert_all_readable(kv3, before + after)
 
-    local_cluster.start_node(cluster, "n2")
-    with node_client(cluster, "n2") as c2:
+    cluster_processes.start_node(local_cluster.directory, "n2")
+    with local_cluster.node_client("n2") as c2:
         assert c2.health()["node_id"] == "n2"
         status, _ = wait_status(c2, lambda s: all(m["status"] == "up" for m in s["members"]), timeout_s=20)
         assert sorted(statuses(status)) == ["n1", "n2", "n3"], "the restarted node must not join as a new member"
         assert_all_readable(KVClient(c2), before + after)
 
 
-def test_a_fourth_node_takes_only_what_must_move_and_serves_every_key(cluster: Path):
+def test_a_fourth_node_takes_only_what_must_move_and_serves_every_key(local_cluster: LocalCluster):
     keys = [f"doc:{i}" for i in range(600)]
-    with node_client(cluster, "n1") as c1:
+    with local_cluster.node_client("n1") as c1:
         write_keys(KVClient(c1), keys)
         old = tuple(tuple(nodes) for nodes in c1.status()["placement"])
 
-    local_cluster.add_node(cluster, timeout_s=60)
+    cluster_processes.add_node(local_cluster.directory, timeout_s=60)
 
-    with node_client(cluster, "n1") as c1:
+    with local_cluster.node_client("n1") as c1:
         status = c1.status()
     new = tuple(tuple(nodes) for nodes in status["placement"])
     assert statuses(status) == {f"n{i}": "up" for i in range(1, 5)}
@@ -129,8 +109,8 @@ def test_a_fourth_node_takes_only_what_must_move_and_serves_every_key(cluster: P
     assert all(set(n) - set(o) <= {"n4"} for o, n in zip(old, new))
 
     for node_id in ("n1", "n2", "n3", "n4"):
-        with node_client(cluster, node_id) as c:
+        with local_cluster.node_client(node_id) as c:
             assert_all_readable(KVClient(c), keys)
     # r=1 through n4 reads n4's own replica where it holds one: proof it pulled the data before serving.
-    with node_client(cluster, "n4") as c4:
+    with local_cluster.node_client("n4") as c4:
         assert_all_readable(KVClient(c4), keys, r=1)
