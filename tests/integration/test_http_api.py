@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -152,3 +154,30 @@ def test_nodes_survive_the_fuzzing(cluster):
     for url in urls:
         status, _, body = send(url, "GET", "/v1/health", None, auth(token))
         assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(raw=st.one_of(
+    st.binary(min_size=1, max_size=300),
+    st.binary(max_size=200).map(lambda b: b"GET /v1/kv/" + b + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+    st.binary(max_size=200).map(lambda b: b"PUT /v1/kv/k HTTP/1.1\r\nContent-Length: 5\r\n" + b + b"\r\n\r\nhello"),
+))
+def test_raw_garbage_on_the_socket_never_gets_a_500(cluster, raw):
+    """Not even HTTP: whatever bytes arrive, the node answers 4xx or closes, and lives on."""
+    urls, _, _ = cluster
+    parts = urlsplit(urls[1])
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    for status_line in re.findall(rb"HTTP/1\.[01] (\d{3})", answer):
+        assert int(status_line) < 500, (raw, answer[:200])
+
+
+def test_nodes_survive_the_raw_garbage(cluster):
+    test_nodes_survive_the_fuzzing(cluster)
