@@ -120,6 +120,10 @@ def remove_member(state: ClusterState, node_id: str) -> ClusterState:
         return state
     if data_holders(state) == [node_id]:
         raise Conflict(f"{node_id!r} is the last node holding data; it cannot be removed")
+    if member.status == JOINING:
+        # A joiner holds nothing in the committed placement: it goes at once, and must
+        # not become a leaving voter whose silence could block every later decision.
+        return plan(_with_member(state, replace(member, status=REMOVED, down=False)))
     return plan(_with_member(state, replace(member, status=LEAVING)))
 
 

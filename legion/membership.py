@@ -21,15 +21,21 @@ from collections.abc import Mapping
 
 from legion import cluster_state as cs
 from legion.cluster_state import REMOVED, ClusterState
-from legion.limits import FAILURE_TIMEOUT_MS
+from legion.limits import FAILURE_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS
+
+# A claimant must have heard from a majority this recently to commit: two heartbeat rounds.
+MAJORITY_FRESH_MS = 2 * HEARTBEAT_INTERVAL_MS
 
 
-def alive_ids(state: ClusterState, self_id: str, last_heard_ms: Mapping[str, int], now_ms: int) -> set[str]:
-    """Members this node has heard from within the failure timeout, itself included."""
+def alive_ids(
+    state: ClusterState, self_id: str, last_heard_ms: Mapping[str, int], now_ms: int,
+    within_ms: int = FAILURE_TIMEOUT_MS,
+) -> set[str]:
+    """Members this node has heard from within ``within_ms`` (default: the failure timeout), itself included."""
     alive = {self_id}
     for member in state.members:
         heard = last_heard_ms.get(member.id)
-        if member.status != REMOVED and heard is not None and now_ms - heard < FAILURE_TIMEOUT_MS:
+        if member.status != REMOVED and heard is not None and now_ms - heard < within_ms:
             alive.add(member.id)
     return alive
 
@@ -57,10 +63,12 @@ def has_majority(state: ClusterState, alive: set[str]) -> bool:
     return 2 * sum(1 for node in members if node in alive) > len(members)
 
 
-def may_claim(state: ClusterState, alive: set[str], self_id: str, *, in_grace: bool) -> bool:
-    """Whether ``self_id`` may commit changes now: it is the claimant, sees a majority,
-    and is past its start-up grace period (a restarted node first hears the cluster)."""
-    return not in_grace and claimant(state, alive) == self_id and has_majority(state, alive)
+def may_claim(state: ClusterState, alive: set[str], fresh: set[str], self_id: str, *, in_grace: bool) -> bool:
+    """Whether ``self_id`` may commit changes now: it is the claimant among ``alive``, has heard
+    from a majority *recently* (``fresh``: within ``MAJORITY_FRESH_MS``, much shorter than the
+    failure timeout, so a claimant cut off by a split stops deciding within a second or so), and
+    is past its start-up grace period (a restarted node first hears the cluster)."""
+    return not in_grace and claimant(state, alive) == self_id and has_majority(state, fresh)
 
 
 def liveness_verdicts(state: ClusterState, alive: set[str]) -> dict[str, bool]:

@@ -102,14 +102,15 @@ class HandoffReceiver:
         if not wanted:
             return
         for p in wanted:
-            if p in self._pulled:
+            # The plan may change while we copy (a node joined or left): copy only what is still wanted.
+            if p in self._pulled or p not in self.wanted():
                 continue
             try:
                 await self.pull(p)
                 self._pulled.add(p)
             except LegionError as exc:
                 log.warning("pulling partition %d failed, will retry: %s", p, exc)
-        done = [p for p in wanted if p in self._pulled]
+        done = [p for p in self.wanted() if p in self._pulled]
         if done:
             await self.report(done)
 

@@ -216,7 +216,9 @@ class Node:
         return claimant(self.state, self.alive())
 
     def may_claim(self) -> bool:
-        return membership.may_claim(self.state, self.alive(), self.node_id, in_grace=self.now_ms() < self._grace_until_ms)
+        now = self.now_ms()
+        fresh = alive_ids(self.state, self.node_id, self.last_heard_ms, now, membership.MAJORITY_FRESH_MS)
+        return membership.may_claim(self.state, self.alive(), fresh, self.node_id, in_grace=now < self._grace_until_ms)
 
     def heard_from(self, node_id: str) -> None:
         self.last_heard_ms[node_id] = self.now_ms()

@@ -116,3 +116,11 @@ def test_status_document_counts_primaries_and_replicas():
     assert sum(m["primary"] for m in doc["members"]) == 16
     assert all(m["primary"] + m["replica"] == 16 for m in doc["members"])
     assert doc["rebalancing"] is False and doc["claimant"] == "n1"
+
+
+def test_removing_a_joiner_removes_it_at_once_without_giving_it_a_vote():
+    state = cs.new_cluster("c1", "n1", "http://x:1", 8, 3)
+    joined = cs.add_member(state, "n2", "http://x:2")
+    removed = cs.remove_member(joined, "n2")
+    assert removed.member("n2").status == cs.REMOVED
+    assert removed.pending is None and removed.placement == state.placement
