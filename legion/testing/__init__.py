@@ -11,7 +11,8 @@ Pure: nothing here opens a socket, starts a thread or reads the wall clock.
                   actions (start, join, remove, crash, restart, split, heal) and
                   ``Observer`` hooks;
 - ``checkers``    the invariants (valid placements, data safety of handoff,
-                  convergence, epoch order), checked as the simulation runs;
+                  convergence, epoch order, one history), checked as the
+                  simulation runs;
 - ``scenario``    scenarios generated from a seed, run with a quiet period and
                   reported with the command that replays them.
 

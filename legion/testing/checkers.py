@@ -21,7 +21,16 @@ The invariants:
     sees the lowest-id live member as claimant, each node holds exactly the
     copies that state gives it, and every operator action that was
     acknowledged took effect;
-(d) epochs: the state a node believes never goes back to an older one.
+(d) epochs: the state a node believes never goes back to an older one;
+(e) one history: no two nodes commit the same epoch. Two claimants deciding
+    at once fork the history, and gossip keeps one branch and silently throws
+    the other's decisions away — after nodes acted on them (dropped copies) or
+    the operator was told they were done. That only a claimant that has
+    heard from a majority of the voting members within ``MAJORITY_FRESH_MS``
+    commits (``membership.may_claim``) narrows this but cannot rule it out:
+    without consensus, two claimants can still commit the same epoch
+    (LEGION-SIM-4, accepted for now; ``tests/sim/support.py`` says how its
+    tests treat it).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from legion.testing.sim_node import SimNode
 
 
 class InvariantChecker(Observer):
-    """Checks (a), (b) and (d) on every event that could break them."""
+    """Checks (a), (b), (d) and (e) on every event that could break them."""
 
     def __init__(self) -> None:
         self.commits = 0
@@ -47,6 +56,7 @@ class InvariantChecker(Observer):
         if committed:
             self.commits += 1
             assert before is not None
+            check_one_history(sim, node.id, before, after)
             check_commit_backed(sim, node.id, before, after)
         check_data_safety(sim)
 
@@ -137,6 +147,21 @@ def check_epoch_order(node_id: str, before: cs.ClusterState | None, after: cs.Cl
         return
     forward = after.epoch > before.epoch or (after.epoch == before.epoch and after.committed_by < before.committed_by)
     assert forward, f"{node_id} went back from {describe(before)} to {describe(after)}"
+
+
+# --- (e) one history ------------------------------------------------------------
+
+
+def check_one_history(sim: Simulation, node_id: str, before: cs.ClusterState, after: cs.ClusterState) -> None:
+    """``after`` is the only commit of its epoch (``sim.commits`` already records it)."""
+    rivals = sorted((other, state) for other, state in sim.commits.get(after.epoch, {}).items() if other != node_id)
+    if rivals:
+        other, state = rivals[0]
+        raise AssertionError(
+            f"fork: {node_id} committed {describe(after)} on top of e{before.epoch}/{before.committed_by}, "
+            f"but {other} already committed {describe(state)}: two claimants decided at once, "
+            f"and gossip will throw one branch away"
+        )
 
 
 # --- (c) convergence --------------------------------------------------------------

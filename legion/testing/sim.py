@@ -9,9 +9,12 @@ One ``random.Random(seed)`` drives every choice, so a seed replays a run.
 
 The operator acts as a person with the CLI would: ``start`` founds a cluster,
 ``join`` starts a new node that joins through a seed, ``remove`` asks any live
-node (which forwards to the claimant), ``crash`` is ``kill -9`` (the node keeps
-its persisted cluster state and its data, loses everything in memory) and
-``restart`` starts it again; ``split`` and ``heal`` cut and mend the network.
+node (which forwards to the claimant) and, when the answer is "retry shortly"
+(503) or none came, asks again a little later, a bounded number of times;
+``crash`` is ``kill -9`` (the node keeps its persisted cluster state and its
+data, loses everything in memory) and ``restart`` starts it again; ``split``
+and ``heal`` cut and mend the network. An action counts as acknowledged only
+once its answer carries a committed state that shows it.
 
 ``Observer`` hooks see every adopted state, pull and drop as it happens;
 ``legion.testing.checkers`` holds the invariants, and
@@ -37,19 +40,20 @@ from collections.abc import Iterable
 from typing import Any
 
 from legion import cluster_state as cs
+from legion import membership
 from legion.errors import LegionError
 from legion.limits import REQUEST_DEADLINE_MS
 from legion.testing.sim_kernel import Call, Endpoint, Kernel, Sleep
 from legion.testing.sim_node import SimNode
 
-# A diligent operator retries a remove that got no answer, for a while.
-OPERATOR_ATTEMPTS_MAX = 10
-OPERATOR_RETRY_INTERVAL_MS = 1_000
+# A diligent operator retries a remove that got no answer or a 503 ("retry
+# shortly": no claimant, or one still in its grace period or without a
+# majority) a little later, for a while.
+OPERATOR_ATTEMPTS_MAX = 20
+OPERATOR_RETRY_INTERVAL_MS = 500
 # Bounds a run, so that a livelock fails instead of hanging the test.
 EVENTS_PER_SIMULATED_SECOND_MAX = 20_000
 TRACE_LINES_MAX = 20_000
-
-StateKey = tuple[int, str]
 
 
 class Observer:
@@ -68,7 +72,7 @@ class Observer:
 
 
 class Operator(Endpoint):
-    """The person at the CLI: sends removes to any live node and retries when there is no answer."""
+    """The person at the CLI: sends removes to any live node and retries on a 5xx or no answer."""
 
     def __init__(self, sim: Simulation) -> None:
         super().__init__("operator")
@@ -91,16 +95,26 @@ class Operator(Endpoint):
             if entries:
                 entry = sim.rng.choice(entries)
                 try:
-                    yield Call(entry, "remove", {"node_id": node_id}, REQUEST_DEADLINE_MS)
-                    sim.removes_acknowledged.add(node_id)
-                    sim.log(f"operator: remove {node_id} acknowledged by {entry}")
-                    return
+                    reply = yield Call(entry, "remove", {"node_id": node_id}, REQUEST_DEADLINE_MS)
                 except LegionError as exc:
                     if exc.http_status < 500:
                         sim.log(f"operator: remove {node_id} refused by {entry}: {exc}")
                         return
+                    sim.log(f"operator: remove {node_id} via {entry} failed, will retry: {exc}")
+                else:
+                    self._acknowledged(node_id, entry, cs.from_dict(reply["state"]))
+                    return
             yield Sleep(OPERATOR_RETRY_INTERVAL_MS)
         sim.log(f"operator: gave up removing {node_id}")
+
+    def _acknowledged(self, node_id: str, entry: str, state: cs.ClusterState) -> None:
+        """A success answer carries the claimant's committed state, which must show the removal."""
+        leaving = not state.has_member(node_id) or state.member(node_id).status in (cs.LEAVING, cs.REMOVED)
+        assert leaving, (
+            f"the removal of {node_id} was acknowledged by {entry} with {describe(state)}, which does not show it"
+        )
+        self.sim.removes_acknowledged.add(node_id)
+        self.sim.log(f"operator: remove {node_id} acknowledged by {entry}: {describe(state)}")
 
 
 class Simulation:
@@ -123,14 +137,9 @@ class Simulation:
         self.removes_requested: set[str] = set()
         self.removes_acknowledged: set[str] = set()
         self.gave_up: set[str] = set()
-        # The history: each commit's parent, by (epoch, committer) — which names
-        # one state, since a node commits at most once per epoch.
-        self.parents: dict[StateKey, StateKey] = {}
-        self.committers: dict[int, set[str]] = {}
-        self.membership_commits: set[StateKey] = set()  # commits that changed a member's status
-        self.drop_views: list[tuple[str, int, StateKey]] = []  # (node, partition, the state it dropped under)
-        # Join requests that reached a node with no cluster state yet (it answers 500).
-        self.stateless_join_answers = 0
+        # The history: every commit, by epoch and committer (a node commits at
+        # most once per epoch, since its state only moves forward).
+        self.commits: dict[int, dict[str, cs.ClusterState]] = {}
 
     @property
     def now_ms(self) -> int:
@@ -154,21 +163,7 @@ class Simulation:
 
     def forked_epochs(self) -> list[int]:
         """Epochs that two different claimants committed (a split brain, or a stale claimant)."""
-        return sorted(e for e, committers in self.committers.items() if len(committers) > 1)
-
-    def lineage(self, state: cs.ClusterState | None) -> set[StateKey]:
-        """``state`` and every commit it descends from."""
-        line: set[StateKey] = set()
-        current = None if state is None else state_key(state)
-        while current is not None and current not in line:
-            line.add(current)
-            current = self.parents.get(current)
-        return line
-
-    def discarded(self, keys: Iterable[StateKey]) -> list[StateKey]:
-        """Those of ``keys`` that the newest state does not descend from: branches gossip threw away."""
-        line = self.lineage(self.newest_state())
-        return sorted(k for k in keys if k not in line)
+        return sorted(e for e, committed in self.commits.items() if len(committed) > 1)
 
     def newest_state(self) -> cs.ClusterState | None:
         """The newest state any node holds, crashed or not: what gossip converges on."""
@@ -242,22 +237,30 @@ class Simulation:
     # --- hooks the nodes call ------------------------------------------------
 
     def joined(self, node: SimNode) -> None:
+        """``node`` has started with a state: the claimant's answer, or gossip when the answer was lost.
+
+        Either way it is a committed state that admits the node."""
+        state = node.state
+        assert state is not None and state.has_member(node.id), (
+            f"{node.id}'s join was acknowledged with {describe(state)}, which does not admit it"
+        )
         self.joins_acknowledged.add(node.id)
         self.log(f"{node.id} joined")
 
     def adopted(self, node: SimNode, before: cs.ClusterState | None, after: cs.ClusterState, committed: bool) -> None:
-        self.log(f"{node.id} {'commits' if committed else 'adopts'} {describe(after)}")
-        if committed and before is not None:
-            self.parents[state_key(after)] = state_key(before)
-            self.committers.setdefault(after.epoch, set()).add(node.id)
-            if [m.status for m in before.members] != [m.status for m in after.members]:
-                self.membership_commits.add(state_key(after))
+        if committed:
+            assert before is not None
+            alive = membership.alive_ids(before, node.id, node.last_heard_ms, self.now_ms)
+            fresh = membership.alive_ids(before, node.id, node.last_heard_ms, self.now_ms, membership.MAJORITY_FRESH_MS)
+            self.log(
+                f"{node.id} commits {describe(after)} seeing {','.join(sorted(alive))} alive, "
+                f"{','.join(sorted(fresh))} fresh"
+            )
+            self.commits.setdefault(after.epoch, {})[node.id] = after
+        else:
+            self.log(f"{node.id} adopts {describe(after)}")
         for observer in self.observers:
             observer.on_adopt(self, node, before, after, committed)
-
-    def join_reached_stateless(self, node: SimNode, joiner: str) -> None:
-        self.stateless_join_answers += 1
-        self.log(f"{node.id} got the join of {joiner} but has no cluster state yet: answers 500")
 
     def pulled(self, node: SimNode, partition: int, source: str, copied: bool) -> None:
         self.log(f"{node.id} pulled p{partition} from {source}" + ("" if copied else " (EMPTY: source had no copy)"))
@@ -266,14 +269,8 @@ class Simulation:
 
     def dropping(self, node: SimNode, partition: int) -> None:
         self.log(f"{node.id} drops p{partition}")
-        if node.state is not None:
-            self.drop_views.append((node.id, partition, state_key(node.state)))
         for observer in self.observers:
             observer.on_drop(self, node, partition)
-
-
-def state_key(state: cs.ClusterState) -> StateKey:
-    return (state.epoch, state.committed_by)
 
 
 def describe(state: cs.ClusterState | None) -> str:

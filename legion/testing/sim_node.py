@@ -6,16 +6,22 @@ their modules, so a test that patches the core patches the simulation too):
 
 - ``legion.runtime.node.Node``: the believed ``ClusterState`` (persisted: it
   survives a crash), ``adopt`` (only a newer state), ``alive`` / ``claimant`` /
-  ``may_claim`` with the start-up grace period, ``change_state`` (commit as the
-  claimant, else forward to it), ``reconcile`` (drop what is no longer held),
-  ``_join`` (through a seed, with the same retry rule);
+  ``may_claim`` (``membership.may_claim``: claimant among the alive, a majority
+  heard within ``MAJORITY_FRESH_MS``, and past the grace period of a node that
+  restarted on persisted state), ``change_state`` (forward to the claimant;
+  commit only if this node may claim, else ``Unavailable``), ``reconcile``
+  (drop what is no longer held), ``_join`` (through a seed, with the same
+  retry rule, ending early once gossip brought the state);
 - ``legion.runtime.gossiper.Gossiper``: a digest exchange with every other
-  non-removed member each round, the newer state sent whole, then claimant
+  non-removed member each round (whichever side is newer sends its state
+  whole; a node without state answers the digest (0, '')), then claimant
   duties (``membership.claimant_step``);
 - ``legion.runtime.handoff_receiver.HandoffReceiver``: pull each gained slot
-  from a live current replica, report it ready to the claimant, re-sync;
+  that is still wanted (re-read before every pull) from a live current
+  replica, report those still wanted ready to the claimant, re-sync;
 - ``legion.runtime.http_api``: the gossip, join, remove, handoff-done and fold
-  handlers.
+  handlers, and the middleware that answers ``Unavailable`` to everything but
+  gossip until the node has a cluster state.
 
 Data is modelled, not stored: ``data`` is the set of partitions this node holds
 a full copy of. A fold answers whether the source holds a copy; a pull of an
@@ -33,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from legion import cluster_state as cs
 from legion import membership, routing
-from legion.errors import ConfigError, LegionError, NotFound, NotOwner, Unavailable
+from legion.errors import ConfigError, LegionError, NotOwner, Unavailable
 from legion.limits import (
     FAILURE_TIMEOUT_MS,
     GOSSIP_INTERVAL_MS,
@@ -59,6 +65,14 @@ CLUSTER_ID = "c-sim"
 Change = Callable[[cs.ClusterState], cs.ClusterState]
 
 
+class Forward(Exception):
+    """Raised by ``SimNode.change_state`` on a non-claimant, as ``node._Forward`` is: forward to ``target``."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target
+
+
 class SimNode(Endpoint):
     """One node: its persisted state and data, its in-memory view of peers, and its loops."""
 
@@ -73,6 +87,7 @@ class SimNode(Endpoint):
         # In memory: lost on a crash.
         self.last_heard_ms: dict[str, int] = {}
         self.started_ms = 0
+        self.grace_until_ms = 0
         self.serving = False  # the gossip and handoff loops run
         self.pulled: set[int] = set()
         self.pulled_for: object = None
@@ -115,16 +130,26 @@ class SimNode(Endpoint):
         return membership.claimant(self.state, self.alive())
 
     def may_claim(self) -> bool:
-        return self.claimant() == self.id and self.now_ms - self.started_ms >= FAILURE_TIMEOUT_MS
+        """Node.may_claim: the claimant among ``alive``, a majority heard within MAJORITY_FRESH_MS, past grace."""
+        state, now = self._state(), self.now_ms
+        fresh = membership.alive_ids(state, self.id, self.last_heard_ms, now, membership.MAJORITY_FRESH_MS)
+        return membership.may_claim(state, self.alive(), fresh, self.id, in_grace=now < self.grace_until_ms)
 
     def heard_from(self, node_id: str) -> None:
         self.last_heard_ms[node_id] = self.now_ms
 
-    def change_state(self, change: Change) -> cs.ClusterState | None:
-        """Apply ``change`` as the claimant and return the result; None if another node is claimant."""
+    def change_state(self, change: Change) -> cs.ClusterState:
+        """Apply ``change`` as the claimant and return the result; ``Forward`` if another node is claimant."""
         state = self._state()
-        if self.claimant() != self.id:
-            return None
+        target = self.claimant()
+        if target is None:
+            raise Unavailable("no live member can decide cluster changes right now; retry shortly")
+        if target != self.id:
+            raise Forward(target)
+        if not self.may_claim():
+            raise Unavailable(
+                f"claimant {self.id} cannot commit yet: it is starting up or sees no majority of members; retry shortly"
+            )
         new = cs.commit(state, change(state), self.id)
         if new is not state:
             self.adopt(new, committed=True)
@@ -139,8 +164,8 @@ class SimNode(Endpoint):
             self.data.discard(p)
 
     def _state(self) -> cs.ClusterState:
-        # A real node serving before its join completed fails here with an
-        # AttributeError, which the HTTP layer answers with a 500.
+        # Unreachable from a handler (``handler`` refuses requests until the
+        # node has a state) or a loop (they start after it has one).
         if self.state is None:
             raise LegionError(f"{self.id} has no cluster state yet")
         return self.state
@@ -159,6 +184,8 @@ class SimNode(Endpoint):
         self.started_ms = self.now_ms
         self.forget()
         restarted = self.state is not None
+        # Its persisted state may be stale: hear the cluster before deciding anything for it.
+        self.grace_until_ms = self.started_ms + (FAILURE_TIMEOUT_MS if restarted else 0)
         if self.state is None:
             if self.seed_id is None:
                 state = cs.new_cluster(CLUSTER_ID, self.id, self.url, self.sim.partitions, self.sim.replicas)
@@ -183,6 +210,8 @@ class SimNode(Endpoint):
         assert self.seed_id is not None
         last_error: LegionError | None = None
         for _attempt in range(JOIN_ATTEMPTS_MAX):
+            if self.state is not None:
+                return  # the claimant's answer was lost, but gossip brought the state
             try:
                 reply = yield Call(self.seed_id, "join", {"node_id": self.id, "url": self.url}, REQUEST_DEADLINE_MS)
                 self.adopt(cs.from_dict(reply["state"]))
@@ -207,17 +236,18 @@ class SimNode(Endpoint):
             self.flags.discard("gossip")
 
     def exchange(self, peer: str) -> Any:
-        state = self._state()
-        digest = {"node_id": self.id, "epoch": state.epoch, "committed_by": state.committed_by}
+        """Gossiper._exchange: digests first; whichever side is newer sends its state whole."""
+        mine = cs.digest(self.state)
+        message = {"node_id": self.id, "epoch": mine[0], "committed_by": mine[1]}
         try:
-            reply = yield Call(peer, "gossip", digest, GOSSIP_TIMEOUT_MS)
+            reply = yield Call(peer, "gossip", message, GOSSIP_TIMEOUT_MS)
             self.heard_from(peer)
             if reply.get("state") is not None:
-                theirs = cs.from_dict(reply["state"])
-                if not self.adopt(theirs) and cs.newer(self._state(), theirs):
-                    # They are behind: send ours whole.
-                    body = {**digest, "state": cs.to_dict(self._state())}
-                    yield Call(peer, "gossip", body, GOSSIP_TIMEOUT_MS)
+                self.adopt(cs.from_dict(reply["state"]))
+            theirs = (int(reply.get("epoch", 0)), str(reply.get("committed_by", "")))
+            if cs.digest_newer(cs.digest(self.state), theirs):
+                body = {**message, "state": cs.to_dict(self._state())}
+                yield Call(peer, "gossip", body, GOSSIP_TIMEOUT_MS)
         except LegionError:
             pass
 
@@ -268,14 +298,15 @@ class SimNode(Endpoint):
         if not wanted:
             return
         for p in wanted:
-            if p in self.pulled:
+            # HandoffReceiver.pull_gained: the plan may change while we copy; copy only what is still wanted.
+            if p in self.pulled or p not in self.wanted():
                 continue
             try:
                 yield from self.pull(p)
                 self.pulled.add(p)
             except LegionError:
                 pass
-        done = [p for p in wanted if p in self.pulled]
+        done = [p for p in self.wanted() if p in self.pulled]
         if done:
             yield from self.report(done)
 
@@ -297,7 +328,7 @@ class SimNode(Endpoint):
         body = {"node_id": self.id, "partitions": partitions}
         target = self.claimant()
         if target == self.id:
-            self.change_state(lambda s: cs.try_commit(cs.mark_ready(s, self.id, partitions)))
+            self.change_state(lambda s: cs.try_commit(cs.mark_ready(s, self.id, partitions)))  # may be Unavailable
             return
         if target is None:
             raise Unavailable("no claimant to report handoff to")
@@ -307,6 +338,8 @@ class SimNode(Endpoint):
     # --- http_api: the handlers ------------------------------------------------
 
     def handler(self, kind: str) -> Callable[[str, Any], Any]:
+        if self.state is None and kind != "gossip":  # http_api._requires_state
+            raise Unavailable(f"node {self.id} is still joining the cluster; retry shortly")
         handlers: dict[str, Callable[[str, Any], Any]] = {
             "gossip": self.on_gossip,
             "join": self.on_join,
@@ -319,20 +352,20 @@ class SimNode(Endpoint):
         return handlers[kind]
 
     def on_gossip(self, src: str, body: dict[str, Any]) -> dict[str, Any]:
+        """_Api.gossip: adopt a state sent whole; send ours whole only if it is newer than theirs."""
         self.heard_from(body["node_id"])
         if body.get("state") is not None:
             self.adopt(cs.from_dict(body["state"]))
-        mine = self._state()
-        reply: dict[str, Any] = {"node_id": self.id, "epoch": mine.epoch, "committed_by": mine.committed_by}
-        if (mine.epoch, mine.committed_by) != (body.get("epoch"), body.get("committed_by")):
-            reply["state"] = cs.to_dict(mine)
+        mine = cs.digest(self.state)
+        theirs = (int(body.get("epoch", 0)), str(body.get("committed_by", "")))
+        reply: dict[str, Any] = {"node_id": self.id, "epoch": mine[0], "committed_by": mine[1]}
+        if cs.digest_newer(mine, theirs):
+            reply["state"] = cs.to_dict(self._state())
         return reply
 
     def on_join(self, src: str, body: dict[str, Any]) -> Any:
         node_id, url = body["node_id"], body["url"]
         self.heard_from(node_id)
-        if self.state is None:
-            self.sim.join_reached_stateless(self, node_id)
         return self.claimant_change("join", body, lambda s: cs.add_member(s, node_id, url))
 
     def on_remove(self, src: str, body: dict[str, Any]) -> Any:
@@ -354,11 +387,9 @@ class SimNode(Endpoint):
 
     def claimant_change(self, kind: str, body: Any, change: Change) -> Any:
         """_Api._claimant_change: commit here as the claimant, or forward the request to it."""
-        state = self.change_state(change)
-        if state is not None:
-            return {"state": cs.to_dict(state)}
-        target = self.claimant()
-        if target is None:
-            raise NotFound(f"{self.id} knows no claimant to forward {kind} to")
-        reply = yield Call(target, kind, body, REQUEST_DEADLINE_MS)
-        return reply
+        try:
+            state = self.change_state(change)
+        except Forward as forward:
+            reply = yield Call(forward.target, kind, body, REQUEST_DEADLINE_MS)
+            return reply
+        return {"state": cs.to_dict(state)}

@@ -1,17 +1,46 @@
-"""Helpers shared by the simulation tests: a formed cluster, failure reports, known bugs.
+"""Helpers shared by the simulation tests: a formed cluster, failure reports, and LEGION-SIM-4.
 
 A hand-written scenario builds a ``Simulation`` with ``formed``, drives it with
 operator actions, and runs its checks inside ``with sim_report(sim):`` (the
 ``SimReport`` fixture of ``conftest``) so that a failure names the seed, the
 command that replays it and the trace.
+
+LEGION-SIM-4, the one accepted limitation
+-----------------------------------------
+The claimant protocol (DESIGN.md: the lowest-id live member commits, gossip
+keeps the highest epoch) is not consensus. Two nodes can still commit the same
+epoch — a claimant reunited with the cluster right after a split heals, one
+cut off within ``membership.MAJORITY_FRESH_MS`` of a split, one that crashes
+right after a commit it had not gossiped yet — and gossip then keeps one branch
+and throws the other's commits away, acknowledged ones included. Fixing that
+needs a Raft-style term and majority-persisted commits: separate work, not done
+here. ``test_known_bugs.py`` pins it with strict xfails, which flag the day it
+is fixed.
+
+A seeded scenario that fails is an expected failure (``pytest.xfail``, naming
+the seed and the replay command) only when that run proves SIM-4 did it
+(``sim4_evidence``), by both of:
+
+1. evidence: its history (``Simulation.commits``) holds an epoch that two
+   different nodes committed;
+2. symptom: the check that failed is one SIM-4 explains (``SIM4_SYMPTOMS``):
+   the fork itself (checker (e)), an acknowledged join or removal missing from
+   the final state, or a data-safety violation (checker (b)).
+
+Checker (e) raises at the very commit that forks, so in practice the symptom
+is the fork itself; the others cover runs that watch without it. Any other
+failure fails the test, and a replay (``--seed``) never turns a failure into
+an expected one: it shows the failure and the whole trace.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+import pytest
 
 from legion.testing.checkers import InvariantChecker
 from legion.testing.scenario import TRACE_TAIL_LINES, Scenario, SimulationFailed, reported, settle
@@ -20,15 +49,72 @@ from legion.testing.sim import Simulation
 JOIN_SPACING_MS = 100
 
 
+SIM4_REASON = (
+    "LEGION-SIM-4: membership commits are not consensus-backed; two claimants can commit the same epoch "
+    "(see tests/sim/README or module docstring)"
+)
+# The checks SIM-4 explains: (e) the fork; (c) an acknowledged action lost; (b) data safety.
+SIM4_SYMPTOMS = (
+    r"^fork: ",
+    r"join was acknowledged, but",
+    r"removal of \S+ was acknowledged, but",
+    r"holds? no copy of it",
+    r"still assigns it there",
+    r"drops the last copy",
+)
+
+
+def sim4_evidence(failure: SimulationFailed) -> str | None:
+    """The proof that LEGION-SIM-4 explains ``failure`` (see the module docstring), or None."""
+    forked = failure.sim.forked_epochs()
+    message = str(failure.error)
+    if not forked or not any(re.search(symptom, message) for symptom in SIM4_SYMPTOMS):
+        return None
+    epoch = forked[0]
+    return f"e{epoch} was committed by both {' and '.join(sorted(failure.sim.commits[epoch]))}"
+
+
+class Sim4Failure(AssertionError):
+    """A simulation failure that ``sim4_evidence`` proves is LEGION-SIM-4: what its pinned tests expect."""
+
+
+@contextmanager
+def sim4_only() -> Iterator[None]:
+    """Re-raise a SIM-4 failure as ``Sim4Failure``; any other failure passes through unchanged."""
+    try:
+        yield
+    except SimulationFailed as failure:
+        evidence = sim4_evidence(failure)
+        if evidence is None:
+            raise
+        raise Sim4Failure(f"{evidence}; {failure}") from failure
+
+
 @dataclass(frozen=True)
 class SimReport:
-    """How a failing simulation reports itself: the replay command, and how much trace to show."""
+    """How a failing simulation reports itself: the replay command, how much trace to show, and
+    whether a failure that SIM-4 explains becomes an expected failure (not while replaying)."""
 
     replay: str | None = None
     trace_lines: int | None = TRACE_TAIL_LINES  # None: the whole trace
+    xfail_sim4: bool = False
 
-    def __call__(self, sim: Simulation, scenario: Scenario | None = None) -> AbstractContextManager[None]:
-        return reported(sim, self.replay, scenario, self.trace_lines)
+    @contextmanager
+    def __call__(self, sim: Simulation, scenario: Scenario | None = None) -> Iterator[None]:
+        with self.sim4_expected(), reported(sim, self.replay, scenario, self.trace_lines):
+            yield
+
+    @contextmanager
+    def sim4_expected(self) -> Iterator[None]:
+        """With ``xfail_sim4``, turn a failure that SIM-4 explains into ``pytest.xfail``."""
+        try:
+            yield
+        except SimulationFailed as failure:
+            evidence = sim4_evidence(failure)
+            if not self.xfail_sim4 or evidence is None:
+                raise
+            first_line = str(failure).splitlines()[0]
+            pytest.xfail(f"{SIM4_REASON}. Seed {failure.sim.seed}: {evidence}; {first_line}; replay: {self.replay}")
 
 
 def formed(
@@ -56,54 +142,4 @@ def claimants(sim: Simulation, node_ids: list[str]) -> dict[str, str | None]:
     return {n: sim.nodes[n].claimant() for n in node_ids}
 
 
-# --- bugs the simulation found in the core / protocol (not fixed here) -----------
-
-
-@dataclass(frozen=True)
-class KnownBug:
-    """A bug the simulation found: how to recognise its evidence in a run, and its symptoms."""
-
-    key: str
-    title: str
-    evidence: Callable[[Simulation], bool]
-    symptoms: tuple[str, ...]
-
-    def explains(self, failure: SimulationFailed) -> bool:
-        message = str(failure.error)
-        return self.evidence(failure.sim) and any(re.search(s, message) for s in self.symptoms)
-
-
-SPLIT_BRAIN = (
-    "split brain / stale claimant: two claimants commit the same epoch and gossip keeps one branch "
-    "whole (test_known_bugs.py)"
-)
-SPLIT_BRAIN_DATA = KnownBug(
-    key="LEGION-SIM-1/3",
-    title=SPLIT_BRAIN + "; a node dropped copies acting on the branch that was thrown away",
-    evidence=lambda sim: bool(sim.discarded(view for _, _, view in sim.drop_views)),
-    symptoms=(r"holds? no copy", r"still assigns it there", r"drops the last copy"),
-)
-SPLIT_BRAIN_ACKNOWLEDGED = KnownBug(
-    key="LEGION-SIM-1/3",
-    title=SPLIT_BRAIN + "; a membership change was acknowledged on the branch that was thrown away",
-    evidence=lambda sim: bool(sim.discarded(sim.membership_commits)),
-    symptoms=(r"join was acknowledged", r"removal of \S+ was acknowledged"),
-)
-JOINER_LIVELOCK = KnownBug(
-    key="LEGION-SIM-2",
-    title=(
-        "a joiner with the lowest id whose join answer was lost is forwarded its own retries and, "
-        "having no state, answers 500 until it gives up; its rebalance never completes (test_known_bugs.py)"
-    ),
-    evidence=lambda sim: sim.stateless_join_answers > 0,
-    symptoms=(r"rebalance is still pending", r"nodes still starting", r"are not running"),
-)
-KNOWN_BUGS = (SPLIT_BRAIN_DATA, SPLIT_BRAIN_ACKNOWLEDGED, JOINER_LIVELOCK)
-
-
-def known_bug(failure: SimulationFailed) -> KnownBug | None:
-    """The known bug whose evidence and symptom this failure shows, if any."""
-    return next((bug for bug in KNOWN_BUGS if bug.explains(failure)), None)
-
-
-__all__ = ["KNOWN_BUGS", "KnownBug", "SimReport", "claimants", "formed", "known_bug"]
+__all__ = ["SIM4_REASON", "Sim4Failure", "SimReport", "claimants", "formed", "sim4_evidence", "sim4_only"]

@@ -1,46 +1,59 @@
 """Bugs the simulator found in the protocol, each as a minimal deterministic scenario.
 
-Each test states the property that *should* hold and is marked as an expected
-failure, strictly: it fails today only with the symptom named (any other
-failure is a real test failure), and when the bug is fixed it passes, which
-pytest reports as XPASS(strict) — then drop the marker and keep the test as a
-regression test (and drop the bug from ``support.KNOWN_BUGS``).
+Each test states the property that should hold and runs under the invariant
+checkers (``legion.testing.checkers``); most end with a quiet period that must
+converge. A fixed bug's test stays here as a regression test
+(``pytest tests/sim/test_known_bugs.py -k NAME`` shows its trace on failure).
+
+Fixed: LEGION-SIM-1 (split brain), LEGION-SIM-2 (lowest-id joiner whose join
+answer was lost), LEGION-SIM-3 (restarted node committed on its stale state),
+LEGION-SIM-5 (a node whose gains were cancelled kept copying them),
+LEGION-SIM-6 (removing a dead joiner gave it a vote, and the cluster could no
+longer commit anything).
+
+Accepted for now: LEGION-SIM-4 (the claimant protocol is not consensus: a
+commit takes effect before a majority holds it, so a claimant cut off by a
+split within ``MAJORITY_FRESH_MS``, or crashing right after a commit, forks
+the history; see ``tests.sim.support``). Its tests are strict expected
+failures that must fail *because of* SIM-4 (``Sim4Failure``: two claimants
+committed the same epoch), so they flag the day it is fixed.
 
 The simulator mirrors the runtime (``legion.runtime.node``, ``gossiper``,
-``handoff_receiver``, ``http_api``); the trace of each scenario is printed on
-failure: ``pytest tests/sim/test_known_bugs.py -rx`` shows the reasons,
-``pytest tests/sim/test_known_bugs.py --runxfail`` the full reports.
+``handoff_receiver``, ``http_api``) step for step over the same pure core.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-
 import pytest
 
+from legion import cluster_state as cs
+from legion.limits import FAILURE_TIMEOUT_MS, GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS
 from legion.testing.checkers import InvariantChecker
-from legion.testing.scenario import SimulationFailed, reported, settle
-from legion.testing.sim import Simulation
+from legion.testing.scenario import reported, settle
+from legion.testing.sim import Observer, Simulation, describe
+from legion.testing.sim_node import SimNode
+from tests.sim.support import SIM4_REASON, Sim4Failure, formed, sim4_only
+
+# Long enough for every node to time out every peer it no longer hears, and act on it.
+DETECTION_MS = FAILURE_TIMEOUT_MS + 2 * GOSSIP_INTERVAL_MS
 
 
-class KnownBugReproduced(Exception):
-    """The scenario failed exactly the way the bug predicts."""
+def _replay(name: str) -> str:
+    return f"pytest tests/sim/test_known_bugs.py -k {name}"
 
 
-def expect_symptom(pattern: str, scenario: Callable[[], Simulation]) -> Simulation:
-    """Run ``scenario``; a failure matching ``pattern`` is the known bug, any other is re-raised."""
-    try:
-        return scenario()
-    except SimulationFailed as failure:
-        if re.search(pattern, str(failure.error)):
-            raise KnownBugReproduced(str(failure)) from None
-        raise
+# --- fixed -------------------------------------------------------------------------
 
 
-def _split_brain_loses_data() -> Simulation:
+def test_split_brain_loses_no_data_and_no_acknowledged_change() -> None:
+    """LEGION-SIM-1 (fixed). n1 founds; n2 and n3 join; n3 crashes before pulling, so the
+    rebalance stays pending. Split {n2} | {n1}; the operator asks n2 to remove n2, then n1
+    to remove n3. Both sides used to elect a claimant and commit the same epoch; healing
+    kept one branch and lost two partitions and an acknowledged removal. Now n2 (joining)
+    never claims, so its side decides nothing: the operator's request to n2 gets "retry
+    shortly" until the split heals."""
     sim = Simulation(1, partitions=8, replicas=1, loss=0.0, observers=[InvariantChecker()])
-    with reported(sim, "pytest tests/sim/test_known_bugs.py --runxfail -k split_brain"):
+    with reported(sim, _replay("split_brain")):
         sim.start("n1")
         sim.join("n2", "n1")
         sim.run_until(20)
@@ -50,47 +63,27 @@ def _split_brain_loses_data() -> Simulation:
         sim.crash("n3")  # a joining member that never pulls: the rebalance stays pending
         sim.run_until(1_000)  # n2 has pulled its share and n1 has marked it ready
         sim.split(["n2"])
-        sim.run_until(5_000)  # each side has marked the other down; each has a claimant
-        sim.remove("n2", via="n2")  # n2 commits its own leave and drops its copies
+        sim.run_until(5_000)  # n1 has marked the other side down
+        sim.remove("n2", via="n2")
         sim.run_until(6_000)
-        sim.remove("n3", via="n1")  # n1 commits too: its branch now ties n2's
+        sim.remove("n3", via="n1")
         sim.run_until(8_000)
+        assert all("n2" not in committed for committed in sim.commits.values()), "the minority side committed"
         sim.heal()
         sim.restart("n3")
         settle(sim)
-    return sim
+        assert sim.removes_acknowledged == {"n2", "n3"}
 
 
-@pytest.mark.xfail(raises=KnownBugReproduced, strict=True, reason="LEGION-SIM-1: split brain loses data")
-def test_split_brain_loses_no_data_and_no_acknowledged_change() -> None:
-    """LEGION-SIM-1. Both sides of a network split elect a claimant (the lowest id each side
-    hears) and both commit; when the split heals, gossip keeps the branch with the higher
-    epoch, ties going to the lower committer id, and silently discards the other — although
-    nodes already acted on it and the operator got an acknowledgement from it.
-
-    Trace (P=8, N=1, no loss): n1 founds; n2 and n3 join (e3/n1, pending); n3 crashes before
-    pulling, so the rebalance stays pending while n2 pulls p0, p2, p4 and n1 marks them ready
-    (e4/n1). Split {n2} | {n1}. n1 marks n2 and n3 down (e5/n1). The operator asks n2 to remove
-    n2: n2, the claimant of its side, commits e5/n2 (n2 leaving), so n2 gains nothing any more
-    and drops p0, p2, p4; the operator gets "acknowledged". The operator asks n1 to remove n3:
-    e6/n1; n2 marks n1 and n3 down: e6/n2. Heal: e6/n1 beats e6/n2 (same epoch, lower
-    committer). In e6/n1, n2 is joining again and its slots p0, p2, p4 are still marked ready
-    (``plan`` keeps ``ready`` across a re-plan). n2 pulls what it still lacks, the claimant
-    commits e7/n1 giving p0, p2, p4 to n2, which holds no copy, and n1 drops its copies:
-    p0 and p2 are lost from the cluster (checker (b): "the commit came before the handoff").
-    The acknowledged removal of n2 is gone too.
-
-    First seen in sweep seeds 9 and 76 (data), 35, 52, 97, 105, 110 (lost acknowledged
-    removes and joins); a restarted claimant does the same without any split (LEGION-SIM-3).
-    The root cause is that commits are not fenced: any node that believes itself claimant
-    commits, and ``newer`` resolves conflicting histories by overwriting one.
-    """
-    expect_symptom(r"giving partition \d+ to n2, which holds no copy", _split_brain_loses_data)
-
-
-def _lost_join_answer() -> Simulation:
+def test_a_lowest_id_joiner_whose_answer_was_lost_still_joins() -> None:
+    """LEGION-SIM-2 (fixed). n2 and n3 form a cluster; n1 joins through n2, whose answer
+    is lost in a split. The seed used to take n1 (joining, lowest id, just heard from) for
+    the claimant and forward n1's retries to n1, which had no state and answered 500, as
+    it answered gossip: n1 gave up and its rebalance never completed. Now joiners never
+    claim, and a node without state answers gossip with the digest (0, ''), so the first
+    gossip round after the split heals brings it the state, and its join loop ends."""
     sim = Simulation(1, partitions=8, replicas=2, loss=0.0, observers=[InvariantChecker()])
-    with reported(sim, "pytest tests/sim/test_known_bugs.py --runxfail -k joiner"):
+    with reported(sim, _replay("joiner")):
         sim.start("n2")
         sim.join("n3", "n2")
         sim.run_until(2_000)
@@ -99,33 +92,22 @@ def _lost_join_answer() -> Simulation:
         sim.run_until(sim.now_ms + 2_000)
         assert sim.newest_state().has_member("n1")  # type: ignore[union-attr]
         sim.heal()
+        sim.run_until(sim.now_ms + 2_000)  # its join request is still waiting for the lost answer
+        assert sim.nodes["n1"].state is not None, "gossip did not bring the joiner the state"
         settle(sim)
-    return sim
+        final = sim.newest_state()
+        assert final is not None and final.member("n1").status == cs.UP and "n1" in sim.joins_acknowledged
 
 
-@pytest.mark.xfail(raises=KnownBugReproduced, strict=True, reason="LEGION-SIM-2: lowest-id joiner livelock")
-def test_a_lowest_id_joiner_whose_answer_was_lost_still_joins() -> None:
-    """LEGION-SIM-2. n2 and n3 form a cluster; n1 joins through n2. n2 (the claimant) commits
-    ``add_member(n1)``, but the answer never reaches n1, which retries (``Node._join`` retries
-    5xx and timeouts). The join handler first calls ``heard_from(n1)``, so on the seed n1 — a
-    joining member now, with the lowest id, just heard from — *is* the claimant, and
-    ``change_state`` forwards n1's own join request to n1. n1 has no cluster state yet
-    (``Node.state`` is None, its HTTP server already runs), so the handler fails with an
-    AttributeError: 500. Every retry goes the same way; gossip cannot help, since n1 answers
-    every digest with a 500 too and the state is only sent whole to a peer whose reply shows
-    it is behind. After 60 attempts n1 exits. The cluster keeps a joining member that never
-    pulls, so its rebalance never completes and nothing else can commit a placement until
-    an operator removes n1 (checker (c): "a rebalance is still pending").
-
-    First seen in sweep seeds 3, 15, 34, 59, 67, 75, 102, 128, 184. Any lost or late answer
-    to a join triggers it when the joiner's id sorts lowest.
-    """
-    expect_symptom(r"rebalance is still pending|nodes still starting|are not running", _lost_join_answer)
-
-
-def _stale_claimant_after_restart() -> Simulation:
+def test_a_restarted_node_does_not_acknowledge_changes_it_then_loses() -> None:
+    """LEGION-SIM-3 (fixed). n1..n4 (N=2). n1, the claimant, crashes; n2 takes over and,
+    asked to remove n4, moves the cluster a few epochs past n1's persisted state. n1
+    restarts and at once gets a remove of n3. It used to commit that on its stale state
+    and acknowledge it, and gossip then threw it away. Now a restarted node waits out a
+    grace period before committing: the operator gets "retry shortly" and retries until
+    the removal is committed on the current state."""
     sim = Simulation(1, partitions=8, replicas=2, loss=0.0, observers=[InvariantChecker()])
-    with reported(sim, "pytest tests/sim/test_known_bugs.py --runxfail -k restarted"):
+    with reported(sim, _replay("restarted")):
         sim.start("n1")
         for node in ("n2", "n3", "n4"):
             sim.run_until(sim.now_ms + 100)
@@ -138,20 +120,122 @@ def _stale_claimant_after_restart() -> Simulation:
         sim.restart("n1")
         sim.remove("n3", via="n1")  # reaches n1 before its first gossip exchange has answered
         settle(sim)
-    return sim
+        assert sim.removes_acknowledged == {"n3", "n4"}
 
 
-@pytest.mark.xfail(raises=KnownBugReproduced, strict=True, reason="LEGION-SIM-3: stale claimant after restart")
-def test_a_restarted_node_does_not_acknowledge_changes_it_then_loses() -> None:
-    """LEGION-SIM-3. n1..n4 (N=2). n1, the claimant, crashes; n2 marks it down and, asked to
-    remove n4, commits that rebalance up to e12/n2. n1 restarts with its persisted e8/n1 and
-    treats every member as alive for its first 3 s (``Node.start`` sets ``last_heard_ms`` to
-    the start time), so it is the claimant in its own eyes. ``may_claim``'s grace period
-    holds back the gossiper's claimant duties, but ``Node.change_state`` does not look at it:
-    a remove of n3 sent to n1 within the ~40 ms before its first gossip answer arrives is
-    committed as e9/n1 on the stale state and acknowledged. e12/n2 then overwrites it: n3 is
-    never removed (checker (c): "the removal of n3 was acknowledged, but ... still has it").
-    No network fault is needed. A stale claimant's commits of ``handoff-done`` and ``join``
-    are lost the same way (a join is then silently undone, as in LEGION-SIM-1).
-    """
-    expect_symptom(r"removal of n3 was acknowledged", _stale_claimant_after_restart)
+class _PullsAfterRemoval(Observer):
+    """Counts the pulls ``node_id`` completes after it adopted a state that removes it."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.removed_at_ms: int | None = None
+        self.pulls: list[str] = []
+
+    def on_adopt(
+        self, sim: Simulation, node: SimNode, before: cs.ClusterState | None, after: cs.ClusterState, committed: bool
+    ) -> None:
+        if node.id == self.node_id and self.removed_at_ms is None and after.member(node.id).status == cs.REMOVED:
+            self.removed_at_ms = sim.now_ms
+
+    def on_pull(self, sim: Simulation, node: SimNode, partition: int, source: str, copied: bool) -> None:
+        if node.id == self.node_id and self.removed_at_ms is not None:
+            self.pulls.append(f"p{partition} at t={sim.now_ms}")
+
+
+def test_a_node_whose_gains_were_cancelled_stops_copying_them() -> None:
+    """LEGION-SIM-5 (fixed). n1 founds (P=32, N=1); n2 joins and asks n1 for its first
+    partition, but a split loses the answer; the operator removes n2, which cancels its
+    join (e3/n1: n2 removed). After the split heals, n2 adopts e3/n1, yet its handoff
+    round used to go on through the list of 16 partitions it wanted under e2/n1: once the
+    lost fold timed out, it copied p1..p15 from n1, holding copies no state gave it, and
+    dropped them only on its next round. Now ``HandoffReceiver.pull_gained`` (and the
+    simulator with it) re-reads ``wanted()`` before every pull and reports only what is
+    still wanted."""
+    pulls = _PullsAfterRemoval("n2")
+    sim = Simulation(1, partitions=32, replicas=1, loss=0.0, observers=[InvariantChecker(), pulls])
+    with reported(sim, _replay("cancelled")):
+        sim.start("n1")
+        sim.join("n2", "n1")
+        while sim.nodes["n2"].state is None:
+            sim.run_until(sim.now_ms + 1)
+        sim.split(["n2"])  # n2 has asked n1 for its first partition; the answer will be lost
+        sim.remove("n2", via="n1")
+        sim.run_until(sim.now_ms + 2_000)
+        sim.heal()
+        settle(sim)
+        assert pulls.removed_at_ms is not None
+        assert not pulls.pulls, f"n2 copied {pulls.pulls} after adopting its removal at t={pulls.removed_at_ms}"
+
+
+def test_removing_a_dead_joiner_leaves_the_cluster_able_to_decide() -> None:
+    """LEGION-SIM-6 (fixed). n1 founds; n2 and n3 join; n3 dies at once, for good. The
+    operator removes n3: ``remove_member`` used to make it *leaving*, and leaving members
+    vote (``membership.voters``), so the voters became n1 and the dead n3, and n1 never
+    again saw a majority: n2's rebalance could not complete and n4 could not join. Now a
+    joiner that is removed goes at once (``removed``, never a voter)."""
+    sim = Simulation(1, partitions=8, replicas=2, loss=0.0, observers=[InvariantChecker()])
+    with reported(sim, _replay("dead_joiner"), trace_lines=None):
+        sim.start("n1")
+        sim.join("n2", "n1")
+        sim.join("n3", "n1")
+        while sim.nodes["n3"].state is None:
+            sim.run_until(sim.now_ms + 1)
+        sim.crash("n3")
+        sim.run_until(sim.now_ms + DETECTION_MS)
+        sim.remove("n3", via="n1")
+        sim.run_until(sim.now_ms + 1_000)
+        sim.join("n4", "n1")
+        sim.run_until(sim.now_ms + 15_000)  # plenty: a joiner is admitted within a gossip round or two
+        final = sim.newest_state()
+        assert final is not None and "n3" in sim.removes_acknowledged
+        assert final.pending is None and final.member("n3").status == cs.REMOVED, (
+            f"the removal of dead joiner n3 never completed: {describe(final)}"
+        )
+        assert "n4" in sim.joins_acknowledged, "n4 could not join after the dead joiner n3 was removed"
+
+
+# --- accepted for now: LEGION-SIM-4 ------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=Sim4Failure, reason=SIM4_REASON)
+def test_a_claimant_cut_off_by_a_split_decides_nothing() -> None:
+    """LEGION-SIM-4, through a split. n1..n3 (N=2, no loss); the claimant n1 is cut off.
+    For up to MAJORITY_FRESH_MS it has still heard from n2 and n3 recently enough to see
+    a fresh majority: asked to remove n3 at once, it commits e6/n1 and acknowledges. Its
+    state never leaves its side. n2 times n1 out and, with n3, is a majority too: it
+    commits e6/n2 (n1 down) — a fork (checker (e)). Without that check: n2 then commits
+    the join of n4, and when the split heals the longer branch wins and the acknowledged
+    removal of n3 is gone (checker (c))."""
+    sim = formed(1, 3, partitions=8, replicas=2, loss=0.0)
+    with sim4_only(), reported(sim, _replay("cut_off")):
+        sim.split(["n1"])
+        sim.run_until(sim.now_ms + HEARTBEAT_INTERVAL_MS // 2)  # well within n1's fresh-majority window
+        sim.remove("n3", via="n1")
+        sim.run_until(sim.now_ms + DETECTION_MS)
+        sim.join("n4", "n2")
+        sim.run_until(sim.now_ms + DETECTION_MS)
+        sim.heal()
+        settle(sim)
+        assert sim.removes_acknowledged == {"n3"}
+
+
+@pytest.mark.xfail(strict=True, raises=Sim4Failure, reason=SIM4_REASON)
+def test_a_claimant_crashing_right_after_a_commit_loses_nothing() -> None:
+    """LEGION-SIM-4, through a crash; no network fault at all. n1..n3 (N=2, no loss).
+    Asked to remove n3, the claimant n1 commits e6/n1 and answers the operator, then
+    crashes before any other node has the state. n2 takes over and commits e6/n2 (n1
+    down) — a fork (checker (e)). Without that check: n2 then commits the join of n4,
+    and when n1 restarts the longer branch wins and the acknowledged removal of n3 is
+    gone."""
+    sim = formed(1, 3, partitions=8, replicas=2, loss=0.0)
+    with sim4_only(), reported(sim, _replay("crashing")):
+        sim.remove("n3", via="n1")
+        n1, deadline_ms = sim.nodes["n1"], sim.now_ms + 10_000
+        while n1.state.member("n3").status == cs.UP and sim.now_ms < deadline_ms:  # type: ignore[union-attr]
+            sim.run_until(sim.now_ms + 1)
+        sim.crash("n1")
+        sim.run_until(sim.now_ms + DETECTION_MS)
+        sim.join("n4", "n2")
+        sim.run_until(sim.now_ms + DETECTION_MS)
+        settle(sim)
+        assert sim.removes_acknowledged == {"n3"}
