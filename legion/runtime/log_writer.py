@@ -43,6 +43,13 @@ class _Write:
 
 
 @dataclass
+class _Writes:
+    """The writes gathered in one event-loop turn."""
+
+    writes: list[_Write]
+
+
+@dataclass
 class _Control:
     action: Callable[[], Any]
     future: asyncio.Future[Any]
@@ -60,7 +67,8 @@ class LogWriter:
         self.store = store
         self.engines = engines
         self.data_dir = data_dir
-        self._queue: queue.Queue[_Write | _Control | _Stop] = queue.Queue(maxsize=WRITE_QUEUE_OPS_MAX)
+        self._queue: queue.Queue[_Writes | _Control | _Stop] = queue.Queue(maxsize=WRITE_QUEUE_OPS_MAX)
+        self._gathering: list[_Write] = []
         self._open: set[tuple[str, int]] = set()
         self._applied: dict[tuple[str, int], int] = {}
         self._thread = threading.Thread(target=self._run, name="legion-log-writer", daemon=True)
@@ -85,13 +93,31 @@ class LogWriter:
         return self.data_dir / "engines" / engine / f"{partition:04d}"
 
     async def submit(self, ops: Sequence[Operation]) -> None:
-        """Log and apply ``ops``; return once they are durable. Overloaded if the queue is full."""
+        """Log and apply ``ops``; return once they are durable. Overloaded if the queue is full.
+
+        Submissions made in the same event-loop turn travel to the writer thread
+        together: one queue hand-off (and one thread wake-up) for all of them."""
         for op in ops:
             if op.engine not in self.engines:
                 raise BadRequest(f"unknown engine {op.engine!r}")
-        future = asyncio.get_running_loop().create_future()
-        self._put(_Write(ops, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._gathering:
+            if self._queue.full():
+                raise Overloaded("this node's write queue is full; retry with backoff")
+            loop.call_soon(self._hand_over)
+        self._gathering.append(_Write(ops, future))
         await future
+
+    def _hand_over(self) -> None:
+        writes, self._gathering = self._gathering, []
+        try:
+            self._queue.put_nowait(_Writes(writes))
+        except queue.Full:
+            error = Overloaded("this node's write queue is full; retry with backoff")
+            for w in writes:
+                if not w.future.done():
+                    w.future.set_exception(error)
 
     async def ensure_open(self, engine: str, partition: int) -> None:
         if (engine, partition) not in self._open:
@@ -106,7 +132,7 @@ class LogWriter:
         self._put(_Control(action, future))
         return await future
 
-    def _put(self, item: _Write | _Control) -> None:
+    def _put(self, item: _Control) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -124,18 +150,18 @@ class LogWriter:
             if isinstance(item, _Control):
                 self._run_control(item)
                 continue
-            writes, deferred = [item], None
-            count = len(item.ops)
+            writes, deferred = list(item.writes), None
+            count = sum(len(w.ops) for w in writes)
             while count < WRITE_BATCH_OPS_MAX:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if not isinstance(nxt, _Write):
+                if not isinstance(nxt, _Writes):
                     deferred = nxt
                     break
-                writes.append(nxt)
-                count += len(nxt.ops)
+                writes.extend(nxt.writes)
+                count += sum(len(w.ops) for w in nxt.writes)
             self._write_batch(writes)
             if isinstance(deferred, _Stop):
                 self._queue.put(deferred)

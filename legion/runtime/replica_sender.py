@@ -25,7 +25,7 @@ from legion.replication import Operation, encode_ops
 if TYPE_CHECKING:
     from legion.runtime.transport import PeerClient
 
-IN_FLIGHT_MAX = 4
+IN_FLIGHT_MAX = 1
 
 
 @dataclass
