@@ -27,6 +27,7 @@ from typing import Any
 
 from legion.errors import BadRequest, Conflict, NotFound
 from legion.placement import Placement, place
+from legion.primaries import balance_primaries
 
 JOINING = "joining"
 UP = "up"
@@ -89,7 +90,7 @@ def new_cluster(cluster_id: str, node_id: str, url: str, partitions: int, replic
         epoch=1,
         committed_by=node_id,
         members=(Member(node_id, url, UP),),
-        placement=place(None, [node_id], partitions, replicas),
+        placement=balance_primaries(place(None, [node_id], partitions, replicas)),
     )
 
 
@@ -144,10 +145,11 @@ def gained_slots(placement: Placement, pending: Placement | None) -> frozenset[t
 
 def plan(state: ClusterState) -> ClusterState:
     """Set ``pending`` to the placement the current member set calls for."""
-    target = place(state.placement, data_holders(state), state.partitions, state.replicas)
-    if target == state.placement:
-        return _finish(replace(state, pending=None, ready=frozenset()))
+    target = balance_primaries(place(state.placement, data_holders(state), state.partitions, state.replicas))
     gained = gained_slots(state.placement, target)
+    if not gained:
+        # Nothing to copy (lists only shrank or were reordered): take effect at once.
+        return _finish(replace(state, placement=target, pending=None, ready=frozenset()))
     return replace(state, pending=target, ready=frozenset(s for s in state.ready if s in gained))
 
 
