@@ -33,21 +33,19 @@ from legion.runtime.transport import read_body, read_json
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
 FOLD_STALL_S = 60
-NODE_KEY = web.AppKey("node", Node)
 
 
-@web.middleware
-async def _requires_state(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+def admission(node: Node) -> Callable[[web.Request], None]:
     """Until a joining node has the cluster state, it can only take gossip (which brings the state)."""
-    node = request.app[NODE_KEY]
-    if node.state is None and request.path != "/internal/gossip":
-        raise Unavailable(f"node {node.node_id} is still joining the cluster; retry shortly")
-    return await handler(request)
+
+    def admit(request: web.Request) -> None:
+        if node.state is None and request.path != "/internal/gossip":
+            raise Unavailable(f"node {node.node_id} is still joining the cluster; retry shortly")
+
+    return admit
 
 
 def add_routes(app: web.Application, node: Node) -> None:
-    app[NODE_KEY] = node
-    app.middlewares.append(_requires_state)
     api = _Api(node)
     app.router.add_get("/v1/health", api.health)
     app.router.add_get("/v1/cluster", api.cluster)

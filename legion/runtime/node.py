@@ -132,9 +132,10 @@ class Node:
     async def start(self) -> None:
         self.writer.start(asyncio.get_running_loop())
         await self.peers.start()
-        from legion.runtime.http_api import add_routes
+        from legion.runtime.http_api import add_routes, admission
 
-        app = web.Application(client_max_size=PEER_BODY_BYTES_MAX, middlewares=make_middlewares(self.token))
+        middlewares = make_middlewares(self.token, admission(self))
+        app = web.Application(client_max_size=PEER_BODY_BYTES_MAX, middlewares=middlewares)
         add_routes(app, self)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
