@@ -85,13 +85,15 @@ class NodeStore:
         """Durably log ``ops`` and record earlier applied watermarks, in one transaction; their seqs."""
         with self._lock:
             conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
+            # Plain BEGIN: this connection is the only writer, so there is no lock to race for.
+            conn.execute("BEGIN")
             try:
-                conn.executemany(
-                    "INSERT INTO applied (engine, partition, seq) VALUES (?, ?, ?) "
-                    "ON CONFLICT (engine, partition) DO UPDATE SET seq = max(seq, excluded.seq)",
-                    [(e, p, s) for (e, p), s in applied.items()],
-                )
+                if applied:
+                    conn.executemany(
+                        "INSERT INTO applied (engine, partition, seq) VALUES (?, ?, ?) "
+                        "ON CONFLICT (engine, partition) DO UPDATE SET seq = max(seq, excluded.seq)",
+                        [(e, p, s) for (e, p), s in applied.items()],
+                    )
                 seqs = []
                 for op in ops:
                     cur = conn.execute(
