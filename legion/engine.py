@@ -31,8 +31,10 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
 5. ``fold(partition)`` when another node takes a copy of the partition
    (handoff): yields operations which, applied to an empty partition, rebuild
    this partition's state exactly — tombstones included.
-6. ``close(partition)`` before the core deletes a partition's directory (after
-   the partition moved away) and at shutdown.
+6. ``drop(partition)`` then ``close(partition)`` when the partition moved
+   away for good (the core then deletes its directory); ``close`` alone at
+   shutdown. ``apply_batch`` is what the writer thread actually calls: by
+   default it is ``apply`` per partition.
 
 HTTP: ``routes()`` declares the engine's endpoints under ``/v1/<name>/``. A
 handler gets an ``HttpRequest`` and the node's ``Cluster`` (the coordinator:
@@ -186,6 +188,21 @@ class Engine(ABC):
     @abstractmethod
     def apply(self, partition: int, ops: Sequence[Operation]) -> None:
         """Apply a batch of operations durably, idempotently and commutatively."""
+
+    def apply_batch(self, batch: Mapping[int, Sequence[Operation]]) -> None:
+        """Apply several partitions' operations at once (what the writer thread calls).
+
+        The default applies partition by partition; an engine that keeps several
+        partitions in one store overrides it to commit them together."""
+        for partition, ops in batch.items():
+            self.apply(partition, ops)
+
+    def drop(self, partition: int) -> None:
+        """The partition moved to other nodes for good: delete its state.
+
+        Called while the partition is still open, just before ``close``; the
+        core deletes the partition's directory afterwards, so an engine that
+        keeps everything in that directory need not override this."""
 
     @abstractmethod
     def read(self, partition: int, query: Any) -> Any:

@@ -4,17 +4,20 @@ Does I/O (SQLite files). The data rules — what an operation means, which
 version wins — live in the pure ``entries`` module; this module only stores
 entries and answers requests.
 
-On disk, each partition is ``<directory>/kv.sqlite`` with one table,
-``entries`` (see ``SCHEMA``): per key, the newest entry this replica has
-seen, tombstones included. WAL mode with ``synchronous=NORMAL``: a committed
+On disk, all partitions a node holds share one database,
+``<engine root>/kv.sqlite``, with one table, ``entries`` (see ``SCHEMA``):
+per (partition, key), the newest entry this replica has seen, tombstones
+included. One file rather than one per partition because a batch of writes
+spans many partitions, and one file lets ``apply_batch`` commit them all in
+one transaction instead of one commit per partition. WAL mode with ``synchronous=NORMAL``: a committed
 ``apply`` survives the process being killed (``kill -9``), the durability bar
 DESIGN.md sets; an OS crash or power loss may roll back the last commits
 (``synchronous=FULL`` would prevent that at one fsync per ``apply``).
 
 Threads, as the contract in ``legion.engine`` promises: ``apply`` comes from
-the node's single writer thread, so each partition has one writer
+the node's single writer thread, so the database has one writer
 connection; ``read`` and ``fold`` come from worker threads concurrently, so
-each (partition, thread) pair gets its own reader connection. WAL lets
+each worker thread gets its own reader connection. WAL lets
 readers run while the writer commits.
 """
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,7 @@ from legion.limits import REQUEST_DEADLINE_MS
 from legion.replication import Operation
 
 DATABASE_FILE = "kv.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # fold reads this many rows per query, so no read transaction stays open
 # while the caller (a handoff sender) is slow to consume them.
 FOLD_PAGE_ROWS = 512
@@ -44,13 +47,15 @@ BUSY_TIMEOUT_S = REQUEST_DEADLINE_MS / 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
-    key BLOB PRIMARY KEY,
+    partition INTEGER NOT NULL,
+    key BLOB NOT NULL,
     hlc INTEGER NOT NULL,
     origin TEXT NOT NULL,
     deleted INTEGER NOT NULL CHECK (deleted IN (0, 1)),
     content_type TEXT,
     value BLOB,
-    CHECK ((deleted = 1) = (value IS NULL))
+    CHECK ((deleted = 1) = (value IS NULL)),
+    PRIMARY KEY (partition, key)
 ) WITHOUT ROWID
 """
 
@@ -59,19 +64,20 @@ CREATE TABLE IF NOT EXISTS entries (
 # i.e. UTF-8 byte order, which is code-point order — the same order Python
 # uses for str, so SQLite and legion.replication.supersedes agree.
 UPSERT = """
-INSERT INTO entries (key, hlc, origin, deleted, content_type, value)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (key) DO UPDATE SET
+INSERT INTO entries (partition, key, hlc, origin, deleted, content_type, value)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (partition, key) DO UPDATE SET
     hlc = excluded.hlc, origin = excluded.origin, deleted = excluded.deleted,
     content_type = excluded.content_type, value = excluded.value
 WHERE (excluded.hlc, excluded.origin) > (entries.hlc, entries.origin)
 """
 
-SELECT_ONE = "SELECT hlc, origin, deleted, content_type, value FROM entries WHERE key = ?"
+SELECT_ONE = "SELECT hlc, origin, deleted, content_type, value FROM entries WHERE partition = ? AND key = ?"
 SELECT_PAGE = (
     "SELECT key, hlc, origin, deleted, content_type, value FROM entries"
-    " WHERE key > ? ORDER BY key LIMIT ?"
+    " WHERE partition = ? AND key > ? ORDER BY key LIMIT ?"
 )
+DELETE_PARTITION = "DELETE FROM entries WHERE partition = ?"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -86,7 +92,7 @@ class _Connection:
     """A SQLite connection, the lock its user holds, and whether close() took it away."""
 
     conn: sqlite3.Connection
-    partition: int
+    label: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
 
@@ -95,7 +101,7 @@ class _Connection:
         with self.lock:
             # close() may win the race against a call that already found the partition.
             if self.closed:
-                raise NotOwner(f"partition {self.partition} was closed in the kv engine on this node")
+                raise NotOwner(f"{self.label} was closed in the kv engine on this node")
             yield self.conn
 
     def close(self) -> None:
@@ -104,11 +110,11 @@ class _Connection:
             self.conn.close()
 
 
-class _PartitionStore:
-    """One partition's database: a writer connection and per-thread readers."""
+class _Store:
+    """The node's kv database: a writer connection and per-thread readers."""
 
-    def __init__(self, partition: int, directory: Path) -> None:
-        self.partition = partition
+    def __init__(self, directory: Path) -> None:
+        self.label = f"the database {directory / DATABASE_FILE}"
         self.path = directory / DATABASE_FILE
         directory.mkdir(parents=True, exist_ok=True)
         writer = _connect(self.path)
@@ -120,7 +126,7 @@ class _PartitionStore:
         writer.execute("PRAGMA synchronous=NORMAL")  # per connection
         writer.execute(SCHEMA)
         writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self.writer = _Connection(writer, partition)
+        self.writer = _Connection(writer, self.label)
         self._local = threading.local()
         self._readers: list[_Connection] = []
         self._readers_lock = threading.Lock()  # guards _readers and closed
@@ -129,18 +135,18 @@ class _PartitionStore:
     def reader(self) -> _Connection:
         """This thread's reader connection, opened on first use.
 
-        One per worker thread that ever read this partition; the runtime's
-        worker pool is bounded, so the number of readers is too.
+        One per worker thread that ever read; the runtime's worker pool is
+        bounded, so the number of readers is too.
         """
         reader: _Connection | None = getattr(self._local, "reader", None)
         if reader is not None:
             return reader
         with self._readers_lock:
             if self.closed:  # else a reader opened after close() would never be closed
-                raise NotOwner(f"partition {self.partition} was closed in the kv engine on this node")
+                raise NotOwner(f"{self.label} was closed in the kv engine on this node")
             conn = _connect(self.path)
             conn.execute("PRAGMA query_only=1")  # a reader that writes is a bug
-            reader = self._local.reader = _Connection(conn, self.partition)
+            reader = self._local.reader = _Connection(conn, self.label)
             self._readers.append(reader)
         return reader
 
@@ -160,29 +166,46 @@ class KVEngine(Engine):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self._stores: dict[int, _PartitionStore] = {}
-        self._stores_lock = threading.Lock()  # open/close race with worker threads' lookups
+        self._db: _Store | None = None
+        self._open: set[int] = set()
+        self._lock = threading.Lock()  # open/close race with worker threads' lookups
 
     def open(self, partition: int, directory: Path) -> None:
-        with self._stores_lock:
-            if partition not in self._stores:
-                self._stores[partition] = _PartitionStore(partition, directory)
+        with self._lock:
+            if self._db is None:
+                self._db = _Store(self.root)
+            self._open.add(partition)
 
     def close(self, partition: int) -> None:
-        with self._stores_lock:
-            store = self._stores.pop(partition, None)
-        if store is not None:
-            store.close()
+        with self._lock:
+            self._open.discard(partition)
+            db, last = self._db, not self._open
+            if last:
+                self._db = None
+        if last and db is not None:
+            db.close()
+
+    def drop(self, partition: int) -> None:
+        with self._store(partition).writer.use() as conn:
+            conn.execute(DELETE_PARTITION, (partition,))
 
     def validate(self, op: Operation) -> None:
         entries.entry_of(op)  # raises BadRequest for anything apply would refuse
 
     def apply(self, partition: int, ops: Sequence[Operation]) -> None:
+        self.apply_batch({partition: ops})
+
+    def apply_batch(self, batch: Mapping[int, Sequence[Operation]]) -> None:
         # Decode everything first: a malformed batch fails before touching the
         # database. An Entry's fields are the table's columns after the key.
-        rows = [(op.key, *entries.entry_of(op)) for op in ops]
-        with self._store(partition).writer.use() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        db = None
+        for partition in batch:
+            db = self._store(partition)
+        if db is None:
+            return
+        rows = [(p, op.key, *entries.entry_of(op)) for p, ops in batch.items() for op in ops]
+        with db.writer.use() as conn:
+            conn.execute("BEGIN")
             try:
                 conn.executemany(UPSERT, rows)
             except BaseException:
@@ -196,7 +219,7 @@ class KVEngine(Engine):
         if not isinstance(query, bytes):
             raise BadRequest("a kv read query is the key as bytes")
         with self._store(partition).reader().use() as conn:
-            row = conn.execute(SELECT_ONE, (query,)).fetchone()
+            row = conn.execute(SELECT_ONE, (partition, query)).fetchone()
         return None if row is None else _entry(row).to_wire()
 
     def fold(self, partition: int) -> Iterator[Operation]:
@@ -209,7 +232,7 @@ class KVEngine(Engine):
         while True:
             # The reader is looked up per page: a generator may resume on another thread.
             with store.reader().use() as conn:
-                page = conn.execute(SELECT_PAGE, (after, FOLD_PAGE_ROWS)).fetchall()
+                page = conn.execute(SELECT_PAGE, (partition, after, FOLD_PAGE_ROWS)).fetchall()
             for key, *rest in page:
                 yield entries.operation_of(partition, key, _entry(rest))
             if len(page) < FOLD_PAGE_ROWS:
@@ -229,11 +252,11 @@ class KVEngine(Engine):
 
         return app
 
-    def _store(self, partition: int) -> _PartitionStore:
-        store = self._stores.get(partition)
-        if store is None:
+    def _store(self, partition: int) -> _Store:
+        db = self._db
+        if partition not in self._open or db is None:
             raise NotOwner(f"partition {partition} is not open in the kv engine on this node")
-        return store
+        return db
 
 
 def _entry(row: Sequence[Any]) -> Entry:

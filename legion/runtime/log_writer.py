@@ -202,14 +202,17 @@ class LogWriter:
         for op, seq in zip(ops, seqs):
             by_partition[(op.engine, op.partition)].append(op)
             last_seq[(op.engine, op.partition)] = seq
-        for key, part_ops in by_partition.items():
+        by_engine: dict[str, dict[int, list[Operation]]] = defaultdict(dict)
+        for (engine, partition), part_ops in by_partition.items():
+            by_engine[engine][partition] = part_ops
+        for engine, batch in by_engine.items():
             try:
-                self.engines[key[0]].apply(key[1], part_ops)
-                self._applied[key] = last_seq[key]
+                self.engines[engine].apply_batch(batch)
+                self._applied.update({(engine, p): last_seq[(engine, p)] for p in batch})
             except Exception as exc:
                 # Logged but not applied: a restart replays it; the writer answers with the error.
-                log.exception("engine %s failed to apply to partition %d", *key)
-                failures[key] = exc
+                log.exception("engine %s failed to apply a batch", engine)
+                failures.update({(engine, p): exc for p in batch})
         for w in writes:
             error = next((failures[(o.engine, o.partition)] for o in w.ops if (o.engine, o.partition) in failures), None)
             self._resolve(w.future, None, error)
@@ -240,6 +243,7 @@ class LogWriter:
 
     def _drop_partition(self, engine: str, partition: int) -> None:
         if (engine, partition) in self._open:
+            self.engines[engine].drop(partition)
             self.engines[engine].close(partition)
             self._open.discard((engine, partition))
         self._applied.pop((engine, partition), None)

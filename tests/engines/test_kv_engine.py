@@ -247,8 +247,7 @@ def test_a_read_query_must_be_key_bytes(engine: KVEngine) -> None:
 def test_a_database_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     import sqlite3
 
-    (tmp_path / "p0").mkdir()
-    with sqlite3.connect(tmp_path / "p0" / "kv.sqlite") as conn:
+    with sqlite3.connect(tmp_path / "kv.sqlite") as conn:
         conn.execute("PRAGMA user_version=99")
     with pytest.raises(ConfigError, match="schema version 99"):
         KVEngine(tmp_path).open(0, tmp_path / "p0")
@@ -289,9 +288,9 @@ def test_readers_on_worker_threads_never_go_back_in_time_and_close_releases_them
     for thread in threads:
         thread.join(timeout=10)
     assert not failures
-    assert open_database_files(tmp_path / "p0") > 0
+    assert open_database_files(tmp_path / "kv.sqlite") > 0
     engine.close(0)
-    assert open_database_files(tmp_path / "p0") == 0
+    assert open_database_files(tmp_path / "kv.sqlite") == 0
     engine.open(0, tmp_path / "p0")
 
 
@@ -545,3 +544,27 @@ def test_cli_reads_binary_values_from_stdin(cli) -> None:
     document = json.loads(result.stdout)
     assert (document["encoding"], document["content_type"]) == ("base64", "image/png")
     assert base64.b64decode(document["value"]) == b"\x89PNG\xff"
+
+
+def test_partitions_share_one_file_but_not_their_keys(engine: KVEngine, tmp_path: Path) -> None:
+    engine.open(1, tmp_path / "p1")
+    engine.apply_batch({0: [put(b"a", 1, value=b"zero")], 1: [put(b"a", 2, value=b"one")]})
+    assert engine.read(0, b"a")[0] == 1 and engine.read(0, b"a")[4] == b"zero"
+    assert engine.read(1, b"a")[0] == 2 and engine.read(1, b"a")[4] == b"one"
+    assert [op.partition for op in engine.fold(1)] == [1]
+
+
+def test_drop_deletes_only_the_dropped_partition(engine: KVEngine, tmp_path: Path) -> None:
+    engine.open(1, tmp_path / "p1")
+    engine.apply_batch({0: [put(b"a", 1)], 1: [put(b"b", 1)]})
+    engine.drop(1)
+    engine.close(1)
+    engine.open(1, tmp_path / "p1")
+    assert engine.read(1, b"b") is None
+    assert engine.read(0, b"a") is not None
+
+
+def test_a_batch_naming_a_closed_partition_changes_nothing(engine: KVEngine) -> None:
+    with pytest.raises(NotOwner):
+        engine.apply_batch({0: [put(b"a", 1)], 7: [put(b"b", 1)]})
+    assert engine.read(0, b"a") is None
