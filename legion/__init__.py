@@ -41,8 +41,8 @@ process), ``http_api`` and ``transport`` (aiohttp server, auth, error mapping,
 peer client), ``coordinator`` (fan-out, quorum, retries), ``log_writer`` and
 ``storage`` (SQLite WAL operation log with group commit), ``gossiper``
 (heartbeats, state dissemination, claimant duties), ``handoff_receiver``
-(pulling partitions on rebalance and re-sync), ``replica_sender`` (batched
-replication), ``local_cluster`` (starting real node processes locally).
+(pulling partitions on rebalance and re-sync) — both built on ``rounds`` —
+``replica_sender`` (batched replication), ``local_cluster`` (starting real node processes locally).
 
 Read ``docs/writing-an-engine.md`` to build an engine of your own.
 """

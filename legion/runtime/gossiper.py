@@ -20,6 +20,7 @@ from legion import cluster_state as cs
 from legion.errors import LegionError
 from legion.limits import GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS
 from legion.membership import claimant_step
+from legion.runtime.rounds import Rounds
 
 if TYPE_CHECKING:
     from legion.runtime.node import Node
@@ -27,41 +28,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Gossiper:
+class Gossiper(Rounds):
     """Runs the gossip loop of one node."""
 
+    name = "gossip"
+    interval_ms = min(GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS)
+
     def __init__(self, node: Node) -> None:
+        super().__init__()
         self.node = node
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="gossip")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     def push_soon(self) -> None:
         """Run a round now rather than at the next tick (after a state change)."""
-        self._wake.set()
+        self.wake()
 
-    async def _loop(self) -> None:
-        interval_s = min(GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS) / 1000
-        while True:
-            try:
-                await self.round()
-                self.claimant_duties()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("gossip round failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval_s)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
+    async def run_round(self) -> None:
+        await self.round()
+        self.claimant_duties()
 
     async def round(self) -> None:
         state = self.node.state

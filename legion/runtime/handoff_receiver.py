@@ -18,7 +18,6 @@ incremental anti-entropy lands, a re-sync copies the whole partition.)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ from legion.errors import LegionError, Unavailable
 from legion.limits import HANDOFF_RETRY_INTERVAL_MS, PEER_BODY_BYTES_MAX
 from legion.replication import Operation
 from legion.routing import read_order
+from legion.runtime.rounds import Rounds
 
 if TYPE_CHECKING:
     from legion.runtime.node import Node
@@ -37,28 +37,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class HandoffReceiver:
+class HandoffReceiver(Rounds):
     """Runs the handoff loop of one node."""
 
+    name = "handoff"
+    interval_ms = HANDOFF_RETRY_INTERVAL_MS
+
     def __init__(self, node: Node) -> None:
+        super().__init__()
         self.node = node
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         # Partitions already copied for the pending placement in force, so a failed report is retried without pulling again.
         self._pulled: set[int] = set()
         self._pulled_for: object = None
         self.resyncing: set[int] = set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="handoff")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def resync_all(self) -> None:
         """Re-copy every partition this node holds before serving reads of it again."""
@@ -74,21 +65,10 @@ class HandoffReceiver:
             except LegionError as exc:
                 log.warning("re-syncing partition %d failed, will retry: %s", p, exc)
 
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await self.node.reconcile()
-                await self.pull_gained()
-                await self.resync()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("handoff round failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=HANDOFF_RETRY_INTERVAL_MS / 1000)
-            except asyncio.TimeoutError:
-                pass
+    async def run_round(self) -> None:
+        await self.node.reconcile()
+        await self.pull_gained()
+        await self.resync()
 
     def wanted(self) -> list[int]:
         state = self.node.state
