@@ -13,32 +13,51 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
 2. ``open(partition, directory)`` for every partition this node holds or is
    about to receive, before any other call names that partition. After a
    restart the core opens the partition again and replays, through ``apply``,
-   the logged operations the engine may not have applied yet — so ``apply``
+   the logged operations above the engine's checkpoint (see 4) — so ``apply``
    must tolerate seeing an operation twice.
 3. ``validate(op)`` on the event loop for every operation a replica
    receives, before it is logged; it must be cheap and raise ``BadRequest``
    for anything ``apply`` could not apply.
    ``apply(partition, ops)`` from the node's single writer thread: never two
    calls at once, ops in arbitrary order (possibly old ones, possibly already
-   applied). Must be idempotent and commutative: after it returns, the
-   partition's state must be durable and equal to the state reached by any
-   other order of the same set of operations.
-4. ``read(partition, query)`` and ``coverage(partition, query)`` from worker
-   threads (``read`` on the event loop if the engine sets ``inline_reads``),
-   possibly while ``apply`` runs on the same partition. They return a
-   msgpack-able value; the engine's HTTP handler receives the replies of
-   several replicas / partitions and merges them.
-5. ``fold(partition)`` when another node takes a copy of the partition
+   applied). Must be idempotent and commutative: the state reached must equal
+   the state reached by any other order of the same set of operations.
+   ``apply_batch`` is what the writer thread actually calls, once per group
+   commit with every partition's share: by default it is ``apply`` per partition.
+4. Durability — the translog model. With ``durable_on_apply = True`` (the
+   default) the state must be durable when ``apply`` returns, and the core
+   moves the partition's checkpoint past those operations at once. An engine
+   that sets it to ``False`` may keep applied operations in memory (visible or
+   not) and make them durable in ``flush(partitions)``; the core calls
+   ``flush`` from the writer thread on an interval and every so many
+   operations (``legion.limits.FLUSH_INTERVAL_MS`` / ``FLUSH_OPS_MAX``), when a
+   write asks to be visible before it is acknowledged (``refresh``), after a
+   replay, and before ``drop`` and ``close``. Only after ``flush`` returns does
+   the checkpoint move; the operation log below every engine's checkpoint is
+   compacted, and a restart replays the log above it. The checkpoint is a
+   contiguous prefix: when ``apply_batch`` raises, its operations stay in the
+   log, the checkpoint stops below them, and the core re-applies the log from
+   there until it succeeds.
+5. ``read(partition, query)`` from worker threads (on the event loop if the
+   engine sets ``inline_reads``), possibly while ``apply`` runs on the same
+   partition. ``coverage_many(partitions, query)`` answers one node's share
+   of a whole-keyspace request — the partitions a coverage plan assigned to
+   this node — in one call; by default it calls ``coverage(partition, query)``
+   for each partition (the runtime then runs those calls in parallel threads)
+   and returns their replies as a list in the order of ``partitions``. An
+   engine that keeps all its partitions in one structure (one search index
+   per node) overrides ``coverage_many`` and returns one value for the lot.
+   Replies are msgpack-able; the engine's HTTP handler merges them.
+6. ``fold(partition)`` when another node takes a copy of the partition
    (handoff): yields operations which, applied to an empty partition, rebuild
    this partition's state exactly — tombstones included.
-6. ``drop(partition)`` then ``close(partition)`` when the partition moved
+7. ``drop(partition)`` then ``close(partition)`` when the partition moved
    away for good (the core then deletes its directory); ``close`` alone at
-   shutdown. ``apply_batch`` is what the writer thread actually calls: by
-   default it is ``apply`` per partition.
+   shutdown.
 
 HTTP: ``routes()`` declares the engine's endpoints under ``/v1/<name>/``. A
 handler gets an ``HttpRequest`` and the node's ``Cluster`` (the coordinator:
-``write``/``read``/``coverage`` across replicas) and returns an
+``write``/``write_many``/``read``/``coverage`` across replicas) and returns an
 ``HttpResponse``. Raising a ``LegionError`` gives the matching 4xx/5xx.
 
 CLI: the classmethod ``cli()`` may return a typer app mounted as ``legion <name> …``; its
@@ -52,7 +71,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -60,7 +79,7 @@ from typing import Any, ClassVar, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from legion.errors import BadRequest, ConfigError
+from legion.errors import BadRequest, ConfigError, LegionError
 from legion.replication import Operation
 
 ENTRY_POINT_GROUP = "legion.engines"
@@ -117,12 +136,55 @@ class HttpResponse:
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What ``Cluster.write`` reports once the write met its quorum."""
+    """What ``Cluster.write`` reports once the write met its quorum (and one item of ``write_many``)."""
 
     partition: int
     hlc: int
     acks: int
     replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteItem:
+    """One operation of a ``Cluster.write_many`` batch: its key, kind and body."""
+
+    key: bytes
+    kind: str
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReply:
+    """One node's answer to a coverage round: the partitions it answered for and its reply.
+
+    ``value`` is what the engine's ``coverage_many`` returned — by default a
+    list with one ``coverage`` reply per partition, in the order of ``partitions``."""
+
+    node: str
+    partitions: tuple[int, ...]
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageResult:
+    """The outcome of one coverage round.
+
+    ``served_by`` says which replica answered for each partition; pass it as
+    ``prefer`` to run a second round on the same plan. ``missing`` lists the
+    partitions no live replica answered for (empty unless ``allow_partial``)."""
+
+    replies: tuple[NodeReply, ...]
+    served_by: Mapping[int, str]
+    missing: tuple[int, ...]
+
+    def by_partition(self) -> dict[int, Any]:
+        """One reply per partition, for engines that keep the default ``coverage_many``."""
+        out: dict[int, Any] = {}
+        for reply in self.replies:
+            if not isinstance(reply.value, list) or len(reply.value) != len(reply.partitions):
+                raise BadRequest("coverage replies are not one per partition (the engine overrides coverage_many)")
+            out.update(zip(reply.partitions, reply.value))
+        return out
 
 
 class Cluster(Protocol):
@@ -134,17 +196,45 @@ class Cluster(Protocol):
     def partition_of(self, key: bytes) -> int: ...
 
     async def write(
-        self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None
+        self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None, refresh: bool = False
     ) -> WriteResult:
-        """Stamp one operation, send it to every live replica, wait for ``w`` durable appends."""
+        """Stamp one operation, send it to every live replica, wait for ``w`` durable appends.
+
+        With ``refresh``, every replica flushes the partition before it acknowledges
+        and the call waits for every live replica (still requiring ``w``)."""
+        ...
+
+    async def write_many(
+        self, engine: str, items: Sequence[WriteItem], *, w: int | None = None, refresh: bool = False
+    ) -> list[WriteResult | LegionError]:
+        """Stamp one operation per item and send them grouped by replica node, in bounded chunks.
+
+        Returns one entry per item, in order: its ``WriteResult`` once ``w``
+        replicas logged it, or the ``LegionError`` that item met (an oversized
+        body, too few live replicas, a refusal). One bad item fails alone."""
         ...
 
     async def read(self, engine: str, key: bytes, query: Any, *, r: int | None = None) -> list[Any]:
         """``engine.read`` on ``r`` live replicas of ``key``'s partition; their replies."""
         ...
 
-    async def coverage(self, engine: str, query: Any) -> list[Any]:
-        """``engine.coverage`` on one live replica of every partition; one reply per partition."""
+    async def coverage(
+        self,
+        engine: str,
+        query: Any,
+        *,
+        partitions: Sequence[int] | None = None,
+        prefer: Mapping[int, str] | None = None,
+        deadline_ms: int | None = None,
+        allow_partial: bool = False,
+    ) -> CoverageResult:
+        """``engine.coverage_many`` on one live replica of every partition (or of ``partitions``).
+
+        Partitions are grouped into one call per node, nodes asked in parallel; a
+        node that fails has its partitions re-planned onto other replicas.
+        ``prefer`` (partition → node, e.g. a previous round's ``served_by``) keeps
+        a second round on the same replicas where they are still live. Raises
+        ``Unavailable`` naming the missing partitions unless ``allow_partial``."""
         ...
 
 
@@ -167,6 +257,8 @@ class Engine(ABC):
     # True when ``read`` is a bounded point lookup (tens of microseconds): the runtime
     # then calls it on the event loop, skipping a thread hop that would cost more than the read.
     inline_reads: ClassVar[bool] = False
+    # False when ``apply`` defers durability to ``flush`` (the translog model; see the module docstring).
+    durable_on_apply: ClassVar[bool] = True
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -187,7 +279,7 @@ class Engine(ABC):
 
     @abstractmethod
     def apply(self, partition: int, ops: Sequence[Operation]) -> None:
-        """Apply a batch of operations durably, idempotently and commutatively."""
+        """Apply a batch of operations idempotently and commutatively (durably, unless ``durable_on_apply`` is False)."""
 
     def apply_batch(self, batch: Mapping[int, Sequence[Operation]]) -> None:
         """Apply several partitions' operations at once (what the writer thread calls).
@@ -196,6 +288,12 @@ class Engine(ABC):
         partitions in one store overrides it to commit them together."""
         for partition, ops in batch.items():
             self.apply(partition, ops)
+
+    def flush(self, partitions: Collection[int]) -> None:
+        """Make every operation applied so far to ``partitions`` durable (and, for a search index, visible).
+
+        Called from the writer thread; only for engines with ``durable_on_apply = False``.
+        After it returns the core moves these partitions' checkpoints and may compact their log."""
 
     def drop(self, partition: int) -> None:
         """The partition moved to other nodes for good: delete its state.
@@ -211,6 +309,14 @@ class Engine(ABC):
     def coverage(self, partition: int, query: Any) -> Any:
         """Answer one partition's share of a whole-keyspace request."""
         raise BadRequest(f"engine {self.name!r} has no coverage requests")
+
+    def coverage_many(self, partitions: Sequence[int], query: Any) -> Any:
+        """Answer several partitions' share of a whole-keyspace request in one call.
+
+        The default returns ``[coverage(p, query) for p in partitions]``; when an
+        engine keeps it, the runtime calls ``coverage`` per partition in parallel
+        threads instead of this method."""
+        return [self.coverage(p, query) for p in partitions]
 
     @abstractmethod
     def fold(self, partition: int) -> Iterator[Operation]:

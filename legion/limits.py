@@ -33,6 +33,22 @@ HANDOFF_RETRY_INTERVAL_MS = 500
 WRITE_QUEUE_OPS_MAX = 10_000
 WRITE_BATCH_OPS_MAX = 1_000
 
+# Batch writes (Cluster.write_many): one operation's body, one chunk of
+# operations sent to one replica node, and how many chunks travel to one
+# node at once. A chunk is bounded by count and bytes, so a batch of large
+# values splits into more chunks instead of drawing a 413 for all of them.
+OP_BODY_BYTES_MAX = VALUE_BYTES_MAX + 64 * 1024
+PEER_BATCH_OPS_MAX = 1_000
+PEER_BATCH_BYTES_MAX = 8 * 1024 * 1024
+PEER_CHUNKS_IN_FLIGHT_MAX = 4
+WRITE_MANY_ITEMS_MAX = 100_000
+
+# Engine checkpoints (engines that defer durability to flush): the writer
+# flushes at least this often while there is something to flush, and as soon
+# as this many operations are waiting for a flush.
+FLUSH_INTERVAL_MS = 1_000
+FLUSH_OPS_MAX = 20_000
+
 # The claimant may drift from another node's wall clock by this much before
 # the hybrid logical clock refuses a remote timestamp as absurd.
 CLOCK_DRIFT_MS_MAX = 60_000
@@ -44,3 +60,6 @@ assert KEY_BYTES_MAX + VALUE_BYTES_MAX < REQUEST_BODY_BYTES_MAX <= PEER_BODY_BYT
 assert HEARTBEAT_INTERVAL_MS * 3 <= FAILURE_TIMEOUT_MS
 assert PEER_CONNECT_TIMEOUT_MS < REQUEST_DEADLINE_MS
 assert WRITE_BATCH_OPS_MAX <= WRITE_QUEUE_OPS_MAX
+assert KEY_BYTES_MAX + OP_BODY_BYTES_MAX < PEER_BATCH_BYTES_MAX <= PEER_BODY_BYTES_MAX
+assert PEER_BATCH_OPS_MAX <= WRITE_QUEUE_OPS_MAX
+assert 0 < FLUSH_INTERVAL_MS < REQUEST_DEADLINE_MS
