@@ -40,6 +40,7 @@ REPLAY_BATCH_OPS = 1_000
 class _Write:
     ops: Sequence[Operation]
     future: asyncio.Future[None]
+    flush: bool = False
 
 
 @dataclass
@@ -92,9 +93,11 @@ class LogWriter:
     def partition_dir(self, engine: str, partition: int) -> Path:
         return self.data_dir / "engines" / engine / f"{partition:04d}"
 
-    async def submit(self, ops: Sequence[Operation]) -> None:
+    async def submit(self, ops: Sequence[Operation], *, flush: bool = False) -> None:
         """Log and apply ``ops``; return once they are durable. Overloaded if the queue is full.
 
+        With ``flush``, engines that defer durability also flush the partitions
+        ``ops`` touched before this returns (a write that must be visible when acknowledged).
         Submissions made in the same event-loop turn travel to the writer thread
         together: one queue hand-off (and one thread wake-up) for all of them."""
         for op in ops:
@@ -106,7 +109,7 @@ class LogWriter:
             if self._queue.full():
                 raise Overloaded("this node's write queue is full; retry with backoff")
             loop.call_soon(self._hand_over)
-        self._gathering.append(_Write(ops, future))
+        self._gathering.append(_Write(ops, future, flush))
         await future
 
     def _hand_over(self) -> None:
@@ -205,9 +208,13 @@ class LogWriter:
         by_engine: dict[str, dict[int, list[Operation]]] = defaultdict(dict)
         for (engine, partition), part_ops in by_partition.items():
             by_engine[engine][partition] = part_ops
+        flush_wanted = {(op.engine, op.partition) for w in writes if w.flush for op in w.ops}
         for engine, batch in by_engine.items():
             try:
                 self.engines[engine].apply_batch(batch)
+                wanted = [p for p in batch if (engine, p) in flush_wanted]
+                if wanted and not self.engines[engine].durable_on_apply:
+                    self.engines[engine].flush(wanted)
                 self._applied.update({(engine, p): last_seq[(engine, p)] for p in batch})
             except Exception as exc:
                 # Logged but not applied: a restart replays it; the writer answers with the error.

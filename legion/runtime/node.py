@@ -265,8 +265,10 @@ class Node:
             raise NotOwner(f"node {self.node_id} holds no replica of partition {partition}", epoch=self.state.epoch)
         return self.engines[engine]
 
-    async def accept_ops(self, ops: list[Operation]) -> dict[int, LegionError]:
-        """Log and apply the acceptable operations of a batch; the refused ones by index, with why."""
+    async def accept_ops(self, ops: list[Operation], *, flush: bool = False) -> dict[int, LegionError]:
+        """Log and apply the acceptable operations of a batch; the refused ones by index, with why.
+
+        With ``flush``, the engine also flushes what they touched before this returns."""
         refused: dict[int, LegionError] = {}
         accepted: list[Operation] = []
         for i, op in enumerate(ops):
@@ -280,7 +282,7 @@ class Node:
             except LegionError as exc:
                 refused[i] = exc
         if accepted:
-            await self.writer.submit(accepted)
+            await self.writer.submit(accepted, flush=flush)
         return refused
 
     def check_serves(self, engine: str, partition: int) -> Engine:
