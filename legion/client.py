@@ -117,6 +117,10 @@ class Client:
         # dead node costs one failed connect, not one per request.
         self._preferred = 0
 
+    def copy(self, *, timeout_s: float | None = None) -> Client:
+        """A new client for the same nodes and token (e.g. one per worker thread), with its own connections."""
+        return Client(self.urls, self._token, timeout_s=timeout_s if timeout_s is not None else self.timeout_s)
+
     @property
     def urls(self) -> list[str]:
         return [endpoint.url for endpoint in self._endpoints]

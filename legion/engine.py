@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -89,7 +89,10 @@ ENTRY_POINT_GROUP = "legion.engines"
 class HttpRequest:
     """An engine handler's view of one HTTP request (already authenticated).
 
-    ``headers`` looks names up case-insensitively, as HTTP requires."""
+    ``headers`` looks names up case-insensitively, as HTTP requires. For a
+    route declared with ``stream_body=True``, ``body`` is empty and ``stream``
+    yields the body in chunks as it arrives (at most
+    ``legion.limits.STREAM_BODY_BYTES_MAX`` bytes; more raises PayloadTooLarge)."""
 
     method: str
     path_params: Mapping[str, str]
@@ -97,6 +100,7 @@ class HttpRequest:
     headers: Mapping[str, str]
     body: bytes
     request_id: str = ""
+    stream: AsyncIterator[bytes] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.headers, (CIMultiDict, CIMultiDictProxy)):
@@ -243,11 +247,15 @@ Handler = Callable[[HttpRequest, Cluster], Awaitable[HttpResponse]]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One HTTP endpoint an engine serves, e.g. ``Route("GET", "/v1/kv/{key}", get)``."""
+    """One HTTP endpoint an engine serves, e.g. ``Route("GET", "/v1/kv/{key}", get)``.
+
+    ``stream_body``: the handler reads the body from ``HttpRequest.stream`` as it
+    arrives (bulk uploads) instead of receiving it whole, under a larger size cap."""
 
     method: str
     path: str
     handler: Handler
+    stream_body: bool = False
 
 
 class Engine(ABC):

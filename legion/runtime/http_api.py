@@ -25,10 +25,10 @@ from aiohttp import web
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route
 from legion.errors import BadRequest, Unavailable
-from legion.limits import HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX
+from legion.limits import HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
 from legion.replication import decode_ops, unpack
 from legion.runtime.node import Node, _Forward, check_node_id
-from legion.runtime.transport import read_body, read_json
+from legion.runtime.transport import read_body, read_chunks, read_json
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
@@ -71,8 +71,9 @@ def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitab
             path_params=dict(request.match_info),
             query=dict(request.query),
             headers=request.headers,
-            body=await read_body(request),
+            body=b"" if route.stream_body else await read_body(request),
             request_id=request.get("request_id", ""),
+            stream=read_chunks(request, STREAM_BODY_BYTES_MAX) if route.stream_body else None,
         )
         resp = await route.handler(req, node.coordinator)
         headers = {**resp.headers, "Content-Type": resp.content_type}

@@ -110,17 +110,21 @@ def make_middlewares(token: str, admit: Callable[[web.Request], None] | None = N
     return [errors]
 
 
-async def read_body(request: web.Request, limit_bytes: int = REQUEST_BODY_BYTES_MAX) -> bytes:
-    """The request body, refusing (413) anything over ``limit_bytes`` before reading it all."""
+async def read_chunks(request: web.Request, limit_bytes: int) -> AsyncIterator[bytes]:
+    """The request body in chunks as it arrives, refusing (413) anything over ``limit_bytes``."""
     if request.content_length is not None and request.content_length > limit_bytes:
         raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit_bytes}")
-    chunks, size = [], 0
+    size = 0
     async for chunk in request.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > limit_bytes:
             raise PayloadTooLarge(f"request body is over the limit of {limit_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_body(request: web.Request, limit_bytes: int = REQUEST_BODY_BYTES_MAX) -> bytes:
+    """The request body, refusing (413) anything over ``limit_bytes`` before reading it all."""
+    return b"".join([chunk async for chunk in read_chunks(request, limit_bytes)])
 
 
 async def read_json(request: web.Request, limit_bytes: int = REQUEST_BODY_BYTES_MAX) -> Any:

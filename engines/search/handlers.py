@@ -1,0 +1,409 @@
+"""The search engine's HTTP API: indexes, documents, bulk ingest, search and stats.
+
+I/O (through the ``Cluster`` handle). Handlers check their input — the
+index name, the schema, each document against the schema, the query — and
+raise ``BadRequest``/``NotFound``/``Conflict`` naming the problem before
+anything is written; the runtime turns those into 4xx answers.
+
+| route | does |
+|---|---|
+| ``GET /v1/search`` | the indexes and their schemas |
+| ``PUT /v1/search/{index}`` | create an index from a JSON schema (``create`` to every partition) |
+| ``DELETE /v1/search/{index}`` | drop it (``drop`` to every partition) |
+| ``GET /v1/search/{index}?q=&limit=&offset=&fields=&snippets=`` | search |
+| ``POST /v1/search/{index}/_search`` | search with a JSON body, also ``aggs`` |
+| ``GET /v1/search/{index}/_stats`` | documents per partition and node, size on disk |
+| ``POST /v1/search/{index}/_refresh`` | make everything acknowledged so far searchable |
+| ``POST /v1/search/{index}/docs?refresh=wait_for&w=`` | bulk ingest, NDJSON, streamed |
+| ``PUT/GET/DELETE /v1/search/{index}/docs/{id}`` | one document |
+
+A search is two coverage rounds on the same plan: global term statistics
+(``local_search`` round 1), then scoring with them (round 2), so the ranking
+is the one a single index over all the documents would give.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from engines.search import aggregations, ranking
+from engines.search.operations import (
+    ENGINE_NAME,
+    KIND_CREATE,
+    KIND_DELETE,
+    KIND_DROP,
+    KIND_INDEX,
+    KIND_REFRESH,
+    catalog_keys,
+    create_body,
+    delete_body,
+    drop_body,
+    encode_source,
+    index_body,
+)
+from engines.search.schema import IndexSchema, check_document, check_index_name, parse_schema
+from legion import ndjson
+from legion.engine import Cluster, HttpRequest, HttpResponse, Route, WriteItem, WriteResult
+from legion.errors import BadRequest, Conflict, LegionError, NotFound, Unavailable
+from legion.keyspace import key_bytes
+
+if TYPE_CHECKING:
+    from engines.search.engine import SearchEngine
+
+LIMIT_DEFAULT = 10
+# Like Elasticsearch's index.max_result_window: deep pages cost every node offset + limit hits.
+RESULT_WINDOW_MAX = 10_000
+BULK_CHUNK_DOCS = 1_000
+BULK_CHUNKS_IN_FLIGHT = 2
+BULK_ERRORS_SHOWN_MAX = 100
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def routes(engine: SearchEngine) -> list[Route]:
+    api = SearchApi(engine)
+    return [
+        Route("GET", "/v1/search", api.list_indexes),
+        Route("PUT", "/v1/search/{index}", api.create),
+        Route("DELETE", "/v1/search/{index}", api.drop),
+        Route("GET", "/v1/search/{index}", api.search_get),
+        Route("POST", "/v1/search/{index}/_search", api.search_post),
+        Route("GET", "/v1/search/{index}/_stats", api.stats),
+        Route("POST", "/v1/search/{index}/_refresh", api.refresh),
+        Route("POST", "/v1/search/{index}/docs", api.bulk, stream_body=True),
+        Route("PUT", "/v1/search/{index}/docs/{id}", api.put_doc),
+        Route("GET", "/v1/search/{index}/docs/{id}", api.get_doc),
+        Route("DELETE", "/v1/search/{index}/docs/{id}", api.delete_doc),
+    ]
+
+
+def new_incarnation() -> str:
+    """A sortable, unique name for one life of an index: creation time (ns, hex) and randomness."""
+    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+def flag(req: HttpRequest, name: str, default: bool) -> bool:
+    raw = req.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in TRUE_WORDS:
+        return True
+    if raw.lower() in FALSE_WORDS:
+        return False
+    raise BadRequest(f"query parameter {name!r} must be true or false, got {raw!r}")
+
+
+def refresh_param(req: HttpRequest) -> bool:
+    """``?refresh=wait_for`` (or true): acknowledge only once the writes are searchable."""
+    raw = req.query.get("refresh", "false").lower()
+    if raw in ("wait_for", "true", "1", ""):
+        return raw != ""
+    if raw in ("false", "0"):
+        return False
+    raise BadRequest(f"refresh must be wait_for or false, got {raw!r}")
+
+
+class SearchApi:
+    """The handlers, bound to this node's engine (for its catalog)."""
+
+    def __init__(self, engine: SearchEngine) -> None:
+        self.engine = engine
+
+    async def describe(self, index: str, cluster: Cluster) -> dict[str, Any]:
+        """The live incarnation and schema of ``index``: from this node's catalog, else from a replica's."""
+        check_index_name(index)
+        found = self.engine.describe(index)
+        if found is None:
+            key = catalog_keys(index, cluster.partitions)[0]
+            replies = await cluster.read(ENGINE_NAME, key, {"op": "catalog", "index": index})
+            found = next((r for r in replies if r is not None), None)
+        if found is None:
+            raise NotFound(f"no search index named {index!r}; create it with `legion search create {index} --schema FILE`")
+        return found
+
+    # --- indexes ----------------------------------------------------------------
+
+    async def list_indexes(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        found = self.engine.indexes()
+        if not found and not self.engine.holds_partitions():
+            result = await cluster.coverage(ENGINE_NAME, {"op": "indexes"}, partitions=[0])
+            found = result.replies[0].value if result.replies else []
+        return HttpResponse.json({"indexes": found})
+
+    async def create(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        index = check_index_name(req.path_params["index"])
+        schema = parse_schema(req.json())
+        try:
+            existing = await self.describe(index, cluster)
+        except NotFound:
+            existing = None
+        if existing is not None and parse_schema(existing["schema"]) != schema:
+            raise Conflict(f"index {index!r} exists with another schema; drop it first (`legion search drop {index}`)")
+        incarnation = existing["incarnation"] if existing else new_incarnation()
+        body = create_body(index, incarnation, schema.to_json(), cluster.partitions)
+        # Re-sending an existing index's catalog entries is harmless and repairs a create that half failed.
+        await self._to_every_partition(cluster, index, KIND_CREATE, body)
+        status = 200 if existing else 201
+        return HttpResponse.json({"index": index, "incarnation": incarnation, "schema": schema.to_json()}, status=status)
+
+    async def drop(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        index = req.path_params["index"]
+        found = await self.describe(index, cluster)
+        body = drop_body(index, found["incarnation"], cluster.partitions)
+        await self._to_every_partition(cluster, index, KIND_DROP, body)
+        return HttpResponse.json({"index": index, "dropped": True})
+
+    async def _to_every_partition(self, cluster: Cluster, index: str, kind: str, body: bytes) -> None:
+        items = [WriteItem(key, kind, body) for key in catalog_keys(index, cluster.partitions)]
+        results = await cluster.write_many(ENGINE_NAME, items, refresh=True)
+        failed = [r for r in results if isinstance(r, LegionError)]
+        if failed:
+            raise Unavailable(
+                f"{kind} of index {index!r} reached only {len(results) - len(failed)} of {len(results)} partitions "
+                f"({failed[0].message}); retry the same request"
+            )
+
+    # --- documents ----------------------------------------------------------------
+
+    async def put_doc(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        index = req.path_params["index"]
+        found = await self.describe(index, cluster)
+        schema = parse_schema(found["schema"])
+        doc = req.json()
+        if isinstance(doc, dict) and schema.id_field not in doc:
+            doc = {**doc, schema.id_field: req.path_params["id"]}
+        doc_id, checked = check_document(schema, doc)
+        if doc_id != req.path_params["id"]:
+            raise BadRequest(f"the document's {schema.id_field!r} is {doc_id!r} but the URL names {req.path_params['id']!r}")
+        body = index_body(index, found["incarnation"], encode_source(checked))
+        [result] = await cluster.write_many(
+            ENGINE_NAME, [WriteItem(key_bytes(doc_id), KIND_INDEX, body)], w=req.int_param("w"), refresh=refresh_param(req)
+        )
+        if isinstance(result, LegionError):
+            raise result
+        return HttpResponse.json({"id": doc_id, "partition": result.partition, "hlc": result.hlc, "acks": result.acks})
+
+    async def delete_doc(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        index = req.path_params["index"]
+        found = await self.describe(index, cluster)
+        doc_id = req.path_params["id"]
+        body = delete_body(index, found["incarnation"])
+        [result] = await cluster.write_many(
+            ENGINE_NAME, [WriteItem(key_bytes(doc_id), KIND_DELETE, body)], w=req.int_param("w"), refresh=refresh_param(req)
+        )
+        if isinstance(result, LegionError):
+            raise result
+        return HttpResponse.json({"id": doc_id, "deleted": True, "hlc": result.hlc, "acks": result.acks})
+
+    async def get_doc(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        index = req.path_params["index"]
+        found = await self.describe(index, cluster)
+        doc_id = req.path_params["id"]
+        query = {"op": "get", "index": index, "incarnation": found["incarnation"], "id": doc_id}
+        replies = await cluster.read(ENGINE_NAME, key_bytes(doc_id), query, r=req.int_param("r"))
+        newest = max((r for r in replies if r is not None), key=lambda r: (r[0], r[1]), default=None)
+        if newest is None or newest[2] is None:
+            raise NotFound(f"no document {doc_id!r} in index {index!r}")
+        return HttpResponse.json({"id": doc_id, "hlc": newest[0], "doc": json.loads(newest[2])})
+
+    async def bulk(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        """Index an NDJSON stream of documents in chunks, several in flight; report per document."""
+        started = time.monotonic()
+        index = req.path_params["index"]
+        found = await self.describe(index, cluster)
+        schema = parse_schema(found["schema"])
+        refresh = refresh_param(req)
+        ingest = _Ingest(cluster, index, found["incarnation"], schema, req.int_param("w"))
+        assert req.stream is not None
+        async for line in ndjson.lines(req.stream):
+            await ingest.add(line)
+        await ingest.finish()
+        if refresh:
+            await self._refresh_all(cluster, index, found["incarnation"])
+        return HttpResponse.json(
+            {
+                "took_ms": int((time.monotonic() - started) * 1000),
+                "indexed": ingest.indexed,
+                "failed": len(ingest.errors),
+                "errors": sorted(ingest.errors, key=lambda e: e["line"])[:BULK_ERRORS_SHOWN_MAX],
+            }
+        )
+
+    async def refresh(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        index = req.path_params["index"]
+        found = await self.describe(index, cluster)
+        await self._refresh_all(cluster, index, found["incarnation"])
+        return HttpResponse.json({"index": index, "refreshed": True})
+
+    async def _refresh_all(self, cluster: Cluster, index: str, incarnation: str) -> None:
+        """Flush every live replica of every partition (a no-op operation written with refresh).
+
+        The bulk documents of a ``refresh=wait_for`` request flush their own
+        partitions' replicas; this reaches the others too, so that documents
+        acknowledged by earlier requests (other partitions, other nodes) are
+        searchable as well when the answer comes."""
+        await self._to_every_partition(cluster, index, KIND_REFRESH, delete_body(index, incarnation))
+
+    # --- search ----------------------------------------------------------------
+
+    async def search_get(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        fields = req.query.get("fields")
+        request = {
+            "q": req.query.get("q"),
+            "limit": req.int_param("limit", LIMIT_DEFAULT),
+            "offset": req.int_param("offset", 0),
+            "fields": [f for f in fields.split(",") if f] if fields else None,
+            "snippets": flag(req, "snippets", True),
+        }
+        return await self._search(req.path_params["index"], request, cluster)
+
+    async def search_post(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        body = req.json()
+        if not isinstance(body, dict):
+            raise BadRequest('the search body is a JSON object: {"q": …, "limit": …, "aggs": {…}}')
+        return await self._search(req.path_params["index"], body, cluster)
+
+    async def _search(self, index: str, request: dict[str, Any], cluster: Cluster) -> HttpResponse:
+        started = time.monotonic()
+        found = await self.describe(index, cluster)
+        schema = parse_schema(found["schema"])
+        q, limit, offset, fields, snippets = _search_params(schema, request)
+        aggs = aggregations.check(schema, request.get("aggs"))
+        base = {"index": index, "incarnation": found["incarnation"], "q": q}
+        first = await cluster.coverage(ENGINE_NAME, {**base, "op": "stats"}, allow_partial=True)
+        plan = sorted(first.served_by)
+        stats = ranking.merge_stats([reply.value for reply in first.replies])
+        second_query = {
+            **base, "op": "search", "stats": stats, "k": offset + limit, "fields": fields,
+            "snippets": snippets, "aggs": aggregations.shard_request(aggs),
+        }
+        second = await cluster.coverage(
+            ENGINE_NAME, second_query, partitions=plan, prefer=first.served_by, allow_partial=True
+        ) if plan else None
+        replies = [reply.value for reply in second.replies] if second else []
+        missing = sorted(set(first.missing) | set(second.missing if second else ()))
+        hits = ranking.merge_hits([r["hits"] for r in replies], offset=offset, limit=limit)
+        return HttpResponse.json(
+            {
+                "hits": [{"id": h[1], "score": h[0], "doc": h[2], "snippets": h[3]} for h in hits],
+                "total": sum(int(r["total"]) for r in replies),
+                "took_ms": round((time.monotonic() - started) * 1000, 3),
+                "partitions_missing": missing,
+                "ranking": "global" if all(r.get("exact", True) for r in replies) else "local",
+                **({"aggs": aggregations.merge(aggs, [r.get("aggs") or {} for r in replies])} if aggs else {}),
+            }
+        )
+
+    async def stats(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
+        index = req.path_params["index"]
+        found = await self.describe(index, cluster)
+        query = {"op": "count", "index": index, "incarnation": found["incarnation"]}
+        result = await cluster.coverage(ENGINE_NAME, query, allow_partial=True)
+        partitions: dict[int, int] = {}
+        nodes: dict[str, dict[str, Any]] = {}
+        for reply in result.replies:
+            counts = {int(p): int(n) for p, n in reply.value["partitions"]}
+            partitions.update(counts)
+            node = nodes.setdefault(reply.node, {"docs": 0, "partitions": [], "tombstones": 0, "size_bytes": 0})
+            node["docs"] += sum(counts.values())
+            node["partitions"] = sorted([*node["partitions"], *counts])
+            node["tombstones"] += int(reply.value["tombstones"])
+            node["size_bytes"] = max(node["size_bytes"], int(reply.value["size_bytes"]))
+        return HttpResponse.json(
+            {
+                "index": index,
+                "incarnation": found["incarnation"],
+                "schema": found["schema"],
+                "docs": sum(partitions.values()),
+                "partitions": {str(p): n for p, n in sorted(partitions.items())},
+                "nodes": nodes,
+                "partitions_missing": list(result.missing),
+            }
+        )
+
+
+def _search_params(schema: IndexSchema, request: dict[str, Any]) -> tuple[str, int, int, list[str] | None, bool]:
+    q = request.get("q")
+    if not isinstance(q, str) or not q.strip():
+        raise BadRequest("q is missing: give a query such as q=hello or q=title:\"exact phrase\"")
+    limit, offset = request.get("limit", LIMIT_DEFAULT), request.get("offset", 0)
+    for name, value in (("limit", limit), ("offset", offset)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadRequest(f"{name} must be a non-negative integer, got {value!r}")
+    if offset + limit > RESULT_WINDOW_MAX:
+        raise BadRequest(f"offset + limit must be at most {RESULT_WINDOW_MAX}; page deeper with a narrower query")
+    fields = request.get("fields")
+    if fields is not None:
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise BadRequest("fields must be a list of field names")
+        for name in fields:
+            schema.field(name)  # NotFound-like BadRequest for an unknown field
+    snippets = request.get("snippets", True)
+    if not isinstance(snippets, bool):
+        raise BadRequest("snippets must be true or false")
+    return q, limit, offset, fields, snippets
+
+
+class _Ingest:
+    """A bulk request in progress: documents checked and batched, chunks written a few at a time."""
+
+    def __init__(self, cluster: Cluster, index: str, incarnation: str, schema: IndexSchema, w: int | None) -> None:
+        self.cluster, self.index, self.incarnation, self.schema = cluster, index, incarnation, schema
+        self.w = w
+        self.indexed = 0
+        self.errors: list[dict[str, Any]] = []
+        self._items: list[WriteItem] = []
+        self._lines: list[tuple[int, str]] = []
+        self._slots = asyncio.Semaphore(BULK_CHUNKS_IN_FLIGHT)
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def add(self, line: ndjson.Line) -> None:
+        doc_id = line.value.get(self.schema.id_field) if isinstance(line.value, dict) else None
+        try:
+            if line.error is not None:
+                raise line.error
+            doc_id, checked = check_document(self.schema, line.value)
+            body = index_body(self.index, self.incarnation, encode_source(checked))
+            self._items.append(WriteItem(key_bytes(doc_id), KIND_INDEX, body))
+            self._lines.append((line.number, doc_id))
+        except LegionError as exc:
+            self._error(line.number, doc_id, exc)
+        if len(self._items) >= BULK_CHUNK_DOCS:
+            await self._launch()
+
+    async def finish(self) -> None:
+        if self._items:
+            await self._launch()
+        if self._running:
+            await asyncio.gather(*self._running)
+
+    async def _launch(self) -> None:
+        items, lines = self._items, self._lines
+        self._items, self._lines = [], []
+        await self._slots.acquire()
+        task = asyncio.ensure_future(self._write(items, lines))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _write(self, items: Sequence[WriteItem], lines: Sequence[tuple[int, str]]) -> None:
+        try:
+            try:
+                results: Sequence[WriteResult | LegionError] = await self.cluster.write_many(ENGINE_NAME, items, w=self.w)
+            except LegionError as exc:
+                results = [exc] * len(items)
+            for (number, doc_id), result in zip(lines, results):
+                if isinstance(result, LegionError):
+                    self._error(number, doc_id, result)
+                else:
+                    self.indexed += 1
+        finally:
+            self._slots.release()
+
+    def _error(self, number: int, doc_id: Any, exc: LegionError) -> None:
+        self.errors.append({"line": number, "id": doc_id if isinstance(doc_id, str) else None, "error": exc.code, "message": exc.message})
+

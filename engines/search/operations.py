@@ -1,0 +1,204 @@
+"""The search engine's operations and its catalog of indexes.
+
+Pure: no I/O, no clock. Four kinds of ``legion.replication.Operation``
+(``engine="search"``), each body a msgpack list:
+
+- ``index``  key = the document id; body ``[index, incarnation, source]``,
+  ``source`` the document as canonical JSON bytes. Re-indexing an id
+  replaces it: per (incarnation, id) the newest ``(hlc, origin)`` wins.
+- ``delete`` key = the document id; body ``[index, incarnation]``. Stored as
+  a tombstone with its version, so an older ``index`` arriving later loses.
+- ``create`` key = ``catalog_keys(index, partitions)[partition]``; body
+  ``[index, incarnation, schema, partitions]`` (the cluster's partition
+  count, so that a fold can name the key of any partition). Written to *every* partition, so every
+  node that holds any partition learns the index, and a handoff of any
+  partition carries it.
+- ``drop``   the same keys; body ``[index, incarnation, partitions]``.
+- ``refresh`` the same keys; body ``[index, incarnation]``. Changes nothing:
+  written with ``refresh`` to every partition, it makes every live replica
+  flush, so that everything acknowledged before it is searchable.
+
+An *incarnation* names one life of an index (created, then maybe dropped and
+created again under the same name): a sortable id chosen when the index is
+created. The catalog is a two-phase set of incarnations — created ones and
+dropped ones — and an index name's live incarnation is the greatest created,
+not dropped, incarnation of that name. Both sets only grow, so applying
+catalog operations is idempotent and commutative. Document operations name
+the incarnation they were written for: one for a dead incarnation is
+ignored, one for an incarnation this node has not heard of yet is parked
+until the ``create`` arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import msgpack
+
+from legion.errors import BadRequest
+from legion.keyspace import partition_of
+from legion.replication import Operation
+
+ENGINE_NAME = "search"
+KIND_INDEX = "index"
+KIND_DELETE = "delete"
+KIND_CREATE = "create"
+KIND_DROP = "drop"
+KIND_REFRESH = "refresh"
+DOCUMENT_KINDS = frozenset({KIND_INDEX, KIND_DELETE})
+CATALOG_KINDS = frozenset({KIND_CREATE, KIND_DROP})
+INCARNATION_PATTERN = re.compile(r"^[0-9a-f]{16,40}$")
+
+
+def encode_source(doc: dict[str, Any]) -> bytes:
+    """A checked document as the canonical JSON bytes stored and replicated."""
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def index_body(index: str, incarnation: str, source: bytes) -> bytes:
+    return msgpack.packb([index, incarnation, source], use_bin_type=True)
+
+
+def delete_body(index: str, incarnation: str) -> bytes:
+    return msgpack.packb([index, incarnation], use_bin_type=True)
+
+
+def create_body(index: str, incarnation: str, schema: dict[str, Any], partitions: int) -> bytes:
+    return msgpack.packb([index, incarnation, json.dumps(schema, sort_keys=True), partitions], use_bin_type=True)
+
+
+def drop_body(index: str, incarnation: str, partitions: int) -> bytes:
+    return msgpack.packb([index, incarnation, partitions], use_bin_type=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """An operation's body, decoded: which index and incarnation, and the source or schema if any."""
+
+    index: str
+    incarnation: str
+    source: bytes | None = None
+    schema: dict[str, Any] | None = None
+    partitions: int = 0
+
+
+def decode(op: Operation) -> Decoded:
+    """The body of a search operation; BadRequest for anything the engine never writes."""
+    try:
+        body = msgpack.unpackb(op.body, raw=False)
+    except (ValueError, msgpack.UnpackException):
+        raise BadRequest("a search operation's body is not msgpack") from None
+    sizes = {KIND_INDEX: 3, KIND_DELETE: 2, KIND_REFRESH: 2, KIND_CREATE: 4, KIND_DROP: 3}
+    if op.kind not in sizes:
+        raise BadRequest(f"unknown search operation kind {op.kind!r}")
+    if not isinstance(body, list) or len(body) != sizes[op.kind]:
+        raise BadRequest(f"a search {op.kind!r} body is a list of {sizes[op.kind]} items")
+    index, incarnation = body[0], body[1]
+    if not isinstance(index, str) or not isinstance(incarnation, str) or not INCARNATION_PATTERN.match(incarnation):
+        raise BadRequest("a search operation names an index and an incarnation")
+    if op.kind == KIND_INDEX:
+        if not isinstance(body[2], bytes):
+            raise BadRequest("an index operation carries the document as bytes")
+        return Decoded(index, incarnation, source=body[2])
+    if op.kind in (KIND_DELETE, KIND_REFRESH):
+        return Decoded(index, incarnation)
+    partitions = body[-1]
+    if not isinstance(partitions, int) or partitions < 1 or partitions & (partitions - 1) or op.partition >= partitions:
+        raise BadRequest("a catalog operation carries the cluster's partition count")
+    if op.kind == KIND_DROP:
+        return Decoded(index, incarnation, partitions=partitions)
+    try:
+        schema = json.loads(body[2])
+    except (TypeError, ValueError):
+        raise BadRequest("a create operation carries the schema as JSON text") from None
+    if not isinstance(schema, dict):
+        raise BadRequest("a create operation carries the schema as a JSON object")
+    return Decoded(index, incarnation, schema=schema, partitions=partitions)
+
+
+@lru_cache(maxsize=256)
+def catalog_keys(index: str, partitions: int) -> tuple[bytes, ...]:
+    """One key per partition (``keys[p]`` hashes to partition ``p``) for the index's catalog operations.
+
+    Deterministic, so every coordinator writes an index's catalog entries
+    under the same keys."""
+    keys: list[bytes | None] = [None] * partitions
+    missing, attempt = partitions, 0
+    while missing:
+        key = f"\x00catalog\x00{index}\x00{attempt}".encode()
+        p = partition_of(key, partitions)
+        if keys[p] is None:
+            keys[p] = key
+            missing -= 1
+        attempt += 1
+    return tuple(k for k in keys if k is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One incarnation's catalog record: its index name, schema (creates only) and the version first seen."""
+
+    index: str
+    schema: dict[str, Any] | None
+    partitions: int
+    hlc: int
+    origin: str
+
+
+@dataclass
+class Catalog:
+    """The incarnations this node has heard of: created (with schema) and dropped."""
+
+    created: dict[str, CatalogEntry] = field(default_factory=dict)
+    dropped: dict[str, CatalogEntry] = field(default_factory=dict)
+
+    def live(self, index: str) -> str | None:
+        """The index's live incarnation: its greatest created, not dropped one."""
+        alive = [inc for inc, e in self.created.items() if e.index == index and inc not in self.dropped]
+        return max(alive) if alive else None
+
+    def live_indexes(self) -> dict[str, str]:
+        """Every live index name → its incarnation."""
+        out: dict[str, str] = {}
+        for inc, entry in self.created.items():
+            if inc not in self.dropped and inc > out.get(entry.index, ""):
+                out[entry.index] = inc
+        return out
+
+    def schema(self, incarnation: str) -> dict[str, Any]:
+        entry = self.created[incarnation]
+        assert entry.schema is not None
+        return entry.schema
+
+    def is_dead(self, incarnation: str) -> bool:
+        """True if documents of ``incarnation`` can be discarded: dropped, or superseded by a newer create."""
+        if incarnation in self.dropped:
+            return True
+        entry = self.created.get(incarnation)
+        return entry is not None and self.live(entry.index) != incarnation
+
+    def apply(self, op: Operation, decoded: Decoded) -> bool:
+        """Apply one catalog operation; True if it told this node something new."""
+        book = self.created if op.kind == KIND_CREATE else self.dropped
+        if decoded.incarnation in book:
+            return False
+        book[decoded.incarnation] = CatalogEntry(decoded.index, decoded.schema, decoded.partitions, op.hlc, op.origin)
+        return True
+
+    def operations(self, partition: int) -> list[Operation]:
+        """Catalog operations that teach an empty replica of ``partition`` this catalog (for ``fold``)."""
+        ops = []
+        for inc, e in sorted(self.created.items()):
+            assert e.schema is not None
+            key = catalog_keys(e.index, e.partitions)[partition]
+            body = create_body(e.index, inc, e.schema, e.partitions)
+            ops.append(Operation(ENGINE_NAME, partition, key, e.hlc, e.origin, KIND_CREATE, body))
+        for inc, e in sorted(self.dropped.items()):
+            key = catalog_keys(e.index, e.partitions)[partition]
+            body = drop_body(e.index, inc, e.partitions)
+            ops.append(Operation(ENGINE_NAME, partition, key, e.hlc, e.origin, KIND_DROP, body))
+        return ops

@@ -1,0 +1,301 @@
+"""One node's tantivy index for one search index, holding every partition the node has.
+
+I/O: tantivy files under ``<engine root>/indexes/<incarnation>/``. This
+module and ``query_compile`` are the only ones that import tantivy.
+
+Why one index per node and not one per partition (as Riak Search did it):
+tantivy wants one writer per index directory with a heap of its own, so 64
+writers per node would be 64 heaps and 64 merge schedules; and a coverage
+plan gives a node many partitions at once, which one filtered query answers
+where 20 small ones would not. Every document carries the engine's own
+fields next to the user's:
+
+- ``_id``        the document id (raw, stored): updates and deletes find it by this term;
+- ``_partition`` u64, indexed and fast: queries filter on the partitions a
+                 coverage plan assigned, a handoff folds one partition out,
+                 dropping a partition deletes by it;
+- ``_deleted``   u64 1 for a *tombstone* (a deleted id keeps a document that
+                 has only the engine's fields, so an older write arriving late
+                 still loses to the delete), 0 otherwise; queries exclude 1;
+- ``_hlc``, ``_origin`` the version of the write that produced the document;
+- ``_source``    the document as it was indexed (JSON bytes), for handoff and
+                 for returning the document.
+
+Writes (``apply``) go into the writer and become visible and durable only at
+``commit`` (commit + reader reload), which the core calls as ``flush``. Until
+then the versions of what was applied are kept in memory (``pending``), so
+that last-writer-wins decisions and ``get`` see them. Threads: ``apply``,
+``commit`` and ``drop_partition`` come from the node's single writer thread;
+``searcher``, ``get`` and ``fold`` from worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tantivy
+
+from engines.search.operations import (
+    ENGINE_NAME,
+    KIND_DELETE,
+    KIND_INDEX,
+    Decoded,
+    delete_body,
+    index_body,
+)
+from engines.search.schema import FieldSpec, IndexSchema, parse_date
+from legion.replication import Operation
+
+log = logging.getLogger(__name__)
+
+WRITER_HEAP_BYTES = 96 * 1024 * 1024
+WRITER_THREADS = 1
+FOLD_PAGE_DOCS = 1_000
+ID, PARTITION, DELETED, HLC, ORIGIN, SOURCE = "_id", "_partition", "_deleted", "_hlc", "_origin", "_source"
+
+
+def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
+    """The tantivy schema of an index: the user's fields, then the engine's own."""
+    builder = tantivy.SchemaBuilder()
+    for spec in schema.fields:
+        _add_field(builder, spec)
+    builder.add_text_field(ID, stored=True, tokenizer_name="raw")
+    builder.add_unsigned_field(PARTITION, stored=True, indexed=True, fast=True)
+    builder.add_unsigned_field(DELETED, indexed=True, fast=True)
+    builder.add_unsigned_field(HLC, stored=True, fast=True)
+    builder.add_text_field(ORIGIN, stored=True, tokenizer_name="raw", index_option="basic")
+    builder.add_bytes_field(SOURCE, stored=True, indexed=False)
+    return builder.build()
+
+
+def _add_field(builder: tantivy.SchemaBuilder, spec: FieldSpec) -> None:
+    name, stored, indexed, fast = spec.name, spec.stored, spec.indexed, spec.fast
+    if spec.type == "text":
+        builder.add_text_field(name, stored=stored, fast=fast, tokenizer_name=spec.tokenizer)
+    elif spec.type == "keyword":
+        builder.add_text_field(name, stored=stored, fast=fast, tokenizer_name="raw")
+    elif spec.type == "i64":
+        builder.add_integer_field(name, stored=stored, indexed=indexed, fast=fast)
+    elif spec.type == "u64":
+        builder.add_unsigned_field(name, stored=stored, indexed=indexed, fast=fast)
+    elif spec.type == "f64":
+        builder.add_float_field(name, stored=stored, indexed=indexed, fast=fast)
+    elif spec.type == "bool":
+        builder.add_boolean_field(name, stored=stored, indexed=indexed, fast=fast)
+    elif spec.type == "date":
+        builder.add_date_field(name, stored=stored, indexed=indexed, fast=fast)
+    elif spec.type == "json":
+        builder.add_json_field(name, stored=stored, tokenizer_name=spec.tokenizer)
+    else:  # parse_schema admits nothing else
+        raise AssertionError(f"unknown field type {spec.type!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """The newest write this shard holds for one id: its version, partition, and source (None: a tombstone)."""
+
+    hlc: int
+    origin: str
+    partition: int
+    source: bytes | None
+
+    @property
+    def order(self) -> tuple[int, str]:
+        return (self.hlc, self.origin)
+
+
+class Shard:
+    """The tantivy index of one incarnation of a search index on this node."""
+
+    def __init__(self, directory: Path, index: str, incarnation: str, schema: IndexSchema) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.index_name = index
+        self.incarnation = incarnation
+        self.schema = schema
+        self.tantivy_schema = tantivy_schema(schema)
+        self.index = tantivy.Index(self.tantivy_schema, path=str(directory))
+        self._writer: tantivy.IndexWriter | None = self.index.writer(WRITER_HEAP_BYTES, WRITER_THREADS)
+        self._pending: dict[str, Version] = {}
+        self._lock = threading.Lock()  # guards _pending between the writer thread and readers
+        self._specs = {spec.name: spec for spec in schema.fields}
+        self.index.reload()
+
+    # --- the writer thread ----------------------------------------------------
+
+    def apply(self, items: Sequence[tuple[Operation, Decoded]]) -> None:
+        """Index or tombstone each id whose incoming version is newer than the one held."""
+        newest: dict[str, tuple[Operation, Decoded]] = {}
+        for op, decoded in items:
+            doc_id = op.key.decode("utf-8", "surrogatepass")
+            held = newest.get(doc_id)
+            if held is None or op.version > held[0].version:
+                newest[doc_id] = (op, decoded)
+        held_versions = self._versions(list(newest))
+        writer = self._require_writer()
+        for doc_id, (op, decoded) in newest.items():
+            held = held_versions.get(doc_id)
+            if held is not None and held >= op.version:
+                continue
+            if held is not None:
+                writer.delete_documents_by_term(ID, doc_id)
+            source = decoded.source if op.kind == KIND_INDEX else None
+            writer.add_document(self._document(doc_id, op, source))
+            with self._lock:
+                self._pending[doc_id] = Version(op.hlc, op.origin, op.partition, source)
+
+    def commit(self) -> None:
+        """Make everything applied durable and searchable (tantivy commit, then reader reload)."""
+        writer = self._require_writer()
+        with self._lock:
+            dirty = bool(self._pending)
+        if not dirty:
+            return
+        writer.commit()
+        self.index.reload()
+        with self._lock:
+            self._pending.clear()
+
+    def drop_partition(self, partition: int) -> None:
+        """Delete every document and tombstone of ``partition`` from this node's index, durably."""
+        writer = self._require_writer()
+        writer.delete_documents_by_term(PARTITION, partition)
+        writer.commit()
+        self.index.reload()
+        with self._lock:
+            self._pending = {k: v for k, v in self._pending.items() if v.partition != partition}
+
+    def close(self, *, delete: bool = False) -> None:
+        """Release the writer (waiting for merges); with ``delete``, remove the index's files too."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.wait_merging_threads()
+        if delete:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _require_writer(self) -> tantivy.IndexWriter:
+        if self._writer is None:
+            raise RuntimeError(f"search index {self.index_name!r} is closed on this node")
+        return self._writer
+
+    def _versions(self, ids: list[str]) -> dict[str, tuple[int, str]]:
+        """The version held for each id that has one: pending first, then the committed index."""
+        out: dict[str, tuple[int, str]] = {}
+        with self._lock:
+            for doc_id in ids:
+                pending = self._pending.get(doc_id)
+                if pending is not None:
+                    out[doc_id] = pending.order
+        lookup = [doc_id for doc_id in ids if doc_id not in out]
+        if lookup:
+            searcher = self.index.searcher()
+            query = tantivy.Query.term_set_query(self.tantivy_schema, ID, lookup)
+            for _score, address in searcher.search(query, limit=len(lookup), count=False).hits:
+                doc = searcher.doc(address)
+                out[doc.get_first(ID)] = (doc.get_first(HLC), doc.get_first(ORIGIN))
+        return out
+
+    def _document(self, doc_id: str, op: Operation, source: bytes | None) -> tantivy.Document:
+        doc = tantivy.Document()
+        doc.add_text(ID, doc_id)
+        doc.add_unsigned(PARTITION, op.partition)
+        doc.add_unsigned(DELETED, 1 if source is None else 0)
+        doc.add_unsigned(HLC, op.hlc)
+        doc.add_text(ORIGIN, op.origin)
+        if source is None:
+            return doc
+        doc.add_bytes(SOURCE, source)
+        try:
+            fields = json.loads(source)
+        except ValueError:
+            log.warning("search index %s: document %r has a source that is not JSON; indexed by id only", self.index_name, doc_id)
+            return doc
+        for name, value in fields.items():
+            spec = self._specs.get(name)
+            if spec is None:
+                continue  # the coordinator checked the document against this schema; nothing else gets here
+            for item in value if isinstance(value, list) and spec.type != "json" else [value]:
+                try:
+                    _add_value(doc, spec, item)
+                except (ValueError, TypeError, OverflowError) as exc:
+                    # A bad value must not fail the batch (and every replay of it): index the rest.
+                    log.warning("search index %s: document %r field %r not indexed: %s", self.index_name, doc_id, name, exc)
+        return doc
+
+    # --- worker threads -------------------------------------------------------
+
+    def searcher(self) -> tantivy.Searcher:
+        return self.index.searcher()
+
+    def get(self, doc_id: str) -> Version | None:
+        """The newest write held for ``doc_id``, applied or committed; None if none."""
+        with self._lock:
+            pending = self._pending.get(doc_id)
+        if pending is not None:
+            return pending
+        searcher = self.index.searcher()
+        hits = searcher.search(tantivy.Query.term_query(self.tantivy_schema, ID, doc_id), limit=1, count=False).hits
+        if not hits:
+            return None
+        return _version(searcher.doc(hits[0][1]))
+
+    def fold(self, partition: int) -> Iterator[Operation]:
+        """Operations rebuilding this shard's share of ``partition``: documents and tombstones."""
+        with self._lock:
+            pending = {k: v for k, v in self._pending.items() if v.partition == partition}
+        searcher = self.index.searcher()
+        query = tantivy.Query.term_query(self.tantivy_schema, PARTITION, partition)
+        total = searcher.search(query, limit=0, count=True).count
+        if total:
+            for _score, address in searcher.search(query, limit=total, count=False).hits:
+                doc = searcher.doc(address)
+                doc_id = doc.get_first(ID)
+                if doc_id not in pending:
+                    yield self._operation(doc_id, _version(doc))
+        for doc_id, version in pending.items():
+            yield self._operation(doc_id, version)
+
+    def _operation(self, doc_id: str, version: Version) -> Operation:
+        key = doc_id.encode("utf-8", "surrogatepass")
+        if version.source is None:
+            kind, body = KIND_DELETE, delete_body(self.index_name, self.incarnation)
+        else:
+            kind, body = KIND_INDEX, index_body(self.index_name, self.incarnation, version.source)
+        return Operation(ENGINE_NAME, version.partition, key, version.hlc, version.origin, kind, body)
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.directory.iterdir() if f.is_file())
+
+
+def _version(doc: tantivy.Document) -> Version:
+    partition = doc.get_first(PARTITION)
+    source = doc.get_first(SOURCE)
+    return Version(doc.get_first(HLC), doc.get_first(ORIGIN), partition if partition is not None else -1, source)
+
+
+def _add_value(doc: tantivy.Document, spec: FieldSpec, value: Any) -> None:
+    name = spec.name
+    if spec.type in ("text", "keyword"):
+        doc.add_text(name, value)
+    elif spec.type == "i64":
+        doc.add_integer(name, value)
+    elif spec.type == "u64":
+        doc.add_unsigned(name, value)
+    elif spec.type == "f64":
+        doc.add_float(name, float(value))
+    elif spec.type == "bool":
+        doc.add_boolean(name, value)
+    elif spec.type == "date":
+        parsed = parse_date(value)
+        if parsed is not None:
+            doc.add_date(name, parsed)
+    elif spec.type == "json":
+        doc.add_json(name, value)
+

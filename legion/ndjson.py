@@ -1,0 +1,65 @@
+"""Newline-delimited JSON, the body format of bulk requests.
+
+Pure: turns chunks of bytes (as they arrive from a socket) into numbered,
+parsed lines. A line that is not JSON does not stop the stream: it comes
+out as a ``BadRequest`` in place of its value, so a bulk handler can report
+it and carry on with the next line. Blank lines are skipped but counted, so
+line numbers match what an editor shows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from legion.errors import BadRequest
+
+LINE_BYTES_MAX = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line of an NDJSON body: its 1-based number and its value, or why it has none."""
+
+    number: int
+    value: Any = None
+    error: BadRequest | None = None
+
+
+def parse_line(number: int, raw: bytes) -> Line:
+    if len(raw) > LINE_BYTES_MAX:
+        return Line(number, error=BadRequest(f"line {number} is over {LINE_BYTES_MAX} bytes"))
+    try:
+        return Line(number, json.loads(raw))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Line(number, error=BadRequest(f"line {number} is not valid JSON: {exc}"))
+
+
+async def lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[Line]:
+    """The parsed, non-blank lines of an NDJSON byte stream.
+
+    Memory stays bounded: a line longer than ``LINE_BYTES_MAX`` is reported and
+    skipped up to its newline without being buffered."""
+    buffer = b""
+    number = 0
+    skipping = False  # inside an oversized line, dropping bytes until its newline
+    async for chunk in chunks:
+        if skipping:
+            cut = chunk.find(b"\n")
+            if cut < 0:
+                continue
+            chunk, skipping = chunk[cut + 1 :], False
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for raw in complete:
+            number += 1
+            if raw.strip():
+                yield parse_line(number, raw)
+        if len(buffer) > LINE_BYTES_MAX:
+            number += 1
+            yield Line(number, error=BadRequest(f"line {number} is over {LINE_BYTES_MAX} bytes"))
+            buffer, skipping = b"", True
+    if buffer.strip() and not skipping:
+        yield parse_line(number + 1, buffer)
