@@ -136,7 +136,7 @@ def _count(shard: Shard | None, partitions: list[int]) -> dict[str, Any]:
         tantivy.Query.boolean_query(
             [(tantivy.Occur.Must, in_plan), (tantivy.Occur.Must, tantivy.Query.term_query(shard.tantivy_schema, DELETED, 1))]
         ),
-        limit=0,
+        limit=1,
         count=True,
     ).count
     return {

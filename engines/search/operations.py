@@ -21,8 +21,9 @@ Pure: no I/O, no clock. Four kinds of ``legion.replication.Operation``
 An *incarnation* names one life of an index (created, then maybe dropped and
 created again under the same name): a sortable id chosen when the index is
 created. The catalog is a two-phase set of incarnations — created ones and
-dropped ones — and an index name's live incarnation is the greatest created,
-not dropped, incarnation of that name. Both sets only grow, so applying
+dropped ones — and an index name's live incarnation is its greatest created
+incarnation unless that one is dropped (a newer create supersedes older
+incarnations for good). Both sets only grow, so applying
 catalog operations is idempotent and commutative. Document operations name
 the incarnation they were written for: one for a dead incarnation is
 ignored, one for an incarnation this node has not heard of yet is parked
@@ -157,17 +158,19 @@ class Catalog:
     dropped: dict[str, CatalogEntry] = field(default_factory=dict)
 
     def live(self, index: str) -> str | None:
-        """The index's live incarnation: its greatest created, not dropped one."""
-        alive = [inc for inc, e in self.created.items() if e.index == index and inc not in self.dropped]
-        return max(alive) if alive else None
+        """The index's live incarnation: its greatest created one, unless that one was dropped.
+
+        A newer create supersedes every older incarnation for good, so dropping
+        the newest does not bring an older one back."""
+        return self.live_indexes().get(index)
 
     def live_indexes(self) -> dict[str, str]:
         """Every live index name → its incarnation."""
-        out: dict[str, str] = {}
+        newest: dict[str, str] = {}
         for inc, entry in self.created.items():
-            if inc not in self.dropped and inc > out.get(entry.index, ""):
-                out[entry.index] = inc
-        return out
+            if inc > newest.get(entry.index, ""):
+                newest[entry.index] = inc
+        return {name: inc for name, inc in newest.items() if inc not in self.dropped}
 
     def schema(self, incarnation: str) -> dict[str, Any]:
         entry = self.created[incarnation]

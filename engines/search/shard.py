@@ -166,7 +166,8 @@ class Shard:
     def drop_partition(self, partition: int) -> None:
         """Delete every document and tombstone of ``partition`` from this node's index, durably."""
         writer = self._require_writer()
-        writer.delete_documents_by_term(PARTITION, partition)
+        # By query, not by term: tantivy-py builds an i64 term from a Python int, which misses a u64 field.
+        writer.delete_documents_by_query(tantivy.Query.term_query(self.tantivy_schema, PARTITION, partition))
         writer.commit()
         self.index.reload()
         with self._lock:
@@ -252,7 +253,7 @@ class Shard:
             pending = {k: v for k, v in self._pending.items() if v.partition == partition}
         searcher = self.index.searcher()
         query = tantivy.Query.term_query(self.tantivy_schema, PARTITION, partition)
-        total = searcher.search(query, limit=0, count=True).count
+        total = searcher.search(query, limit=1, count=True).count
         if total:
             for _score, address in searcher.search(query, limit=total, count=False).hits:
                 doc = searcher.doc(address)
