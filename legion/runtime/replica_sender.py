@@ -12,6 +12,7 @@ answers per operation, so one refused operation fails alone.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,7 +49,11 @@ class ReplicaSender:
 
     async def send(self, op: Operation, deadline: float) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"replica-sender {self.url}")
+            # An empty context: the sender outlives the request that started it and
+            # ships many requests' operations together, so it carries no one's request id.
+            self._task = asyncio.create_task(
+                self._run(), name=f"replica-sender {self.url}", context=contextvars.Context()
+            )
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Pending(op, deadline, future))
