@@ -4,15 +4,19 @@ I/O. Implements the ``legion.engine.Cluster`` protocol engines' handlers use:
 
 - ``write`` stamps one operation with this node's hybrid logical clock, sends
   it to every live owner of its partition at once (the local replica through
-  the log writer, peers over HTTP) and returns as soon as ``W`` replicas of
-  the current preference list have made it durable. Slower replicas keep
-  going in the background, each bounded by the request deadline.
+  the log writer, peers over HTTP through a ``ReplicaSender``) and returns as
+  soon as ``W`` replicas of the current preference list have made it
+  durable. Slower replicas keep going in the background, each bounded by the
+  request deadline. A write with ``refresh`` takes the batch path instead.
+- ``write_many`` hands the batch to a ``BatchWriter``: chunks of operations
+  per replica node straight to ``/internal/apply``, per-item results.
 - ``read`` asks ``R`` replicas (itself first when it holds one), and when one
   fails asks the next in preference order, until ``R`` replied or none are left.
 - ``coverage`` asks one replica per partition, one call per node, and
   re-plans the partitions of a node that failed onto the next replicas.
 
-Every peer call carries the request id and the time left before the deadline.
+Every peer call carries the request id (``transport.current_request_id``)
+and the time left before the deadline.
 A peer that fails to connect is *suspected* locally for a short while, so
 later requests skip it without waiting for the failure detector.
 """
@@ -22,16 +26,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
-from legion.engine import WriteResult
+from legion.cluster_state import ClusterState
+from legion.engine import WriteItem, WriteResult
 from legion.errors import DeadlineExceeded, LegionError, NotOwner, Unavailable
 from legion.keyspace import key_bytes, partition_of
 from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
-from legion.replication import Operation, read_quorum, write_quorum
+from legion.replication import Operation, decode_apply_errors, encode_ops, read_quorum, write_quorum
+from legion.runtime.batch_writer import BatchWriter
 from legion.runtime.replica_sender import ReplicaSender
 from legion.routing import coverage_plan, live_nodes, read_order, write_plan
 
@@ -52,6 +58,7 @@ class Coordinator:
         self._suspects: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._senders: dict[str, ReplicaSender] = {}
+        self._batches = BatchWriter(self)
 
     @property
     def node_id(self) -> str:
@@ -72,9 +79,24 @@ class Coordinator:
     def suspect(self, node_id: str) -> None:
         self._suspects[node_id] = time.monotonic() + SUSPECT_MS / 1000
 
+    def current_state(self) -> ClusterState:
+        return self.node.state
+
+    def stamp(self) -> int:
+        return self.node.clock.now()
+
     # --- writes --------------------------------------------------------------
 
-    async def write(self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None) -> WriteResult:
+    async def write(
+        self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None, refresh: bool = False
+    ) -> WriteResult:
+        if refresh:
+            # Waits for every live replica to flush: the batch path, which sends straight
+            # to each replica with the refresh flag, rather than the shared replica senders.
+            [result] = await self.write_many(engine, [WriteItem(key, kind, body)], w=w, refresh=True)
+            if isinstance(result, LegionError):
+                raise result
+            return result
         key = key_bytes(key)
         partition = self.partition_of(key)
         state = self.node.state
@@ -89,7 +111,7 @@ class Coordinator:
         deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
         counted = {n: asyncio.ensure_future(self._send_op(n, op, deadline)) for n in plan.counted}
         for n in plan.extra:
-            self._keep(asyncio.ensure_future(self._send_op(n, op, deadline)))
+            self.keep(asyncio.ensure_future(self._send_op(n, op, deadline)))
         acks, errors = await self._await_quorum(counted, need)
         if acks < need:
             raise Unavailable(
@@ -98,6 +120,24 @@ class Coordinator:
                 partition=partition,
             )
         return WriteResult(partition=partition, hlc=op.hlc, acks=acks, replicas=plan.replicas)
+
+    async def write_many(
+        self, engine: str, items: Sequence[WriteItem], *, w: int | None = None, refresh: bool = False
+    ) -> list[WriteResult | LegionError]:
+        return await self._batches.write_many(engine, items, w=w, refresh=refresh)
+
+    async def apply_chunk(
+        self, node_id: str, ops: Sequence[Operation], *, refresh: bool, timeout_ms: int
+    ) -> dict[int, LegionError]:
+        """Log a chunk of a batch on one replica: this node's log writer, or a peer's ``/internal/apply``."""
+        if node_id == self.node_id:
+            try:
+                return await asyncio.wait_for(self.node.accept_ops(list(ops), flush=refresh), timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"{node_id} did not log the chunk within {timeout_ms} ms") from None
+        url = self.node.state.url_of(node_id) + ("/internal/apply?refresh=1" if refresh else "/internal/apply")
+        call = self.node.peers.call("POST", url, data=encode_ops(ops), timeout_ms=max(1, timeout_ms))
+        return decode_apply_errors(await self._watch(node_id, call))
 
     async def _await_quorum(self, tasks: dict[str, asyncio.Future[None]], need: int) -> tuple[int, list[str]]:
         acks, errors = 0, []
@@ -112,7 +152,7 @@ class Coordinator:
                 else:
                     errors.append(f"{names[task]}: {exc}")
         for task in pending:
-            self._keep(task)
+            self.keep(task)
         return acks, errors
 
     async def _send_op(self, node_id: str, op: Operation, deadline: float) -> None:
@@ -241,7 +281,7 @@ class Coordinator:
         for sender in self._senders.values():
             sender.close()
 
-    def _keep(self, task: asyncio.Future[Any]) -> None:
+    def keep(self, task: asyncio.Future[Any]) -> None:
         """Let a task finish in the background, logging rather than losing its failure."""
         self._background.add(task)
 
@@ -251,3 +291,4 @@ class Coordinator:
                 log.warning("background replica write failed: %r", t.exception())
 
         task.add_done_callback(done)
+
