@@ -12,8 +12,10 @@ I/O. Implements the ``legion.engine.Cluster`` protocol engines' handlers use:
   per replica node straight to ``/internal/apply``, per-item results.
 - ``read`` asks ``R`` replicas (itself first when it holds one), and when one
   fails asks the next in preference order, until ``R`` replied or none are left.
-- ``coverage`` asks one replica per partition, one call per node, and
-  re-plans the partitions of a node that failed onto the next replicas.
+- ``coverage`` asks one replica per partition, one call per node, all nodes
+  in parallel, and re-plans the partitions of a node that failed onto the
+  other replicas, up to ``FORWARD_ATTEMPTS_MAX`` rounds. A request error (the
+  query is bad) is raised at once: every replica would refuse it too.
 
 Every peer call carries the request id (``transport.current_request_id``)
 and the time left before the deadline.
@@ -26,14 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
 from legion.cluster_state import ClusterState
-from legion.engine import WriteItem, WriteResult
-from legion.errors import DeadlineExceeded, LegionError, NotOwner, Unavailable
+from legion.engine import CoverageResult, NodeReply, WriteItem, WriteResult
+from legion.errors import BadRequest, Conflict, DeadlineExceeded, LegionError, NotOwner, Overloaded, Unavailable
 from legion.keyspace import key_bytes, partition_of
 from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
 from legion.replication import Operation, decode_apply_errors, encode_ops, read_quorum, write_quorum
@@ -223,33 +225,56 @@ class Coordinator:
 
     # --- coverage ------------------------------------------------------------
 
-    async def coverage(self, engine: str, query: Any) -> list[Any]:
-        deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
+    async def coverage(
+        self,
+        engine: str,
+        query: Any,
+        *,
+        partitions: Sequence[int] | None = None,
+        prefer: Mapping[int, str] | None = None,
+        deadline_ms: int | None = None,
+        allow_partial: bool = False,
+    ) -> CoverageResult:
         state = self.node.state
-        results: dict[int, Any] = {}
+        todo = _check_partitions(partitions, state.partitions)
+        deadline = time.monotonic() + _check_deadline_ms(deadline_ms) / 1000
+        replies: list[NodeReply] = []
+        served_by: dict[int, str] = {}
         failed: set[str] = set()
-        todo = list(range(state.partitions))
-        for _attempt in range(FORWARD_ATTEMPTS_MAX):
-            plan = coverage_plan(state, self.live(), self.node_id, todo, avoid=frozenset(failed))
-            if "" in plan:
+        unplaced: list[int] = []
+        for _round in range(FORWARD_ATTEMPTS_MAX):
+            plan = coverage_plan(state, self.live(), self.node_id, todo, avoid=frozenset(failed), prefer=prefer)
+            unplaced.extend(plan.pop("", []))
+            if not plan:
+                todo = []
                 break
             calls = {n: asyncio.ensure_future(self._coverage_one(n, engine, parts, query, deadline)) for n, parts in plan.items()}
             await asyncio.wait(calls.values())
-            todo = []
+            todo, refusals = [], []
             for node_id, task in calls.items():
-                if task.exception() is None:
-                    results.update(zip(plan[node_id], task.result()))
-                else:
+                error = task.exception()
+                if error is None:
+                    replies.append(NodeReply(node_id, tuple(plan[node_id]), task.result()))
+                    served_by.update(dict.fromkeys(plan[node_id], node_id))
+                elif _is_node_failure(error):
                     failed.add(node_id)
                     todo.extend(plan[node_id])
+                else:
+                    refusals.append(error)
+            if refusals:
+                raise refusals[0]  # the request itself is bad: every replica would refuse it
             if not todo:
                 break
-        missing = [p for p in range(state.partitions) if p not in results]
-        if missing:
-            raise Unavailable(f"no live replica answered for partitions {missing[:10]}", partitions=missing[:50])
-        return [results[p] for p in range(state.partitions)]
+        missing = tuple(sorted(unplaced + todo))
+        if missing and not allow_partial:
+            shown = ", ".join(map(str, missing[:20])) + (", …" if len(missing) > 20 else "")
+            raise Unavailable(
+                f"no live replica answered for {len(missing)} partitions ({shown}); failed: {sorted(failed) or 'none'}",
+                partitions=list(missing),
+            )
+        return CoverageResult(replies=tuple(replies), served_by=served_by, missing=missing)
 
-    async def _coverage_one(self, node_id: str, engine: str, partitions: list[int], query: Any, deadline: float) -> list[Any]:
+    async def _coverage_one(self, node_id: str, engine: str, partitions: list[int], query: Any, deadline: float) -> Any:
         if node_id == self.node_id:
             return await self.node.local_coverage(engine, partitions, query)
         body = msgpack.packb({"engine": engine, "partitions": partitions, "query": query}, use_bin_type=True)
@@ -292,3 +317,31 @@ class Coordinator:
 
         task.add_done_callback(done)
 
+
+def _is_node_failure(error: BaseException) -> bool:
+    """A failure of the node asked, not of the request: another replica may answer.
+
+    Unreachable, slow, overloaded, re-syncing (Unavailable), no longer an owner
+    (a Conflict), or failing with an internal error; not a refusal of the query."""
+    if not isinstance(error, LegionError):
+        return False
+    return isinstance(error, (Unavailable, DeadlineExceeded, Conflict, Overloaded)) or error.http_status >= 500
+
+
+def _check_partitions(partitions: Sequence[int] | None, count: int) -> list[int]:
+    if partitions is None:
+        return list(range(count))
+    chosen = list(partitions)
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < count for p in chosen):
+        raise BadRequest(f"coverage partitions must be integers in 0..{count - 1}")
+    if len(set(chosen)) != len(chosen):
+        raise BadRequest("coverage partitions must not repeat")
+    return chosen
+
+
+def _check_deadline_ms(deadline_ms: int | None) -> int:
+    if deadline_ms is None:
+        return REQUEST_DEADLINE_MS
+    if not isinstance(deadline_ms, int) or isinstance(deadline_ms, bool) or deadline_ms <= 0:
+        raise BadRequest(f"deadline_ms must be a positive integer, got {deadline_ms!r}")
+    return deadline_ms
