@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from legion.errors import BadRequest
+from legion.errors import BadRequest, LegionError, from_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,21 @@ def unpack(body: bytes, kind: type[list[Any]] | type[dict[Any, Any]]) -> Any:
 def decode_ops(body: bytes) -> list[Operation]:
     """The inverse of ``encode_ops``; raises BadRequest on anything malformed."""
     return [Operation.from_wire(item) for item in unpack(body, list)]
+
+
+def encode_apply_reply(count: int, refused: dict[int, LegionError]) -> bytes:
+    """A replica's answer to a batch of ``count`` operations: how many it applied, and why it refused the rest."""
+    errors = {i: {**exc.to_json(), "status": exc.http_status} for i, exc in refused.items()}
+    return msgpack.packb({"applied": count - len(refused), "errors": errors}, use_bin_type=True)
+
+
+def decode_apply_errors(raw: bytes) -> dict[int, LegionError]:
+    """The refusals in an ``encode_apply_reply`` answer: operation index → typed error."""
+    try:
+        reply = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        return {int(i): from_json(int(e.get("status", 400)), e) for i, e in (reply.get("errors") or {}).items()}
+    except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
+        raise BadRequest("the apply reply was not understood") from None
 
 
 def write_quorum(requested: int | None, replicas: int) -> int:

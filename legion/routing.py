@@ -11,11 +11,16 @@ them out — forwarding with a deadline and retrying the next candidate.
   puts itself first when it holds one (it saves a network hop), the rest keep
   preference order.
 - A coverage request picks one live replica per partition (itself when it
-  can) and groups the partitions by node, so each node gets one call.
+  can) and groups the partitions by node, so each node gets one call. A
+  second round of a request may *prefer* the replicas that served the first
+  (e.g. a search's scoring round after its statistics round): a preferred
+  node is used when it is live, holds the partition in the current placement
+  and is not avoided; otherwise the usual order decides.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from legion.cluster_state import ClusterState, owners
@@ -57,12 +62,22 @@ def read_order(state: ClusterState, partition: int, live: set[str], self_id: str
 
 
 def coverage_plan(
-    state: ClusterState, live: set[str], self_id: str, partitions: list[int] | None = None,
+    state: ClusterState,
+    live: set[str],
+    self_id: str,
+    partitions: Sequence[int] | None = None,
     avoid: frozenset[str] = frozenset(),
+    prefer: Mapping[int, str] | None = None,
 ) -> dict[str, list[int]]:
-    """One live replica per partition, grouped by node; partitions with no live replica map to ''."""
+    """One live replica per partition, grouped by node; partitions with no live replica map to ''.
+
+    ``avoid`` names nodes that already failed this request; ``prefer`` maps a
+    partition to the node wanted for it (honoured only when that node is
+    eligible: live, in the partition's current preference list, not avoided)."""
     plan: dict[str, list[int]] = {}
     for p in range(state.partitions) if partitions is None else partitions:
         order = [n for n in read_order(state, p, live, self_id) if n not in avoid]
-        plan.setdefault(order[0] if order else "", []).append(p)
+        wanted = prefer.get(p) if prefer else None
+        chosen = wanted if wanted in order else (order[0] if order else "")
+        plan.setdefault(chosen, []).append(p)
     return plan

@@ -4,15 +4,21 @@ I/O. Implements the ``legion.engine.Cluster`` protocol engines' handlers use:
 
 - ``write`` stamps one operation with this node's hybrid logical clock, sends
   it to every live owner of its partition at once (the local replica through
-  the log writer, peers over HTTP) and returns as soon as ``W`` replicas of
-  the current preference list have made it durable. Slower replicas keep
-  going in the background, each bounded by the request deadline.
+  the log writer, peers over HTTP through a ``ReplicaSender``) and returns as
+  soon as ``W`` replicas of the current preference list have made it
+  durable. Slower replicas keep going in the background, each bounded by the
+  request deadline. A write with ``refresh`` takes the batch path instead.
+- ``write_many`` hands the batch to a ``BatchWriter``: chunks of operations
+  per replica node straight to ``/internal/apply``, per-item results.
 - ``read`` asks ``R`` replicas (itself first when it holds one), and when one
   fails asks the next in preference order, until ``R`` replied or none are left.
-- ``coverage`` asks one replica per partition, one call per node, and
-  re-plans the partitions of a node that failed onto the next replicas.
+- ``coverage`` asks one replica per partition, one call per node, all nodes
+  in parallel, and re-plans the partitions of a node that failed onto the
+  other replicas, up to ``FORWARD_ATTEMPTS_MAX`` rounds. A request error (the
+  query is bad) is raised at once: every replica would refuse it too.
 
-Every peer call carries the request id and the time left before the deadline.
+Every peer call carries the request id (``transport.current_request_id``)
+and the time left before the deadline.
 A peer that fails to connect is *suspected* locally for a short while, so
 later requests skip it without waiting for the failure detector.
 """
@@ -22,16 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
-from legion.engine import WriteResult
-from legion.errors import DeadlineExceeded, LegionError, NotOwner, Unavailable
+from legion.cluster_state import ClusterState
+from legion.engine import CoverageResult, NodeReply, WriteItem, WriteResult
+from legion.errors import BadRequest, Conflict, DeadlineExceeded, LegionError, NotOwner, Overloaded, Unavailable
 from legion.keyspace import key_bytes, partition_of
 from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
-from legion.replication import Operation, read_quorum, write_quorum
+from legion.replication import Operation, decode_apply_errors, encode_ops, read_quorum, write_quorum
+from legion.runtime.batch_writer import BatchWriter
 from legion.runtime.replica_sender import ReplicaSender
 from legion.routing import coverage_plan, live_nodes, read_order, write_plan
 
@@ -52,6 +60,7 @@ class Coordinator:
         self._suspects: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._senders: dict[str, ReplicaSender] = {}
+        self._batches = BatchWriter(self)
 
     @property
     def node_id(self) -> str:
@@ -72,9 +81,24 @@ class Coordinator:
     def suspect(self, node_id: str) -> None:
         self._suspects[node_id] = time.monotonic() + SUSPECT_MS / 1000
 
+    def current_state(self) -> ClusterState:
+        return self.node.state
+
+    def stamp(self) -> int:
+        return self.node.clock.now()
+
     # --- writes --------------------------------------------------------------
 
-    async def write(self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None) -> WriteResult:
+    async def write(
+        self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None, refresh: bool = False
+    ) -> WriteResult:
+        if refresh:
+            # Waits for every live replica to flush: the batch path, which sends straight
+            # to each replica with the refresh flag, rather than the shared replica senders.
+            [result] = await self.write_many(engine, [WriteItem(key, kind, body)], w=w, refresh=True)
+            if isinstance(result, LegionError):
+                raise result
+            return result
         key = key_bytes(key)
         partition = self.partition_of(key)
         state = self.node.state
@@ -89,7 +113,7 @@ class Coordinator:
         deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
         counted = {n: asyncio.ensure_future(self._send_op(n, op, deadline)) for n in plan.counted}
         for n in plan.extra:
-            self._keep(asyncio.ensure_future(self._send_op(n, op, deadline)))
+            self.keep(asyncio.ensure_future(self._send_op(n, op, deadline)))
         acks, errors = await self._await_quorum(counted, need)
         if acks < need:
             raise Unavailable(
@@ -98,6 +122,24 @@ class Coordinator:
                 partition=partition,
             )
         return WriteResult(partition=partition, hlc=op.hlc, acks=acks, replicas=plan.replicas)
+
+    async def write_many(
+        self, engine: str, items: Sequence[WriteItem], *, w: int | None = None, refresh: bool = False
+    ) -> list[WriteResult | LegionError]:
+        return await self._batches.write_many(engine, items, w=w, refresh=refresh)
+
+    async def apply_chunk(
+        self, node_id: str, ops: Sequence[Operation], *, refresh: bool, timeout_ms: int
+    ) -> dict[int, LegionError]:
+        """Log a chunk of a batch on one replica: this node's log writer, or a peer's ``/internal/apply``."""
+        if node_id == self.node_id:
+            try:
+                return await asyncio.wait_for(self.node.accept_ops(list(ops), flush=refresh), timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"{node_id} did not log the chunk within {timeout_ms} ms") from None
+        url = self.node.state.url_of(node_id) + ("/internal/apply?refresh=1" if refresh else "/internal/apply")
+        call = self.node.peers.call("POST", url, data=encode_ops(ops), timeout_ms=max(1, timeout_ms))
+        return decode_apply_errors(await self._watch(node_id, call))
 
     async def _await_quorum(self, tasks: dict[str, asyncio.Future[None]], need: int) -> tuple[int, list[str]]:
         acks, errors = 0, []
@@ -112,7 +154,7 @@ class Coordinator:
                 else:
                     errors.append(f"{names[task]}: {exc}")
         for task in pending:
-            self._keep(task)
+            self.keep(task)
         return acks, errors
 
     async def _send_op(self, node_id: str, op: Operation, deadline: float) -> None:
@@ -183,33 +225,56 @@ class Coordinator:
 
     # --- coverage ------------------------------------------------------------
 
-    async def coverage(self, engine: str, query: Any) -> list[Any]:
-        deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
+    async def coverage(
+        self,
+        engine: str,
+        query: Any,
+        *,
+        partitions: Sequence[int] | None = None,
+        prefer: Mapping[int, str] | None = None,
+        deadline_ms: int | None = None,
+        allow_partial: bool = False,
+    ) -> CoverageResult:
         state = self.node.state
-        results: dict[int, Any] = {}
+        todo = _check_partitions(partitions, state.partitions)
+        deadline = time.monotonic() + _check_deadline_ms(deadline_ms) / 1000
+        replies: list[NodeReply] = []
+        served_by: dict[int, str] = {}
         failed: set[str] = set()
-        todo = list(range(state.partitions))
-        for _attempt in range(FORWARD_ATTEMPTS_MAX):
-            plan = coverage_plan(state, self.live(), self.node_id, todo, avoid=frozenset(failed))
-            if "" in plan:
+        unplaced: list[int] = []
+        for _round in range(FORWARD_ATTEMPTS_MAX):
+            plan = coverage_plan(state, self.live(), self.node_id, todo, avoid=frozenset(failed), prefer=prefer)
+            unplaced.extend(plan.pop("", []))
+            if not plan:
+                todo = []
                 break
             calls = {n: asyncio.ensure_future(self._coverage_one(n, engine, parts, query, deadline)) for n, parts in plan.items()}
             await asyncio.wait(calls.values())
-            todo = []
+            todo, refusals = [], []
             for node_id, task in calls.items():
-                if task.exception() is None:
-                    results.update(zip(plan[node_id], task.result()))
-                else:
+                error = task.exception()
+                if error is None:
+                    replies.append(NodeReply(node_id, tuple(plan[node_id]), task.result()))
+                    served_by.update(dict.fromkeys(plan[node_id], node_id))
+                elif _is_node_failure(error):
                     failed.add(node_id)
                     todo.extend(plan[node_id])
+                else:
+                    refusals.append(error)
+            if refusals:
+                raise refusals[0]  # the request itself is bad: every replica would refuse it
             if not todo:
                 break
-        missing = [p for p in range(state.partitions) if p not in results]
-        if missing:
-            raise Unavailable(f"no live replica answered for partitions {missing[:10]}", partitions=missing[:50])
-        return [results[p] for p in range(state.partitions)]
+        missing = tuple(sorted(unplaced + todo))
+        if missing and not allow_partial:
+            shown = ", ".join(map(str, missing[:20])) + (", …" if len(missing) > 20 else "")
+            raise Unavailable(
+                f"no live replica answered for {len(missing)} partitions ({shown}); failed: {sorted(failed) or 'none'}",
+                partitions=list(missing),
+            )
+        return CoverageResult(replies=tuple(replies), served_by=served_by, missing=missing)
 
-    async def _coverage_one(self, node_id: str, engine: str, partitions: list[int], query: Any, deadline: float) -> list[Any]:
+    async def _coverage_one(self, node_id: str, engine: str, partitions: list[int], query: Any, deadline: float) -> Any:
         if node_id == self.node_id:
             return await self.node.local_coverage(engine, partitions, query)
         body = msgpack.packb({"engine": engine, "partitions": partitions, "query": query}, use_bin_type=True)
@@ -241,7 +306,7 @@ class Coordinator:
         for sender in self._senders.values():
             sender.close()
 
-    def _keep(self, task: asyncio.Future[Any]) -> None:
+    def keep(self, task: asyncio.Future[Any]) -> None:
         """Let a task finish in the background, logging rather than losing its failure."""
         self._background.add(task)
 
@@ -251,3 +316,32 @@ class Coordinator:
                 log.warning("background replica write failed: %r", t.exception())
 
         task.add_done_callback(done)
+
+
+def _is_node_failure(error: BaseException) -> bool:
+    """A failure of the node asked, not of the request: another replica may answer.
+
+    Unreachable, slow, overloaded, re-syncing (Unavailable), no longer an owner
+    (a Conflict), or failing with an internal error; not a refusal of the query."""
+    if not isinstance(error, LegionError):
+        return False
+    return isinstance(error, (Unavailable, DeadlineExceeded, Conflict, Overloaded)) or error.http_status >= 500
+
+
+def _check_partitions(partitions: Sequence[int] | None, count: int) -> list[int]:
+    if partitions is None:
+        return list(range(count))
+    chosen = list(partitions)
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < count for p in chosen):
+        raise BadRequest(f"coverage partitions must be integers in 0..{count - 1}")
+    if len(set(chosen)) != len(chosen):
+        raise BadRequest("coverage partitions must not repeat")
+    return chosen
+
+
+def _check_deadline_ms(deadline_ms: int | None) -> int:
+    if deadline_ms is None:
+        return REQUEST_DEADLINE_MS
+    if not isinstance(deadline_ms, int) or isinstance(deadline_ms, bool) or deadline_ms <= 0:
+        raise BadRequest(f"deadline_ms must be a positive integer, got {deadline_ms!r}")
+    return deadline_ms

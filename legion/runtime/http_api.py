@@ -7,14 +7,19 @@ encodes the answer. Errors become responses in ``transport`` only.
 Client API (JSON): ``GET /v1/health``, ``GET /v1/cluster``,
 ``POST /v1/cluster/join``, ``POST /v1/cluster/remove``, plus every engine's
 routes. Peer API (msgpack bodies, same token): ``/internal/gossip``,
-``/internal/apply``, ``/internal/read``, ``/internal/coverage``,
-``/internal/fold`` (streamed) and ``/internal/handoff-done``.
+``/internal/apply`` (``?refresh=1``: flush what it touched before answering),
+``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed) and
+``/internal/handoff-done``.
+
+``/v1/health`` also reports ``apply_requests``: how many ``/internal/apply``
+requests this node has served since it started. It is the one way to see from
+outside how many round trips replication took (batching is the point of
+``write_many``), and costs one integer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,7 +31,7 @@ from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route
 from legion.errors import BadRequest, Unavailable
 from legion.limits import HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
-from legion.replication import decode_ops, unpack
+from legion.replication import decode_ops, encode_apply_reply, unpack
 from legion.runtime.node import Node, _Forward, check_node_id
 from legion.runtime.transport import read_body, read_chunks, read_json
 
@@ -104,6 +109,16 @@ def _int_list(body: dict[str, Any], name: str) -> list[int]:
     return value
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """An optional boolean query parameter: 1/true or 0/false (absent: false)."""
+    raw = request.query.get(name, "")
+    if raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise BadRequest(f"query parameter {name!r} must be 1, true, 0 or false; got {raw!r}")
+
+
 def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = body.get(name)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
@@ -116,9 +131,17 @@ class _Api:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.apply_requests = 0
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"node_id": self.node.node_id, "epoch": self.node.state.epoch, "status": "ok"})
+        return web.json_response(
+            {
+                "node_id": self.node.node_id,
+                "epoch": self.node.state.epoch,
+                "status": "ok",
+                "apply_requests": self.apply_requests,
+            }
+        )
 
     async def cluster(self, request: web.Request) -> web.Response:
         return web.json_response(cs.status_document(self.node.state, self.node.claimant()))
@@ -170,10 +193,11 @@ class _Api:
         return web.json_response(reply)
 
     async def apply(self, request: web.Request) -> web.Response:
+        self.apply_requests += 1
+        refresh = _flag(request, "refresh")
         ops = decode_ops(await read_body(request, PEER_BODY_BYTES_MAX))
-        refused = await self.node.accept_ops(ops)
-        errors = {i: {**exc.to_json(), "status": exc.http_status} for i, exc in refused.items()}
-        return _msgpack_response({"applied": len(ops) - len(refused), "errors": errors})
+        refused = await self.node.accept_ops(ops, flush=refresh)
+        return web.Response(body=encode_apply_reply(len(ops), refused), content_type=MSGPACK)
 
     async def read(self, request: web.Request) -> web.Response:
         body = await _read_msgpack(request)

@@ -300,15 +300,25 @@ class Node:
             return impl.read(partition, query)
         return await asyncio.to_thread(impl.read, partition, query)
 
-    async def local_coverage(self, engine: str, partitions: list[int], query: Any) -> list[Any]:
-        impls = [self.check_serves(engine, p) for p in partitions]
+    async def local_coverage(self, engine: str, partitions: list[int], query: Any) -> Any:
+        """This node's answer to its share of a coverage request (see ``Engine.coverage_many``).
+
+        An engine that overrides ``coverage_many`` gets one call, in one worker
+        thread, and its value is the answer; otherwise ``coverage`` runs per
+        partition in parallel worker threads and the answer is their list, in
+        the order of ``partitions``."""
+        impl = self.engines.get(engine)
+        if impl is None:
+            raise BadRequest(f"unknown engine {engine!r}; this node has {sorted(self.engines)}")
+        if len(set(partitions)) != len(partitions):
+            raise BadRequest("coverage partitions must not repeat")
+        for p in partitions:
+            self.check_serves(engine, p)
         for p in partitions:
             await self.writer.ensure_open(engine, p)
-
-        def run() -> list[Any]:
-            return [impl.coverage(p, query) for impl, p in zip(impls, partitions)]
-
-        return await asyncio.to_thread(run)
+        if type(impl).coverage_many is not Engine.coverage_many:
+            return await asyncio.to_thread(impl.coverage_many, list(partitions), query)
+        return list(await asyncio.gather(*(asyncio.to_thread(impl.coverage, p, query) for p in partitions)))
 
 
 class _Forward(Exception):

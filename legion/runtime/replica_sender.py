@@ -12,15 +12,14 @@ answers per operation, so one refused operation fails alone.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import msgpack
-
-from legion.errors import BadRequest, DeadlineExceeded, LegionError, Overloaded, from_json
+from legion.errors import DeadlineExceeded, LegionError, Overloaded
 from legion.limits import WRITE_BATCH_OPS_MAX, WRITE_QUEUE_OPS_MAX
-from legion.replication import Operation, encode_ops
+from legion.replication import Operation, decode_apply_errors, encode_ops
 
 if TYPE_CHECKING:
     from legion.runtime.transport import PeerClient
@@ -48,7 +47,11 @@ class ReplicaSender:
 
     async def send(self, op: Operation, deadline: float) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"replica-sender {self.url}")
+            # An empty context: the sender outlives the request that started it and
+            # ships many requests' operations together, so it carries no one's request id.
+            self._task = asyncio.create_task(
+                self._run(), name=f"replica-sender {self.url}", context=contextvars.Context()
+            )
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Pending(op, deadline, future))
@@ -87,7 +90,7 @@ class ReplicaSender:
                 raw = await self._peers.call(
                     "POST", self.url + "/internal/apply", data=encode_ops(p.op for p in live), timeout_ms=max(1, timeout_ms)
                 )
-                errors = _decode_errors(raw)
+                errors = decode_apply_errors(raw)
             except LegionError as exc:
                 errors = {i: exc for i in range(len(live))}
             for i, p in enumerate(live):
@@ -100,11 +103,3 @@ class ReplicaSender:
         finally:
             self._slots.release()
 
-
-def _decode_errors(raw: bytes) -> dict[int, LegionError]:
-    """The peer's per-operation refusals: index → typed error."""
-    try:
-        reply = msgpack.unpackb(raw, raw=False, strict_map_key=False)
-        return {int(i): from_json(int(e.get("status", 400)), e) for i, e in (reply.get("errors") or {}).items()}
-    except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
-        raise BadRequest("the apply reply was not understood") from None

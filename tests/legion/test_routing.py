@@ -1,0 +1,107 @@
+"""Coverage plans: one eligible replica per partition, preferring the nodes a caller names.
+
+Properties over clusters of 3–6 nodes, any liveness, any avoided set and any
+preference map (including nonsense: dead nodes, nodes that do not hold the
+partition, unknown names).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from legion import cluster_state as cs
+from legion.routing import coverage_plan, read_order
+from tests.legion.test_cluster_state import finish_handoff
+
+
+@lru_cache(maxsize=None)
+def cluster(nodes: int, replicas: int, partitions: int = 16) -> cs.ClusterState:
+    state = cs.new_cluster("c1", "n1", "http://127.0.0.1:1", partitions, replicas)
+    for i in range(2, nodes + 1):
+        state = cs.commit(state, cs.add_member(state, f"n{i}", f"http://127.0.0.1:{i}"), "n1")
+        state = cs.commit(state, finish_handoff(state), "n1")
+    return state
+
+
+@st.composite
+def scenarios(draw: st.DrawFn):
+    nodes = draw(st.integers(min_value=3, max_value=6))
+    state = cluster(nodes, draw(st.integers(min_value=1, max_value=3)))
+    names = [f"n{i}" for i in range(1, nodes + 1)]
+    live = set(draw(st.sets(st.sampled_from(names))))
+    avoid = frozenset(draw(st.sets(st.sampled_from(names))))
+    self_id = draw(st.sampled_from(names))
+    subset = draw(st.one_of(st.none(), st.lists(st.integers(0, state.partitions - 1), unique=True)))
+    prefer = draw(st.dictionaries(st.integers(0, state.partitions - 1), st.sampled_from([*names, "ghost"])))
+    return state, live, self_id, subset, avoid, prefer
+
+
+def eligible(state: cs.ClusterState, p: int, live: set[str], self_id: str, avoid: frozenset[str]) -> list[str]:
+    return [n for n in read_order(state, p, live, self_id) if n not in avoid]
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_every_partition_is_planned_once_on_an_eligible_node_or_reported_missing(scenario):
+    state, live, self_id, subset, avoid, prefer = scenario
+    plan = coverage_plan(state, live, self_id, subset, avoid=avoid, prefer=prefer)
+    asked = list(range(state.partitions)) if subset is None else subset
+    assert sorted(p for parts in plan.values() for p in parts) == sorted(asked)
+    for node, parts in plan.items():
+        for p in parts:
+            candidates = eligible(state, p, live, self_id, avoid)
+            if node == "":
+                assert candidates == []
+            else:
+                assert node in candidates  # live, in the current placement, not avoided
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_a_preferred_node_is_used_exactly_when_it_is_eligible(scenario):
+    state, live, self_id, subset, avoid, prefer = scenario
+    plan = coverage_plan(state, live, self_id, subset, avoid=avoid, prefer=prefer)
+    chosen = {p: node for node, parts in plan.items() for p in parts}
+    for p, node in chosen.items():
+        candidates = eligible(state, p, live, self_id, avoid)
+        if prefer.get(p) in candidates:
+            assert node == prefer[p]
+        else:
+            # Without an eligible preference the usual order decides (the node itself first).
+            assert node == (candidates[0] if candidates else "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenarios())
+def test_a_second_round_preferring_the_first_rounds_nodes_repeats_its_plan(scenario):
+    state, live, self_id, subset, avoid, prefer = scenario
+    first = coverage_plan(state, live, self_id, subset, avoid=avoid, prefer=prefer)
+    served_by = {p: node for node, parts in first.items() if node for p in parts}
+    # Even when the second round is decided elsewhere, by a node with a different default order.
+    for deciding in sorted(live | {self_id}):
+        second = coverage_plan(state, live, deciding, subset, avoid=avoid, prefer=served_by)
+        assert second == first
+
+
+def test_no_preference_is_the_default_plan():
+    state = cluster(4, 3)
+    live = {"n1", "n2", "n3", "n4"}
+    assert coverage_plan(state, live, "n2", prefer={}) == coverage_plan(state, live, "n2")
+    assert set(coverage_plan(state, live, "n2")) <= live
+
+
+def test_a_preference_for_a_dead_or_avoided_or_foreign_node_falls_back():
+    state = cluster(4, 2)
+    p = 0
+    holders = list(state.placement[p])
+    foreign = next(n for n in ("n1", "n2", "n3", "n4") if n not in holders)
+    live = {"n1", "n2", "n3", "n4"}
+    default = coverage_plan(state, live, holders[0], [p])
+    assert coverage_plan(state, live, holders[0], [p], prefer={p: foreign}) == default
+    assert coverage_plan(state, live - {holders[1]}, holders[0], [p], prefer={p: holders[1]}) == default
+    avoided = coverage_plan(state, live, holders[0], [p], avoid=frozenset({holders[1]}), prefer={p: holders[1]})
+    assert avoided == default
+    assert coverage_plan(state, live, holders[0], [p], prefer={p: holders[1]}) == {holders[1]: [p]}
