@@ -10,11 +10,20 @@ promises engines that ``apply`` is never called concurrently).
 
 Each partition has a checkpoint (``legion.checkpoints``): the contiguous
 prefix of its log that its engine holds durably, recorded in the node
-database. When an engine's ``apply_batch`` raises, the requests of that batch
-get the error, but their operations stay logged: the checkpoint stays below
-them and the writer re-applies the partition's log from the checkpoint on a
-later round (with a capped backoff) until that succeeds. Opening a partition
-replays its log above the checkpoint the same way.
+database. For an engine that is durable on apply (KV) the checkpoint moves
+when ``apply_batch`` returns. An engine with ``durable_on_apply = False``
+makes applied operations durable in ``flush``, which the writer calls — for
+those engines only — ``FLUSH_INTERVAL_MS`` after the oldest unflushed apply
+(the queue wait times out for it), as soon as ``FLUSH_OPS_MAX`` operations
+await a flush, before acknowledging a write submitted with ``flush``, after
+a replay, and before ``drop`` and ``close``; the checkpoint moves only once
+``flush`` returns. Acknowledged writes are durable either way: in the log.
+
+When an engine's ``apply_batch`` (or ``flush``) raises, the requests waiting on
+it get the error, but their operations stay logged: the checkpoint stays below
+them and the writer re-applies the partition's log from the checkpoint (and
+flushes) on a later round, with a capped backoff, until that succeeds. Opening
+a partition replays its log above the checkpoint the same way.
 
 The event loop never blocks on SQLite or on engine code: ``submit`` parks a
 future that the writer thread resolves with ``call_soon_threadsafe``.
@@ -196,12 +205,14 @@ class LogWriter:
             self._run_control(deferred)
 
     def _run_due(self, now_ms: int) -> None:
-        """Re-apply the partitions whose retry is due."""
+        """Re-apply the partitions whose retry is due; flush the engines whose flush is due."""
         wake_ms = self._checkpoints.next_wake_ms()
         if wake_ms is None or wake_ms > now_ms:
             return
         for key in self._checkpoints.reapply_due(now_ms):
             self._reapply(key, now_ms)
+        for engine in self._checkpoints.flushes_due(now_ms):
+            self._flush(engine, self._checkpoints.unflushed(engine), now_ms)
 
     def _run_control(self, item: _Control) -> None:
         try:
@@ -230,26 +241,76 @@ class LogWriter:
             by_engine[op.engine].setdefault(op.partition, []).append(op)
             last_seq[(op.engine, op.partition)] = seq
         now_ms = _now_ms()
-        flush_wanted = {(op.engine, op.partition) for w in writes if w.flush for op in w.ops}
         for engine, batch in by_engine.items():
-            try:
-                self.engines[engine].apply_batch(batch)
-                wanted = [p for p in batch if (engine, p) in flush_wanted]
-                if wanted and not self.engines[engine].durable_on_apply:
-                    self.engines[engine].flush(wanted)
-            except Exception as exc:
-                # Logged but not applied: the checkpoint stays below it and the writer re-applies
-                # the log from there later (or a restart replays it); the requests get the error.
-                log.exception("engine %s failed to apply a batch; its partitions will be re-applied", engine)
-                for p in batch:
-                    failures[(engine, p)] = exc
-                    self._checkpoints.failed((engine, p), now_ms)
-                continue
-            for p in batch:
-                self._checkpoints.applied((engine, p), last_seq[(engine, p)])
+            self._apply(engine, batch, last_seq, now_ms, failures)
+        flush_failures = self._flush_for(writes, failures, now_ms)
         for w in writes:
-            error = next((failures[(o.engine, o.partition)] for o in w.ops if (o.engine, o.partition) in failures), None)
+            keys = [(o.engine, o.partition) for o in w.ops]
+            error = next((failures[k] for k in keys if k in failures), None)
+            if error is None and w.flush:
+                error = next((flush_failures[k] for k in keys if k in flush_failures), None)
             self._resolve(w.future, None, error)
+
+    def _apply(
+        self,
+        engine: str,
+        batch: dict[int, list[Operation]],
+        last_seq: dict[Key, int],
+        now_ms: int,
+        failures: dict[Key, BaseException],
+    ) -> None:
+        """One engine's share of a group commit; a failure is recorded in ``failures``, per partition."""
+        impl = self.engines[engine]
+        try:
+            impl.apply_batch(batch)
+        except Exception as exc:
+            # Logged but not applied: the checkpoint stays below it and the writer re-applies
+            # the log from there later (or a restart replays it); the requests get the error.
+            log.exception("engine %s failed to apply a batch; its partitions will be re-applied", engine)
+            for p in batch:
+                failures[(engine, p)] = exc
+                self._checkpoints.failed((engine, p), now_ms)
+            return
+        deferred = not impl.durable_on_apply
+        for p, ops in batch.items():
+            self._checkpoints.applied((engine, p), last_seq[(engine, p)], len(ops), deferred=deferred, now_ms=now_ms)
+
+    def _flush_for(
+        self, writes: list[_Write], failures: dict[Key, BaseException], now_ms: int
+    ) -> dict[Key, BaseException]:
+        """Flush what writes submitted with ``flush`` touched, before they are acknowledged; what failed.
+
+        A broken partition is re-applied (which ends with a flush) instead: flushing
+        alone would leave the operations it failed to apply invisible."""
+        wanted: dict[str, set[int]] = defaultdict(set)
+        for w in writes:
+            if w.flush:
+                for op in w.ops:
+                    if (op.engine, op.partition) not in failures and not self.engines[op.engine].durable_on_apply:
+                        wanted[op.engine].add(op.partition)
+        errors: dict[Key, BaseException] = {}
+        for engine, partitions in wanted.items():
+            ready = []
+            for p in sorted(partitions):
+                if not self._checkpoints.is_broken((engine, p)):
+                    ready.append(p)
+                elif (error := self._reapply((engine, p), now_ms)) is not None:
+                    errors[(engine, p)] = error
+            if ready and (error := self._flush(engine, ready, now_ms)) is not None:
+                errors.update({(engine, p): error for p in ready})
+        return errors
+
+    def _flush(self, engine: str, partitions: list[int], now_ms: int) -> BaseException | None:
+        """``engine.flush(partitions)``; their checkpoints move if it returns. The engine's error if it raised."""
+        try:
+            self.engines[engine].flush(partitions)
+        except Exception as exc:
+            log.exception("engine %s failed to flush partitions %s; they will be re-applied", engine, partitions)
+            for p in partitions:
+                self._checkpoints.failed((engine, p), now_ms)
+            return exc
+        self._checkpoints.flushed(engine, partitions)
+        return None
 
     def _open_for(self, writes: list[_Write]) -> dict[Key, BaseException]:
         """Open every partition ``writes`` name; the ones that failed to open, with why."""
@@ -279,7 +340,9 @@ class LogWriter:
         self._reapply((engine, partition), _now_ms())
 
     def _reapply(self, key: Key, now_ms: int) -> BaseException | None:
-        """Apply ``key``'s whole log above its checkpoint again; on success the checkpoint moves to its end.
+        """Apply ``key``'s whole log above its checkpoint again (then flush it, for a deferred engine).
+
+        On success the checkpoint moves to the end of the log.
 
         Returns the engine's error if it raised (the partition then stays broken and is retried)."""
         engine, partition = key
@@ -289,6 +352,8 @@ class LogWriter:
             while page := self.store.ops_after(engine, partition, last, REPLAY_BATCH_OPS):
                 impl.apply(partition, [op for _, op in page])
                 last = page[-1][0]
+            if last > start and not impl.durable_on_apply:
+                impl.flush([partition])
         except Exception as exc:
             log.exception("re-applying %s/%d from seq %d failed; will retry", engine, partition, start)
             self._checkpoints.failed(key, now_ms)
@@ -298,6 +363,8 @@ class LogWriter:
 
     def _drop_partition(self, engine: str, partition: int) -> None:
         if (engine, partition) in self._open:
+            if not self.engines[engine].durable_on_apply:
+                self.engines[engine].flush([partition])  # the contract promises it before drop
             self.engines[engine].drop(partition)
             self.engines[engine].close(partition)
             self._open.discard((engine, partition))
@@ -306,6 +373,11 @@ class LogWriter:
         shutil.rmtree(self.partition_dir(engine, partition), ignore_errors=True)
 
     def _close_all(self) -> None:
+        now_ms = _now_ms()
+        for engine, impl in self.engines.items():
+            partitions = sorted(p for e, p in self._open if e == engine)
+            if partitions and not impl.durable_on_apply:
+                self._flush(engine, partitions, now_ms)  # a failure is logged; a restart replays the log
         checkpoints = self._checkpoints.unpersisted()
         if checkpoints:
             self.store.append([], checkpoints)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,25 +32,33 @@ ENGINE = "journal"
 class JournalEngine(Engine):
     """Remembers which operation keys each partition has seen; a JSON file per partition is its disk.
 
-    ``fail_keys`` names keys whose batch raises, once per listed occurrence."""
+    ``fail_keys`` names keys whose batch raises, once per listed occurrence;
+    ``fail_flushes`` is how many ``flush`` calls raise. ``events`` records every
+    call the writer made, in order, with the time it was made."""
 
     name = ENGINE
 
-    def __init__(self, root: Path, *, fail_keys: Sequence[bytes] = ()) -> None:
+    def __init__(self, root: Path, *, fail_keys: Sequence[bytes] = (), fail_flushes: int = 0) -> None:
         super().__init__(root)
         self.fail_keys = list(fail_keys)
+        self.fail_flushes = fail_flushes
         self.memory: dict[int, set[str]] = {}
         self.files: dict[int, Path] = {}
+        self.events: list[tuple[str, Any, float]] = []
 
     def open(self, partition: int, directory: Path) -> None:
         self.files[partition] = directory / "journal.json"
-        on_disk = self.files[partition].read_text() if self.files[partition].exists() else "[]"
-        self.memory[partition] = set(json.loads(on_disk))
+        self.memory[partition] = set(read_journal(self.files[partition]))
 
     def close(self, partition: int) -> None:
+        self._record("close", partition)
         del self.files[partition]
 
+    def drop(self, partition: int) -> None:
+        self._record("drop", partition)
+
     def apply(self, partition: int, ops: Sequence[Operation]) -> None:
+        self._record("apply", (partition, sorted(op.key.decode() for op in ops)))
         for op in ops:
             if op.key in self.fail_keys:
                 self.fail_keys.remove(op.key)
@@ -56,6 +68,10 @@ class JournalEngine(Engine):
             self._write(partition)
 
     def flush(self, partitions: Collection[int]) -> None:
+        self._record("flush", sorted(partitions))
+        if self.fail_flushes:
+            self.fail_flushes -= 1
+            raise OSError("injected failure flushing")
         for partition in partitions:
             self._write(partition)
 
@@ -64,11 +80,32 @@ class JournalEngine(Engine):
         tmp.write_text(json.dumps(sorted(self.memory[partition])))
         os.replace(tmp, self.files[partition])
 
+    def _record(self, name: str, detail: Any) -> None:
+        self.events.append((name, detail, time.monotonic()))
+
+    def calls(self, name: str) -> list[Any]:
+        return [detail for event, detail, _ in self.events if event == name]
+
     def read(self, partition: int, query: Any) -> Any:
         return sorted(self.memory[partition])
 
     def fold(self, partition: int) -> Iterator[Operation]:
         return iter(())
+
+
+class DeferredJournal(JournalEngine):
+    """The same engine, durable only once ``flush`` wrote its file."""
+
+    durable_on_apply = False
+
+
+def read_journal(path: Path) -> list[str]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def on_disk(data_dir: Path, partition: int = 0) -> list[str]:
+    """What the journal engine made durable for ``partition`` under the node data directory ``data_dir``."""
+    return read_journal(data_dir / "engines" / ENGINE / f"{partition:04d}" / "journal.json")
 
 
 def op(key: str, partition: int = 0, hlc: int = 1) -> Operation:
@@ -100,9 +137,9 @@ async def eventually(check: Any, timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def reopened(data_dir: Path, partition: int = 0) -> list[str]:
+async def reopened(data_dir: Path, partition: int = 0, engine: type[JournalEngine] = JournalEngine) -> list[str]:
     """What a fresh writer and engine over ``data_dir`` hold in ``partition`` once it is open."""
-    again = Writer(data_dir, JournalEngine(data_dir / "engines" / ENGINE))
+    again = Writer(data_dir, engine(data_dir / "engines" / ENGINE))
     await again.writer.ensure_open(ENGINE, partition)
     held = again.engine.read(partition, None)
     await again.stop()
@@ -195,3 +232,169 @@ def test_every_write_a_failed_engine_batch_carries_gets_the_error_and_other_engi
 
     first, second, third = asyncio.run(scenario())
     assert isinstance(first, OSError) and isinstance(second, OSError) and third is None
+
+
+# --- engines that defer durability to flush ---------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+CRASH_SCRIPT = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from tests.legion.test_log_writer import DeferredJournal, Writer, op
+
+async def main() -> None:
+    data_dir = Path(sys.argv[1])
+    writer = Writer(data_dir, DeferredJournal(data_dir / "engines" / "journal"))
+    for key in sys.argv[2:]:
+        await writer.submit(op(key))  # acknowledged: logged and applied, not flushed
+    print("acknowledged", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def crash_after_writes(data_dir: Path, *keys: str) -> None:
+    """Write ``keys`` through a deferred journal in another process, which then dies by SIGKILL."""
+    result = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, str(data_dir), *keys], cwd=REPO, capture_output=True, timeout=60
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    assert result.stdout.decode().strip() == "acknowledged"
+
+
+def test_acknowledged_but_unflushed_operations_are_replayed_after_kill_9_and_flushed(tmp_path: Path) -> None:
+    crash_after_writes(tmp_path, "a", "b")
+    assert on_disk(tmp_path) == []  # they were only in the dead process's memory
+
+    async def scenario() -> DeferredJournal:
+        writer = Writer(tmp_path, DeferredJournal(tmp_path / "engines" / ENGINE))
+        await writer.writer.ensure_open(ENGINE, 0)
+        assert writer.engine.read(0, None) == ["a", "b"]  # replayed from the log
+        assert on_disk(tmp_path) == ["a", "b"]  # and flushed right after the replay
+        await writer.stop()
+        return writer.engine
+
+    engine = asyncio.run(scenario())
+    assert engine.calls("flush")[0] == [0]
+    assert NodeStore(tmp_path).checkpoint(ENGINE, 0) == 2
+
+
+def test_a_deferred_engine_is_flushed_an_interval_after_its_first_unflushed_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "FLUSH_INTERVAL_MS", 200)
+
+    async def scenario() -> DeferredJournal:
+        writer = Writer(tmp_path, DeferredJournal(tmp_path / "engines" / ENGINE))
+        await writer.submit(op("a"), op("b", partition=1))
+        assert on_disk(tmp_path) == [] and writer.engine.read(0, None) == ["a"]  # visible, not yet durable
+        await eventually(lambda: on_disk(tmp_path) == ["a"])
+        await writer.stop()
+        return writer.engine
+
+    engine = asyncio.run(scenario())
+    applied_at = min(t for event, _, t in engine.events if event == "apply")
+    flushes = [(partitions, t) for event, partitions, t in engine.events if event == "flush"]
+    assert flushes[0][0] == [0, 1]  # every partition with unflushed operations, in one call
+    assert flushes[0][1] - applied_at >= 0.2 - 0.01  # not before the interval (ms rounding)
+
+
+def test_a_deferred_engine_is_flushed_as_soon_as_enough_operations_await_a_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "FLUSH_INTERVAL_MS", 60_000)
+    monkeypatch.setattr(checkpoints, "FLUSH_OPS_MAX", 3)
+
+    async def scenario() -> None:
+        writer = Writer(tmp_path, DeferredJournal(tmp_path / "engines" / ENGINE))
+        await writer.submit(op("a"), op("b"))
+        await asyncio.sleep(0.2)
+        assert writer.engine.calls("flush") == []
+        await writer.submit(op("c"))
+        await eventually(lambda: on_disk(tmp_path) == ["a", "b", "c"])
+        await writer.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_submitted_with_flush_is_acknowledged_only_after_its_partition_is_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "FLUSH_INTERVAL_MS", 60_000)
+
+    async def scenario() -> None:
+        writer = Writer(tmp_path, DeferredJournal(tmp_path / "engines" / ENGINE))
+        await writer.submit(op("other", partition=1))
+        await writer.submit(op("a"), flush=True)
+        assert on_disk(tmp_path) == ["a"]  # durable by the time the write returned
+        assert writer.engine.calls("flush") == [[0]]  # only the partition the write touched
+        await writer.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_deferred_engine_is_flushed_before_drop_and_before_close(tmp_path: Path) -> None:
+    async def scenario() -> DeferredJournal:
+        writer = Writer(tmp_path, DeferredJournal(tmp_path / "engines" / ENGINE))
+        await writer.submit(op("a"), op("b", partition=1), op("c", partition=2))
+        await writer.writer.drop(ENGINE, 2)
+        await writer.stop()
+        return writer.engine
+
+    engine = asyncio.run(scenario())
+    sequence = [(event, detail) for event, detail, _ in engine.events if event != "apply"]
+    assert sequence == [("flush", [2]), ("drop", 2), ("close", 2), ("flush", [0, 1]), ("close", 0), ("close", 1)]
+    assert (on_disk(tmp_path, 0), on_disk(tmp_path, 1)) == (["a"], ["b"])
+
+
+def test_when_flush_raises_the_checkpoint_stays_and_the_write_that_asked_for_it_gets_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "FLUSH_INTERVAL_MS", 60_000)
+    monkeypatch.setattr(checkpoints, "REAPPLY_BACKOFF_MS_MIN", 60_000)
+
+    async def scenario() -> None:
+        writer = Writer(tmp_path, DeferredJournal(tmp_path / "engines" / ENGINE, fail_flushes=2))
+        with pytest.raises(OSError, match="flushing"):
+            await writer.submit(op("a"), flush=True)
+        await writer.stop()  # the flush before close fails too
+
+    asyncio.run(scenario())
+    assert NodeStore(tmp_path).checkpoint(ENGINE, 0) == 0
+    assert on_disk(tmp_path) == []
+    assert asyncio.run(reopened(tmp_path, engine=DeferredJournal)) == ["a"]
+
+
+def test_a_failed_flush_is_healed_by_reapplying_the_log_and_flushing_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "FLUSH_INTERVAL_MS", 50)
+    monkeypatch.setattr(checkpoints, "REAPPLY_BACKOFF_MS_MIN", 50)
+
+    async def scenario() -> DeferredJournal:
+        writer = Writer(tmp_path, DeferredJournal(tmp_path / "engines" / ENGINE, fail_flushes=1))
+        await writer.submit(op("a"))
+        await eventually(lambda: on_disk(tmp_path) == ["a"])
+        await writer.stop()
+        return writer.engine
+
+    engine = asyncio.run(scenario())
+    assert engine.calls("apply") == [(0, ["a"]), (0, ["a"])]  # applied, flush failed, re-applied from the log
+    assert NodeStore(tmp_path).checkpoint(ENGINE, 0) == 1
+
+
+def test_a_replay_that_fails_leaves_the_partition_open_and_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "REAPPLY_BACKOFF_MS_MIN", 50)
+    crash_after_writes(tmp_path, "a")
+
+    async def scenario() -> None:
+        writer = Writer(tmp_path, DeferredJournal(tmp_path / "engines" / ENGINE, fail_keys=[b"a"]))
+        await writer.writer.ensure_open(ENGINE, 0)
+        assert writer.writer.is_open(ENGINE, 0) and writer.engine.read(0, None) == []
+        await eventually(lambda: on_disk(tmp_path) == ["a"])
+        await writer.stop()
+
+    asyncio.run(scenario())
