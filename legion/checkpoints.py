@@ -3,8 +3,9 @@
 Pure: no I/O and no clock (callers pass ``now_ms``). The log writer
 (``legion.runtime.log_writer``) tells a ``Checkpoints`` what happened — a
 partition opened, a batch applied, an apply or flush failed, a flush returned,
-a re-apply succeeded — and asks it what to do next: which engines to flush,
-which partitions to re-apply from the log, and when to wake up for that.
+a re-apply succeeded, log rows compacted — and asks it what to do next: which
+engines to flush, which partitions to re-apply from the log, which log rows to
+compact, and when to wake up for that.
 
 The model is the translog of the engine contract (``legion.engine``, point 4).
 The node logs every operation with a ``seq`` before any engine sees it. Per
@@ -29,6 +30,13 @@ The node logs every operation with a ``seq`` before any engine sees it. Per
   the checkpoint move, to the last operation re-applied (and, for a deferred
   engine, flushed: a re-apply ends with a flush).
 
+Log rows at or below a checkpoint are never read again, so they are
+**compacted** (deleted) in passes of at most ``COMPACT_BATCH_OPS_MAX`` rows:
+every ``COMPACT_INTERVAL_MS`` while some wait, and at once when a full pass
+waits — not on every group commit, where it would cost the write path. A pass
+records the checkpoints it compacts to in the same transaction, so the
+recorded checkpoint is never below a deleted row.
+
 The invariant that lets a successful batch move the checkpoint to its last
 seq: for a partition that is not broken, every operation logged before the
 batch was applied already (the writer applies batches in log order, on one
@@ -40,7 +48,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from legion.limits import FLUSH_INTERVAL_MS, FLUSH_OPS_MAX, REAPPLY_BACKOFF_MS_MAX, REAPPLY_BACKOFF_MS_MIN
+from legion.limits import (
+    COMPACT_BATCH_OPS_MAX,
+    COMPACT_INTERVAL_MS,
+    FLUSH_INTERVAL_MS,
+    FLUSH_OPS_MAX,
+    REAPPLY_BACKOFF_MS_MAX,
+    REAPPLY_BACKOFF_MS_MIN,
+)
 
 Key = tuple[str, int]
 """(engine name, partition)."""
@@ -68,6 +83,10 @@ class Checkpoints:
         self._unflushed: dict[str, dict[int, _Unflushed]] = {}
         self._unflushed_ops: dict[str, int] = {}
         self._flush_due_ms: dict[str, int] = {}
+        # Partitions whose log may hold rows at or below the checkpoint (an ordered set).
+        self._compactable: dict[Key, None] = {}
+        self._compactable_ops = 0
+        self._compacted_at_ms: int | None = None
 
     # --- what happened ---------------------------------------------------------
 
@@ -76,6 +95,8 @@ class Checkpoints:
         assert key not in self._checkpoint, f"{key} opened twice"
         assert checkpoint >= 0
         self._checkpoint[key] = checkpoint
+        if checkpoint > 0:  # rows an earlier run logged may still be there
+            self._compactable[key] = None
 
     def applied(self, key: Key, last_seq: int, ops: int, *, deferred: bool, now_ms: int) -> None:
         """``ops`` operations of ``key``, the newest logged at ``last_seq``, were applied.
@@ -84,7 +105,7 @@ class Checkpoints:
         if key in self._broken:
             return  # the re-apply from the checkpoint covers these operations too
         if not deferred:
-            self._advance(key, last_seq)
+            self._advance(key, last_seq, ops)
             return
         engine, partition = key
         partitions = self._unflushed.setdefault(engine, {})
@@ -99,7 +120,7 @@ class Checkpoints:
         for partition in partitions:
             entry = self._take_unflushed((engine, partition))
             if entry is not None:
-                self._advance((engine, partition), entry.seq)
+                self._advance((engine, partition), entry.seq, entry.ops)
 
     def failed(self, key: Key, now_ms: int) -> None:
         """Applying or flushing ``key``'s operations raised: freeze its checkpoint and schedule a re-apply."""
@@ -109,11 +130,11 @@ class Checkpoints:
         backoff_ms = REAPPLY_BACKOFF_MS_MIN if retry is None else min(2 * retry.backoff_ms, REAPPLY_BACKOFF_MS_MAX)
         self._broken[key] = _Retry(now_ms + backoff_ms, backoff_ms)
 
-    def reapplied(self, key: Key, last_seq: int) -> None:
-        """Every logged operation of ``key`` above its checkpoint, through ``last_seq``, is durable again."""
+    def reapplied(self, key: Key, last_seq: int, ops: int) -> None:
+        """The ``ops`` logged operations of ``key`` above its checkpoint, through ``last_seq``, are durable again."""
         self._broken.pop(key, None)
         self._take_unflushed(key)
-        self._advance(key, last_seq)
+        self._advance(key, last_seq, ops)
 
     def forget(self, key: Key) -> None:
         """``key`` was dropped, its log with it."""
@@ -121,6 +142,14 @@ class Checkpoints:
         self._unpersisted.pop(key, None)
         self._broken.pop(key, None)
         self._take_unflushed(key)
+        self._compactable.pop(key, None)
+
+    def compacted(self, done: Iterable[Key], rows: int, now_ms: int) -> None:
+        """A compaction pass deleted ``rows`` rows and every row at or below the checkpoint of ``done``."""
+        for key in done:
+            self._compactable.pop(key, None)
+        self._compactable_ops = max(0, self._compactable_ops - rows)
+        self._compacted_at_ms = now_ms
 
     def persisted(self, written: dict[Key, int]) -> None:
         """``written`` (a value ``unpersisted()`` returned) is now in the node database."""
@@ -152,11 +181,30 @@ class Checkpoints:
         """Engines due a flush: on the interval, or because enough operations await one."""
         return [engine for engine, due_ms in self._flush_due_ms.items() if due_ms <= now_ms or self._flush_full(engine)]
 
+    def compaction_due(self, now_ms: int) -> bool:
+        wake_ms = self._compaction_wake_ms()
+        return wake_ms is not None and wake_ms <= now_ms
+
+    def compaction_targets(self) -> list[tuple[Key, int]]:
+        """Partitions whose log may hold rows at or below their checkpoint, with that checkpoint."""
+        return [(key, self._checkpoint[key]) for key in self._compactable]
+
     def next_wake_ms(self) -> int | None:
         """When something is next due (0: now); None if nothing is waiting."""
         if any(self._flush_full(engine) for engine in self._flush_due_ms):
             return 0
-        return min([*self._flush_due_ms.values(), *(retry.due_ms for retry in self._broken.values())], default=None)
+        candidates = [*self._flush_due_ms.values(), *(retry.due_ms for retry in self._broken.values())]
+        compaction_ms = self._compaction_wake_ms()
+        if compaction_ms is not None:
+            candidates.append(compaction_ms)
+        return min(candidates, default=None)
+
+    def _compaction_wake_ms(self) -> int | None:
+        if not self._compactable:
+            return None
+        if self._compacted_at_ms is None or self._compactable_ops >= COMPACT_BATCH_OPS_MAX:
+            return 0
+        return self._compacted_at_ms + COMPACT_INTERVAL_MS
 
     def _flush_full(self, engine: str) -> bool:
         return self._unflushed_ops[engine] >= FLUSH_OPS_MAX
@@ -174,8 +222,9 @@ class Checkpoints:
     def _due_ms(self, key: Key) -> int:
         return self._broken[key].due_ms
 
-    def _advance(self, key: Key, seq: int) -> None:
-        current = self._checkpoint[key]
-        if seq > current:
+    def _advance(self, key: Key, seq: int, ops: int) -> None:
+        if seq > self._checkpoint[key]:
             self._checkpoint[key] = seq
             self._unpersisted[key] = seq
+            self._compactable[key] = None
+            self._compactable_ops += ops

@@ -35,6 +35,7 @@ import asyncio
 import logging
 import queue
 import shutil
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -46,7 +47,7 @@ from typing import Any
 from legion.checkpoints import Checkpoints, Key
 from legion.engine import Engine
 from legion.errors import BadRequest, LegionError, Overloaded
-from legion.limits import WRITE_BATCH_OPS_MAX, WRITE_QUEUE_OPS_MAX
+from legion.limits import COMPACT_BATCH_OPS_MAX, WRITE_BATCH_OPS_MAX, WRITE_QUEUE_OPS_MAX
 from legion.replication import Operation
 from legion.runtime.storage import NodeStore
 
@@ -213,6 +214,21 @@ class LogWriter:
             self._reapply(key, now_ms)
         for engine in self._checkpoints.flushes_due(now_ms):
             self._flush(engine, self._checkpoints.unflushed(engine), now_ms)
+        if self._checkpoints.compaction_due(now_ms):
+            self._compact(now_ms)
+
+    def _compact(self, now_ms: int) -> None:
+        """One bounded pass deleting log rows at or below their partition's checkpoint."""
+        # The moved checkpoints are recorded in the same transaction, so none is below a deleted row.
+        checkpoints = self._checkpoints.unpersisted()
+        try:
+            done, rows = self.store.compact(checkpoints, self._checkpoints.compaction_targets(), COMPACT_BATCH_OPS_MAX)
+        except sqlite3.Error:
+            log.exception("compacting the operation log failed; will retry")
+            self._checkpoints.compacted([], 0, now_ms)  # the next pass waits an interval
+            return
+        self._checkpoints.persisted(checkpoints)
+        self._checkpoints.compacted(done, rows, now_ms)
 
     def _run_control(self, item: _Control) -> None:
         try:
@@ -348,17 +364,18 @@ class LogWriter:
         engine, partition = key
         impl = self.engines[engine]
         last = start = self._checkpoints.checkpoint(key)
+        count = 0
         try:
             while page := self.store.ops_after(engine, partition, last, REPLAY_BATCH_OPS):
                 impl.apply(partition, [op for _, op in page])
-                last = page[-1][0]
+                last, count = page[-1][0], count + len(page)
             if last > start and not impl.durable_on_apply:
                 impl.flush([partition])
         except Exception as exc:
             log.exception("re-applying %s/%d from seq %d failed; will retry", engine, partition, start)
             self._checkpoints.failed(key, now_ms)
             return exc
-        self._checkpoints.reapplied(key, last)
+        self._checkpoints.reapplied(key, last, count)
         return None
 
     def _drop_partition(self, engine: str, partition: int) -> None:

@@ -13,7 +13,10 @@ I/O. ``node.sqlite`` in the node's data directory holds:
 - ``checkpoint``: per (engine, partition), the engine's checkpoint — the
   ``seq`` at or below which every logged operation of the partition is
   durable in the engine (a contiguous prefix; see ``legion.checkpoints``).
-  A restart replays the log above it. It only moves forward.
+  A restart replays the log above it. It only moves forward. Log rows at
+  or below it are compacted (deleted) in bounded passes (``compact``), in
+  the transaction that records it, so a recorded checkpoint never lies below
+  a deleted row; an engine's documents are therefore not kept twice for long.
 
 Only the log writer thread writes ``oplog`` and ``checkpoint``; any thread may
 read through its own connection (``reader()``).
@@ -50,6 +53,14 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     PRIMARY KEY (engine, partition)
 );
 """
+
+# The oldest rows of one partition at or below a seq, at most a budget of them:
+# SQLite has no DELETE ... LIMIT by default, so the rows are chosen through the
+# (engine, partition, seq) index first.
+COMPACT = (
+    "DELETE FROM oplog WHERE seq IN ("
+    "SELECT seq FROM oplog WHERE engine = ? AND partition = ? AND seq <= ? ORDER BY seq LIMIT ?)"
+)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -132,6 +143,38 @@ class NodeStore:
             (s, Operation(engine, partition, bytes(key), hlc, origin, kind, bytes(body)))
             for s, key, hlc, origin, kind, body in rows
         ]
+
+    def compact(
+        self,
+        checkpoints: Mapping[tuple[str, int], int],
+        targets: Sequence[tuple[tuple[str, int], int]],
+        rows_max: int,
+    ) -> tuple[list[tuple[str, int]], int]:
+        """Record moved checkpoints and delete log rows at or below each target's seq, in one transaction.
+
+        Deletes at most ``rows_max`` rows, oldest first per partition, partitions in
+        the order given. Returns the targets left with no row at or below their seq,
+        and how many rows went. A target's seq must not exceed its checkpoint once
+        ``checkpoints`` is recorded: a restart must never need a deleted row."""
+        done: list[tuple[str, int]] = []
+        budget = rows_max
+        with self._lock:
+            conn = self._writer
+            conn.execute("BEGIN")
+            try:
+                if checkpoints:
+                    _record_checkpoints(conn, checkpoints)
+                for (engine, partition), seq in targets:
+                    deleted = conn.execute(COMPACT, (engine, partition, seq, budget)).rowcount
+                    budget -= deleted
+                    if budget <= 0:
+                        break  # maybe more rows of this partition: it stays a target
+                    done.append((engine, partition))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return done, rows_max - budget
 
     def drop_partition(self, engine: str, partition: int) -> None:
         """Forget a partition's log once it has moved to other nodes."""

@@ -11,10 +11,12 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Collection, Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest
 from legion import checkpoints
 from legion.engine import Engine
 from legion.replication import Operation
+from legion.runtime import log_writer
 from legion.runtime.log_writer import LogWriter
 from legion.runtime.storage import NodeStore
 
@@ -398,3 +401,49 @@ def test_a_replay_that_fails_leaves_the_partition_open_and_is_retried(
         await writer.stop()
 
     asyncio.run(scenario())
+
+
+# --- compaction -----------------------------------------------------------------------
+
+
+def logged(data_dir: Path, partition: int = 0) -> list[int]:
+    """The seqs the node's operation log holds for ``partition`` of the journal engine."""
+    with closing(sqlite3.connect(f"file:{data_dir / 'node.sqlite'}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT seq FROM oplog WHERE engine = ? AND partition = ? ORDER BY seq", (ENGINE, partition))
+        return [seq for (seq,) in rows]
+
+
+def test_the_log_keeps_no_rows_at_or_below_a_flushed_checkpoint_and_a_restart_still_sees_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "FLUSH_INTERVAL_MS", 60_000)
+    monkeypatch.setattr(checkpoints, "COMPACT_INTERVAL_MS", 20)
+
+    async def scenario() -> None:
+        writer = Writer(tmp_path, DeferredJournal(tmp_path / "engines" / ENGINE))
+        await writer.submit(op("a"), op("b"), op("x", partition=1), flush=True)  # seqs 1-3, flushed
+        await writer.submit(op("c"))  # seq 4: applied, not flushed, so not compactable
+        await eventually(lambda: logged(tmp_path) == [4] and logged(tmp_path, 1) == [])
+        assert writer.store.checkpoint(ENGINE, 0) == 2  # recorded with the rows' deletion
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert asyncio.run(reopened(tmp_path, engine=DeferredJournal)) == ["a", "b", "c"]
+    assert asyncio.run(reopened(tmp_path, partition=1, engine=DeferredJournal)) == ["x"]
+
+
+def test_a_durable_engine_log_is_compacted_in_bounded_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoints, "COMPACT_INTERVAL_MS", 300)
+    monkeypatch.setattr(log_writer, "COMPACT_BATCH_OPS_MAX", 3)
+
+    async def scenario() -> None:
+        writer = Writer(tmp_path, JournalEngine(tmp_path / "engines" / ENGINE))
+        await writer.submit(*[op(f"k{i}") for i in range(7)])
+        # The first pass comes at once and deletes 3 rows; the rest wait an interval per pass.
+        await eventually(lambda: len(logged(tmp_path)) < 7)
+        assert len(logged(tmp_path)) == 4
+        await eventually(lambda: logged(tmp_path) == [])
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert asyncio.run(reopened(tmp_path)) == [f"k{i}" for i in range(7)]
