@@ -21,10 +21,11 @@ The node logs every operation with a ``seq`` before any engine sees it. Per
   ``FLUSH_INTERVAL_MS`` after its oldest unflushed apply, or as soon as
   ``FLUSH_OPS_MAX`` operations await one. For engines that are durable on
   apply the checkpoint moves when ``apply`` returns.
-- a partition is **broken** when an apply or a flush failed. Its checkpoint freezes below
-  the failed operations, even when later batches of the partition apply
-  fine; the writer re-applies the whole log above the checkpoint (engines
-  are idempotent, so operations it applied already do no harm) first
+- a partition is **broken** when an apply or a flush failed. Its checkpoint
+  freezes below the failed operations, even when later batches of the
+  partition apply fine; the writer re-applies the whole log above the
+  checkpoint (engines are idempotent, so operations it applied already do
+  no harm) first
   ``REAPPLY_BACKOFF_MS_MIN`` after the failure, then with a doubling backoff
   capped at ``REAPPLY_BACKOFF_MS_MAX``, until that succeeds; only then does
   the checkpoint move, to the last operation re-applied (and, for a deferred
@@ -87,6 +88,7 @@ class Checkpoints:
         self._compactable: dict[Key, None] = {}
         self._compactable_ops = 0
         self._compacted_at_ms: int | None = None
+        self._compaction_failing = False  # then even a full pass waits an interval, not a busy loop
 
     # --- what happened ---------------------------------------------------------
 
@@ -150,6 +152,12 @@ class Checkpoints:
             self._compactable.pop(key, None)
         self._compactable_ops = max(0, self._compactable_ops - rows)
         self._compacted_at_ms = now_ms
+        self._compaction_failing = False
+
+    def compaction_failed(self, now_ms: int) -> None:
+        """A compaction pass raised: try again an interval later."""
+        self._compacted_at_ms = now_ms
+        self._compaction_failing = True
 
     def persisted(self, written: dict[Key, int]) -> None:
         """``written`` (a value ``unpersisted()`` returned) is now in the node database."""
@@ -202,7 +210,9 @@ class Checkpoints:
     def _compaction_wake_ms(self) -> int | None:
         if not self._compactable:
             return None
-        if self._compacted_at_ms is None or self._compactable_ops >= COMPACT_BATCH_OPS_MAX:
+        if self._compacted_at_ms is None:
+            return 0
+        if self._compactable_ops >= COMPACT_BATCH_OPS_MAX and not self._compaction_failing:
             return 0
         return self._compacted_at_ms + COMPACT_INTERVAL_MS
 

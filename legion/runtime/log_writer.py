@@ -225,7 +225,7 @@ class LogWriter:
             done, rows = self.store.compact(checkpoints, self._checkpoints.compaction_targets(), COMPACT_BATCH_OPS_MAX)
         except sqlite3.Error:
             log.exception("compacting the operation log failed; will retry")
-            self._checkpoints.compacted([], 0, now_ms)  # the next pass waits an interval
+            self._checkpoints.compaction_failed(now_ms)
             return
         self._checkpoints.persisted(checkpoints)
         self._checkpoints.compacted(done, rows, now_ms)

@@ -161,3 +161,14 @@ def test_a_checkpoint_that_does_not_move_makes_nothing_compactable() -> None:
     durable(state, KEY, 5)  # broken: ignored
     state.reapplied(KEY, 0, 0)  # nothing was logged above the checkpoint
     assert state.compaction_targets() == []
+
+
+def test_a_failed_compaction_pass_is_retried_an_interval_later_even_when_a_full_pass_waits() -> None:
+    state = opened(KEY)
+    state.applied(KEY, 1, COMPACT_BATCH_OPS_MAX, deferred=False, now_ms=0)
+    assert state.next_wake_ms() == 0
+    state.compaction_failed(now_ms=50)
+    assert state.next_wake_ms() == 50 + COMPACT_INTERVAL_MS and not state.compaction_due(49 + COMPACT_INTERVAL_MS)
+    state.compacted([KEY], COMPACT_BATCH_OPS_MAX, now_ms=50 + COMPACT_INTERVAL_MS)  # a pass that works again
+    state.applied(KEY, 2, COMPACT_BATCH_OPS_MAX, deferred=False, now_ms=60 + COMPACT_INTERVAL_MS)
+    assert state.next_wake_ms() == 0  # a full pass waits again: at once
