@@ -25,6 +25,12 @@ them and the writer re-applies the partition's log from the checkpoint (and
 flushes) on a later round, with a capped backoff, until that succeeds. Opening
 a partition replays its log above the checkpoint the same way.
 
+Log rows at or below their partition's checkpoint are compacted in bounded
+passes (``COMPACT_BATCH_OPS_MAX`` rows, every ``COMPACT_INTERVAL_MS`` while some
+wait), which also record moved checkpoints; group commits record them too.
+The writer wakes for flushes, re-applies and compaction with a timeout on its
+queue wait, computed from ``legion.checkpoints``.
+
 The event loop never blocks on SQLite or on engine code: ``submit`` parks a
 future that the writer thread resolves with ``call_soon_threadsafe``.
 """
