@@ -28,6 +28,8 @@ Architecture — a pure core and an I/O shell:
 - ``membership``    failure detector verdicts and the claimant rule
 - ``clock``         hybrid logical clocks
 - ``replication``   operations, last-writer-wins order, quorum arithmetic
+- ``checkpoints``   how much of each partition's log its engine holds durably
+                    (the translog model): what to re-apply, flush, compact
 - ``routing``       which replicas a write, read or coverage request goes to
 - ``engine``        the engine contract (open/apply/read/coverage/fold) and the
                     entry-point registry (group ``legion.engines``)

@@ -50,6 +50,18 @@ WRITE_MANY_ITEMS_MAX = 100_000
 # as this many operations are waiting for a flush.
 FLUSH_INTERVAL_MS = 1_000
 FLUSH_OPS_MAX = 20_000
+# After an engine's apply or flush raises, the writer re-applies the
+# partition's log from its checkpoint: first this long after the failure,
+# then doubling up to the max, until it succeeds (the operations are logged;
+# giving up would lose them).
+REAPPLY_BACKOFF_MS_MIN = FLUSH_INTERVAL_MS
+REAPPLY_BACKOFF_MS_MAX = 30_000
+# Compaction deletes logged operations at or below their partition's
+# checkpoint: at most this many rows per pass (one transaction of the writer
+# thread, about 10 ms), a pass at most this often while any are waiting, and at
+# once when a full pass is waiting.
+COMPACT_INTERVAL_MS = 1_000
+COMPACT_BATCH_OPS_MAX = 10_000
 
 # The claimant may drift from another node's wall clock by this much before
 # the hybrid logical clock refuses a remote timestamp as absurd.
@@ -65,3 +77,7 @@ assert WRITE_BATCH_OPS_MAX <= WRITE_QUEUE_OPS_MAX
 assert KEY_BYTES_MAX + OP_BODY_BYTES_MAX < PEER_BATCH_BYTES_MAX <= PEER_BODY_BYTES_MAX
 assert PEER_BATCH_OPS_MAX <= WRITE_QUEUE_OPS_MAX
 assert 0 < FLUSH_INTERVAL_MS < REQUEST_DEADLINE_MS
+assert 0 < REAPPLY_BACKOFF_MS_MIN <= REAPPLY_BACKOFF_MS_MAX
+# A pass deletes at least what one group commit logs, so compaction keeps up with the write path.
+assert WRITE_BATCH_OPS_MAX <= COMPACT_BATCH_OPS_MAX
+assert 0 < COMPACT_INTERVAL_MS

@@ -8,6 +8,29 @@ the waiting requests acknowledged. Opening, replaying and dropping partitions
 run on the same thread, so they never race an ``apply`` (the engine contract
 promises engines that ``apply`` is never called concurrently).
 
+Each partition has a checkpoint (``legion.checkpoints``): the contiguous
+prefix of its log that its engine holds durably, recorded in the node
+database. For an engine that is durable on apply (KV) the checkpoint moves
+when ``apply_batch`` returns. An engine with ``durable_on_apply = False``
+makes applied operations durable in ``flush``, which the writer calls — for
+those engines only — ``FLUSH_INTERVAL_MS`` after the oldest unflushed apply
+(the queue wait times out for it), as soon as ``FLUSH_OPS_MAX`` operations
+await a flush, before acknowledging a write submitted with ``flush``, after
+a replay, and before ``drop`` and ``close``; the checkpoint moves only once
+``flush`` returns. Acknowledged writes are durable either way: in the log.
+
+When an engine's ``apply_batch`` (or ``flush``) raises, the requests waiting on
+it get the error, but their operations stay logged: the checkpoint stays below
+them and the writer re-applies the partition's log from the checkpoint (and
+flushes) on a later round, with a capped backoff, until that succeeds. Opening
+a partition replays its log above the checkpoint the same way.
+
+Log rows at or below their partition's checkpoint are compacted in bounded
+passes (``COMPACT_BATCH_OPS_MAX`` rows, every ``COMPACT_INTERVAL_MS`` while some
+wait), which also record moved checkpoints; group commits record them too.
+The writer wakes for flushes, re-applies and compaction with a timeout on its
+queue wait, computed from ``legion.checkpoints``.
+
 The event loop never blocks on SQLite or on engine code: ``submit`` parks a
 future that the writer thread resolves with ``call_soon_threadsafe``.
 """
@@ -18,16 +41,19 @@ import asyncio
 import logging
 import queue
 import shutil
+import sqlite3
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from legion.checkpoints import Checkpoints, Key
 from legion.engine import Engine
 from legion.errors import BadRequest, LegionError, Overloaded
-from legion.limits import WRITE_BATCH_OPS_MAX, WRITE_QUEUE_OPS_MAX
+from legion.limits import COMPACT_BATCH_OPS_MAX, WRITE_BATCH_OPS_MAX, WRITE_QUEUE_OPS_MAX
 from legion.replication import Operation
 from legion.runtime.storage import NodeStore
 
@@ -71,7 +97,7 @@ class LogWriter:
         self._queue: queue.Queue[_Writes | _Control | _Stop] = queue.Queue(maxsize=WRITE_QUEUE_OPS_MAX)
         self._gathering: list[_Write] = []
         self._open: set[tuple[str, int]] = set()
-        self._applied: dict[tuple[str, int], int] = {}
+        self._checkpoints = Checkpoints()
         self._thread = threading.Thread(target=self._run, name="legion-log-writer", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -145,31 +171,70 @@ class LogWriter:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            item = self._next_item()
             if isinstance(item, _Stop):
                 self._close_all()
                 item.done.set()
                 return
             if isinstance(item, _Control):
                 self._run_control(item)
-                continue
-            writes, deferred = list(item.writes), None
-            count = sum(len(w.ops) for w in writes)
-            while count < WRITE_BATCH_OPS_MAX:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if not isinstance(nxt, _Writes):
-                    deferred = nxt
-                    break
-                writes.extend(nxt.writes)
-                count += sum(len(w.ops) for w in nxt.writes)
-            self._write_batch(writes)
-            if isinstance(deferred, _Stop):
-                self._queue.put(deferred)
-            elif deferred is not None:
-                self._run_control(deferred)
+            elif isinstance(item, _Writes):
+                self._run_writes(item)
+            self._run_due(_now_ms())
+
+    def _next_item(self) -> _Writes | _Control | _Stop | None:
+        """The next queued item, or None once something the checkpoints wait for is due."""
+        wake_ms = self._checkpoints.next_wake_ms()
+        timeout_s = None if wake_ms is None else max(0, wake_ms - _now_ms()) / 1000
+        try:
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def _run_writes(self, item: _Writes) -> None:
+        """Group-commit ``item`` with whatever else is queued (up to a batch); run a control met on the way."""
+        writes, deferred = list(item.writes), None
+        count = sum(len(w.ops) for w in writes)
+        while count < WRITE_BATCH_OPS_MAX:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(nxt, _Writes):
+                deferred = nxt
+                break
+            writes.extend(nxt.writes)
+            count += sum(len(w.ops) for w in nxt.writes)
+        self._write_batch(writes)
+        if isinstance(deferred, _Stop):
+            self._queue.put(deferred)
+        elif deferred is not None:
+            self._run_control(deferred)
+
+    def _run_due(self, now_ms: int) -> None:
+        """Re-apply the partitions whose retry is due; flush the engines whose flush is due."""
+        wake_ms = self._checkpoints.next_wake_ms()
+        if wake_ms is None or wake_ms > now_ms:
+            return
+        for key in self._checkpoints.reapply_due(now_ms):
+            self._reapply(key, now_ms)
+        for engine in self._checkpoints.flushes_due(now_ms):
+            self._flush(engine, self._checkpoints.unflushed(engine), now_ms)
+        if self._checkpoints.compaction_due(now_ms):
+            self._compact(now_ms)
+
+    def _compact(self, now_ms: int) -> None:
+        """One bounded pass deleting log rows at or below their partition's checkpoint."""
+        # The moved checkpoints are recorded in the same transaction, so none is below a deleted row.
+        checkpoints = self._checkpoints.unpersisted()
+        try:
+            done, rows = self.store.compact(checkpoints, self._checkpoints.compaction_targets(), COMPACT_BATCH_OPS_MAX)
+        except sqlite3.Error:
+            log.exception("compacting the operation log failed; will retry")
+            self._checkpoints.compaction_failed(now_ms)
+            return
+        self._checkpoints.persisted(checkpoints)
+        self._checkpoints.compacted(done, rows, now_ms)
 
     def _run_control(self, item: _Control) -> None:
         try:
@@ -181,7 +246,97 @@ class LogWriter:
             self._resolve(item.future, None, exc)
 
     def _write_batch(self, writes: list[_Write]) -> None:
-        failures: dict[tuple[str, int], BaseException] = {}
+        failures = self._open_for(writes)
+        ops = [op for w in writes for op in w.ops if (op.engine, op.partition) not in failures]
+        checkpoints = self._checkpoints.unpersisted()
+        try:
+            seqs = self.store.append(ops, checkpoints)
+        except Exception as exc:
+            log.exception("appending to the operation log failed")
+            for w in writes:
+                self._resolve(w.future, None, exc)
+            return
+        self._checkpoints.persisted(checkpoints)
+        by_engine: dict[str, dict[int, list[Operation]]] = defaultdict(dict)
+        last_seq: dict[Key, int] = {}
+        for op, seq in zip(ops, seqs):
+            by_engine[op.engine].setdefault(op.partition, []).append(op)
+            last_seq[(op.engine, op.partition)] = seq
+        now_ms = _now_ms()
+        for engine, batch in by_engine.items():
+            self._apply(engine, batch, last_seq, now_ms, failures)
+        flush_failures = self._flush_for(writes, failures, now_ms)
+        for w in writes:
+            keys = [(o.engine, o.partition) for o in w.ops]
+            error = next((failures[k] for k in keys if k in failures), None)
+            if error is None and w.flush:
+                error = next((flush_failures[k] for k in keys if k in flush_failures), None)
+            self._resolve(w.future, None, error)
+
+    def _apply(
+        self,
+        engine: str,
+        batch: dict[int, list[Operation]],
+        last_seq: dict[Key, int],
+        now_ms: int,
+        failures: dict[Key, BaseException],
+    ) -> None:
+        """One engine's share of a group commit; a failure is recorded in ``failures``, per partition."""
+        impl = self.engines[engine]
+        try:
+            impl.apply_batch(batch)
+        except Exception as exc:
+            # Logged but not applied: the checkpoint stays below it and the writer re-applies
+            # the log from there later (or a restart replays it); the requests get the error.
+            log.exception("engine %s failed to apply a batch; its partitions will be re-applied", engine)
+            for p in batch:
+                failures[(engine, p)] = exc
+                self._checkpoints.failed((engine, p), now_ms)
+            return
+        deferred = not impl.durable_on_apply
+        for p, ops in batch.items():
+            self._checkpoints.applied((engine, p), last_seq[(engine, p)], len(ops), deferred=deferred, now_ms=now_ms)
+
+    def _flush_for(
+        self, writes: list[_Write], failures: dict[Key, BaseException], now_ms: int
+    ) -> dict[Key, BaseException]:
+        """Flush what writes submitted with ``flush`` touched, before they are acknowledged; what failed.
+
+        A broken partition is re-applied (which ends with a flush) instead: flushing
+        alone would leave the operations it failed to apply invisible."""
+        wanted: dict[str, set[int]] = defaultdict(set)
+        for w in writes:
+            if w.flush:
+                for op in w.ops:
+                    if (op.engine, op.partition) not in failures and not self.engines[op.engine].durable_on_apply:
+                        wanted[op.engine].add(op.partition)
+        errors: dict[Key, BaseException] = {}
+        for engine, partitions in wanted.items():
+            ready = []
+            for p in sorted(partitions):
+                if not self._checkpoints.is_broken((engine, p)):
+                    ready.append(p)
+                elif (error := self._reapply((engine, p), now_ms)) is not None:
+                    errors[(engine, p)] = error
+            if ready and (error := self._flush(engine, ready, now_ms)) is not None:
+                errors.update({(engine, p): error for p in ready})
+        return errors
+
+    def _flush(self, engine: str, partitions: list[int], now_ms: int) -> BaseException | None:
+        """``engine.flush(partitions)``; their checkpoints move if it returns. The engine's error if it raised."""
+        try:
+            self.engines[engine].flush(partitions)
+        except Exception as exc:
+            log.exception("engine %s failed to flush partitions %s; they will be re-applied", engine, partitions)
+            for p in partitions:
+                self._checkpoints.failed((engine, p), now_ms)
+            return exc
+        self._checkpoints.flushed(engine, partitions)
+        return None
+
+    def _open_for(self, writes: list[_Write]) -> dict[Key, BaseException]:
+        """Open every partition ``writes`` name; the ones that failed to open, with why."""
+        failures: dict[Key, BaseException] = {}
         for w in writes:
             for op in w.ops:
                 key = (op.engine, op.partition)
@@ -191,76 +346,65 @@ class LogWriter:
                     except Exception as exc:
                         log.exception("opening partition %s failed", key)
                         failures[key] = exc
-        ops = [op for w in writes for op in w.ops if (op.engine, op.partition) not in failures]
-        try:
-            seqs = self.store.append(ops, self._applied)
-        except Exception as exc:
-            log.exception("appending to the operation log failed")
-            for w in writes:
-                self._resolve(w.future, None, exc)
-            return
-        self._applied.clear()
-        by_partition: dict[tuple[str, int], list[Operation]] = defaultdict(list)
-        last_seq: dict[tuple[str, int], int] = {}
-        for op, seq in zip(ops, seqs):
-            by_partition[(op.engine, op.partition)].append(op)
-            last_seq[(op.engine, op.partition)] = seq
-        by_engine: dict[str, dict[int, list[Operation]]] = defaultdict(dict)
-        for (engine, partition), part_ops in by_partition.items():
-            by_engine[engine][partition] = part_ops
-        flush_wanted = {(op.engine, op.partition) for w in writes if w.flush for op in w.ops}
-        for engine, batch in by_engine.items():
-            try:
-                self.engines[engine].apply_batch(batch)
-                wanted = [p for p in batch if (engine, p) in flush_wanted]
-                if wanted and not self.engines[engine].durable_on_apply:
-                    self.engines[engine].flush(wanted)
-                self._applied.update({(engine, p): last_seq[(engine, p)] for p in batch})
-            except Exception as exc:
-                # Logged but not applied: a restart replays it; the writer answers with the error.
-                log.exception("engine %s failed to apply a batch", engine)
-                failures.update({(engine, p): exc for p in batch})
-        for w in writes:
-            error = next((failures[(o.engine, o.partition)] for o in w.ops if (o.engine, o.partition) in failures), None)
-            self._resolve(w.future, None, error)
+        return failures
 
     def _open_partition(self, engine: str, partition: int) -> None:
         if (engine, partition) in self._open:
             return
+        checkpoint = self.store.checkpoint(engine, partition)
         directory = self.partition_dir(engine, partition)
         directory.mkdir(parents=True, exist_ok=True)
         self.engines[engine].open(partition, directory)
         self._open.add((engine, partition))
-        self._replay(engine, partition)
+        self._checkpoints.opened((engine, partition), checkpoint)
+        # The replay: re-apply what the engine may not hold durably. If it fails, the
+        # partition is open but broken, and the writer retries later (see _reapply).
+        self._reapply((engine, partition), _now_ms())
 
-    def _replay(self, engine: str, partition: int) -> None:
-        """Re-apply logged operations the engine may not have applied before a crash."""
-        batch: list[Operation] = []
-        last = 0
-        for seq, op in self.store.ops_after(engine, partition, self.store.applied_seq(engine, partition)):
-            batch.append(op)
-            last = seq
-            if len(batch) >= REPLAY_BATCH_OPS:
-                self.engines[engine].apply(partition, batch)
-                batch = []
-        if batch:
-            self.engines[engine].apply(partition, batch)
-        if last:
-            self._applied[(engine, partition)] = max(last, self._applied.get((engine, partition), 0))
+    def _reapply(self, key: Key, now_ms: int) -> BaseException | None:
+        """Apply ``key``'s whole log above its checkpoint again (then flush it, for a deferred engine).
+
+        On success the checkpoint moves to the end of the log.
+
+        Returns the engine's error if it raised (the partition then stays broken and is retried)."""
+        engine, partition = key
+        impl = self.engines[engine]
+        last = start = self._checkpoints.checkpoint(key)
+        count = 0
+        try:
+            while page := self.store.ops_after(engine, partition, last, REPLAY_BATCH_OPS):
+                impl.apply(partition, [op for _, op in page])
+                last, count = page[-1][0], count + len(page)
+            if last > start and not impl.durable_on_apply:
+                impl.flush([partition])
+        except Exception as exc:
+            log.exception("re-applying %s/%d from seq %d failed; will retry", engine, partition, start)
+            self._checkpoints.failed(key, now_ms)
+            return exc
+        self._checkpoints.reapplied(key, last, count)
+        return None
 
     def _drop_partition(self, engine: str, partition: int) -> None:
         if (engine, partition) in self._open:
+            if not self.engines[engine].durable_on_apply:
+                self.engines[engine].flush([partition])  # the contract promises it before drop
             self.engines[engine].drop(partition)
             self.engines[engine].close(partition)
             self._open.discard((engine, partition))
-        self._applied.pop((engine, partition), None)
+        self._checkpoints.forget((engine, partition))
         self.store.drop_partition(engine, partition)
         shutil.rmtree(self.partition_dir(engine, partition), ignore_errors=True)
 
     def _close_all(self) -> None:
-        if self._applied:
-            self.store.append([], self._applied)
-            self._applied.clear()
+        now_ms = _now_ms()
+        for engine, impl in self.engines.items():
+            partitions = sorted(p for e, p in self._open if e == engine)
+            if partitions and not impl.durable_on_apply:
+                self._flush(engine, partitions, now_ms)  # a failure is logged; a restart replays the log
+        checkpoints = self._checkpoints.unpersisted()
+        if checkpoints:
+            self.store.append([], checkpoints)
+            self._checkpoints.persisted(checkpoints)
         for engine, partition in sorted(self._open):
             try:
                 self.engines[engine].close(partition)
@@ -280,3 +424,7 @@ class LogWriter:
                 future.set_exception(error)
 
         self._loop.call_soon_threadsafe(settle)
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)

@@ -10,11 +10,22 @@ I/O. ``node.sqlite`` in the node's data directory holds:
   transaction holding it commits, so acknowledged writes survive ``kill -9``
   (WAL + ``synchronous=NORMAL`` is durable against a process crash; only an
   OS crash or power loss can take the last transactions);
-- ``applied``: per partition, the highest ``seq`` the engine has applied, so
-  a restart replays only the tail the engine may have missed.
+- ``checkpoint``: per (engine, partition), the engine's checkpoint — the
+  ``seq`` at or below which every logged operation of the partition is
+  durable in the engine (a contiguous prefix; see ``legion.checkpoints``).
+  A restart replays the log above it. It only moves forward. Log rows at
+  or below it are compacted (deleted) in bounded passes (``compact``), in
+  the transaction that records it, so a recorded checkpoint never lies below
+  a deleted row; an engine's documents are therefore not kept twice for long.
 
-Only the log writer thread writes ``oplog`` and ``applied``; any thread may
+Only the log writer thread writes ``oplog`` and ``checkpoint``; any thread may
 read through its own connection (``reader()``).
+
+Older data directories kept a table ``applied`` (the highest seq applied, which
+could skip a failed batch). It is no longer read and no migration touches it:
+without a ``checkpoint`` row a partition's checkpoint is 0, so the first
+restart on this code replays that partition's whole log — which no earlier
+version ever compacted — and engines are idempotent, so that is merely slower.
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +48,19 @@ CREATE TABLE IF NOT EXISTS oplog (
     kind TEXT NOT NULL, body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS oplog_partition ON oplog (engine, partition, seq);
-CREATE TABLE IF NOT EXISTS applied (
+CREATE TABLE IF NOT EXISTS checkpoint (
     engine TEXT NOT NULL, partition INTEGER NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (engine, partition)
 );
 """
+
+# The oldest rows of one partition at or below a seq, at most a budget of them:
+# SQLite has no DELETE ... LIMIT by default, so the rows are chosen through the
+# (engine, partition, seq) index first.
+COMPACT = (
+    "DELETE FROM oplog WHERE seq IN ("
+    "SELECT seq FROM oplog WHERE engine = ? AND partition = ? AND seq <= ? ORDER BY seq LIMIT ?)"
+)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -53,7 +72,7 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class NodeStore:
-    """The node database: metadata, operation log and applied watermarks."""
+    """The node database: metadata, operation log and engine checkpoints."""
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -81,19 +100,15 @@ class NodeStore:
                 (key, json.dumps(value)),
             )
 
-    def append(self, ops: Sequence[Operation], applied: Mapping[tuple[str, int], int]) -> list[int]:
-        """Durably log ``ops`` and record earlier applied watermarks, in one transaction; their seqs."""
+    def append(self, ops: Sequence[Operation], checkpoints: Mapping[tuple[str, int], int]) -> list[int]:
+        """Durably log ``ops`` and record moved checkpoints, in one transaction; the ops' seqs."""
         with self._lock:
             conn = self._writer
             # Plain BEGIN: this connection is the only writer, so there is no lock to race for.
             conn.execute("BEGIN")
             try:
-                if applied:
-                    conn.executemany(
-                        "INSERT INTO applied (engine, partition, seq) VALUES (?, ?, ?) "
-                        "ON CONFLICT (engine, partition) DO UPDATE SET seq = max(seq, excluded.seq)",
-                        [(e, p, s) for (e, p), s in applied.items()],
-                    )
+                if checkpoints:
+                    _record_checkpoints(conn, checkpoints)
                 seqs = []
                 for op in ops:
                     cur = conn.execute(
@@ -108,28 +123,73 @@ class NodeStore:
                 raise
         return seqs
 
-    def applied_seq(self, engine: str, partition: int) -> int:
+    def checkpoint(self, engine: str, partition: int) -> int:
+        """The partition's recorded checkpoint; 0 if none was ever recorded."""
         row = self.reader().execute(
-            "SELECT seq FROM applied WHERE engine = ? AND partition = ?", (engine, partition)
+            "SELECT seq FROM checkpoint WHERE engine = ? AND partition = ?", (engine, partition)
         ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def ops_after(self, engine: str, partition: int, seq: int) -> Iterator[tuple[int, Operation]]:
-        """Logged operations of one partition with a seq above ``seq``, oldest first."""
+    def ops_after(self, engine: str, partition: int, seq: int, limit: int) -> list[tuple[int, Operation]]:
+        """Up to ``limit`` logged operations of one partition with a seq above ``seq``, oldest first.
+
+        A list, not a cursor: no read transaction stays open while the caller applies them."""
         rows = self.reader().execute(
             "SELECT seq, key, hlc, origin, kind, body FROM oplog "
-            "WHERE engine = ? AND partition = ? AND seq > ? ORDER BY seq",
-            (engine, partition, seq),
-        )
-        for s, key, hlc, origin, kind, body in rows:
-            yield s, Operation(engine, partition, bytes(key), hlc, origin, kind, bytes(body))
+            "WHERE engine = ? AND partition = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (engine, partition, seq, limit),
+        ).fetchall()
+        return [
+            (s, Operation(engine, partition, bytes(key), hlc, origin, kind, bytes(body)))
+            for s, key, hlc, origin, kind, body in rows
+        ]
+
+    def compact(
+        self,
+        checkpoints: Mapping[tuple[str, int], int],
+        targets: Sequence[tuple[tuple[str, int], int]],
+        rows_max: int,
+    ) -> tuple[list[tuple[str, int]], int]:
+        """Record moved checkpoints and delete log rows at or below each target's seq, in one transaction.
+
+        Deletes at most ``rows_max`` rows, oldest first per partition, partitions in
+        the order given. Returns the targets left with no row at or below their seq,
+        and how many rows went. A target's seq must not exceed its checkpoint once
+        ``checkpoints`` is recorded: a restart must never need a deleted row."""
+        done: list[tuple[str, int]] = []
+        budget = rows_max
+        with self._lock:
+            conn = self._writer
+            conn.execute("BEGIN")
+            try:
+                if checkpoints:
+                    _record_checkpoints(conn, checkpoints)
+                for (engine, partition), seq in targets:
+                    deleted = conn.execute(COMPACT, (engine, partition, seq, budget)).rowcount
+                    budget -= deleted
+                    if budget <= 0:
+                        break  # maybe more rows of this partition: it stays a target
+                    done.append((engine, partition))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return done, rows_max - budget
 
     def drop_partition(self, engine: str, partition: int) -> None:
         """Forget a partition's log once it has moved to other nodes."""
         with self._lock:
             self._writer.execute("DELETE FROM oplog WHERE engine = ? AND partition = ?", (engine, partition))
-            self._writer.execute("DELETE FROM applied WHERE engine = ? AND partition = ?", (engine, partition))
+            self._writer.execute("DELETE FROM checkpoint WHERE engine = ? AND partition = ?", (engine, partition))
 
     def close(self) -> None:
         with self._lock:
             self._writer.close()
+
+
+def _record_checkpoints(conn: sqlite3.Connection, checkpoints: Mapping[tuple[str, int], int]) -> None:
+    conn.executemany(
+        "INSERT INTO checkpoint (engine, partition, seq) VALUES (?, ?, ?) "
+        "ON CONFLICT (engine, partition) DO UPDATE SET seq = excluded.seq",
+        [(engine, partition, seq) for (engine, partition), seq in checkpoints.items()],
+    )

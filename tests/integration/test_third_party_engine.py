@@ -5,29 +5,46 @@ The test writes a tiny installed-looking distribution (a package plus a
 on the nodes' ``PYTHONPATH`` and starts a real cluster: the nodes find the
 engine, serve its routes, replicate its operations and hand its partitions
 to a new node — with no change to ``legion/``.
+
+The engine defers durability to ``flush`` (``durable_on_apply = False``), so the
+same cluster also shows the translog model: a write acknowledged before any
+flush survives ``kill -9`` of every replica, replayed from the operation log.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import textwrap
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from legion.client import Client
-from legion.errors import NotFound
+from legion.errors import NotFound, Unavailable
 from legion.runtime import local_cluster
 
 ENGINE_SOURCE = '''
 """A counter per key: every 'add' operation is a uniquely named increment, so applying is
-idempotent (a set of increment ids) and commutative (the sum does not depend on order)."""
+idempotent (a set of increment ids) and commutative (the sum does not depend on order).
+
+Durability is deferred (durable_on_apply = False), as a search index's would be: applied
+increments live in memory, visible at once, and reach the partition's counter.json only
+in flush. What is not flushed yet is in the core's operation log, which the core replays
+into apply after a crash."""
 import json
-import sqlite3
+import os
+import threading
 from pathlib import Path
 
 from legion.engine import Engine, HttpResponse, Route
 from legion.errors import BadRequest, NotFound
 from legion.replication import Operation
+
+FILE_NAME = "counter.json"
 
 
 async def add(req, cluster):
@@ -51,36 +68,53 @@ async def total(req, cluster):
 
 class CounterEngine(Engine):
     name = "counter"
+    durable_on_apply = False
 
     def __init__(self, root):
         super().__init__(root)
-        self.dbs = {}
+        self.files = {}
+        self.increments = {}  # partition -> {increment id: (key, amount)}
+        self.lock = threading.Lock()  # read and fold run on worker threads while apply runs
 
     def open(self, partition, directory):
-        db = sqlite3.connect(Path(directory) / "counter.sqlite", check_same_thread=False, isolation_level=None)
-        db.execute("CREATE TABLE IF NOT EXISTS inc (key BLOB, id TEXT, amount INTEGER, PRIMARY KEY (key, id))")
-        self.dbs[partition] = db
+        path = Path(directory) / FILE_NAME
+        saved = json.loads(path.read_text()) if path.exists() else []
+        with self.lock:
+            self.files[partition] = path
+            self.increments[partition] = {inc: (bytes.fromhex(key), amount) for inc, key, amount in saved}
 
     def close(self, partition):
-        self.dbs.pop(partition).close()
+        with self.lock:
+            del self.files[partition], self.increments[partition]
 
     def validate(self, op):
         if op.kind != "add":
             raise BadRequest("counter only knows 'add'")
 
     def apply(self, partition, ops):
-        rows = [(op.key, f"{op.hlc}:{op.origin}", json.loads(op.body)[0]) for op in ops]
-        self.dbs[partition].executemany("INSERT OR IGNORE INTO inc VALUES (?, ?, ?)", rows)
+        with self.lock:
+            for op in ops:
+                self.increments[partition][f"{op.hlc}:{op.origin}"] = (op.key, json.loads(op.body)[0])
+
+    def flush(self, partitions):
+        for partition in partitions:
+            with self.lock:
+                rows = [[inc, key.hex(), amount] for inc, (key, amount) in self.increments[partition].items()]
+                path = self.files[partition]
+            path.with_suffix(".tmp").write_text(json.dumps(rows))
+            os.replace(path.with_suffix(".tmp"), path)  # a crash leaves the old file or the new one
 
     def read(self, partition, query):
-        row = self.dbs[partition].execute(
-            "SELECT sum(amount), count(*) FROM inc WHERE key = ?", (query,)).fetchone()
-        return None if row[1] == 0 else [row[0], row[1]]
+        with self.lock:
+            amounts = [amount for key, amount in self.increments[partition].values() if key == query]
+        return [sum(amounts), len(amounts)] if amounts else None
 
     def fold(self, partition):
-        for key, inc_id, amount in self.dbs[partition].execute("SELECT key, id, amount FROM inc").fetchall():
-            hlc, origin = inc_id.split(":", 1)
-            yield Operation("counter", partition, bytes(key), int(hlc), origin, "add", json.dumps([amount]).encode())
+        with self.lock:
+            increments = list(self.increments[partition].items())
+        for inc, (key, amount) in increments:
+            hlc, origin = inc.split(":", 1)
+            yield Operation("counter", partition, key, int(hlc), origin, "add", json.dumps([amount]).encode())
 
     def routes(self):
         return [Route("POST", "/v1/counter/{key}", add), Route("GET", "/v1/counter/{key}", total)]
@@ -123,3 +157,60 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
             assert c4.request("GET", "/v1/counter/pears").json() == {"total": 6, "increments": 3}
     finally:
         local_cluster.down(directory)
+
+
+READ_AFTER_RESTART_TIMEOUT_S = 60.0
+
+
+def test_a_write_acknowledged_before_any_flush_survives_kill_9_of_every_replica(plugin_path: Path, tmp_path: Path):
+    directory = tmp_path / "cluster"
+    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0)
+    try:
+        nodes = local_cluster.load(directory)["nodes"]
+        with Client.connect(directory) as client:
+            # Each acknowledged by W=2 replicas. The second group commit on a replica is also where
+            # a checkpoint that moved on apply (not on flush) would have been recorded past the first.
+            client.request("POST", "/v1/counter/survivor", body=b"5")
+            client.request("POST", "/v1/counter/survivor", body=b"7")
+        # At once, well within the 1 s flush interval: every process dies with the increment unflushed.
+        for node in nodes:
+            os.kill(node["pid"], signal.SIGKILL)
+        for node in nodes:
+            local_cluster.stop_node(directory, node["id"], kill=True)  # reaps it and records it stopped
+        flushed = [path.read_text() for path in directory.glob("nodes/*/engines/counter/*/counter.json")]
+        assert not any(b"survivor".hex() in text for text in flushed), "flushed before the kill: the test proves nothing"
+        for node in nodes:
+            wait_until_listenable(node["url"])  # the killed sockets may linger a moment in closing states
+            local_cluster.start_node(directory, node["id"])
+        with Client.connect(directory) as client:
+            assert read_when_served(client, "/v1/counter/survivor") == {"total": 12, "increments": 2}
+    finally:
+        local_cluster.down(directory)
+
+
+def read_when_served(client: Client, path: str) -> object:
+    """GET ``path`` once the restarted replicas serve it (they may be re-syncing for a moment)."""
+    deadline = time.monotonic() + READ_AFTER_RESTART_TIMEOUT_S
+    while True:
+        try:
+            return client.request("GET", path).json()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def wait_until_listenable(url: str, timeout_s: float = 30.0) -> None:
+    """Wait until a server could listen on ``url``'s port again (TIME_WAIT leftovers do not count)."""
+    deadline = time.monotonic() + timeout_s
+    address = urlsplit(url)
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address.hostname, address.port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.1)
