@@ -1,0 +1,1 @@
+"""Search engine: a tantivy-backed sharded search index (work in progress)."""
