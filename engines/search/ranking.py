@@ -60,8 +60,11 @@ TermKey = tuple[str, str, TermValueWire]
 
 
 def as_f32(value: float) -> float:
-    """``value`` rounded to the nearest float32 (tantivy's ``Score``), as a Python float."""
-    return struct.unpack("<f", struct.pack("<f", value))[0]
+    """``value`` rounded to the nearest float32 (tantivy's ``Score``), as a Python float; past f32's range, ±inf."""
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)  # what Rust's `as f32` gives
 
 
 def scores_tie(a: float, b: float) -> bool:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Union
@@ -440,11 +441,12 @@ def f64_debug_text(value: float) -> str:
         return "NaN"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
-    text = repr(value)  # Python switches to exponents at the same thresholds as Rust
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return text
+    digits = _ties_away(Decimal(repr(value)), value, lambda d: float(d) == value)
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-4 or magnitude >= 1e16):
+        return _exponent_form(digits)
+    plain = _positional(digits)
+    return plain if "." in plain else plain + ".0"
 
 
 def f32_display_text(value: float) -> str:
@@ -454,14 +456,38 @@ def f32_display_text(value: float) -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     single = as_f32(value)
-    for digits in range(1, 10):
-        text = f"{single:.{digits}g}"
+    for count in range(1, 10):
+        text = f"{single:.{count}g}"
         if as_f32(float(text)) == single:
             break
-    plain = format(Decimal(text), "f")
-    if "." in plain:
-        plain = plain.rstrip("0").rstrip(".")
+    plain = _positional(_ties_away(Decimal(text), single, lambda d: as_f32(float(d)) == single))
     return "-0" if plain == "0" and math.copysign(1.0, single) < 0 else plain
+
+
+def _ties_away(digits: Decimal, value: float, reads_back: Callable[[Decimal], bool]) -> Decimal:
+    """Of two shortest digit strings exactly as near ``value``, the one farther from zero, as Rust picks.
+
+    Python rounds such a tie to even (562949953421312.25 → ``…312.2``);
+    Rust's shortest float writer rounds it away from zero (``…312.3``).
+    """
+    step = Decimal(1).scaleb(digits.as_tuple().exponent)  # one unit of the last digit
+    exact = Decimal(value)
+    if digits == 0 or abs(exact - digits) * 2 != step:
+        return digits
+    other = digits + step if exact > digits else digits - step
+    return other if abs(other) > abs(digits) and reads_back(other) else digits
+
+
+def _positional(digits: Decimal) -> str:
+    text = format(digits, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _exponent_form(digits: Decimal) -> str:
+    sign, numerals, exponent = digits.normalize().as_tuple()
+    assert isinstance(exponent, int)
+    mantissa = str(numerals[0]) + ("." + "".join(map(str, numerals[1:])) if len(numerals) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{exponent + len(numerals) - 1}"
 
 
 def rust_debug_str(text: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import tantivy
-from hypothesis import given, reject
+from hypothesis import given, reject, settings
 
 from engines.search import corpus, query_compile, ranking, testing
 from engines.search.corpus import CorpusDoc
@@ -61,6 +61,7 @@ def test_bad_default_fields_and_oversized_queries_are_bad_requests() -> None:
         query_compile.parse_query(TYPED, TYPED_FIELDS, "a " * query_compile.QUERY_CHARS_MAX, DEFAULT_FIELDS)
 
 
+@settings(deadline=None)  # tantivy parses or builds a query per example: slow under load
 @given(queries())
 def test_every_generated_query_is_rebuilt_exactly_as_parsed(text: str) -> None:
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, reject
+from hypothesis import given, reject, settings
 
 from engines.search import query_tree as qt
 from engines.search.rust_debug import DebugSyntaxError, Ident, Term
@@ -21,6 +21,7 @@ def word(field_id: int, value: str) -> Term:
     return Term(field_id, "Str", value)
 
 
+@settings(deadline=None)  # tantivy parses or builds a query per example: slow under load
 @given(queries())
 def test_every_node_the_parser_makes_has_a_type(text: str) -> None:
     try:
