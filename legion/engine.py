@@ -32,7 +32,8 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    ``flush`` from the writer thread on an interval and every so many
    operations (``legion.limits.FLUSH_INTERVAL_MS`` / ``FLUSH_OPS_MAX``), when a
    write asks to be visible before it is acknowledged (``refresh``), after a
-   replay, and before ``drop`` and ``close``. Only after ``flush`` returns does
+   replay, after a handoff copied the partition in (before it is served from
+   here), and before ``drop`` and ``close``. Only after ``flush`` returns does
    the checkpoint move; the operation log below every engine's checkpoint is
    compacted, and a restart replays the log above it. The checkpoint is a
    contiguous prefix: when ``apply_batch`` raises, its operations stay in the

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,28 @@ class CorpusDoc:
             "lines": self.lines,
             "size": self.size,
         }
+
+
+# The schema of an index holding corpus documents (``legion search create NAME --schema``).
+SCHEMA = {
+    "id_field": "id",
+    "default_fields": ["title", "body"],
+    "fields": {
+        "id": {"type": "keyword", "stored": True},
+        "title": {"type": "text", "stored": True},
+        "body": {"type": "text", "stored": True},
+        "module": {"type": "keyword", "stored": True, "fast": True},
+        "kind": {"type": "keyword", "stored": True, "fast": True},
+        "lines": {"type": "i64", "stored": True, "fast": True},
+        "size": {"type": "u64", "stored": True, "fast": True},
+    },
+}
+
+
+def json_lines(docs: Iterable[CorpusDoc]) -> Iterator[bytes]:
+    """The documents as JSON lines, what ``legion search ingest`` reads."""
+    for doc in docs:
+        yield json.dumps(doc.fields(), ensure_ascii=False).encode("utf-8") + b"\n"
 
 
 def stdlib_root() -> Root:

@@ -28,8 +28,8 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engines.search import aggregations, ranking
 from engines.search.operations import (
@@ -46,6 +46,7 @@ from engines.search.operations import (
     encode_source,
     index_body,
 )
+from engines.search.query_compile import RANKING_EXACT, RANKING_GLOBAL_IDF, RANKING_LOCAL
 from engines.search.schema import IndexSchema, check_document, check_index_name, parse_schema
 from legion import ndjson
 from legion.engine import Cluster, HttpRequest, HttpResponse, Route, WriteItem, WriteResult
@@ -277,9 +278,9 @@ class SearchApi:
         base = {"index": index, "incarnation": found["incarnation"], "q": q}
         first = await cluster.coverage(ENGINE_NAME, {**base, "op": "stats"}, allow_partial=True)
         plan = sorted(first.served_by)
-        stats = ranking.merge_stats([reply.value for reply in first.replies])
+        stats = ranking.merge_stats(ranking.CollectionStats.from_wire(reply.value) for reply in first.replies)
         second_query = {
-            **base, "op": "search", "stats": stats, "k": offset + limit, "fields": fields,
+            **base, "op": "search", "stats": stats.to_wire(), "k": offset + limit, "fields": fields,
             "snippets": snippets, "aggs": aggregations.shard_request(aggs),
         }
         second = await cluster.coverage(
@@ -287,14 +288,14 @@ class SearchApi:
         ) if plan else None
         replies = [reply.value for reply in second.replies] if second else []
         missing = sorted(set(first.missing) | set(second.missing if second else ()))
-        hits = ranking.merge_hits([r["hits"] for r in replies], offset=offset, limit=limit)
+        hits = ranking.merge_hits([[PageHit(h[1], h[0], h[2], h[3]) for h in r["hits"]] for r in replies], offset, limit)
         return HttpResponse.json(
             {
-                "hits": [{"id": h[1], "score": h[0], "doc": h[2], "snippets": h[3]} for h in hits],
+                "hits": [hit._asdict() for hit in hits],
                 "total": sum(int(r["total"]) for r in replies),
                 "took_ms": round((time.monotonic() - started) * 1000, 3),
                 "partitions_missing": missing,
-                "ranking": "global" if all(r.get("exact", True) for r in replies) else "local",
+                "ranking": _least_exact(r.get("ranking", RANKING_LOCAL) for r in replies),
                 **({"aggs": aggregations.merge(aggs, [r.get("aggs") or {} for r in replies])} if aggs else {}),
             }
         )
@@ -325,6 +326,21 @@ class SearchApi:
                 "partitions_missing": list(result.missing),
             }
         )
+
+
+class PageHit(NamedTuple):
+    """One hit of a result page: a node's ``[score, id, doc, snippets]`` with names."""
+
+    id: str
+    score: float
+    doc: dict[str, Any]
+    snippets: dict[str, str]
+
+
+def _least_exact(rankings: Iterable[str]) -> str:
+    """How exactly the page was ranked: the least exact of the nodes' rankings."""
+    order = (RANKING_LOCAL, RANKING_GLOBAL_IDF, RANKING_EXACT)
+    return min(rankings, key=lambda r: order.index(r) if r in order else 0, default=RANKING_EXACT)
 
 
 def _search_params(schema: IndexSchema, request: dict[str, Any]) -> tuple[str, int, int, list[str] | None, bool]:

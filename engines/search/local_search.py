@@ -2,18 +2,21 @@
 
 I/O (reads a ``Shard``'s tantivy index; ``engine.SearchEngine.coverage_many``
 calls ``answer`` from a worker thread). Every query runs once per node,
-restricted to the partitions the coverage plan gave this node and with
-tombstones excluded: ``user query AND _partition ∈ plan AND NOT _deleted``.
-The restriction scores zero (a constant-score clause of 0), so scores are the
-user query's own.
+restricted to the live documents of the partitions the coverage plan gave
+this node (``query_compile.live_filter``, in a clause that scores zero, so
+scores are the user query's own). Each node parses the query text itself
+against its copy of the index: the same schema gives the same tree, and so
+the same terms to count and to score.
 
 The rounds a search makes (``handlers`` drives them):
 
-1. ``stats``  — for the query's scoring terms, how many live documents of the
-   plan's partitions this node holds, and how many contain each term;
-2. ``search`` — the query scored with the global statistics of round 1
-   (``query_compile``), the top ``k`` hits with their stored fields and
-   highlighted snippets, the exact number of matches, and aggregations.
+1. ``stats``  — ``query_compile.local_stats``: how many live documents of the
+   plan's partitions this node holds, how many contain each scoring term, and
+   how many tokens each scored field has;
+2. ``search`` — ``node_hits.node_search`` with the merged statistics: the
+   node's first ``k`` hits in the global order with global scores, their
+   stored fields and highlighted snippets, the exact number of matches, and
+   aggregations.
 
 ``count`` answers ``legion search stats``: live documents per partition,
 tombstones, and the size of the node's index on disk.
@@ -22,19 +25,23 @@ tombstones, and the size of the node's index on disk.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import tantivy
 
-from engines.search import query_compile
-from engines.search.shard import DELETED, ID, PARTITION, SOURCE, Shard
+from engines.search.node_hits import node_search
+from engines.search.query_compile import ParsedQuery, live_filter, parse_query
+from engines.search.query_compile import local_stats as count_stats
+from engines.search.ranking import CollectionStats
+from engines.search.shard import DELETED, PARTITION, SOURCE, Shard
 from legion.errors import BadRequest
 
 SNIPPET_CHARS_MAX = 200
 HITS_MAX = 10_000
 
 
-def answer(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any]:
+def answer(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any] | list[Any]:
     """Dispatch one coverage request to its round. ``shard`` is None when this node has not heard of the index."""
     op = query.get("op")
     if op == "stats":
@@ -46,50 +53,66 @@ def answer(shard: Shard | None, partitions: list[int], query: dict[str, Any]) ->
     raise BadRequest(f"unknown search coverage request {op!r}")
 
 
-def plan_filter(shard: Shard, partitions: list[int]) -> list[tuple[tantivy.Occur, tantivy.Query]]:
-    """The clauses that restrict a query to live documents of ``partitions`` without changing its scores."""
-    in_plan = tantivy.Query.term_set_query(shard.tantivy_schema, PARTITION, partitions)
-    tombstone = tantivy.Query.term_query(shard.tantivy_schema, DELETED, 1)
-    return [
-        (tantivy.Occur.Must, tantivy.Query.const_score_query(in_plan, 0.0)),
-        (tantivy.Occur.MustNot, tombstone),
-    ]
+def parse(shard: Shard, text: object) -> ParsedQuery:
+    """The user's query as tantivy parses it against this index; BadRequest names what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest("q must be a non-empty query string")
+    try:
+        return parse_query(shard.index, shard.fields, text, shard.schema.default_fields)
+    except BadRequest as error:
+        culprit = _mistyped_term(shard, text) if "wrong value type" in error.message else None
+        if culprit is None:
+            raise
+        raise BadRequest(f"{error.message} ({culprit})", **error.details) from None
 
 
-def restrict(shard: Shard, partitions: list[int], query: tantivy.Query) -> tantivy.Query:
-    return tantivy.Query.boolean_query([(tantivy.Occur.Must, query), *plan_filter(shard, partitions)])
+FIELD_TERM = re.compile(r"(?<![\w.])([A-Za-z][A-Za-z0-9_]*):([^\s()\[\]{}]+)")
+NUMERIC_VALUE = {
+    "i64": re.compile(r"^[<>]?=?[+-]?\d+$"),
+    "u64": re.compile(r"^[<>]?=?\+?\d+$"),
+    "f64": re.compile(r"^[<>]?=?[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"),
+    "bool": re.compile(r"^(true|false)$"),
+}
 
 
-def _stats(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any]:
+def _mistyped_term(shard: Shard, text: str) -> str | None:
+    """Which ``field:value`` of the query holds a value its field's type cannot (tantivy's message names none)."""
+    for name, value in FIELD_TERM.findall(text):
+        spec = next((f for f in shard.schema.fields if f.name == name), None)
+        pattern = NUMERIC_VALUE.get(spec.type) if spec is not None else None
+        if pattern is not None and not pattern.match(value.strip('"')):
+            return f"field {name!r} is {spec.type}; {value!r} is not"
+    return None
+
+
+def _stats(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> list[Any]:
     if shard is None:
-        return {"docs": 0, "df": {}}
-    parsed = query_compile.parse(shard, _text(query, "q"))
-    searcher = shard.searcher()
-    return query_compile.local_stats(shard, searcher, parsed, partitions)
+        return CollectionStats().to_wire()
+    parsed = parse(shard, query.get("q"))
+    return count_stats(shard.searcher(), shard.fields, parsed.stats_request, partitions).to_wire()
 
 
 def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any]:
     if shard is None:
-        return {"total": 0, "hits": [], "aggs": {}, "exact": True}
+        return {"total": 0, "hits": [], "aggs": {}, "ranking": "exact"}
     k = query.get("k")
-    if not isinstance(k, int) or not 0 <= k <= HITS_MAX:
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= HITS_MAX:
         raise BadRequest(f"k must be an integer in 0..{HITS_MAX}")
-    parsed = query_compile.parse(shard, _text(query, "q"))
-    searcher = shard.searcher()
-    scored, exact = query_compile.with_global_stats(shard, searcher, parsed, query.get("stats") or {})
-    restricted = restrict(shard, partitions, scored)
-    result = searcher.search(restricted, limit=max(k, 1), count=True)
-    hits = result.hits[:k]
-    docs = [searcher.doc(address) for _score, address in hits]
+    parsed = parse(shard, query.get("q"))
+    stats = CollectionStats.from_wire(query.get("stats"))
+    searcher = shard.searcher()  # one searcher for the round: counts, idfs and explanations agree
+    found = node_search(parsed, shard.fields, searcher, stats, partitions, k)
+    matching = tantivy.Query.boolean_query(
+        [(tantivy.Occur.Must, parsed.original), (tantivy.Occur.Must, tantivy.Query.const_score_query(live_filter(shard.fields, partitions), 0.0))]
+    )
+    total = searcher.search(matching, limit=1, count=True).count
+    docs = [searcher.doc(hit.address) for hit in found.hits]
     fields = query.get("fields")
-    snippets = _snippets(shard, searcher, parsed, docs) if query.get("snippets", True) else [{} for _ in docs]
-    out_hits = [
-        [float(score), doc.get_first(ID), _stored(shard, doc, fields), snip]
-        for (score, _address), doc, snip in zip(hits, docs, snippets)
-    ]
+    snippets = _snippets(shard, searcher, parsed.original, docs) if query.get("snippets", True) else [{} for _ in docs]
+    hits = [[hit.score, hit.id, _stored(shard, doc, fields), snip] for hit, doc, snip in zip(found.hits, docs, snippets)]
     aggs = query.get("aggs") or {}
-    aggregated = searcher.aggregate(restricted, aggs) if aggs else {}
-    return {"total": result.count, "hits": out_hits, "aggs": aggregated, "exact": exact}
+    aggregated = searcher.aggregate(matching, aggs) if aggs else {}
+    return {"total": total, "hits": hits, "aggs": aggregated, "ranking": found.ranking}
 
 
 def _stored(shard: Shard, doc: tantivy.Document, fields: Any) -> dict[str, Any]:
@@ -144,10 +167,3 @@ def _count(shard: Shard | None, partitions: list[int]) -> dict[str, Any]:
         "tombstones": tombstones,
         "size_bytes": shard.size_bytes(),
     }
-
-
-def _text(query: dict[str, Any], name: str) -> str:
-    value = query.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f"{name!r} must be a non-empty query string")
-    return value

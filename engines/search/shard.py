@@ -19,7 +19,11 @@ fields next to the user's:
                  still loses to the delete), 0 otherwise; queries exclude 1;
 - ``_hlc``, ``_origin`` the version of the write that produced the document;
 - ``_source``    the document as it was indexed (JSON bytes), for handoff and
-                 for returning the document.
+                 for returning the document;
+- ``_len_<f>``   u64 fast: how many tokens tantivy indexed for field ``f`` in this
+                 document (one per value for untokenized fields). Round 1 of a
+                 search sums them, so BM25's average field length can be the
+                 whole plan's rather than this node's (``query_compile``).
 
 Writes (``apply``) go into the writer and become visible and durable only at
 ``commit`` (commit + reader reload), which the core calls as ``flush``. Until
@@ -42,6 +46,7 @@ from typing import Any
 
 import tantivy
 
+from engines.search.query_compile import IndexFields, default_text_analyzer, field_length
 from engines.search.operations import (
     ENGINE_NAME,
     KIND_DELETE,
@@ -59,10 +64,24 @@ WRITER_HEAP_BYTES = 96 * 1024 * 1024
 WRITER_THREADS = 1
 FOLD_PAGE_DOCS = 1_000
 ID, PARTITION, DELETED, HLC, ORIGIN, SOURCE = "_id", "_partition", "_deleted", "_hlc", "_origin", "_source"
+LENGTH_PREFIX = "_len_"
+INTERNAL_FIELDS = (ID, PARTITION, DELETED, HLC, ORIGIN, SOURCE)
+
+
+def length_fields(schema: IndexSchema) -> dict[str, str]:
+    """Every field a query can score (indexed, not json) → the fast field holding its token counts."""
+    return {f.name: LENGTH_PREFIX + f.name for f in schema.fields if f.indexed and f.type != "json"}
+
+
+def index_fields(schema: IndexSchema) -> IndexFields:
+    """What ``query_compile`` must know of an index: every field in the order ``tantivy_schema`` adds them."""
+    lengths = length_fields(schema)
+    names = (*(f.name for f in schema.fields), *INTERNAL_FIELDS, *lengths.values())
+    return IndexFields(tantivy_schema(schema), names, lengths, ID, PARTITION, DELETED)
 
 
 def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
-    """The tantivy schema of an index: the user's fields, then the engine's own."""
+    """The tantivy schema of an index: the user's fields, then the engine's own, then the length fields."""
     builder = tantivy.SchemaBuilder()
     for spec in schema.fields:
         _add_field(builder, spec)
@@ -72,7 +91,18 @@ def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
     builder.add_unsigned_field(HLC, stored=True, fast=True)
     builder.add_text_field(ORIGIN, stored=True, tokenizer_name="raw", index_option="basic")
     builder.add_bytes_field(SOURCE, stored=True, indexed=False)
+    for length_field in length_fields(schema).values():
+        builder.add_unsigned_field(length_field, fast=True)
     return builder.build()
+
+
+def analyzer(spec: FieldSpec) -> tantivy.TextAnalyzer | None:
+    """An analyzer that splits a field's text into as many tokens as tantivy's tokenizer does (None: one per value)."""
+    if spec.type != "text" or spec.tokenizer == "raw":
+        return None
+    if spec.tokenizer == "whitespace":
+        return tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()
+    return default_text_analyzer()  # "default", and "en_stem" (stemming keeps the token count)
 
 
 def _add_field(builder: tantivy.SchemaBuilder, spec: FieldSpec) -> None:
@@ -120,12 +150,14 @@ class Shard:
         self.index_name = index
         self.incarnation = incarnation
         self.schema = schema
-        self.tantivy_schema = tantivy_schema(schema)
+        self.fields = index_fields(schema)
+        self.tantivy_schema = self.fields.schema
         self.index = tantivy.Index(self.tantivy_schema, path=str(directory))
         self._writer: tantivy.IndexWriter | None = self.index.writer(WRITER_HEAP_BYTES, WRITER_THREADS)
         self._pending: dict[str, Version] = {}
         self._lock = threading.Lock()  # guards _pending between the writer thread and readers
         self._specs = {spec.name: spec for spec in schema.fields}
+        self._lengths = {name: (field, analyzer(self._specs[name])) for name, field in length_fields(schema).items()}
         self.index.reload()
 
     # --- the writer thread ----------------------------------------------------
@@ -222,7 +254,11 @@ class Shard:
             spec = self._specs.get(name)
             if spec is None:
                 continue  # the coordinator checked the document against this schema; nothing else gets here
-            for item in value if isinstance(value, list) and spec.type != "json" else [value]:
+            values = value if isinstance(value, list) and spec.type != "json" else [value]
+            if name in self._lengths:
+                length_field, field_analyzer = self._lengths[name]
+                doc.add_unsigned(length_field, field_length(values, field_analyzer))
+            for item in values:
                 try:
                     _add_value(doc, spec, item)
                 except (ValueError, TypeError, OverflowError) as exc:

@@ -3,8 +3,9 @@
 I/O. Whenever the cluster state changes, the receiver compares the pending
 placement with the current one: for every partition this node gains, it
 streams a fold of the partition from a live current replica (``/internal/
-fold``), applies it through the log writer like any other write, and reports
-the partition ready to the claimant. Writes that arrive during the pull are
+fold``), applies it through the log writer like any other write, flushes it
+(an engine that defers durability makes the copy visible), and reports the
+partition ready to the claimant. Writes that arrive during the pull are
 applied too; operations are idempotent and commutative, so the order does not
 matter. The claimant commits the new placement once every gaining node has
 reported; the receiver then drops the partitions this node no longer holds.
@@ -117,6 +118,8 @@ class HandoffReceiver(Rounds):
             unpacker.feed(chunk)
             for batch in unpacker:
                 await node.writer.submit([Operation.from_wire(raw) for raw in batch])
+        # Served from here once reported ready: what was copied must be visible, not just logged.
+        await node.writer.flush(engine, [partition])
 
     async def report(self, partitions: list[int]) -> None:
         node = self.node

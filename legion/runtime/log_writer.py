@@ -152,6 +152,21 @@ class LogWriter:
         if (engine, partition) not in self._open:
             await self._control(lambda: self._open_partition(engine, partition))
 
+    async def flush(self, engine: str, partitions: list[int]) -> None:
+        """Make what ``engine`` applied to ``partitions`` durable and visible now (a no-op for a durable engine).
+
+        A handoff receiver calls it after copying a partition, so that the copy is
+        searchable before the partition is reported ready and served from here."""
+        if self.engines[engine].durable_on_apply:
+            return
+
+        def flush_now() -> None:
+            error = self._flush(engine, partitions, _now_ms())
+            if error is not None:
+                raise error
+
+        await self._control(flush_now)
+
     async def drop(self, engine: str, partition: int) -> None:
         """Close a partition and delete its state and log (it now lives on other nodes)."""
         await self._control(lambda: self._drop_partition(engine, partition))
