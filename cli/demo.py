@@ -206,6 +206,15 @@ STEPS: list[tuple[str, Step]] = [
 ]
 
 
+def _engine_steps() -> list[tuple[str, Step]]:
+    from cli import demo_search
+
+    return list(demo_search.STEPS)
+
+
+STEPS += _engine_steps()
+
+
 def summary(tour: Tour, elapsed_s: float) -> None:
     """What the tour showed, and whether every check passed."""
     passed = sum(ok for _, ok in tour.checks)
@@ -224,6 +233,8 @@ def epilogue(tour: Tour) -> None:
         f"  {legion} cluster status\n"
         f"  {legion} kv get user:1001\n"
         f"  {legion} kv put greeting 'hello, world'\n"
+        f"  {legion} search query pydocs 'binary search' --limit 5\n"
+        f"  {legion} search stats pydocs\n"
         f"  {legion} cluster add-node        # watch partitions move\n"
         f"  {legion} cluster down            # stop it; its data stays until `cluster up --reset`",
         soft_wrap=True,

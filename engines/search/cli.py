@@ -152,19 +152,20 @@ def query(
     if as_json:
         console.print_json(data=answer)
         return
-    _print_hits(answer, offset)
+    print_hits(console, answer, offset)
 
 
-def _print_hits(answer: dict[str, Any], offset: int) -> None:
+def print_hits(out: Console, answer: dict[str, Any], offset: int = 0) -> None:
+    """A search answer as a ranked list with highlighted snippets (also used by the demo)."""
     missing = answer.get("partitions_missing") or []
     header = f"{answer['total']:,} hits in {answer['took_ms']:.1f} ms"
     if missing:
         header += f" — [yellow]partial: {len(missing)} partitions did not answer ({', '.join(map(str, missing[:10]))})[/yellow]"
-    console.print(header)
+    out.print(header)
     for rank, hit in enumerate(answer["hits"], start=offset + 1):
-        console.print(f"[bold]{rank}. {escape(hit['id'])}[/bold]  [dim]score {hit['score']:.4f}[/dim]")
+        out.print(f"[bold]{rank}. {escape(hit['id'])}[/bold]  [dim]score {hit['score']:.4f}[/dim]")
         for field, snippet in hit.get("snippets", {}).items():
-            console.print(f"   [dim]{escape(field)}:[/dim] {_highlight(snippet)}", soft_wrap=False)
+            out.print(f"   [dim]{escape(field)}:[/dim] {_highlight(snippet)}", soft_wrap=False)
 
 
 def _highlight(snippet: str) -> str:
