@@ -106,7 +106,7 @@ class HttpRequest:
         """The body parsed as JSON; BadRequest if it is not."""
         try:
             return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
     def int_param(self, name: str, default: int | None = None) -> int | None:

@@ -141,7 +141,7 @@ async def read_json(request: web.Request, limit_bytes: int = REQUEST_BODY_BYTES_
     body = await read_body(request, limit_bytes)
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 

@@ -82,6 +82,13 @@ def test_oversized_values_and_bodies_get_413(cluster):
     error_of(body)
 
 
+def test_json_nested_too_deep_is_a_400_not_a_500(cluster):
+    urls, token, _ = cluster
+    for depth_bomb in (b"[" * 100_000, b'{"a": ' * 50_000):
+        status, _, raw = send(urls[0], "POST", "/v1/cluster/join", depth_bomb, auth(token))
+        assert status == 400 and "JSON" in error_of(raw)["message"], raw
+
+
 def test_bad_keys_and_parameters_get_400_with_a_reason(cluster):
     urls, token, _ = cluster
     long_key = "k" * (KEY_BYTES_MAX + 1)
