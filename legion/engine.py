@@ -85,6 +85,15 @@ from legion.replication import Operation
 ENTRY_POINT_GROUP = "legion.engines"
 
 
+def parse_flag(name: str, raw: str | None) -> bool:
+    """A boolean query parameter: ``1``/``true`` or ``0``/``false`` (absent or empty: false)."""
+    if raw is None or raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise BadRequest(f"query parameter {name!r} must be 1, true, 0 or false; got {raw!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
     """An engine handler's view of one HTTP request (already authenticated).
@@ -118,6 +127,10 @@ class HttpRequest:
             return int(raw)
         except ValueError:
             raise BadRequest(f"query parameter {name!r} must be an integer, got {raw!r}") from None
+
+    def flag_param(self, name: str) -> bool:
+        """An optional boolean query parameter (``1``/``true``, ``0``/``false``); BadRequest otherwise."""
+        return parse_flag(name, self.query.get(name))
 
 
 @dataclass(frozen=True, slots=True)
