@@ -3,8 +3,10 @@
 The test writes a tiny installed-looking distribution (a package plus a
 ``.dist-info`` with ``entry_points.txt``) into a temporary directory, puts it
 on the nodes' ``PYTHONPATH`` and starts a real cluster: the nodes find the
-engine, serve its routes, replicate its operations and hand its partitions
-to a new node — with no change to ``legion/``.
+engine, serve its routes, replicate its operations (one by one and in
+batches through ``write_many``), answer coverage requests (it keeps the
+default ``coverage_many``: one ``coverage`` per partition, in parallel threads)
+and hand its partitions to a new node — with no change to ``legion/``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from legion.engine import Engine, HttpResponse, Route
+from legion.engine import Engine, HttpResponse, Route, WriteItem, WriteResult
 from legion.errors import BadRequest, NotFound
 from legion.replication import Operation
 
@@ -47,6 +49,28 @@ async def total(req, cluster):
     if best is None:
         raise NotFound("no such counter")
     return HttpResponse.json({"total": best[0], "increments": best[1]})
+
+
+async def add_many(req, cluster):
+    """Body {"key": amount, ...}: one batch, one result per key."""
+    amounts = req.json()
+    if not isinstance(amounts, dict) or not all(type(a) is int for a in amounts.values()):
+        raise BadRequest("body must be an object of integer amounts")
+    keys = sorted(amounts)
+    items = [WriteItem(key.encode(), "add", json.dumps([amounts[key]]).encode()) for key in keys]
+    results = await cluster.write_many("counter", items)
+    return HttpResponse.json(
+        {key: r.acks if isinstance(r, WriteResult) else r.message for key, r in zip(keys, results)}
+    )
+
+
+async def everything(req, cluster):
+    """Every counter: a coverage request, one reply per partition."""
+    result = await cluster.coverage("counter", None)
+    totals = {}
+    for rows in result.by_partition().values():
+        totals.update((key.decode(), total) for key, total in rows)
+    return HttpResponse.json({"counters": dict(sorted(totals.items())), "partitions": len(result.served_by)})
 
 
 class CounterEngine(Engine):
@@ -77,13 +101,22 @@ class CounterEngine(Engine):
             "SELECT sum(amount), count(*) FROM inc WHERE key = ?", (query,)).fetchone()
         return None if row[1] == 0 else [row[0], row[1]]
 
+    def coverage(self, partition, query):
+        return [list(row) for row in self.dbs[partition].execute(
+            "SELECT key, sum(amount) FROM inc GROUP BY key ORDER BY key").fetchall()]
+
     def fold(self, partition):
         for key, inc_id, amount in self.dbs[partition].execute("SELECT key, id, amount FROM inc").fetchall():
             hlc, origin = inc_id.split(":", 1)
             yield Operation("counter", partition, bytes(key), int(hlc), origin, "add", json.dumps([amount]).encode())
 
     def routes(self):
-        return [Route("POST", "/v1/counter/{key}", add), Route("GET", "/v1/counter/{key}", total)]
+        return [
+            Route("POST", "/v1/counter/{key}", add),
+            Route("GET", "/v1/counter/{key}", total),
+            Route("POST", "/v1/counter", add_many),
+            Route("GET", "/v1/counter", everything),
+        ]
 '''
 
 
@@ -115,11 +148,19 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
             assert client.request("GET", "/v1/counter/apples").json() == {"total": 6, "increments": 3}
             with pytest.raises(NotFound):
                 client.request("GET", "/v1/counter/plums")
+            batch = client.request("POST", "/v1/counter", json={"apples": 4, "plums": 1, "quinces": 2}).json()
+            assert sorted(batch) == ["apples", "plums", "quinces"]
+            assert all(isinstance(acks, int) and acks >= 2 for acks in batch.values())  # a quorum each, no error
+            listing = client.request("GET", "/v1/counter").json()
+            assert listing == {"counters": {"apples": 10, "pears": 6, "plums": 1, "quinces": 2}, "partitions": 16}
         local_cluster.add_node(directory)
         doc = local_cluster.load(directory)
         newcomer = next(n for n in doc["nodes"] if n["id"] == "n4")
         token = (directory / "token").read_text().strip()
         with Client([newcomer["url"]], token) as c4:
             assert c4.request("GET", "/v1/counter/pears").json() == {"total": 6, "increments": 3}
+            # r=3: every replica holds the batch's increments too, the newcomer's copy included.
+            assert c4.request("GET", "/v1/counter/quinces").json() == {"total": 2, "increments": 1}
+            assert c4.request("GET", "/v1/counter").json()["counters"]["apples"] == 10
     finally:
         local_cluster.down(directory)
