@@ -94,6 +94,7 @@ class BatchWriter:
     async def write_many(
         self, engine: str, items: Sequence[WriteItem], *, w: int | None = None, refresh: bool = False
     ) -> list[WriteResult | LegionError]:
+        """``Cluster.write_many``: one entry per item, in order, once every item is decided."""
         if len(items) > WRITE_MANY_ITEMS_MAX:
             raise BadRequest(f"a batch holds at most {WRITE_MANY_ITEMS_MAX} items, got {len(items)}")
         if w is not None:
