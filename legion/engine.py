@@ -55,6 +55,11 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    away for good (the core then deletes its directory); ``close`` alone at
    shutdown.
 
+Tracing: ``current_request_id()`` is the id of the client request being
+served — in handlers, and in the ``read``/``coverage``/``coverage_many``
+calls made for it, on whichever node runs them (peer calls carry the id);
+"" elsewhere, e.g. in ``apply``, whose batches mix many requests.
+
 HTTP: ``routes()`` declares the engine's endpoints under ``/v1/<name>/``. A
 handler gets an ``HttpRequest`` and the node's ``Cluster`` (the coordinator:
 ``write``/``write_many``/``read``/``coverage`` across replicas) and returns an
@@ -69,6 +74,7 @@ third-party package adds one with no change to ``legion/``.
 
 from __future__ import annotations
 
+import contextvars
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
@@ -83,6 +89,15 @@ from legion.errors import BadRequest, ConfigError, LegionError
 from legion.replication import Operation
 
 ENTRY_POINT_GROUP = "legion.engines"
+
+# Set by the runtime for each request it serves (see ``current_request_id``). A
+# context variable: tasks and worker threads started for the request inherit it.
+REQUEST_ID_CONTEXT: contextvars.ContextVar[str] = contextvars.ContextVar("legion_request_id", default="")
+
+
+def current_request_id() -> str:
+    """The id of the request being served ("" outside one), for an engine's logs and traces."""
+    return REQUEST_ID_CONTEXT.get()
 
 
 def parse_flag(name: str, raw: str | None) -> bool:

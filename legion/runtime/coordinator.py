@@ -17,7 +17,7 @@ I/O. Implements the ``legion.engine.Cluster`` protocol engines' handlers use:
   other replicas, up to ``FORWARD_ATTEMPTS_MAX`` rounds. A request error (the
   query is bad) is raised at once: every replica would refuse it too.
 
-Every peer call carries the request id (``transport.current_request_id``)
+Every peer call carries the request id (``legion.engine.current_request_id()``)
 and the time left before the deadline.
 A peer that fails to connect is *suspected* locally for a short while, so
 later requests skip it without waiting for the failure detector.

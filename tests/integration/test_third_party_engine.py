@@ -5,7 +5,8 @@ The test writes a tiny installed-looking distribution (a package plus a
 on the nodes' ``PYTHONPATH`` and starts a real cluster: the nodes find the
 engine, serve its routes, replicate its operations (one by one and in
 batches through ``write_many``), answer coverage requests (it keeps the
-default ``coverage_many``: one ``coverage`` per partition, in parallel threads)
+default ``coverage_many``: one ``coverage`` per partition, in parallel threads;
+``prefer`` sends them to another node, and the client's request id follows)
 and hand its partitions to a new node — with no change to ``legion/``.
 """
 
@@ -27,7 +28,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from legion.engine import Engine, HttpResponse, Route, WriteItem, WriteResult
+from legion.engine import Engine, HttpResponse, Route, WriteItem, WriteResult, current_request_id
 from legion.errors import BadRequest, NotFound
 from legion.replication import Operation
 
@@ -65,12 +66,20 @@ async def add_many(req, cluster):
 
 
 async def everything(req, cluster):
-    """Every counter: a coverage request, one reply per partition."""
-    result = await cluster.coverage("counter", None)
-    totals = {}
-    for rows in result.by_partition().values():
+    """Every counter: a coverage request, one reply per partition (?via=NODE: ask that node for all)."""
+    via = req.query.get("via")
+    prefer = dict.fromkeys(range(cluster.partitions), via) if via else None
+    result = await cluster.coverage("counter", None, prefer=prefer)
+    totals, traced = {}, set()
+    for request_id, rows in result.by_partition().values():
+        traced.add(request_id)
         totals.update((key.decode(), total) for key, total in rows)
-    return HttpResponse.json({"counters": dict(sorted(totals.items())), "partitions": len(result.served_by)})
+    return HttpResponse.json({
+        "counters": dict(sorted(totals.items())),
+        "partitions": len(result.served_by),
+        "served_by": sorted(set(result.served_by.values())),
+        "request_ids": sorted(traced),
+    })
 
 
 class CounterEngine(Engine):
@@ -102,8 +111,9 @@ class CounterEngine(Engine):
         return None if row[1] == 0 else [row[0], row[1]]
 
     def coverage(self, partition, query):
-        return [list(row) for row in self.dbs[partition].execute(
-            "SELECT key, sum(amount) FROM inc GROUP BY key ORDER BY key").fetchall()]
+        rows = self.dbs[partition].execute("SELECT key, sum(amount) FROM inc GROUP BY key ORDER BY key").fetchall()
+        # The request id this node sees: the client's, if it travelled the hop.
+        return [current_request_id(), [list(row) for row in rows]]
 
     def fold(self, partition):
         for key, inc_id, amount in self.dbs[partition].execute("SELECT key, id, amount FROM inc").fetchall():
@@ -139,6 +149,7 @@ def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plugin_path: Path, tmp_path: Path):
     directory = tmp_path / "cluster"
     local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0)
+    token = (directory / "token").read_text().strip()
     try:
         with Client.connect(directory) as client:
             for key in ("apples", "pears"):
@@ -152,11 +163,16 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
             assert sorted(batch) == ["apples", "plums", "quinces"]
             assert all(isinstance(acks, int) and acks >= 2 for acks in batch.values())  # a quorum each, no error
             listing = client.request("GET", "/v1/counter").json()
-            assert listing == {"counters": {"apples": 10, "pears": 6, "plums": 1, "quinces": 2}, "partitions": 16}
+            assert listing["counters"] == {"apples": 10, "pears": 6, "plums": 1, "quinces": 2}
+            assert listing["partitions"] == 16
+        with Client([local_cluster.load(directory)["nodes"][0]["url"]], token) as n1:
+            # Asked of n1 but answered by n2 (prefer): the client's request id reaches the engine on n2.
+            traced = n1.request("GET", "/v1/counter", params={"via": "n2"}, headers={"X-Request-Id": "trace-me"})
+            assert traced.json()["served_by"] == ["n2"] and traced.json()["request_ids"] == ["trace-me"]
+            assert traced.json()["counters"]["apples"] == 10
         local_cluster.add_node(directory)
         doc = local_cluster.load(directory)
         newcomer = next(n for n in doc["nodes"] if n["id"] == "n4")
-        token = (directory / "token").read_text().strip()
         with Client([newcomer["url"]], token) as c4:
             assert c4.request("GET", "/v1/counter/pears").json() == {"total": 6, "increments": 3}
             # r=3: every replica holds the batch's increments too, the newcomer's copy included.
