@@ -109,7 +109,6 @@ class KVClient:
         response = self.client.request("DELETE", _path(key), params=_params(w=w))
         return response.json()
 
-
     def put_many(
         self,
         items: Iterable[Mapping[str, Any]],

@@ -109,7 +109,9 @@ def test_a_listing_re_plans_a_killed_nodes_partitions_onto_other_replicas(local_
     keys = [f"doc:{i:04d}" for i in range(2_000)]
     with local_cluster.node_client("n1") as client:
         kv = KVClient(client)
-        assert all("hlc" in result for result in kv.put_many([{"key": key, "value": "v"} for key in keys]))
+        # refresh: every replica holds every key before the kill, whichever one a listing asks.
+        written = kv.put_many([{"key": key, "value": "v"} for key in keys], refresh=True)
+        assert all(result["acks"] == 3 for result in written)
         placement = client.status()["placement"]
     # n1 answers for what it holds; each other partition goes to its first replica in
     # preference order. Kill the node that serves most of those.
