@@ -31,6 +31,8 @@ Architecture — a pure core and an I/O shell:
 - ``checkpoints``   how much of each partition's log its engine holds durably
                     (the translog model): what to re-apply, flush, compact
 - ``routing``       which replicas a write, read or coverage request goes to
+- ``write_batch``   batch writes: per-item checks, chunks bounded by count and
+                    bytes, when each item of a ``write_many`` is decided
 - ``engine``        the engine contract (open/apply/read/coverage/fold) and the
                     entry-point registry (group ``legion.engines``)
 - ``errors``        one typed error tree, each with its HTTP status
@@ -44,7 +46,8 @@ peer client), ``coordinator`` (fan-out, quorum, retries), ``log_writer`` and
 ``storage`` (SQLite WAL operation log with group commit), ``gossiper``
 (heartbeats, state dissemination, claimant duties), ``handoff_receiver``
 (pulling partitions on rebalance and re-sync) — both built on ``rounds`` —
-``replica_sender`` (batched replication), ``local_cluster`` (starting real node processes locally).
+``replica_sender`` (batched replication of single writes),
+``batch_writer`` (``write_many``: chunks per replica node), ``local_cluster`` (starting real node processes locally).
 
 Read ``docs/writing-an-engine.md`` to build an engine of your own.
 """

@@ -56,6 +56,11 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    away for good (the core then deletes its directory); ``close`` alone at
    shutdown.
 
+Tracing: ``current_request_id()`` is the id of the client request being
+served — in handlers, and in the ``read``/``coverage``/``coverage_many``
+calls made for it, on whichever node runs them (peer calls carry the id);
+"" elsewhere, e.g. in ``apply``, whose batches mix many requests.
+
 HTTP: ``routes()`` declares the engine's endpoints under ``/v1/<name>/``. A
 handler gets an ``HttpRequest`` and the node's ``Cluster`` (the coordinator:
 ``write``/``write_many``/``read``/``coverage`` across replicas) and returns an
@@ -70,6 +75,7 @@ third-party package adds one with no change to ``legion/``.
 
 from __future__ import annotations
 
+import contextvars
 import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
@@ -84,6 +90,24 @@ from legion.errors import BadRequest, ConfigError, LegionError
 from legion.replication import Operation
 
 ENTRY_POINT_GROUP = "legion.engines"
+
+# Set by the runtime for each request it serves (see ``current_request_id``). A
+# context variable: tasks and worker threads started for the request inherit it.
+REQUEST_ID_CONTEXT: contextvars.ContextVar[str] = contextvars.ContextVar("legion_request_id", default="")
+
+
+def current_request_id() -> str:
+    """The id of the request being served ("" outside one), for an engine's logs and traces."""
+    return REQUEST_ID_CONTEXT.get()
+
+
+def parse_flag(name: str, raw: str | None) -> bool:
+    """A boolean query parameter: ``1``/``true`` or ``0``/``false`` (absent or empty: false)."""
+    if raw is None or raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise BadRequest(f"query parameter {name!r} must be 1, true, 0 or false; got {raw!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +135,7 @@ class HttpRequest:
         """The body parsed as JSON; BadRequest if it is not."""
         try:
             return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
     def int_param(self, name: str, default: int | None = None) -> int | None:
@@ -123,6 +147,10 @@ class HttpRequest:
             return int(raw)
         except ValueError:
             raise BadRequest(f"query parameter {name!r} must be an integer, got {raw!r}") from None
+
+    def flag_param(self, name: str) -> bool:
+        """An optional boolean query parameter (``1``/``true``, ``0``/``false``); BadRequest otherwise."""
+        return parse_flag(name, self.query.get(name))
 
 
 @dataclass(frozen=True, slots=True)

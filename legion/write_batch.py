@@ -80,44 +80,60 @@ def is_refusal(error: LegionError) -> bool:
 
 
 class ItemTally:
-    """One item's replies from the replicas that count towards its quorum."""
+    """One item's replies from the replicas that count towards its quorum.
 
-    __slots__ = ("partition", "hlc", "need", "replicas", "wait_all", "acks", "pending", "failures", "result")
+    Kept small (a batch has up to ``WRITE_MANY_ITEMS_MAX`` of them): the
+    replicas still pending are a bit mask over ``counted``, a tuple shared by
+    every item of the partition, and failures are listed only once one happens."""
+
+    __slots__ = ("partition", "hlc", "counted", "need", "replicas", "wait_all", "acks", "pending", "failures", "result")
 
     def __init__(
-        self, partition: int, hlc: int, counted: Sequence[str], need: int, replicas: int, *, wait_all: bool = False
+        self, partition: int, hlc: int, counted: tuple[str, ...], need: int, replicas: int, *, wait_all: bool = False
     ) -> None:
         assert len(counted) >= need >= 1, "items without enough live replicas are refused before they are sent"
         self.partition = partition
         self.hlc = hlc
+        self.counted = counted
         self.need = need
         self.replicas = replicas
         self.wait_all = wait_all
         self.acks = 0
-        self.pending = set(counted)
-        self.failures: list[tuple[str, LegionError]] = []
+        self.pending = (1 << len(counted)) - 1
+        self.failures: list[tuple[str, LegionError]] | None = None
         self.result: WriteResult | LegionError | None = None
 
     def ack(self, node: str) -> bool:
         """``node`` made the operation durable; True if that decided the item."""
-        if node not in self.pending:
+        if not self._answered(node):
             return False  # a replica outside the quorum (a gaining node), or a repeat
-        self.pending.discard(node)
         self.acks += 1
         return self._settle()
 
     def fail(self, node: str, error: LegionError) -> bool:
         """``node`` did not take the operation; True if that decided the item."""
-        if node not in self.pending:
+        if not self._answered(node):
             return False
-        self.pending.discard(node)
+        if self.failures is None:
+            self.failures = []
         self.failures.append((node, error))
         return self._settle()
+
+    def _answered(self, node: str) -> bool:
+        """Clear ``node``'s pending bit; False if it was not pending."""
+        try:
+            bit = 1 << self.counted.index(node)
+        except ValueError:
+            return False
+        if not self.pending & bit:
+            return False
+        self.pending &= ~bit
+        return True
 
     def _settle(self) -> bool:
         if self.result is not None:
             return False  # decided earlier; later replies only finish in the background
-        if self.acks + len(self.pending) < self.need:
+        if self.acks + self.pending.bit_count() < self.need:
             self.result = self._error()
             return True
         if self.acks >= self.need and not (self.wait_all and self.pending):
@@ -126,10 +142,11 @@ class ItemTally:
         return False
 
     def _error(self) -> LegionError:
-        refusal = next((error for _, error in self.failures if is_refusal(error)), None)
+        failures = self.failures or []
+        refusal = next((error for _, error in failures if is_refusal(error)), None)
         if refusal is not None:
             return refusal
-        detail = "; ".join(f"{node}: {error}" for node, error in self.failures)
+        detail = "; ".join(f"{node}: {error}" for node, error in failures)
         return Unavailable(
             f"partition {self.partition}: only {self.acks} of {self.need} required replicas acknowledged "
             f"the write ({detail})",

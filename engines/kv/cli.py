@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import typer
 from rich.console import Console
@@ -20,9 +20,15 @@ from rich.markup import escape  # a key is user data: "[red]" in it must print l
 
 from engines.kv.client import KVClient
 from legion.client import Client
+from legion.errors import ConfigError
 
-app = typer.Typer(name="kv", help="Put, get and delete keys in the replicated key/value store.", no_args_is_help=True)
+app = typer.Typer(
+    name="kv", help="Put, get, delete, import and list keys in the replicated key/value store.", no_args_is_help=True
+)
 console = Console()
+stderr = Console(stderr=True)
+# An import prints at most this many of its failures (the count says how many there were).
+FAILURES_SHOWN_MAX = 20
 
 ClusterOption = Annotated[
     Path | None,
@@ -96,3 +102,63 @@ def delete(
     with _kv(cluster) as kv:
         result = kv.delete(key, w=w)
     console.print(f"deleted [bold]{escape(key)}[/bold]: hlc {result['hlc']}, {result['acks']} acks")
+
+
+@app.command("import")
+def import_(
+    source: Annotated[
+        str, typer.Argument(help='NDJSON file of {"key": …, "value": …, "content_type"?: …} lines, or - for stdin.')
+    ],
+    w: Annotated[int | None, typer.Option("--w", help="Replicas that must acknowledge each item.")] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Wait until every live replica has each item visible.")
+    ] = False,
+    cluster: ClusterOption = None,
+) -> None:
+    """Put every line of SOURCE; a bad line fails alone and is reported with its line number."""
+    with _kv(cluster) as kv, _binary_input(source) as stream:
+        report = kv.import_ndjson(stream, w=w, refresh=refresh)
+    console.print(f"imported {report.written} items, {len(report.failures)} failed")
+    for failure in report.failures[:FAILURES_SHOWN_MAX]:
+        stderr.print(f"[red]{escape(failure['message'])}[/red]", soft_wrap=True, highlight=False)
+    if len(report.failures) > FAILURES_SHOWN_MAX:
+        stderr.print(f"… and {len(report.failures) - FAILURES_SHOWN_MAX} more failures", highlight=False)
+    if report.failures:
+        raise typer.Exit(code=1)
+
+
+@app.command("list")
+def list_(
+    prefix: Annotated[str, typer.Argument(help="Only keys starting with this text.")] = "",
+    limit: Annotated[int | None, typer.Option("--limit", help="Keys per page (default 1000, at most 10000).")] = None,
+    after: Annotated[str | None, typer.Option("--after", help="Start after this key (the last one printed).")] = None,
+    allow_partial: Annotated[
+        bool, typer.Option("--allow-partial", help="List what the live replicas hold even if some partitions have none.")
+    ] = False,
+    cluster: ClusterOption = None,
+) -> None:
+    """Print live keys in key order, one per line."""
+    with _kv(cluster) as kv:
+        page = kv.list_keys(prefix, limit=limit, after=after, allow_partial=allow_partial)
+    for key in page.keys:
+        sys.stdout.write(key + "\n")
+    sys.stdout.flush()
+    if page.partitions_missing:
+        stderr.print(
+            f"[yellow]warning:[/] no live replica answered for partitions {page.partitions_missing}", highlight=False
+        )
+    if page.truncated:
+        stderr.print(f"more keys follow: --after {escape(page.keys[-1])}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _binary_input(source: str) -> Iterator[BinaryIO]:
+    if source == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        stream = open(source, "rb")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
+    with stream:
+        yield stream

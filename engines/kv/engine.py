@@ -16,9 +16,15 @@ DESIGN.md sets; an OS crash or power loss may roll back the last commits
 
 Threads, as the contract in ``legion.engine`` promises: ``apply`` comes from
 the node's single writer thread, so the database has one writer
-connection; ``read`` and ``fold`` come from worker threads concurrently, so
-each worker thread gets its own reader connection. WAL lets
+connection; ``read``, ``coverage_many`` and ``fold`` come from worker threads
+concurrently, so each worker thread gets its own reader connection. WAL lets
 readers run while the writer commits.
+
+Routes: one key (``PUT``/``GET``/``DELETE /v1/kv/{key}``), many keys at once
+(``POST /v1/kv``, through ``Cluster.write_many``) and a key listing
+(``GET /v1/kv``, a coverage request: ``coverage_many`` answers all the
+partitions a node is asked for from the one database, already merged and cut
+to the page size, so a node's reply is one short sorted list).
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ from typing import Any
 
 from engines.kv import entries
 from engines.kv.entries import Entry
-from legion.engine import Cluster, Engine, HttpRequest, HttpResponse, Route
+from legion.engine import Cluster, Engine, HttpRequest, HttpResponse, Route, WriteItem
 from legion.errors import BadRequest, ConfigError, NotFound, NotOwner
-from legion.limits import REQUEST_DEADLINE_MS
+from legion.limits import REQUEST_DEADLINE_MS, WRITE_MANY_ITEMS_MAX
 from legion.replication import Operation
 
 DATABASE_FILE = "kv.sqlite"
@@ -78,6 +84,14 @@ SELECT_PAGE = (
     " WHERE partition = ? AND key > ? ORDER BY key LIMIT ?"
 )
 DELETE_PARTITION = "DELETE FROM entries WHERE partition = ?"
+# Live keys of one partition in [low, high) after a cursor, in order; tombstones are not listed.
+SELECT_KEYS = (
+    "SELECT key FROM entries WHERE partition = ? AND key >= ? AND key > ? AND deleted = 0 ORDER BY key LIMIT ?"
+)
+SELECT_KEYS_BELOW = (
+    "SELECT key FROM entries WHERE partition = ? AND key >= ? AND key > ? AND key < ? AND deleted = 0"
+    " ORDER BY key LIMIT ?"
+)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -222,6 +236,27 @@ class KVEngine(Engine):
             row = conn.execute(SELECT_ONE, (partition, query)).fetchone()
         return None if row is None else _entry(row).to_wire()
 
+    def coverage(self, partition: int, query: Any) -> list[bytes]:
+        """One partition's page of a key listing (the runtime calls ``coverage_many``)."""
+        return self.coverage_many([partition], query)
+
+    def coverage_many(self, partitions: Sequence[int], query: Any) -> list[bytes]:
+        """A node's share of a key listing: the first ``limit`` live keys of ``partitions``
+        matching the query (``entries.list_query``), sorted and merged into one list."""
+        prefix, after, limit = entries.check_list_query(query)
+        low, high = entries.key_range(prefix)
+        stores = [self._store(p) for p in partitions]  # NotOwner before reading anything
+        pages: list[list[bytes]] = []
+        for partition, store in zip(partitions, stores):
+            with store.reader().use() as conn:
+                if high is None:
+                    rows = conn.execute(SELECT_KEYS, (partition, low, after or b"", limit)).fetchall()
+                else:
+                    rows = conn.execute(SELECT_KEYS_BELOW, (partition, low, after or b"", high, limit)).fetchall()
+            pages.append([key for (key,) in rows])
+        keys, _ = entries.merge_key_lists(pages, limit)
+        return keys
+
     def fold(self, partition: int) -> Iterator[Operation]:
         # Keyset pagination. Rows are never deleted (a delete is a tombstone
         # row), so every key present when the fold starts is visited; a row
@@ -241,6 +276,8 @@ class KVEngine(Engine):
 
     def routes(self) -> Sequence[Route]:
         return (
+            Route("POST", "/v1/kv", bulk_put_handler),
+            Route("GET", "/v1/kv", list_handler),
             Route("PUT", "/v1/kv/{key}", put_handler),
             Route("GET", "/v1/kv/{key}", get_handler),
             Route("DELETE", "/v1/kv/{key}", delete_handler),
@@ -272,7 +309,9 @@ async def put_handler(req: HttpRequest, cluster: Cluster) -> HttpResponse:
     key = req.path_params["key"]
     raw_key = entries.parse_key(key)
     body = entries.encode_put(req.headers.get("Content-Type"), req.body)
-    result = await cluster.write(entries.ENGINE_NAME, raw_key, entries.KIND_PUT, body, w=req.int_param("w"))
+    result = await cluster.write(
+        entries.ENGINE_NAME, raw_key, entries.KIND_PUT, body, w=req.int_param("w"), refresh=req.flag_param("refresh")
+    )
     return HttpResponse.json({"key": key, "partition": result.partition, "hlc": result.hlc, "acks": result.acks})
 
 
@@ -291,5 +330,41 @@ async def get_handler(req: HttpRequest, cluster: Cluster) -> HttpResponse:
 async def delete_handler(req: HttpRequest, cluster: Cluster) -> HttpResponse:
     key = req.path_params["key"]
     raw_key = entries.parse_key(key)
-    result = await cluster.write(entries.ENGINE_NAME, raw_key, entries.KIND_DELETE, b"", w=req.int_param("w"))
+    result = await cluster.write(
+        entries.ENGINE_NAME, raw_key, entries.KIND_DELETE, b"", w=req.int_param("w"), refresh=req.flag_param("refresh")
+    )
     return HttpResponse.json({"key": key, "deleted": True, "hlc": result.hlc, "acks": result.acks})
+
+
+async def bulk_put_handler(req: HttpRequest, cluster: Cluster) -> HttpResponse:
+    """Many puts in one request: NDJSON lines or a msgpack list; one result per item, in order."""
+    w, refresh = req.int_param("w"), req.flag_param("refresh")
+    lines = entries.parse_bulk(req.body, req.headers.get("Content-Type"))
+    if not lines:
+        raise BadRequest('the body holds no items: send NDJSON lines {"key": …, "value": …} or a msgpack list')
+    if len(lines) > WRITE_MANY_ITEMS_MAX:
+        raise BadRequest(f"a bulk put holds at most {WRITE_MANY_ITEMS_MAX} items, got {len(lines)}; split it")
+    writable = [WriteItem(line.key, entries.KIND_PUT, line.body) for line in lines if line.error is None]
+    outcomes = await cluster.write_many(entries.ENGINE_NAME, writable, w=w, refresh=refresh) if writable else []
+    results = entries.bulk_results(lines, outcomes)
+    failed = sum(1 for result in results if "error" in result)
+    return HttpResponse.json({"written": len(results) - failed, "failed": failed, "results": results})
+
+
+async def list_handler(req: HttpRequest, cluster: Cluster) -> HttpResponse:
+    """Live keys in key order: ``?prefix=`` to narrow, ``?after=`` to page, ``?limit=`` per page."""
+    prefix = entries.parse_prefix(req.query.get("prefix", ""))
+    after = entries.parse_key(req.query["after"]) if req.query.get("after") else None
+    limit = entries.check_list_limit(req.int_param("limit"))
+    allow_partial = req.flag_param("allow_partial")
+    # One more than the page: whether it comes back says if there is a next page.
+    query = entries.list_query(prefix, after, limit + 1)
+    result = await cluster.coverage(entries.ENGINE_NAME, query, allow_partial=allow_partial)
+    keys, truncated = entries.merge_key_lists((reply.value for reply in result.replies), limit)
+    return HttpResponse.json(
+        {
+            "keys": [key.decode("utf-8", "replace") for key in keys],
+            "truncated": truncated,
+            "partitions_missing": list(result.missing),
+        }
+    )

@@ -78,10 +78,10 @@ class BatchHost(Protocol):
 
 @dataclass
 class _Share:
-    """One node's part of a batch: (item index, operation) pairs in item order, and their chunks."""
+    """One node's part of a batch: the indexes of its items, in order, and its chunks of them."""
 
     node_id: str
-    entries: list[tuple[int, Operation]]
+    indexes: list[int]
     chunks: list[range]
 
 
@@ -94,17 +94,18 @@ class BatchWriter:
     async def write_many(
         self, engine: str, items: Sequence[WriteItem], *, w: int | None = None, refresh: bool = False
     ) -> list[WriteResult | LegionError]:
+        """``Cluster.write_many``: one entry per item, in order, once every item is decided."""
         if len(items) > WRITE_MANY_ITEMS_MAX:
             raise BadRequest(f"a batch holds at most {WRITE_MANY_ITEMS_MAX} items, got {len(items)}")
         if w is not None:
             write_quorum(w, 1)  # a bad w fails the call, not every item
-        tally, shares = self._plan(engine, items, w, refresh)
+        tally, ops, shares = self._plan(engine, items, w, refresh)
         if tally.undecided == 0:
             return tally.results()
         rounds = max(math.ceil(len(share.chunks) / PEER_CHUNKS_IN_FLIGHT_MAX) for share in shares)
         deadline = time.monotonic() + rounds * REQUEST_DEADLINE_MS / 1000
         decided = asyncio.Event()
-        tasks = [asyncio.ensure_future(self._send_share(s, tally, decided, refresh, deadline)) for s in shares]
+        tasks = [asyncio.ensure_future(self._send_share(s, ops, tally, decided, refresh, deadline)) for s in shares]
         try:
             await asyncio.wait_for(decided.wait(), timeout=max(0.0, deadline - time.monotonic()) + 1)
         except asyncio.TimeoutError:
@@ -116,11 +117,16 @@ class BatchWriter:
 
     def _plan(
         self, engine: str, items: Sequence[WriteItem], w: int | None, refresh: bool
-    ) -> tuple[BatchTally, list[_Share]]:
-        """Check and stamp every item; group the operations by replica node and chunk each node's share."""
+    ) -> tuple[BatchTally, list[Operation | None], list[_Share]]:
+        """Check and stamp every item; group the items by replica node and chunk each node's share.
+
+        Shares hold item indexes into one list of operations (a plain int per
+        item and node, not an object: a batch may hold a hundred thousand)."""
         state, live = self.host.current_state(), self.host.live()
         plans: dict[int, WritePlan] = {}
-        by_node: dict[str, list[tuple[int, Operation]]] = defaultdict(list)
+        ops: list[Operation | None] = [None] * len(items)
+        sizes = [0] * len(items)
+        by_node: dict[str, list[int]] = defaultdict(list)
         tally = BatchTally(len(items))
         for index, item in enumerate(items):
             try:
@@ -137,14 +143,22 @@ class BatchWriter:
             except LegionError as exc:
                 tally.refuse(index, exc)
                 continue
-            op = Operation(engine, partition, key, self.host.stamp(), self.host.node_id, item.kind, item.body)
+            op = ops[index] = Operation(engine, partition, key, self.host.stamp(), self.host.node_id, item.kind, item.body)
+            sizes[index] = op_wire_bytes(op)
             tally.track(index, ItemTally(partition, op.hlc, plan.counted, need, plan.replicas, wait_all=refresh))
             for node_id in plan.counted + plan.extra:
-                by_node[node_id].append((index, op))
-        return tally, [_Share(node_id, entries, _chunks(entries)) for node_id, entries in by_node.items()]
+                by_node[node_id].append(index)
+        shares = [_Share(node_id, indexes, _chunks(indexes, sizes)) for node_id, indexes in by_node.items()]
+        return tally, ops, shares
 
     async def _send_share(
-        self, share: _Share, tally: BatchTally, decided: asyncio.Event, refresh: bool, deadline: float
+        self,
+        share: _Share,
+        ops: Sequence[Operation | None],
+        tally: BatchTally,
+        decided: asyncio.Event,
+        refresh: bool,
+        deadline: float,
     ) -> None:
         """Send one node's chunks, a few at a time; every entry ends acknowledged or failed."""
         pending = iter(share.chunks)  # shared by the workers: each chunk is taken once
@@ -152,7 +166,7 @@ class BatchWriter:
 
         async def worker() -> None:
             for chunk in pending:
-                entries = share.entries[chunk.start : chunk.stop]
+                indexes = share.indexes[chunk.start : chunk.stop]
                 refused: dict[int, LegionError] = {}
                 error = unreachable[0] if unreachable else None
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
@@ -161,7 +175,7 @@ class BatchWriter:
                 if error is None:
                     try:
                         refused = await self.host.apply_chunk(
-                            share.node_id, [op for _, op in entries], refresh=refresh,
+                            share.node_id, [ops[i] for i in indexes], refresh=refresh,  # type: ignore[misc]
                             timeout_ms=min(REQUEST_DEADLINE_MS, remaining_ms),
                         )  # fmt: skip
                     except (Unavailable, DeadlineExceeded) as exc:
@@ -169,7 +183,7 @@ class BatchWriter:
                         error = exc
                     except LegionError as exc:
                         error = exc
-                _settle(tally, share.node_id, entries, refused, error)
+                _settle(tally, share.node_id, indexes, refused, error)
                 if tally.undecided == 0:
                     decided.set()
 
@@ -180,25 +194,24 @@ class BatchWriter:
         finally:
             if not finished:  # cancelled, or a bug: never leave the caller waiting on this node
                 stopped = LegionError(f"the batch writer stopped before {share.node_id} answered")
-                _settle(tally, share.node_id, share.entries, {}, stopped)
+                _settle(tally, share.node_id, share.indexes, {}, stopped)
                 if tally.undecided == 0:
                     decided.set()
 
 
-def _chunks(entries: list[tuple[int, Operation]]) -> list[range]:
-    sizes = [op_wire_bytes(op) for _, op in entries]
-    return chunk_ranges(sizes, ops_max=PEER_BATCH_OPS_MAX, bytes_max=PEER_BATCH_BYTES_MAX)
+def _chunks(indexes: list[int], sizes: list[int]) -> list[range]:
+    return chunk_ranges([sizes[i] for i in indexes], ops_max=PEER_BATCH_OPS_MAX, bytes_max=PEER_BATCH_BYTES_MAX)
 
 
 def _settle(
-    tally: BatchTally,
-    node_id: str,
-    entries: Sequence[tuple[int, Operation]],
-    refused: dict[int, LegionError],
-    error: LegionError | None,
+    tally: BatchTally, node_id: str, indexes: Sequence[int], refused: dict[int, LegionError], error: LegionError | None
 ) -> None:
     """Record one chunk's outcome on ``node_id``: all failed with ``error``, or per operation."""
-    for position, (index, _) in enumerate(entries):
+    if error is None and not refused:
+        for index in indexes:
+            tally.ack(index, node_id)
+        return
+    for position, index in enumerate(indexes):
         failure = error or refused.get(position)
         if failure is None:
             tally.ack(index, node_id)
@@ -209,4 +222,4 @@ def _settle(
 def _expire(tally: BatchTally, shares: Sequence[_Share]) -> None:
     expired = DeadlineExceeded("the batch deadline passed before the replicas answered")
     for share in shares:
-        _settle(tally, share.node_id, share.entries, {}, expired)
+        _settle(tally, share.node_id, share.indexes, {}, expired)

@@ -17,7 +17,7 @@ I/O. Implements the ``legion.engine.Cluster`` protocol engines' handlers use:
   other replicas, up to ``FORWARD_ATTEMPTS_MAX`` rounds. A request error (the
   query is bad) is raised at once: every replica would refuse it too.
 
-Every peer call carries the request id (``transport.current_request_id``)
+Every peer call carries the request id (``legion.engine.current_request_id()``)
 and the time left before the deadline.
 A peer that fails to connect is *suspected* locally for a short while, so
 later requests skip it without waiting for the failure detector.
@@ -243,6 +243,8 @@ class Coordinator:
         failed: set[str] = set()
         unplaced: list[int] = []
         for _round in range(FORWARD_ATTEMPTS_MAX):
+            if _round and time.monotonic() >= deadline:
+                break  # no time left for another round: the rest is missing
             plan = coverage_plan(state, self.live(), self.node_id, todo, avoid=frozenset(failed), prefer=prefer)
             unplaced.extend(plan.pop("", []))
             if not plan:
@@ -276,7 +278,13 @@ class Coordinator:
 
     async def _coverage_one(self, node_id: str, engine: str, partitions: list[int], query: Any, deadline: float) -> Any:
         if node_id == self.node_id:
-            return await self.node.local_coverage(engine, partitions, query)
+            # Bounded like a peer call: the deadline holds for the local share too.
+            try:
+                return await asyncio.wait_for(
+                    self.node.local_coverage(engine, partitions, query), max(0.0, deadline - time.monotonic())
+                )
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"{node_id} did not answer its coverage share before the deadline") from None
         body = msgpack.packb({"engine": engine, "partitions": partitions, "query": query}, use_bin_type=True)
         raw = await self._peer(node_id, "POST", "/internal/coverage", deadline, data=body)
         return msgpack.unpackb(raw, raw=False)

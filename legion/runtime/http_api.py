@@ -12,7 +12,7 @@ routes. Peer API (msgpack bodies, same token): ``/internal/gossip``,
 ``/internal/handoff-done``.
 
 ``/v1/health`` also reports ``apply_requests``: how many ``/internal/apply``
-requests this node has served since it started. It is the one way to see from
+requests this node has answered since it started. It is the one way to see from
 outside how many round trips replication took (batching is the point of
 ``write_many``), and costs one integer.
 """
@@ -28,7 +28,7 @@ import msgpack
 from aiohttp import web
 
 from legion import cluster_state as cs
-from legion.engine import HttpRequest, Route
+from legion.engine import HttpRequest, Route, parse_flag
 from legion.errors import BadRequest, Unavailable
 from legion.limits import HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
 from legion.replication import decode_ops, encode_apply_reply, unpack
@@ -109,16 +109,6 @@ def _int_list(body: dict[str, Any], name: str) -> list[int]:
     return value
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    """An optional boolean query parameter: 1/true or 0/false (absent: false)."""
-    raw = request.query.get(name, "")
-    if raw in ("", "0", "false"):
-        return False
-    if raw in ("1", "true"):
-        return True
-    raise BadRequest(f"query parameter {name!r} must be 1, true, 0 or false; got {raw!r}")
-
-
 def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = body.get(name)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
@@ -193,11 +183,13 @@ class _Api:
         return web.json_response(reply)
 
     async def apply(self, request: web.Request) -> web.Response:
-        self.apply_requests += 1
-        refresh = _flag(request, "refresh")
-        ops = decode_ops(await read_body(request, PEER_BODY_BYTES_MAX))
-        refused = await self.node.accept_ops(ops, flush=refresh)
-        return web.Response(body=encode_apply_reply(len(ops), refused), content_type=MSGPACK)
+        try:
+            refresh = parse_flag("refresh", request.query.get("refresh"))
+            ops = decode_ops(await read_body(request, PEER_BODY_BYTES_MAX))
+            refused = await self.node.accept_ops(ops, flush=refresh)
+            return web.Response(body=encode_apply_reply(len(ops), refused), content_type=MSGPACK)
+        finally:
+            self.apply_requests += 1  # once answered: a settled count means nothing is left in flight
 
     async def read(self, request: web.Request) -> web.Response:
         body = await _read_msgpack(request)

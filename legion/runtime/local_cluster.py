@@ -371,8 +371,10 @@ def _is_running(node: dict[str, Any]) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
+    if child is not None:
+        # Our own child: poll() is the truth. Its /proc command line is not — a child
+        # caught between fork and exec shows an empty or the parent's command line.
+        return child.poll() is None
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):

@@ -4,8 +4,8 @@ I/O. Every request, from a client or a peer, passes the same chain:
 
 1. a request id (``X-Request-Id``, generated when absent) for tracing a
    request across the hops it is forwarded over. The middleware puts it in
-   ``current_request_id`` (a context variable, so every task the handler
-   starts, and every worker thread it hands work to, sees it), and
+   ``legion.engine.REQUEST_ID_CONTEXT`` (a context variable, so every task the
+   handler starts, and every worker thread it hands work to, sees it), and
    ``PeerClient`` sends it on every peer call made on the request's behalf;
 2. authentication: ``Authorization: Bearer <cluster token>``, compared in
    constant time; anything else is 401 before a handler runs;
@@ -22,7 +22,6 @@ every call bounded by a deadline, connection failures raised as
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hmac
 import itertools
 import json
@@ -34,6 +33,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from legion.engine import REQUEST_ID_CONTEXT
 from legion.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -60,13 +60,6 @@ _request_counter = itertools.count(1)
 
 def next_request_id() -> str:
     return f"{_REQUEST_ID_PREFIX}-{next(_request_counter):x}"
-
-
-# The id of the request the current task serves ("" outside any request). Tasks
-# copy the context they are created in, so work a handler starts keeps the id;
-# a long-lived task serving many requests (a replica sender) must start in an
-# empty context instead, or it would tag everything with the first request's id.
-current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("legion_request_id", default="")
 
 
 def error_response(error: LegionError, request_id: str = "") -> web.Response:
@@ -96,7 +89,9 @@ def make_middlewares(token: str, admit: Callable[[web.Request], None] | None = N
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = request.headers.get(REQUEST_ID_HEADER) or next_request_id()
         request["request_id"] = request_id
-        context_token = current_request_id.set(request_id)
+        # Tasks copy the context they are created in, so work this request starts keeps its id
+        # (a long-lived task serving many requests must start in an empty context instead).
+        context_token = REQUEST_ID_CONTEXT.set(request_id)
         try:
             supplied = request.headers.get("Authorization", "").encode("utf-8", "replace")
             if not hmac.compare_digest(supplied, expected):
@@ -117,7 +112,7 @@ def make_middlewares(token: str, admit: Callable[[web.Request], None] | None = N
             err = LegionError("internal error; the node's log has the details", request_id=request_id)
             return error_response(err, request_id)
         finally:
-            current_request_id.reset(context_token)
+            REQUEST_ID_CONTEXT.reset(context_token)
         response.headers.setdefault(REQUEST_ID_HEADER, request_id)
         return response
 
@@ -145,7 +140,7 @@ async def read_json(request: web.Request, limit_bytes: int = REQUEST_BODY_BYTES_
     body = await read_body(request, limit_bytes)
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 
@@ -190,9 +185,9 @@ class PeerClient:
     ) -> bytes:
         """One request to a peer; the response body. Raises Unavailable/DeadlineExceeded or the peer's error.
 
-        Carries ``request_id``, or else the id of the request being served (``current_request_id``)."""
+        Carries ``request_id``, or else the id of the request being served (``REQUEST_ID_CONTEXT``)."""
         assert self._session is not None, "PeerClient.start() first"
-        request_id = request_id or current_request_id.get()
+        request_id = request_id or REQUEST_ID_CONTEXT.get()
         headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
         if json_body is not None:
             data, content_type = json.dumps(json_body).encode(), "application/json"

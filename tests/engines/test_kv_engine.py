@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 import engines.kv.engine as kv_engine
 from engines.kv import KVClient, KVEngine, entries
 from engines.kv.entries import Entry
-from legion.engine import HttpRequest, HttpResponse, WriteResult, load_engines
-from legion.errors import BadRequest, ConfigError, NotFound, NotOwner, PayloadTooLarge, Unavailable
+from legion.engine import CoverageResult, HttpRequest, HttpResponse, NodeReply, WriteItem, WriteResult, load_engines
+from legion.errors import BadRequest, ConfigError, LegionError, NotFound, NotOwner, PayloadTooLarge, Unavailable
 from legion.keyspace import partition_of
 from legion.limits import VALUE_BYTES_MAX
 from legion.replication import Operation, read_quorum, write_quorum
@@ -301,9 +301,11 @@ def test_the_engine_is_registered_under_its_entry_point() -> None:
     assert load_engines()["kv"] is KVEngine
 
 
-def test_routes_cover_put_get_delete() -> None:
+def test_routes_cover_put_get_delete_bulk_put_and_listing() -> None:
     routes = {(route.method, route.path) for route in KVEngine(Path(".")).routes()}
-    assert routes == {("PUT", "/v1/kv/{key}"), ("GET", "/v1/kv/{key}"), ("DELETE", "/v1/kv/{key}")}
+    assert routes == {
+        ("PUT", "/v1/kv/{key}"), ("GET", "/v1/kv/{key}"), ("DELETE", "/v1/kv/{key}"), ("POST", "/v1/kv"), ("GET", "/v1/kv"),
+    }  # fmt: skip
 
 
 # --- HTTP handlers and client, over a fake coordinator with three replicas ---------
@@ -321,8 +323,10 @@ class FakeCluster:
             for partition in range(self.partitions):
                 replica.open(partition, root / f"r{i}" / f"p{partition}")
         self.down: set[int] = set()
+        self.lost: set[int] = set()  # partitions no replica answers for (coverage)
         self.hlc = 0
         self.writes: list[Operation] = []
+        self.refreshed: list[bool] = []
 
     def partition_of(self, key: bytes) -> int:
         return partition_of(key, self.partitions)
@@ -333,7 +337,10 @@ class FakeCluster:
             raise Unavailable(f"{len(live)} live replicas, {needed} needed")
         return live
 
-    async def write(self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None) -> WriteResult:
+    async def write(
+        self, engine: str, key: bytes, kind: str, body: bytes, *, w: int | None = None, refresh: bool = False
+    ) -> WriteResult:
+        self.refreshed.append(refresh)
         live = self.live(write_quorum(w, len(self.replicas)))
         self.hlc += 1
         op = Operation(engine, self.partition_of(key), key, self.hlc, self.node_id, kind, body)
@@ -341,6 +348,32 @@ class FakeCluster:
         for replica in live:
             replica.apply(op.partition, [op])
         return WriteResult(op.partition, op.hlc, len(live), len(self.replicas))
+
+    async def write_many(
+        self, engine: str, items: list[WriteItem], *, w: int | None = None, refresh: bool = False
+    ) -> list[WriteResult | LegionError]:
+        if w is not None:
+            write_quorum(w, 1)  # as the coordinator: a bad w fails the call, not each item
+        results: list[WriteResult | LegionError] = []
+        for item in items:
+            try:
+                results.append(await self.write(engine, item.key, item.kind, item.body, w=w, refresh=refresh))
+            except LegionError as exc:
+                results.append(exc)
+        return results
+
+    async def coverage(self, engine: str, query: Any, *, allow_partial: bool = False, **_: Any) -> CoverageResult:
+        """Each partition from the first live replica, as if each replica were a node."""
+        live = [i for i in range(len(self.replicas)) if i not in self.down]
+        missing = tuple(sorted(self.lost)) if live else tuple(range(self.partitions))
+        if missing and not allow_partial:
+            raise Unavailable(f"no live replica answered for partitions {list(missing)}", partitions=list(missing))
+        parts = tuple(p for p in range(self.partitions) if p not in missing)
+        if not parts:
+            return CoverageResult((), {}, missing)
+        value = self.replicas[live[0]].coverage_many(parts, query)
+        reply = NodeReply(f"r{live[0]}", parts, msgpack.unpackb(msgpack.packb(value)))  # as if from a peer
+        return CoverageResult((reply,), dict.fromkeys(parts, reply.node), missing)
 
     async def read(self, engine: str, key: bytes, query: Any, *, r: int | None = None) -> list[Any]:
         needed = read_quorum(r, len(self.replicas))
@@ -370,7 +403,7 @@ class FakeClient:
 
     def __init__(self, cluster: FakeCluster) -> None:
         self.cluster = cluster
-        self.handlers = {route.method: route.handler for route in cluster.replicas[0].routes()}
+        self.handlers = {(route.method, route.path): route.handler for route in cluster.replicas[0].routes()}
         self.paths: list[str] = []
         self.closed = False
 
@@ -382,11 +415,15 @@ class FakeClient:
 
     def request(self, method: str, path: str, *, body=None, json=None, params=None, headers=None) -> FakeResponse:
         self.paths.append(path)
-        prefix, _, encoded = path.rpartition("/")
-        assert prefix == "/v1/kv", f"key not percent-encoded: {path}"
         query = {name: str(value) for name, value in (params or {}).items()}
-        request = HttpRequest(method, {"key": unquote(encoded)}, query, headers or {}, body or b"")
-        response: HttpResponse = asyncio.run(self.handlers[method](request, self.cluster))
+        if path == "/v1/kv":
+            handler, path_params = self.handlers[(method, path)], {}
+        else:
+            prefix, _, encoded = path.rpartition("/")
+            assert prefix == "/v1/kv", f"key not percent-encoded: {path}"
+            handler, path_params = self.handlers[(method, "/v1/kv/{key}")], {"key": unquote(encoded)}
+        request = HttpRequest(method, path_params, query, headers or {}, body or b"")
+        response: HttpResponse = asyncio.run(handler(request, self.cluster))
         return FakeResponse(response.status, {"Content-Type": response.content_type, **response.headers}, response.body)
 
 
@@ -441,10 +478,12 @@ def test_quorums_that_cannot_be_met_are_unavailable(kv: KVClient, cluster: FakeC
         kv.delete("k", w=3)
 
 
-def run_handler(method: str, cluster: FakeCluster, key: str, body: bytes = b"", **options: Any) -> HttpResponse:
-    handlers = {route.method: route.handler for route in cluster.replicas[0].routes()}
-    request = HttpRequest(method, {"key": key}, options.get("query", {}), options.get("headers", {}), body)
-    return asyncio.run(handlers[method](request, cluster))
+def run_handler(method: str, cluster: FakeCluster, key: str | None, body: bytes = b"", **options: Any) -> HttpResponse:
+    """The handler of ``/v1/kv/{key}``, or of ``/v1/kv`` when ``key`` is None."""
+    handlers = {(route.method, route.path): route.handler for route in cluster.replicas[0].routes()}
+    path, path_params = ("/v1/kv", {}) if key is None else ("/v1/kv/{key}", {"key": key})
+    request = HttpRequest(method, path_params, options.get("query", {}), options.get("headers", {}), body)
+    return asyncio.run(handlers[(method, path)](request, cluster))
 
 
 def test_put_stores_the_content_type_header_whatever_its_case(cluster: FakeCluster) -> None:
@@ -568,3 +607,170 @@ def test_a_batch_naming_a_closed_partition_changes_nothing(engine: KVEngine) -> 
     with pytest.raises(NotOwner):
         engine.apply_batch({0: [put(b"a", 1)], 7: [put(b"b", 1)]})
     assert engine.read(0, b"a") is None
+
+
+# --- key listings (coverage_many) on the engine ------------------------------------------
+
+
+def test_coverage_many_lists_live_keys_of_the_asked_partitions_in_order(engine: KVEngine, tmp_path: Path) -> None:
+    engine.open(1, tmp_path / "p1")
+    engine.apply_batch({
+        0: [put(b"b", 1), put(b"d", 1), delete(b"c", 2), put(b"prefix/x", 1)],
+        1: [put(b"a", 1), put(b"c", 1), put(b"prefix/y", 1)],
+    })  # fmt: skip
+    everything = entries.list_query(b"", None, 100)
+    assert engine.coverage_many([0, 1], everything) == [b"a", b"b", b"c", b"d", b"prefix/x", b"prefix/y"]
+    assert engine.coverage_many([0], everything) == [b"b", b"d", b"prefix/x"]  # c is a tombstone in 0
+    assert engine.coverage_many([0, 1], entries.list_query(b"prefix/", None, 100)) == [b"prefix/x", b"prefix/y"]
+    assert engine.coverage_many([0, 1], entries.list_query(b"", b"b", 2)) == [b"c", b"d"]
+    assert engine.coverage(1, everything) == [b"a", b"c", b"prefix/y"]
+
+
+def test_coverage_many_lists_keys_after_an_all_ff_prefix(engine: KVEngine) -> None:
+    engine.apply(0, [put(b"\xff", 1), put(b"\xff\xff\x01", 1), put(b"\xfe", 1)])
+    assert engine.coverage_many([0], entries.list_query(b"\xff\xff", None, 10)) == [b"\xff\xff\x01"]
+
+
+def test_coverage_many_refuses_a_bad_query_and_a_partition_it_does_not_hold(engine: KVEngine) -> None:
+    with pytest.raises(BadRequest):
+        engine.coverage_many([0], {"prefix": "text"})
+    with pytest.raises(NotOwner):
+        engine.coverage_many([0, 9], entries.list_query(b"", None, 10))
+
+
+# --- bulk puts and listings through the handlers and the client -------------------------------
+
+
+def test_a_bulk_put_writes_every_good_line_and_reports_each_bad_one_with_its_line(cluster: FakeCluster) -> None:
+    body = b'{"key": "a", "value": "1"}\n{"key": "", "value": "x"}\n\n{"key": "c", "value": "3", "content_type": "text/csv"}\n'
+    response = run_handler("POST", cluster, None, body, headers={"Content-Type": "application/x-ndjson"})
+    document = json.loads(response.body)
+    assert (response.status, document["written"], document["failed"]) == (200, 2, 1)
+    first, bad, third = document["results"]
+    assert first == {"line": 1, "partition": cluster.partition_of(b"a"), "hlc": 1, "acks": 3}
+    assert bad["line"] == 2 and bad["error"] == "bad_request" and bad["message"].startswith("line 2: ")
+    assert third["line"] == 4 and third["hlc"] == 2
+    assert run_handler("GET", cluster, "c").content_type == "text/csv"
+
+
+def test_a_bulk_put_passes_w_and_refresh_to_write_many(cluster: FakeCluster) -> None:
+    cluster.down = {0, 1}
+    body = b'{"key": "a", "value": "1"}'
+    refused = json.loads(run_handler("POST", cluster, None, body).body)
+    assert refused["failed"] == 1 and refused["results"][0]["error"] == "unavailable"
+    written = json.loads(run_handler("POST", cluster, None, body, query={"w": "1", "refresh": "1"}).body)
+    assert written["written"] == 1 and cluster.refreshed[-1] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "options"),
+    [
+        (b"", {}),
+        (b"\n  \n", {}),
+        (b"\xc1", {"headers": {"Content-Type": "application/msgpack"}}),
+        (b'{"key": "a", "value": "1"}', {"query": {"w": "0"}}),
+        (b'{"key": "a", "value": "1"}', {"query": {"refresh": "maybe"}}),
+    ],
+)
+def test_a_bulk_put_that_is_wrong_as_a_whole_is_refused_whole(cluster: FakeCluster, body: bytes, options) -> None:
+    with pytest.raises(BadRequest):
+        run_handler("POST", cluster, None, body, **options)
+    assert cluster.writes == []
+
+
+def test_a_bulk_put_over_the_item_limit_is_refused(cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kv_engine, "WRITE_MANY_ITEMS_MAX", 2)
+    body = b'{"key": "a", "value": "1"}\n' * 3
+    with pytest.raises(BadRequest, match="at most 2 items"):
+        run_handler("POST", cluster, None, body)
+
+
+def test_the_client_puts_many_items_in_several_requests_numbering_results_across_them(
+    kv: KVClient, cluster: FakeCluster
+) -> None:
+    items = [{"key": f"k{i}", "value": f"v{i}"} for i in range(7)]
+    items[4] = {"key": "", "value": "bad key"}
+    items[5] = {"key": "binary", "value": b"\x00\xff", "content_type": "image/png"}
+    results = kv.put_many(items, request_items=3)
+    assert kv.client.paths == ["/v1/kv"] * 3
+    assert [result["line"] for result in results] == list(range(1, 8))
+    assert results[4]["error"] == "bad_request" and results[4]["message"].startswith("line 5: ")
+    assert all("hlc" in result for i, result in enumerate(results) if i != 4)
+    assert kv.get("binary").value == b"\x00\xff" and kv.get("binary").content_type == "image/png"
+    assert kv.get("k6").text == "v6"
+
+
+def test_the_client_imports_ndjson_reporting_failures_by_their_line_in_the_file(kv: KVClient) -> None:
+    lines = [b'{"key": "k%d", "value": "v%d"}' % (i, i) for i in range(10)]
+    lines[2] = b"{broken"
+    lines[7] = b""
+    lines[8] = b'{"key": "k8", "value": 8}'
+    report = kv.import_ndjson(iter(line + b"\n" for line in lines), request_items=4)
+    assert report.written == 7
+    assert [(failure["line"], failure["message"][:7]) for failure in report.failures] == [(3, "line 3:"), (9, "line 9:")]
+    assert kv.get("k9").text == "v9"
+
+
+def test_an_item_too_large_for_any_request_fails_alone_on_the_client(kv: KVClient, monkeypatch) -> None:
+    import engines.kv.client as kv_client
+
+    monkeypatch.setattr(kv_client, "BULK_BODY_BYTES_MAX", 200)
+    results = kv.put_many([{"key": "a", "value": "x"}, {"key": "b", "value": "y" * 300}, {"key": "c", "value": "z"}])
+    assert [result.get("error") for result in results] == [None, "payload_too_large", None]
+    assert results[1]["line"] == 2
+
+
+def test_listing_pages_through_live_keys(kv: KVClient) -> None:
+    kv.put_many([{"key": key, "value": "v"} for key in ("b", "a", "c/1", "c/2", "d")])
+    kv.delete("d")
+    first = kv.list_keys(limit=2)
+    assert (first.keys, first.truncated, first.partitions_missing) == (["a", "b"], True, [])
+    rest = kv.list_keys(after=first.keys[-1])
+    assert (rest.keys, rest.truncated) == (["c/1", "c/2"], False)
+    assert kv.list_keys("c/").keys == ["c/1", "c/2"]
+
+
+def test_listing_with_lost_partitions_is_unavailable_unless_partial(kv: KVClient, cluster: FakeCluster) -> None:
+    kv.put_many([{"key": f"k{i}", "value": "v"} for i in range(20)])
+    cluster.lost = {1}
+    with pytest.raises(Unavailable):
+        kv.list_keys()
+    partial = kv.list_keys(allow_partial=True)
+    assert partial.partitions_missing == [1]
+    assert partial.keys == sorted(f"k{i}" for i in range(20) if cluster.partition_of(f"k{i}".encode()) != 1)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"limit": "0"}, {"limit": "10001"}, {"limit": "ten"}, {"prefix": "k" * 1025}, {"after": ""}, {"allow_partial": "yes"}],
+)
+def test_bad_listing_parameters_are_bad_requests(cluster: FakeCluster, query: dict[str, str]) -> None:
+    if query == {"after": ""}:  # an empty cursor means "from the start", not an error
+        assert run_handler("GET", cluster, None, query=query).status == 200
+        return
+    with pytest.raises(BadRequest):
+        run_handler("GET", cluster, None, query=query)
+
+
+def test_cli_import_and_list(cli, tmp_path: Path) -> None:
+    source = tmp_path / "items.ndjson"
+    source.write_text('{"key": "x/1", "value": "one"}\n{"key": "x/2", "value": "two"}\n{"key": "y", "value": "why"}\n')
+    result, _ = cli("import", str(source))
+    assert result.exit_code == 0, result.output
+    assert "imported 3 items, 0 failed" in result.stdout
+    result, _ = cli("list", "x/")
+    assert (result.exit_code, result.stdout) == (0, "x/1\nx/2\n")
+    result, _ = cli("list", "--limit", "1")
+    assert result.stdout == "x/1\n" and "--after x/1" in result.stderr
+
+
+def test_cli_import_from_stdin_reports_bad_lines_and_exits_1(cli) -> None:
+    result, _ = cli("import", "-", stdin=b'{"key": "a", "value": "1"}\nnot json\n')
+    assert result.exit_code == 1
+    assert "imported 1 items, 1 failed" in result.stdout
+    assert "line 2: not valid JSON" in result.stderr
+
+
+def test_cli_import_of_a_missing_file_is_a_config_error(cli, tmp_path: Path) -> None:
+    result, _ = cli("import", str(tmp_path / "nope.ndjson"))
+    assert isinstance(result.exception, ConfigError) and "cannot read" in result.exception.message

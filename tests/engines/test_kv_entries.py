@@ -174,3 +174,118 @@ def test_a_malformed_replica_reply_is_an_internal_error_not_a_bad_request(reply:
     with pytest.raises(LegionError, match="malformed") as raised:
         entries.newest([reply])
     assert not isinstance(raised.value, BadRequest)
+
+
+# --- bulk puts ----------------------------------------------------------------
+
+
+def test_ndjson_items_are_parsed_with_their_line_numbers_and_blank_lines_skipped() -> None:
+    body = b'{"key": "a", "value": "x"}\n\n{"key": "b", "value": "y", "content_type": "text/csv"}\n'
+    first, second = entries.parse_bulk(body, "application/x-ndjson")
+    assert (first.line, first.key, first.error) == (1, b"a", None)
+    assert entries.decode_put(first.body) == (entries.TEXT_CONTENT_TYPE, b"x")
+    assert (second.line, second.key) == (3, b"b")
+    assert entries.decode_put(second.body) == ("text/csv", b"y")
+
+
+@pytest.mark.parametrize(
+    ("line", "error", "words"),
+    [
+        (b"{not json", BadRequest, "not valid JSON"),
+        (b"[1, 2]", BadRequest, "must be an object"),
+        (b'{"key": "", "value": "x"}', BadRequest, "empty"),
+        (b'{"key": 7, "value": "x"}', BadRequest, "'key'"),
+        (b'{"key": "k", "value": 7}', BadRequest, "'value' must be a string"),
+        (b'{"key": "k"}', BadRequest, "'value'"),
+        (b'{"key": "k", "value": "x", "colour": "red"}', BadRequest, "colour"),
+        (b'{"key": "k", "value": "x", "content_type": "a\\u0000b"}', BadRequest, "printable"),
+        (b'{"key": "k", "value": "\\ud800"}', BadRequest, "Unicode"),
+        (b'{"key": "' + b"k" * (KEY_BYTES_MAX + 1) + b'", "value": "x"}', BadRequest, "1024"),
+        (b'{"key": "k", "value": "' + b"v" * (VALUE_BYTES_MAX + 1) + b'"}', PayloadTooLarge, "limit"),
+        (b"\xff\xfe", BadRequest, "not valid JSON"),
+    ],
+)
+def test_a_bad_line_fails_alone_naming_its_line(line: bytes, error: type, words: str) -> None:
+    body = b'{"key": "good", "value": "x"}\n' + line + b'\n{"key": "also good", "value": "y"}'
+    good, bad, also_good = entries.parse_bulk(body, None)
+    assert good.error is None and also_good.error is None and also_good.line == 3
+    assert isinstance(bad.error, error) and bad.line == 2
+    assert bad.error.message.startswith("line 2: ") and words in bad.error.message
+
+
+def test_msgpack_items_may_carry_bytes_and_a_bad_element_fails_alone() -> None:
+    body = msgpack.packb(
+        [{"key": "bin", "value": b"\x00\x01"}, {"key": "text", "value": "hé"}, "nonsense"], use_bin_type=True
+    )
+    binary, text, bad = entries.parse_bulk(body, "application/msgpack; charset=binary")
+    assert entries.decode_put(binary.body) == (entries.CONTENT_TYPE_DEFAULT, b"\x00\x01")
+    assert entries.decode_put(text.body) == (entries.TEXT_CONTENT_TYPE, "hé".encode())
+    assert bad.line == 3 and isinstance(bad.error, BadRequest)
+
+
+@pytest.mark.parametrize("body", [b"\xc1", msgpack.packb({"key": "k"})])
+def test_a_msgpack_body_that_is_not_a_list_is_refused_whole(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        entries.parse_bulk(body, "application/msgpack")
+
+
+def test_bulk_results_pair_lines_with_outcomes_in_order() -> None:
+    from legion.engine import WriteResult
+    from legion.errors import Unavailable
+
+    lines = entries.parse_bulk(b'{"key": "a", "value": "1"}\nbad\n{"key": "c", "value": "3"}', None)
+    outcomes = [WriteResult(1, 10, 2, 3), Unavailable("only 1 of 2 required replicas acknowledged")]
+    assert entries.bulk_results(lines, outcomes) == [
+        {"line": 1, "partition": 1, "hlc": 10, "acks": 2},
+        {"line": 2, "error": "bad_request", "message": lines[1].error.message},
+        {"line": 3, "error": "unavailable", "message": "line 3: only 1 of 2 required replicas acknowledged"},
+    ]
+
+
+# --- key listings ------------------------------------------------------------------
+
+
+@given(st.binary(max_size=6), st.lists(st.binary(max_size=8), max_size=30))
+def test_key_range_selects_exactly_the_keys_with_the_prefix(prefix: bytes, keys: list[bytes]) -> None:
+    low, high = entries.key_range(prefix)
+    for key in keys + [prefix, prefix + b"\x00", prefix + b"\xff\xff"]:
+        inside = low <= key and (high is None or key < high)
+        assert inside == key.startswith(prefix)
+
+
+def test_key_range_of_all_ff_bytes_has_no_upper_bound() -> None:
+    assert entries.key_range(b"\xff\xff") == (b"\xff\xff", None)
+    assert entries.key_range(b"a\xff") == (b"a\xff", b"b")
+
+
+@given(st.lists(st.lists(st.binary(min_size=1, max_size=4), max_size=20), max_size=5), st.integers(1, 30))
+def test_merged_listings_are_the_first_keys_of_the_union(lists: list[list[bytes]], limit: int) -> None:
+    everything = sorted({key for keys in lists for key in keys})
+    keys, truncated = entries.merge_key_lists([sorted(set(keys)) for keys in lists], limit)
+    assert keys == everything[:limit]
+    assert truncated == (len(everything) > limit)
+
+
+def test_a_malformed_listing_from_a_replica_is_its_bug() -> None:
+    with pytest.raises(LegionError):
+        entries.merge_key_lists([["not bytes"]], 10)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [None, {"prefix": "text", "limit": 5}, {"prefix": b"", "limit": 0}, {"prefix": b"", "limit": True},
+     {"prefix": b"", "after": 3, "limit": 5}, {"prefix": b"k" * (KEY_BYTES_MAX + 1), "limit": 5}],
+)  # fmt: skip
+def test_malformed_listing_queries_are_bad_requests(query: object) -> None:
+    with pytest.raises(BadRequest):
+        entries.check_list_query(query)
+
+
+def test_listing_limits_and_prefixes_are_checked() -> None:
+    assert entries.check_list_limit(None) == entries.LIST_LIMIT_DEFAULT
+    for bad in (0, entries.LIST_LIMIT_MAX + 1):
+        with pytest.raises(BadRequest):
+            entries.check_list_limit(bad)
+    with pytest.raises(BadRequest):
+        entries.parse_prefix("k" * (KEY_BYTES_MAX + 1))
+    assert entries.parse_prefix("é") == "é".encode()

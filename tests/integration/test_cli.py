@@ -92,11 +92,26 @@ def test_kv_reads_a_value_from_stdin_and_any_node_serves_it(legion_cli, workdir:
         assert assert_ok(result).stdout == '{"a": 1}'
 
 
+def test_kv_import_then_list(legion_cli, workdir: Path) -> None:
+    lines = [json.dumps({"key": f"imported/{i:03d}", "value": f"v{i}"}) for i in range(50)]
+    # --refresh: every replica has the items before the import returns, so any node lists them.
+    result = legion_cli("kv", "import", "-", "--refresh", input="\n".join([*lines, "not json"]) + "\n", cwd=workdir)
+    assert result.returncode == 1, result.stderr  # one line failed: the import says so in its status
+    assert "imported 50 items, 1 failed" in result.stdout
+    assert "line 51: not valid JSON" in result.stderr and "Traceback" not in result.stderr
+    listed = assert_ok(legion_cli("kv", "list", "imported/", "--limit", "10", cwd=workdir))
+    assert listed.stdout.splitlines() == [f"imported/{i:03d}" for i in range(10)]
+    assert "--after imported/009" in listed.stderr
+    assert assert_ok(legion_cli("kv", "get", "imported/049", cwd=workdir)).stdout == "v49"
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["kv", "get", "never-written"], "not found"),
         (["kv", "put", "k" * 2000, "v"], "1024"),
+        (["kv", "list", "--limit", "0"], "limit"),
+        (["kv", "import", "no-such-file.ndjson"], "cannot read"),
         (["cluster", "status", "--cluster", "nowhere"], "no cluster at"),
         (["cluster", "up", "--dir", ".legion", "--base-port", "0"], "already running"),
         (["cluster", "up", "--dir", "other", "--partitions", "3", "--base-port", "0"], "power of two"),

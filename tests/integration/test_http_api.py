@@ -82,6 +82,13 @@ def test_oversized_values_and_bodies_get_413(cluster):
     error_of(body)
 
 
+def test_json_nested_too_deep_is_a_400_not_a_500(cluster):
+    urls, token, _ = cluster
+    for depth_bomb in (b"[" * 100_000, b'{"a": ' * 50_000):
+        status, _, raw = send(urls[0], "POST", "/v1/cluster/join", depth_bomb, auth(token))
+        assert status == 400 and "JSON" in error_of(raw)["message"], raw
+
+
 def test_bad_keys_and_parameters_get_400_with_a_reason(cluster):
     urls, token, _ = cluster
     long_key = "k" * (KEY_BYTES_MAX + 1)
@@ -110,6 +117,50 @@ def test_malformed_cluster_and_peer_bodies_get_400(cluster):
         error_of(raw)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "content_type", "words"),
+    [
+        ("POST", "/v1/kv", b"", "application/x-ndjson", "no items"),
+        ("POST", "/v1/kv", b"\xc1\xc1", "application/msgpack", "msgpack"),
+        ("POST", "/v1/kv", b"\x81\xa3key\xa1k", "application/msgpack", "list"),
+        ("POST", "/v1/kv?w=two", b'{"key": "k", "value": "v"}', "application/x-ndjson", "'w'"),
+        ("POST", "/v1/kv?w=0", b'{"key": "k", "value": "v"}', "application/x-ndjson", "w must be"),
+        ("POST", "/v1/kv?refresh=maybe", b'{"key": "k", "value": "v"}', "application/x-ndjson", "'refresh'"),
+        ("GET", "/v1/kv?limit=0", None, "text/plain", "limit"),
+        ("GET", "/v1/kv?limit=many", None, "text/plain", "'limit'"),
+        ("GET", "/v1/kv?allow_partial=2", None, "text/plain", "'allow_partial'"),
+        ("GET", "/v1/kv?prefix=" + "k" * (KEY_BYTES_MAX + 1), None, "text/plain", "prefix"),
+        ("PUT", "/v1/kv/k?refresh=sure", b"v", "text/plain", "'refresh'"),
+        ("POST", "/internal/apply?refresh=2", b"\x90", "application/msgpack", "'refresh'"),
+        ("POST", "/internal/coverage", b"\x83\xa6engine\xa2kv\xaapartitions\x92\x00\x00\xa5query\xc0", "application/msgpack", "repeat"),
+        ("POST", "/internal/coverage", b"\x83\xa6engine\xa2kv\xaapartitions\x91\x63\xa5query\xc0", "application/msgpack", "out of range"),
+        ("POST", "/internal/coverage", b"\x83\xa6engine\xa4nope\xaapartitions\x91\x00\xa5query\xc0", "application/msgpack", "unknown engine"),
+        ("POST", "/internal/coverage", b"\x83\xa6engine\xa2kv\xaapartitions\x91\x00\xa5query\xa1x", "application/msgpack", "listing query"),
+    ],
+)
+def test_bad_input_on_bulk_listing_refresh_and_coverage_routes_gets_4xx_with_a_reason(
+    cluster, method, path, body, content_type, words
+):
+    urls, token, _ = cluster
+    status, _, raw = send(urls[0], method, path, body, auth(token, **{"Content-Type": content_type}))
+    assert 400 <= status < 500, (path, status, raw)
+    assert words in error_of(raw)["message"], raw
+
+
+def test_a_bad_line_of_a_bulk_put_fails_alone_with_its_line_number(cluster):
+    urls, token, _ = cluster
+    body = b'{"key": "bulk-a", "value": "1"}\n{"key": "bulk-b", "value": ' + b"[" * 100_000 + b'\n{"key": "bulk-c", "value": "3"}\n'
+    # refresh=1: every replica has the good lines before the answer, so any node reads them.
+    headers = auth(token, **{"Content-Type": "application/x-ndjson"})
+    status, _, raw = send(urls[1], "POST", "/v1/kv?refresh=1", body, headers)
+    assert status == 200, raw
+    reply = json.loads(raw)
+    assert (reply["written"], reply["failed"]) == (2, 1)
+    assert reply["results"][1]["line"] == 2 and reply["results"][1]["message"].startswith("line 2: ")
+    status, _, value = send(urls[2], "GET", "/v1/kv/bulk-c", None, auth(token))
+    assert (status, value) == (200, b"3")
+
+
 def test_removing_an_unknown_node_is_404(cluster):
     urls, token, _ = cluster
     status, _, body = send(urls[0], "POST", "/v1/cluster/remove", b'{"node_id": "ghost"}', auth(token))
@@ -133,6 +184,7 @@ paths = st.one_of(
         lambda base: st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="#?"), max_size=40).map(lambda tail: base + tail)
     ),
     st.text(alphabet="abc/%.?=&", max_size=30).map(lambda p: "/" + p),
+    st.text(alphabet="abcdefiklmnoprstuwx=&%01-", max_size=40).map(lambda q: "/v1/kv?" + q),
 )
 
 
@@ -140,7 +192,13 @@ paths = st.one_of(
 @given(
     method=st.sampled_from(["GET", "PUT", "POST", "DELETE", "HEAD"]),
     path=paths,
-    body=st.one_of(st.binary(max_size=512), st.just(b'{"node_id": "n1", "partitions": [1e9]}'), st.just(b"\x92\xa2kv\x00")),
+    body=st.one_of(
+        st.binary(max_size=512),
+        st.just(b'{"node_id": "n1", "partitions": [1e9]}'),
+        st.just(b"\x92\xa2kv\x00"),
+        st.just(b'{"key": "fuzz", "value": "v"}\n{"key": 1}\n'),
+        st.just(b"\x91\x82\xa3key\xa4fuzz\xa5value\xc4\x01\x00"),
+    ),
     content_type=st.sampled_from(["application/json", "application/msgpack", "text/plain", "x/y"]),
 )
 def test_random_requests_never_get_a_500_nor_kill_a_node(cluster, method, path, body, content_type):

@@ -3,8 +3,11 @@
 The test writes a tiny installed-looking distribution (a package plus a
 ``.dist-info`` with ``entry_points.txt``) into a temporary directory, puts it
 on the nodes' ``PYTHONPATH`` and starts a real cluster: the nodes find the
-engine, serve its routes, replicate its operations and hand its partitions
-to a new node — with no change to ``legion/``.
+engine, serve its routes, replicate its operations (one by one and in
+batches through ``write_many``), answer coverage requests (it keeps the
+default ``coverage_many``: one ``coverage`` per partition, in parallel threads;
+``prefer`` sends them to another node, and the client's request id follows)
+and hand its partitions to a new node — with no change to ``legion/``.
 
 The engine defers durability to ``flush`` (``durable_on_apply = False``), so the
 same cluster also shows the translog model: a write acknowledged before any
@@ -40,7 +43,7 @@ import os
 import threading
 from pathlib import Path
 
-from legion.engine import Engine, HttpResponse, Route
+from legion.engine import Engine, HttpResponse, Route, WriteItem, WriteResult, current_request_id
 from legion.errors import BadRequest, NotFound
 from legion.replication import Operation
 
@@ -64,6 +67,36 @@ async def total(req, cluster):
     if best is None:
         raise NotFound("no such counter")
     return HttpResponse.json({"total": best[0], "increments": best[1]})
+
+
+async def add_many(req, cluster):
+    """Body {"key": amount, ...}: one batch, one result per key."""
+    amounts = req.json()
+    if not isinstance(amounts, dict) or not all(type(a) is int for a in amounts.values()):
+        raise BadRequest("body must be an object of integer amounts")
+    keys = sorted(amounts)
+    items = [WriteItem(key.encode(), "add", json.dumps([amounts[key]]).encode()) for key in keys]
+    results = await cluster.write_many("counter", items, refresh=req.query.get("refresh") == "1")
+    return HttpResponse.json(
+        {key: r.acks if isinstance(r, WriteResult) else r.message for key, r in zip(keys, results)}
+    )
+
+
+async def everything(req, cluster):
+    """Every counter: a coverage request, one reply per partition (?via=NODE: ask that node for all)."""
+    via = req.query.get("via")
+    prefer = dict.fromkeys(range(cluster.partitions), via) if via else None
+    result = await cluster.coverage("counter", None, prefer=prefer)
+    totals, traced = {}, set()
+    for request_id, rows in result.by_partition().values():
+        traced.add(request_id)
+        totals.update((key.decode(), total) for key, total in rows)
+    return HttpResponse.json({
+        "counters": dict(sorted(totals.items())),
+        "partitions": len(result.served_by),
+        "served_by": sorted(set(result.served_by.values())),
+        "request_ids": sorted(traced),
+    })
 
 
 class CounterEngine(Engine):
@@ -109,6 +142,14 @@ class CounterEngine(Engine):
             amounts = [amount for key, amount in self.increments[partition].values() if key == query]
         return [sum(amounts), len(amounts)] if amounts else None
 
+    def coverage(self, partition, query):
+        totals = {}
+        with self.lock:
+            for key, amount in self.increments[partition].values():
+                totals[key] = totals.get(key, 0) + amount
+        # The request id this node sees: the client's, if it travelled the hop.
+        return [current_request_id(), [[key, total] for key, total in sorted(totals.items())]]
+
     def fold(self, partition):
         with self.lock:
             increments = list(self.increments[partition].items())
@@ -117,7 +158,12 @@ class CounterEngine(Engine):
             yield Operation("counter", partition, key, int(hlc), origin, "add", json.dumps([amount]).encode())
 
     def routes(self):
-        return [Route("POST", "/v1/counter/{key}", add), Route("GET", "/v1/counter/{key}", total)]
+        return [
+            Route("POST", "/v1/counter/{key}", add),
+            Route("GET", "/v1/counter/{key}", total),
+            Route("POST", "/v1/counter", add_many),
+            Route("GET", "/v1/counter", everything),
+        ]
 '''
 
 
@@ -140,6 +186,7 @@ def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plugin_path: Path, tmp_path: Path):
     directory = tmp_path / "cluster"
     local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0)
+    token = (directory / "token").read_text().strip()
     try:
         with Client.connect(directory) as client:
             for key in ("apples", "pears"):
@@ -149,12 +196,27 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
             assert client.request("GET", "/v1/counter/apples").json() == {"total": 6, "increments": 3}
             with pytest.raises(NotFound):
                 client.request("GET", "/v1/counter/plums")
+            # refresh: every live replica has the batch before the answer, so any replica may list it.
+            batch = client.request(
+                "POST", "/v1/counter", json={"apples": 4, "plums": 1, "quinces": 2}, params={"refresh": "1"}
+            ).json()
+            assert batch == {"apples": 3, "plums": 3, "quinces": 3}
+            listing = client.request("GET", "/v1/counter").json()
+            assert listing["counters"] == {"apples": 10, "pears": 6, "plums": 1, "quinces": 2}
+            assert listing["partitions"] == 16
+        with Client([local_cluster.load(directory)["nodes"][0]["url"]], token) as n1:
+            # Asked of n1 but answered by n2 (prefer): the client's request id reaches the engine on n2.
+            traced = n1.request("GET", "/v1/counter", params={"via": "n2"}, headers={"X-Request-Id": "trace-me"})
+            assert traced.json()["served_by"] == ["n2"] and traced.json()["request_ids"] == ["trace-me"]
+            assert traced.json()["counters"]["apples"] == 10
         local_cluster.add_node(directory)
         doc = local_cluster.load(directory)
         newcomer = next(n for n in doc["nodes"] if n["id"] == "n4")
-        token = (directory / "token").read_text().strip()
         with Client([newcomer["url"]], token) as c4:
             assert c4.request("GET", "/v1/counter/pears").json() == {"total": 6, "increments": 3}
+            # r=3: every replica holds the batch's increments too, the newcomer's copy included.
+            assert c4.request("GET", "/v1/counter/quinces").json() == {"total": 2, "increments": 1}
+            assert c4.request("GET", "/v1/counter").json()["counters"]["apples"] == 10
     finally:
         local_cluster.down(directory)
 

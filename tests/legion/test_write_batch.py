@@ -90,7 +90,7 @@ def test_an_item_at_the_limits_is_accepted():
 
 
 def test_an_item_is_decided_once_w_counted_replicas_acknowledged():
-    tally = ItemTally(5, 99, ["n1", "n2", "n3"], need=2, replicas=3)
+    tally = ItemTally(5, 99, ("n1", "n2", "n3"), need=2, replicas=3)
     assert not tally.ack("n4")  # a gaining node outside the quorum does not count
     assert not tally.ack("n1")
     assert tally.ack("n2")
@@ -100,11 +100,11 @@ def test_an_item_is_decided_once_w_counted_replicas_acknowledged():
 
 
 def test_a_refresh_item_waits_for_every_counted_replica():
-    tally = ItemTally(0, 1, ["n1", "n2", "n3"], need=2, replicas=3, wait_all=True)
+    tally = ItemTally(0, 1, ("n1", "n2", "n3"), need=2, replicas=3, wait_all=True)
     assert not tally.ack("n1") and not tally.ack("n2")
     assert tally.ack("n3")
     assert tally.result.acks == 3
-    failing = ItemTally(0, 1, ["n1", "n2", "n3"], need=2, replicas=3, wait_all=True)
+    failing = ItemTally(0, 1, ("n1", "n2", "n3"), need=2, replicas=3, wait_all=True)
     failing.ack("n1")
     failing.ack("n2")
     assert failing.fail("n3", Unavailable("n3 is unreachable"))
@@ -112,7 +112,7 @@ def test_a_refresh_item_waits_for_every_counted_replica():
 
 
 def test_an_item_fails_as_soon_as_w_is_out_of_reach_naming_the_replicas_that_failed():
-    tally = ItemTally(7, 1, ["n1", "n2", "n3"], need=2, replicas=3)
+    tally = ItemTally(7, 1, ("n1", "n2", "n3"), need=2, replicas=3)
     assert not tally.fail("n2", Unavailable("connection refused"))
     assert tally.fail("n3", DeadlineExceeded("too slow"))
     assert isinstance(tally.result, Unavailable)
@@ -121,7 +121,7 @@ def test_an_item_fails_as_soon_as_w_is_out_of_reach_naming_the_replicas_that_fai
 
 
 def test_an_item_the_replicas_refuse_fails_with_their_refusal():
-    tally = ItemTally(0, 1, ["n1", "n2"], need=2, replicas=2)
+    tally = ItemTally(0, 1, ("n1", "n2"), need=2, replicas=2)
     assert tally.fail("n1", BadRequest("kv put body must be msgpack"))
     assert isinstance(tally.result, BadRequest) and "msgpack" in tally.result.message
 
@@ -129,8 +129,8 @@ def test_an_item_the_replicas_refuse_fails_with_their_refusal():
 def test_the_batch_tally_answers_one_entry_per_item_in_order():
     tally = BatchTally(3)
     tally.refuse(1, PayloadTooLarge("too big"))
-    tally.track(0, ItemTally(0, 1, ["n1"], need=1, replicas=1))
-    tally.track(2, ItemTally(3, 2, ["n1"], need=1, replicas=1))
+    tally.track(0, ItemTally(0, 1, ("n1",), need=1, replicas=1))
+    tally.track(2, ItemTally(3, 2, ("n1",), need=1, replicas=1))
     assert tally.undecided == 2
     tally.ack(2, "n1")
     tally.ack(2, "n1")  # a repeat is ignored

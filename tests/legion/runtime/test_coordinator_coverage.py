@@ -8,6 +8,7 @@ Replies name who answered, so the tests check ``served_by`` against them.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -173,3 +174,18 @@ def test_an_internal_error_on_a_node_counts_as_that_nodes_failure():
     node.hook = hook
     result = coverage(node, allow_partial=True)  # a 500 is the node's failure: re-planned, then missing
     assert result.missing == tuple(range(16)) and len(node.asked) == FORWARD_ATTEMPTS_MAX
+
+
+def test_the_deadline_bounds_the_local_share_and_the_rounds_after_it():
+    node = FakeNode(three_nodes(16, 3))
+
+    async def hook(node_id: str) -> None:
+        if node_id == "n1":
+            await asyncio.sleep(5)  # far beyond the deadline below
+
+    node.hook = hook
+    started = time.monotonic()
+    result = coverage(node, deadline_ms=300, partitions=[0, 1], allow_partial=True)
+    assert time.monotonic() - started < 2
+    assert result.missing == (0, 1)
+    assert [n for n, _ in node.asked] == ["n1"]  # no time was left for another round

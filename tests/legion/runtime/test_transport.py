@@ -18,7 +18,8 @@ from aiohttp import web
 
 from legion.replication import Operation
 from legion.runtime.replica_sender import ReplicaSender
-from legion.runtime.transport import REQUEST_ID_HEADER, PeerClient, current_request_id, make_middlewares
+from legion.engine import current_request_id
+from legion.runtime.transport import REQUEST_ID_HEADER, PeerClient, make_middlewares
 
 TOKEN = "secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -116,7 +117,7 @@ def test_a_request_without_an_id_gets_one_and_its_peer_calls_carry_it():
 
 def test_calls_outside_any_request_carry_no_id_unless_given_one():
     async def scenario(peers: PeerClient, front: str, back: str) -> None:
-        assert current_request_id.get() == ""
+        assert current_request_id() == ""
         assert json.loads(await peers.call("GET", back + "/echo"))["seen"] is None
         assert json.loads(await peers.call("GET", back + "/echo", request_id="explicit"))["seen"] == "explicit"
 
