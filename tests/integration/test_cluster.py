@@ -12,6 +12,7 @@ import signal
 import time
 
 from engines.kv import KVClient
+from legion.client import Client
 from legion.errors import NotFound
 from legion.placement import moved_slots, node_loads
 from legion.runtime import local_cluster as cluster_processes

@@ -10,7 +10,6 @@ import http.client
 import json
 import re
 import socket
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest

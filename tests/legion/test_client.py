@@ -81,7 +81,7 @@ class FakeNode:
 
     @web.middleware
     async def _record_and_authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        body = await request.read()
+        await request.read()  # drain the body, as a real server would
         self.hits.append(
             {"method": request.method, "path": request.path, "peer": request.transport.get_extra_info("peername")}
         )
