@@ -10,7 +10,7 @@ import http.client
 import json
 import re
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,6 +26,9 @@ def cluster(tmp_path_factory):
     local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, timeout_s=60)
     doc = local_cluster.load(directory)
     token = (directory / "token").read_text().strip()
+    schema = json.dumps(SEARCH_SCHEMA).encode()
+    status, _, body = send(doc["nodes"][0]["url"], "PUT", "/v1/search/fz", schema, auth(token, **{"Content-Type": "application/json"}))
+    assert status == 201, body
     try:
         yield [n["url"] for n in doc["nodes"]], token, directory
     finally:
@@ -176,6 +179,13 @@ def test_unknown_routes_and_methods_get_json_4xx(cluster):
     error_of(body)
 
 
+SEARCH_SCHEMA = {
+    "id_field": "id",
+    "fields": {"id": {"type": "keyword"}, "t": {"type": "text"}, "n": {"type": "i64", "fast": True}, "d": {"type": "date", "fast": True}, "j": {"type": "json"}},
+}
+# Characters of tantivy's query language, so that random queries reach the parser's corners.
+QUERY_ALPHABET = 'abt:nd"()[]{}^~*+-!<>=/\\ .,01239TOANDORNOTIN'
+
 paths = st.one_of(
     st.sampled_from(["/v1/kv/", "/v1/cluster", "/v1/cluster/join", "/v1/cluster/remove", "/internal/apply",
                      "/internal/read", "/internal/coverage", "/internal/gossip", "/internal/handoff-done",
@@ -184,6 +194,11 @@ paths = st.one_of(
     ),
     st.text(alphabet="abc/%.?=&", max_size=30).map(lambda p: "/" + p),
     st.text(alphabet="abcdefiklmnoprstuwx=&%01-", max_size=40).map(lambda q: "/v1/kv?" + q),
+    st.sampled_from(["/v1/search/", "/v1/search/fz", "/v1/search/fz/docs/", "/v1/search/fz/_search", "/v1/search/fz/_stats"]).flatmap(
+        lambda base: st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="#?"), max_size=20).map(lambda tail: base + tail)
+    ),
+    st.text(alphabet=QUERY_ALPHABET, max_size=40).map(lambda q: "/v1/search/fz?q=" + quote(q) + "&limit=3"),
+    st.text(alphabet="qlimtofsenp=&%01-", max_size=40).map(lambda q: "/v1/search/fz?" + q),
 )
 
 
@@ -197,6 +212,10 @@ paths = st.one_of(
         st.just(b"\x92\xa2kv\x00"),
         st.just(b'{"key": "fuzz", "value": "v"}\n{"key": 1}\n'),
         st.just(b"\x91\x82\xa3key\xa4fuzz\xa5value\xc4\x01\x00"),
+        st.just(b'{"id": "a", "t": "hello", "n": 3}\n{"id": "b", "n": "x"}\n{"id": "c", "d": "2024-01-01T00:00:00Z", "j": {"k": [1, {"z": null}]}}\n'),
+        st.just(b'{"q": "hello", "aggs": {"a": {"terms": {"field": "n"}}, "b": {"range": {"field": "d", "ranges": [{"to": 5}]}}}}'),
+        st.just(b'{"fields": {"id": {"type": "keyword"}, "t": {"type": "text", "tokenizer": "raw"}}}'),
+        st.text(alphabet=QUERY_ALPHABET, max_size=40).map(lambda q: json.dumps({"q": q, "limit": 2}).encode()),
     ),
     content_type=st.sampled_from(["application/json", "application/msgpack", "text/plain", "x/y"]),
 )

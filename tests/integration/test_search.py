@@ -147,6 +147,24 @@ def assert_ranks_like_one_index(search: SearchClient, reference: Reference) -> N
     assert mean_top1 >= TOP1_MIN
 
 
+def assert_aggregations_merge_across_nodes(search: SearchClient, documents: list[corpus.CorpusDoc]) -> None:
+    aggs = {
+        "kinds": {"terms": {"field": "kind", "size": 10}},
+        "lines": {"stats": {"field": "lines"}},
+        "sizes": {"range": {"field": "size", "ranges": [{"to": 100}, {"from": 100}]}},
+    }
+    answer = search.search(INDEX, "*", limit=1, aggs=aggs)["aggs"]
+    kinds: dict[str, int] = {}
+    for doc in documents:
+        kinds[doc.kind] = kinds.get(doc.kind, 0) + 1
+    assert {b["key"]: b["doc_count"] for b in answer["kinds"]["buckets"]} == kinds
+    lines = [doc.lines for doc in documents]
+    assert (answer["lines"]["count"], answer["lines"]["min"], answer["lines"]["max"]) == (len(lines), min(lines), max(lines))
+    assert answer["lines"]["sum"] == pytest.approx(sum(lines))
+    small = sum(1 for doc in documents if doc.size < 100)
+    assert [b["doc_count"] for b in answer["sizes"]["buckets"]] == [small, len(documents) - small]
+
+
 def partitions_of(client: Client, node_id: str) -> list[int]:
     placement = client.status()["placement"]
     return [p for p, nodes in enumerate(placement) if node_id in nodes]
@@ -173,6 +191,7 @@ def test_three_replicas_rank_like_one_index_lose_nothing_with_a_dead_node_and_ke
 def test_one_replica_ranks_like_one_index_and_a_dead_node_s_partitions_are_named(cluster_of, documents, reference):
     cluster = cluster_of(replicas=1, documents=documents)
     assert_ranks_like_one_index(cluster.search, reference)
+    assert_aggregations_merge_across_nodes(cluster.search, documents)
     lost = partitions_of(cluster.client, "n3")
     local_cluster.stop_node(cluster.directory, "n3", kill=True)
     with cluster.node_client("n1") as client:
