@@ -26,6 +26,7 @@ from pathlib import Path
 
 from engines.search.operations import ENGINE_NAME, KIND_CREATE, Catalog, CatalogEntry
 from legion.replication import Operation
+from legion.runtime.storage import connect  # the settings every Legion database uses
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS catalog (
@@ -41,20 +42,13 @@ CREATE TABLE IF NOT EXISTS parked (
 """
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
-
-
 class CatalogStore:
     """Durable catalog entries and parked operations of one node's search engine."""
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / "catalog.sqlite"
-        self._writer = _connect(self.path)
+        self._writer = connect(self.path)
         self._writer.executescript(SCHEMA)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -63,7 +57,7 @@ class CatalogStore:
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = _connect(self.path)
+            conn = self._local.conn = connect(self.path)
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
