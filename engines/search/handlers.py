@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engines.search import aggregations, ranking
+from engines.search.document_builder import LengthCounter
 from engines.search.operations import (
     ENGINE_NAME,
     KIND_CREATE,
@@ -181,7 +182,7 @@ class SearchApi:
         doc_id, checked = check_document(schema, doc)
         if doc_id != req.path_params["id"]:
             raise BadRequest(f"the document's {schema.id_field!r} is {doc_id!r} but the URL names {req.path_params['id']!r}")
-        body = index_body(index, found["incarnation"], encode_source(checked))
+        body = document_body(index, found["incarnation"], checked, LengthCounter(schema))
         [result] = await cluster.write_many(
             ENGINE_NAME, [WriteItem(key_bytes(doc_id), KIND_INDEX, body)], w=req.int_param("w"), refresh=refresh_param(req)
         )
@@ -328,6 +329,14 @@ class SearchApi:
         )
 
 
+def document_body(index: str, incarnation: str, checked: dict[str, Any], count_lengths: LengthCounter) -> bytes:
+    """The body of a checked document's ``index`` operation, its field lengths counted here once for every replica."""
+    try:
+        return index_body(index, incarnation, encode_source(checked), count_lengths(checked))
+    except ValueError as exc:  # UnicodeEncodeError: JSON text can name a lone surrogate, which is no text
+        raise BadRequest(f"the document holds text that is not valid Unicode: {exc}") from None
+
+
 class PageHit(NamedTuple):
     """One hit of a result page: a node's ``[score, id, doc, snippets]`` with names."""
 
@@ -371,6 +380,7 @@ class _Ingest:
     def __init__(self, cluster: Cluster, index: str, incarnation: str, schema: IndexSchema, w: int | None) -> None:
         self.cluster, self.index, self.incarnation, self.schema = cluster, index, incarnation, schema
         self.w = w
+        self.count_lengths = LengthCounter(schema)
         self.indexed = 0
         self.errors: list[dict[str, Any]] = []
         self._items: list[WriteItem] = []
@@ -384,7 +394,7 @@ class _Ingest:
             if line.error is not None:
                 raise line.error
             doc_id, checked = check_document(self.schema, line.value)
-            body = index_body(self.index, self.incarnation, encode_source(checked))
+            body = document_body(self.index, self.incarnation, checked, self.count_lengths)
             self._items.append(WriteItem(key_bytes(doc_id), KIND_INDEX, body))
             self._lines.append((line.number, doc_id))
         except LegionError as exc:
