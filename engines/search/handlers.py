@@ -329,10 +329,23 @@ class SearchApi:
         )
 
 
-def document_body(index: str, incarnation: str, checked: dict[str, Any], count_lengths: LengthCounter) -> bytes:
-    """The body of a checked document's ``index`` operation, its field lengths counted here once for every replica."""
+def document_body(
+    index: str, incarnation: str, checked: dict[str, Any], count_lengths: LengthCounter, sent: bytes | None = None
+) -> bytes:
+    """The body of a checked document's ``index`` operation, its field lengths counted here once for every replica.
+
+    ``sent`` is the JSON text the document was parsed from, if ``checked`` is
+    exactly what it parsed to (no null dropped): it becomes the source as it is,
+    unless it may hide text that is not valid Unicode (a ``\\u`` escape, or the
+    UTF-8 lead byte of a surrogate) or is not UTF-8 (a NUL byte: UTF-16 or 32),
+    in which case the document is encoded again, which refuses such text."""
     try:
-        return index_body(index, incarnation, encode_source(checked), count_lengths(checked))
+        lengths = count_lengths(checked)
+        if sent is not None:
+            sent = sent.strip()
+        if sent is None or not sent.startswith(b"{") or b"\\u" in sent or b"\xed" in sent or b"\x00" in sent:
+            sent = encode_source(checked)
+        return index_body(index, incarnation, sent, lengths)
     except ValueError as exc:  # UnicodeEncodeError: JSON text can name a lone surrogate, which is no text
         raise BadRequest(f"the document holds text that is not valid Unicode: {exc}") from None
 
@@ -394,7 +407,8 @@ class _Ingest:
             if line.error is not None:
                 raise line.error
             doc_id, checked = check_document(self.schema, line.value)
-            body = document_body(self.index, self.incarnation, checked, self.count_lengths)
+            sent = line.raw if checked is line.value else None  # no null dropped: the line is the source
+            body = document_body(self.index, self.incarnation, checked, self.count_lengths, sent)
             self._items.append(WriteItem(key_bytes(doc_id), KIND_INDEX, body))
             self._lines.append((line.number, doc_id))
         except LegionError as exc:
