@@ -41,6 +41,7 @@ from __future__ import annotations
 import binascii
 import json
 import logging
+from json.encoder import encode_basestring_ascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,14 +106,18 @@ class DocumentBuilder:
         self._specs = {spec.name: spec for spec in schema.fields}
         self._count_lengths = LengthCounter(schema)
         self._length_names = list(length_fields(schema).values())
-        # ',"_len_title":' and so on: the JSON keys of the length fields, in LengthCounter order
-        self._length_keys = [f',"{name}":' for name in self._length_names]
+        # The source's text without its closing brace, then the engine's fields and the lengths
+        # (in LengthCounter order): one %-format in C per document.
+        lengths = "".join(f',"{name}":%d' for name in self._length_names)
+        self._json_format = (
+            f'%s,"{ID}":%s,"{PARTITION}":%d,"{DELETED}":0,"{HLC}":%d,"{ORIGIN}":%s,"{SOURCE}":"%s"{lengths}}}'
+        )
         self.json_text_ok = all(spec.type in JSON_TEXT_TYPES for spec in schema.fields)
         self._origins: dict[str, str] = {}
 
     def json_text(self, doc_id: str, op: Operation, source: bytes, lengths: Sequence[int] | None) -> str | None:
         """The document as JSON text for ``add_json``; None when it must take the per-field path."""
-        if not self.json_text_ok or lengths is None or len(lengths) != len(self._length_keys):
+        if not self.json_text_ok or lengths is None or len(lengths) != len(self._length_names):
             return None
         try:
             text = source.decode("utf-8")
@@ -124,16 +129,8 @@ class DocumentBuilder:
         if origin is None:
             origin = self._origins[op.origin] = json.dumps(op.origin)
         encoded = binascii.b2a_base64(source, newline=False).decode("ascii")  # tantivy reads bytes as base64
-        parts = [
-            text[:-1],
-            f',"{ID}":{json.dumps(doc_id)},"{PARTITION}":{op.partition},"{DELETED}":0,"{HLC}":{op.hlc},'
-            f'"{ORIGIN}":{origin},"{SOURCE}":"{encoded}"',
-        ]
-        for key, count in zip(self._length_keys, lengths):
-            parts.append(key)
-            parts.append(str(count))
-        parts.append("}")
-        return "".join(parts)
+        quoted_id = encode_basestring_ascii(doc_id)  # what json.dumps(doc_id) returns, without its overhead
+        return self._json_format % (text[:-1], quoted_id, op.partition, op.hlc, origin, encoded, *lengths)
 
     def document(self, doc_id: str, op: Operation, source: bytes | None) -> tantivy.Document:
         """The document built field by field (a tombstone when ``source`` is None)."""
