@@ -130,7 +130,12 @@ class DocumentBuilder:
             origin = self._origins[op.origin] = json.dumps(op.origin)
         encoded = binascii.b2a_base64(source, newline=False).decode("ascii")  # tantivy reads bytes as base64
         quoted_id = encode_basestring_ascii(doc_id)  # what json.dumps(doc_id) returns, without its overhead
-        return self._json_format % (text[:-1], quoted_id, op.partition, op.hlc, origin, encoded, *lengths)
+        try:
+            # %d takes integers only, so a count that is no count cannot inject JSON; one that is
+            # negative or too large makes tantivy refuse the text, and the per-field path counts.
+            return self._json_format % (text[:-1], quoted_id, op.partition, op.hlc, origin, encoded, *lengths)
+        except TypeError:
+            return None
 
     def document(self, doc_id: str, op: Operation, source: bytes | None) -> tantivy.Document:
         """The document built field by field (a tombstone when ``source`` is None)."""

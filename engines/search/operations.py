@@ -6,9 +6,11 @@ Pure: no I/O, no clock. Four kinds of ``legion.replication.Operation``
 - ``index``  key = the document id; body ``[index, incarnation, source]``
   or ``[index, incarnation, source, lengths]``, ``source`` the document as
   JSON bytes (an object), ``lengths`` the tokens each scored field holds
-  (``shard.LengthCounter``, in ``shard.length_fields`` order), counted once
-  by the coordinator so that replicas need not parse the source; without
-  them (a handoff's fold, an older log) a replica counts them itself.
+  (``document_builder.LengthCounter``, in ``length_fields`` order), counted
+  once by the coordinator so that replicas need not parse the source; without
+  them (a handoff's fold, an older log) a replica counts them itself. Only
+  their being a list is checked here: a count that is no count makes the
+  replica take the per-field path, which counts them itself.
   Re-indexing an id replaces it: per (incarnation, id) the newest
   ``(hlc, origin)`` wins.
 - ``delete`` key = the document id; body ``[index, incarnation]``. Stored as
@@ -104,6 +106,20 @@ def decode(op: Operation) -> Decoded:
         body = msgpack.unpackb(op.body, raw=False)
     except (ValueError, msgpack.UnpackException):
         raise BadRequest("a search operation's body is not msgpack") from None
+    # The hot path (every document, twice per replica: validate, then apply) in as few steps as Python allows.
+    if op.kind == KIND_INDEX and type(body) is list and 3 <= len(body) <= 4:
+        index, incarnation, source = body[0], body[1], body[2]
+        lengths = body[3] if len(body) == 4 else None
+        if (
+            type(index) is str and type(incarnation) is str and type(source) is bytes
+            and (lengths is None or type(lengths) is list) and _is_incarnation(incarnation)
+        ):  # fmt: skip
+            return Decoded(index, incarnation, source, None, 0, lengths)
+    return _decode_checked(op, body)
+
+
+def _decode_checked(op: Operation, body: Any) -> Decoded:
+    """Every other body, and the BadRequest that says what is wrong with a bad one."""
     sizes = _BODY_SIZES.get(op.kind)
     if sizes is None:
         raise BadRequest(f"unknown search operation kind {op.kind!r}")
@@ -113,7 +129,9 @@ def decode(op: Operation) -> Decoded:
     if type(index) is not str or type(incarnation) is not str or not _is_incarnation(incarnation):
         raise BadRequest("a search operation names an index and an incarnation")
     if op.kind == KIND_INDEX:
-        return _decode_index(index, incarnation, body)
+        if type(body[2]) is not bytes:
+            raise BadRequest("an index operation carries the document as bytes")
+        raise BadRequest("an index operation's lengths are a list of token counts")
     if op.kind in (KIND_DELETE, KIND_REFRESH):
         return Decoded(index, incarnation)
     partitions = body[-1]
@@ -128,18 +146,6 @@ def decode(op: Operation) -> Decoded:
     if not isinstance(schema, dict):
         raise BadRequest("a create operation carries the schema as a JSON object")
     return Decoded(index, incarnation, schema=schema, partitions=partitions)
-
-
-def _decode_index(index: str, incarnation: str, body: list[Any]) -> Decoded:
-    source = body[2]
-    if type(source) is not bytes:
-        raise BadRequest("an index operation carries the document as bytes")
-    if len(body) == 3:
-        return Decoded(index, incarnation, source)
-    lengths = body[3]
-    if type(lengths) is not list or not all(type(n) is int and n >= 0 for n in lengths):
-        raise BadRequest("an index operation's lengths are a list of token counts")
-    return Decoded(index, incarnation, source, None, 0, lengths)
 
 
 @lru_cache(maxsize=1024)

@@ -119,29 +119,38 @@ class BatchWriter:
     ) -> tuple[BatchTally, list[_Share]]:
         """Check and stamp every item; group the operations by replica node and chunk each node's share."""
         state, live = self.host.current_state(), self.host.live()
-        plans: dict[int, WritePlan] = {}
+        # Per partition, decided once: where its items go, how many acks they need, or why they cannot go.
+        routes: dict[int, tuple[WritePlan, int, tuple[str, ...]] | None] = {}
         by_node: dict[str, list[tuple[int, Operation]]] = defaultdict(list)
+        sizes: dict[str, list[int]] = defaultdict(list)
+        framing: dict[str, int] = {}  # op_wire_bytes of an operation of a kind, but for its key and body
         tally = BatchTally(len(items))
+        stamp, origin, partitions = self.host.stamp, self.host.node_id, state.partitions
         for index, item in enumerate(items):
             try:
                 key = check_item(item)
-                partition = partition_of(key, state.partitions)
-                plan = plans.get(partition) or plans.setdefault(partition, write_plan(state, partition, live))
-                need = write_quorum(w, plan.replicas)
-                if len(plan.counted) < need:
-                    raise Unavailable(
-                        f"partition {partition}: {len(plan.counted)} of {plan.replicas} replicas are live; "
-                        f"the write needs {need}",
-                        partition=partition,
-                    )
+                partition = partition_of(key, partitions)
+                route = routes.get(partition)
+                if route is None:
+                    route = routes[partition] = _route(state, partition, live, w)
             except LegionError as exc:
                 tally.refuse(index, exc)
                 continue
-            op = Operation(engine, partition, key, self.host.stamp(), self.host.node_id, item.kind, item.body)
+            plan, need, targets = route
+            op = Operation(engine, partition, key, stamp(), origin, item.kind, item.body)
             tally.track(index, ItemTally(partition, op.hlc, plan.counted, need, plan.replicas, wait_all=refresh))
-            for node_id in plan.counted + plan.extra:
+            base = framing.get(op.kind)
+            if base is None:
+                base = framing[op.kind] = op_wire_bytes(op) - len(key) - len(op.body)
+            size = base + len(key) + len(op.body)
+            for node_id in targets:
                 by_node[node_id].append((index, op))
-        return tally, [_Share(node_id, entries, _chunks(entries)) for node_id, entries in by_node.items()]
+                sizes[node_id].append(size)
+        shares = []
+        for node_id, entries in by_node.items():
+            chunks = chunk_ranges(sizes[node_id], ops_max=PEER_BATCH_OPS_MAX, bytes_max=PEER_BATCH_BYTES_MAX)
+            shares.append(_Share(node_id, entries, chunks))
+        return tally, shares
 
     async def _send_share(
         self, share: _Share, tally: BatchTally, decided: asyncio.Event, refresh: bool, deadline: float
@@ -185,9 +194,18 @@ class BatchWriter:
                     decided.set()
 
 
-def _chunks(entries: list[tuple[int, Operation]]) -> list[range]:
-    sizes = [op_wire_bytes(op) for _, op in entries]
-    return chunk_ranges(sizes, ops_max=PEER_BATCH_OPS_MAX, bytes_max=PEER_BATCH_BYTES_MAX)
+def _route(state: ClusterState, partition: int, live: set[str], w: int | None) -> tuple[WritePlan, int, tuple[str, ...]]:
+    """A partition's write plan, the acknowledgements its items need, and every node they go to.
+
+    Raises Unavailable (raised again for each of its items) when too few replicas are live."""
+    plan = write_plan(state, partition, live)
+    need = write_quorum(w, plan.replicas)
+    if len(plan.counted) < need:
+        raise Unavailable(
+            f"partition {partition}: {len(plan.counted)} of {plan.replicas} replicas are live; the write needs {need}",
+            partition=partition,
+        )
+    return plan, need, plan.counted + plan.extra
 
 
 def _settle(
@@ -198,6 +216,9 @@ def _settle(
     error: LegionError | None,
 ) -> None:
     """Record one chunk's outcome on ``node_id``: all failed with ``error``, or per operation."""
+    if error is None and not refused:
+        tally.ack_all([index for index, _ in entries], node_id)
+        return
     for position, (index, _) in enumerate(entries):
         failure = error or refused.get(position)
         if failure is None:

@@ -110,3 +110,19 @@ def test_json_text_appends_the_engine_fields_to_the_source():
     assert parsed["_len_title"] == 1 and parsed["_len_body"] == 0
     assert builder.json_text("x", op, b"[1, 2]", [0] * 7) is None  # not an object: per-field path
     assert builder.json_text("x", op, ops.decode(op).source, [1]) is None  # wrong number of lengths
+    assert builder.json_text("x", op, ops.decode(op).source, ['1,"_deleted":1'] * 7) is None  # no count: no text
+
+
+def test_counts_that_are_no_counts_make_the_replica_count_itself(tmp_path):
+    doc = {"id": "a", "title": "two words", "body": "three more words"}
+    good = _op(doc)
+    shards = []
+    for name, lengths in (("good", None), ("negative", [1, -2, 3, 0, 0, 0, 0]), ("text", ["1"] * 7)):
+        body = ops.index_body("docs", INC, ops.encode_source(doc), lengths)
+        op = good if lengths is None else Operation(good.engine, good.partition, good.key, good.hlc, good.origin, good.kind, body)
+        shards.append(_shard_of(tmp_path, name, [op]))
+    sums = {name: {"sum": {"field": name}} for name in length_fields(SCHEMA).values()}
+    answers = [shard.searcher().aggregate(tantivy.Query.all_query(), sums) for shard in shards]
+    assert answers[0]["_len_body"]["value"] == 3 and answers[0] == answers[1] == answers[2]
+    for shard in shards:
+        shard.close()
