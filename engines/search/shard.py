@@ -51,6 +51,7 @@ from engines.search.operations import (
 )
 from engines.search.query_compile import IndexFields
 from engines.search.schema import FieldSpec, IndexSchema
+from engines.search.scope import SearcherView
 from legion.replication import Operation
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class Shard:
         self._lock = threading.Lock()  # guards _pending between the writer thread and readers
         self._builder = DocumentBuilder(index, schema, self.tantivy_schema)
         self.index.reload()
+        self._view = SearcherView(self.index.searcher(), self.fields)
 
     # --- the writer thread ----------------------------------------------------
 
@@ -185,9 +187,14 @@ class Shard:
         if not dirty:
             return
         writer.commit()
-        self.index.reload()
+        self._reload()
         with self._lock:
             self._pending.clear()
+
+    def _reload(self) -> None:
+        """Point readers at what was just committed: a new searcher, and a new view of it."""
+        self.index.reload()
+        self._view = SearcherView(self.index.searcher(), self.fields)
 
     def drop_partition(self, partition: int) -> None:
         """Delete every document and tombstone of ``partition`` from this node's index, durably."""
@@ -195,7 +202,7 @@ class Shard:
         # By query, not by term: tantivy-py builds an i64 term from a Python int, which misses a u64 field.
         writer.delete_documents_by_query(tantivy.Query.term_query(self.tantivy_schema, PARTITION, partition))
         writer.commit()
-        self.index.reload()
+        self._reload()
         with self._lock:
             self._pending = {k: v for k, v in self._pending.items() if v.partition != partition}
 
@@ -233,6 +240,10 @@ class Shard:
 
     def searcher(self) -> tantivy.Searcher:
         return self.index.searcher()
+
+    def view(self) -> SearcherView:
+        """The searcher of the last commit, and what is known about it (one per commit, shared by searches)."""
+        return self._view
 
     def get(self, doc_id: str) -> Version | None:
         """The newest write held for ``doc_id``, applied or committed; None if none."""
