@@ -1,7 +1,8 @@
 """One node's tantivy index for one search index, holding every partition the node has.
 
-I/O: tantivy files under ``<engine root>/indexes/<incarnation>/``. This
-module and ``query_compile`` are the only ones that import tantivy.
+I/O: tantivy files under ``<engine root>/indexes/<incarnation>/``. Only the
+index-side modules import tantivy (this one, ``document_builder``, ``scope``,
+``query_compile``, ``node_hits``, ``local_search``); the pure ones never do.
 
 Why one index per node and not one per partition (as Riak Search did it):
 tantivy wants one writer per index directory with a heap of its own, so 64
@@ -14,9 +15,13 @@ documents).
 Writes (``apply``) go into the writer and become visible and durable only at
 ``commit`` (commit + reader reload), which the core calls as ``flush``. Until
 then the versions of what was applied are kept in memory (``pending``), so
-that last-writer-wins decisions and ``get`` see them. Threads: ``apply``,
-``commit`` and ``drop_partition`` come from the node's single writer thread;
-``searcher``, ``get`` and ``fold`` from worker threads.
+that last-writer-wins decisions and ``get`` see them. Each commit also
+replaces the ``view`` searches use (``scope.SearcherView``: the committed
+searcher and what is known about it). A document is handed to tantivy as
+JSON text when it can be (``document_builder``): tantivy parses it in Rust.
+Threads: ``apply``, ``commit`` and ``drop_partition`` come from the node's
+single writer thread; ``searcher``, ``view``, ``get`` and ``fold`` from worker
+threads.
 """
 
 from __future__ import annotations
