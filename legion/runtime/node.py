@@ -14,6 +14,7 @@ node forwards the request to it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -342,6 +343,9 @@ async def _serve(config: NodeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
+    # What start-up built (modules, classes, the node's parts) lives as long as the process: move it
+    # out of the cyclic collector's sight, so that a full collection pauses requests for far less.
+    gc.freeze()
     print(f"legion node {node.node_id} listening on {node.url}", flush=True)
     await stop.wait()
     log.info("node %s stopping", node.node_id)
