@@ -33,7 +33,7 @@ import heapq
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import tantivy
 
@@ -66,8 +66,7 @@ PRUNE_DOCS_MAX = 2**22  # below, an f32 idf is never 0 and boosts carry global i
 PRUNE_SLACK = 1e-4  # relative: f32 rounding of boosts and sums stays far below it
 
 
-@dataclass(frozen=True)
-class LocalHit:
+class LocalHit(NamedTuple):
     """One hit on one node: its id, its score, and where it is in this node's searcher."""
 
     id: str

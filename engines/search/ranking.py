@@ -59,10 +59,13 @@ TermValueWire = Union[str, int, float, bool]
 TermKey = tuple[str, str, TermValueWire]
 
 
+_F32 = struct.Struct("<f")  # compiled once: the format is not parsed again for each of the many calls
+
+
 def as_f32(value: float) -> float:
     """``value`` rounded to the nearest float32 (tantivy's ``Score``), as a Python float; past f32's range, ±inf."""
     try:
-        return struct.unpack("<f", struct.pack("<f", value))[0]
+        return _F32.unpack(_F32.pack(value))[0]
     except OverflowError:
         return math.copysign(math.inf, value)  # what Rust's `as f32` gives
 
