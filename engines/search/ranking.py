@@ -20,7 +20,10 @@ module owns the arithmetic of that, with no tantivy in sight:
   its best candidates: ``explained_score`` recomputes a doc's score from
   tantivy's ``explain`` of it (which clauses matched, each leaf's term
   frequency and field length) with the global idf and average field
-  lengths (``LeafWeight``), step for step as tantivy's scorer would.
+  lengths (``LeafWeight``), step for step as tantivy's scorer would;
+  ``rescore_bound`` says how far an exact score can exceed the boosted one,
+  so that a node stops rescoring at the first candidate that cannot reach
+  the page.
 - **Merging hits.** Every node returns its best hits in the global order —
   score descending, ties by id ascending (``hit_order_key``) — and
   ``merge_hits`` takes the global page ``[offset, offset + limit)`` of their
@@ -217,11 +220,14 @@ def rescore_bound(explanation: Mapping[str, Any], leaves: Sequence[LeafWeight], 
     greatest ``max(1, global avgdl / local avgdl)`` over the leaves' fields,
     for a score that is a sum of non-negative parts. ``seen`` (field → local
     avgdl) gathers what the explanations printed; the bound is None while a
-    field's local avgdl is unknown, or when a boost is negative (a greater
-    part would lower the score)."""
+    field's local avgdl is unknown, when a boost is negative (a greater part
+    would lower the score), or when an explanation does not show it."""
     markers = {as_f32(marker_boost(index)): leaf for index, leaf in enumerate(leaves)}
-    if not _gather_field_lengths(explanation, markers, seen):
-        return None
+    try:
+        if not _gather_field_lengths(explanation, markers, seen):
+            return None
+    except ExplanationError:
+        return None  # a leaf explained in a shape this does not read: rescore every candidate
     bound = 1.0
     for leaf in leaves:
         local = seen.get(leaf.field)
