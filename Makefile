@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/kv.py
+	$(BIN)/python bench/search.py
 
 clean:
 	-$(BIN)/legion cluster down --dir .legion 2>/dev/null

@@ -117,9 +117,14 @@ class Client:
         # dead node costs one failed connect, not one per request.
         self._preferred = 0
 
-    def copy(self, *, timeout_s: float | None = None) -> Client:
-        """A new client for the same nodes and token (e.g. one per worker thread), with its own connections."""
-        return Client(self.urls, self._token, timeout_s=timeout_s if timeout_s is not None else self.timeout_s)
+    def copy(self, *, timeout_s: float | None = None, start_at: int = 0) -> Client:
+        """A new client for the same nodes and token (e.g. one per worker thread), with its own connections.
+
+        It sends its requests to node ``start_at`` (modulo the number of nodes) first,
+        so that worker threads given different numbers spread their load over the nodes."""
+        other = Client(self.urls, self._token, timeout_s=timeout_s if timeout_s is not None else self.timeout_s)
+        other._preferred = start_at % len(other._endpoints)
+        return other
 
     @property
     def urls(self) -> list[str]:

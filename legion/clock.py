@@ -56,6 +56,16 @@ class HybridClock:
             self._last = pack(last_wall + 1, 0)
         return self._last
 
+    def horizon(self) -> int:
+        """The greatest timestamp ``observe`` accepts right now (drift beyond it is refused)."""
+        return pack(self._wall_ms() + CLOCK_DRIFT_MS_MAX + 1, 0) - 1
+
+    def advance_to(self, remote: int) -> None:
+        """``observe`` for a timestamp already found at or below ``horizon()``: a batch checks each of its
+        timestamps against one horizon, then folds in only the greatest."""
+        if remote > self._last:
+            self._last = remote
+
     def observe(self, remote: int) -> None:
         """Fold in a timestamp seen from another node so later ``now()``s exceed it."""
         if remote >> LOGICAL_BITS > self._wall_ms() + CLOCK_DRIFT_MS_MAX:

@@ -43,5 +43,7 @@ def key_bytes(key: str | bytes) -> bytes:
 
 def partition_of(key: str | bytes, partitions: int) -> int:
     """The partition (0 .. partitions-1) that owns ``key``."""
-    digest = hashlib.blake2b(key_bytes(key), digest_size=8).digest()
+    if type(key) is not bytes or not 0 < len(key) <= KEY_BYTES_MAX:  # the common case needs no conversion
+        key = key_bytes(key)
+    digest = hashlib.blake2b(key, digest_size=8).digest()
     return int.from_bytes(digest, "big") & (partitions - 1)

@@ -11,28 +11,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from legion.errors import BadRequest
 
 LINE_BYTES_MAX = 8 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """One line of an NDJSON body: its 1-based number and its value, or why it has none."""
+class Line(NamedTuple):
+    """One line of an NDJSON body: its 1-based number and its value, or why it has none.
+
+    ``raw`` is the line's bytes as received (without the newline) when it parsed,
+    so that a handler may keep the text it was sent instead of encoding the value again."""
 
     number: int
     value: Any = None
     error: BadRequest | None = None
+    raw: bytes = b""
 
 
 def parse_line(number: int, raw: bytes) -> Line:
     if len(raw) > LINE_BYTES_MAX:
         return Line(number, error=BadRequest(f"line {number} is over {LINE_BYTES_MAX} bytes"))
     try:
-        return Line(number, json.loads(raw))
+        return Line(number, json.loads(raw), None, raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return Line(number, error=BadRequest(f"line {number} is not valid JSON: {exc}"))
 

@@ -174,6 +174,15 @@ class BatchTally:
         if tally is not None and tally.ack(node):
             self.undecided -= 1
 
+    def ack_all(self, indexes: Sequence[int], node: str) -> None:
+        """``ack(index, node)`` for each of ``indexes`` (a chunk that went through whole)."""
+        items, decided = self.items, 0
+        for index in indexes:
+            tally = items[index]
+            if tally is not None and tally.ack(node):
+                decided += 1
+        self.undecided -= decided
+
     def fail(self, index: int, node: str, error: LegionError) -> None:
         tally = self.items[index]
         if tally is not None and tally.fail(node, error):

@@ -27,10 +27,11 @@ From Python::
 
 Modules: ``schema`` and ``operations`` (pure: schemas, documents, operation
 bodies, the catalog), ``ranking`` and ``aggregations`` (pure: merging the
-nodes' answers), ``query_tree`` (pure: tantivy's query tree), ``shard`` and
-``query_compile`` (tantivy), ``catalog_store`` (SQLite), ``local_search``
-(one node's share of a search), ``engine`` (the engine contract),
-``handlers`` (HTTP), ``client`` and ``cli``.
+nodes' answers), ``query_tree`` (pure: tantivy's query tree), ``shard``,
+``document_builder`` (what a node indexes for a document), ``scope`` (what a
+committed searcher may show of a plan) and ``query_compile`` (tantivy),
+``catalog_store`` (SQLite), ``local_search`` (one node's share of a search),
+``engine`` (the engine contract), ``handlers`` (HTTP), ``client`` and ``cli``.
 """
 
 from engines.search.client import SearchClient

@@ -110,8 +110,9 @@ class SearchClient:
         def client() -> SearchClient:
             own = getattr(local, "client", None)
             if own is None:
-                own = local.client = self.client.copy(timeout_s=BULK_TIMEOUT_S)
                 with clients_lock:
+                    # Each worker starts at another node: every node coordinates a share of the batches.
+                    own = local.client = self.client.copy(timeout_s=BULK_TIMEOUT_S, start_at=len(clients))
                     clients.append(own)
             return SearchClient(own)
 

@@ -30,9 +30,8 @@ import threading
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engines.search import local_search
 from engines.search.catalog_store import CatalogStore
 from engines.search.operations import (
     CATALOG_KINDS,
@@ -44,10 +43,12 @@ from engines.search.operations import (
     decode,
 )
 from engines.search.schema import parse_schema
-from engines.search.shard import Shard
 from legion.engine import Engine, Route
 from legion.errors import BadRequest, NotOwner
 from legion.replication import Operation
+
+if TYPE_CHECKING:
+    from engines.search.shard import Shard
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class SearchEngine(Engine):
         for name, incarnation in sorted(live.items()):
             if incarnation in self._shards:
                 continue
-            shard = Shard(self._shard_dir(incarnation), name, incarnation, parse_schema(self._catalog.schema(incarnation)))
+            shard = self._open_shard(name, incarnation)
             with self._lock:
                 self._shards[incarnation] = shard
             parked = store.parked(incarnation)
@@ -156,6 +157,12 @@ class SearchEngine(Engine):
                 self._unparked.add(incarnation)
         known = set(self._catalog.created) | set(self._catalog.dropped)
         store.unpark(inc for inc in known if self._catalog.is_dead(inc))
+
+    def _open_shard(self, name: str, incarnation: str) -> Shard:
+        # Imported here: tantivy is for nodes; the `legion` command loads this class only for its commands.
+        from engines.search import shard
+
+        return shard.Shard(self._shard_dir(incarnation), name, incarnation, parse_schema(self._catalog.schema(incarnation)))
 
     def flush(self, partitions: Collection[int]) -> None:
         # One commit per shard covers every partition: there is no cheaper partial flush.
@@ -215,6 +222,8 @@ class SearchEngine(Engine):
             raise BadRequest("a search coverage query is a map")
         if query.get("op") == "indexes":
             return self.indexes()
+        from engines.search import local_search  # tantivy: for nodes only (see _open_shard)
+
         shard = self.shard(query.get("incarnation"))
         return local_search.answer(shard, list(partitions), query)
 

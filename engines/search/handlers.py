@@ -19,7 +19,10 @@ anything is written; the runtime turns those into 4xx answers.
 
 A search is two coverage rounds on the same plan: global term statistics
 (``local_search`` round 1), then scoring with them (round 2), so the ranking
-is the one a single index over all the documents would give.
+is the one a single index over all the documents would give. When one node
+is given the whole plan (every node holds every partition, as with N equal
+to the node count), it has the global statistics itself and answers in the
+first round.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engines.search import aggregations, ranking
+from engines.search.document_builder import LengthCounter
 from engines.search.operations import (
     ENGINE_NAME,
     KIND_CREATE,
@@ -62,6 +66,7 @@ RESULT_WINDOW_MAX = 10_000
 BULK_CHUNK_DOCS = 1_000
 BULK_CHUNKS_IN_FLIGHT = 2
 BULK_ERRORS_SHOWN_MAX = 100
+SCHEMAS_CACHED_MAX = 256
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -114,6 +119,16 @@ class SearchApi:
 
     def __init__(self, engine: SearchEngine) -> None:
         self.engine = engine
+        self._schemas: dict[str, IndexSchema] = {}
+
+    def schema(self, found: dict[str, Any]) -> IndexSchema:
+        """The parsed schema of a live incarnation (``describe``'s answer), parsed once per incarnation."""
+        schema = self._schemas.get(found["incarnation"])
+        if schema is None:
+            if len(self._schemas) >= SCHEMAS_CACHED_MAX:
+                self._schemas.clear()
+            schema = self._schemas[found["incarnation"]] = parse_schema(found["schema"])
+        return schema
 
     async def describe(self, index: str, cluster: Cluster) -> dict[str, Any]:
         """The live incarnation and schema of ``index``: from this node's catalog, else from a replica's."""
@@ -174,14 +189,14 @@ class SearchApi:
     async def put_doc(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
         index = req.path_params["index"]
         found = await self.describe(index, cluster)
-        schema = parse_schema(found["schema"])
+        schema = self.schema(found)
         doc = req.json()
         if isinstance(doc, dict) and schema.id_field not in doc:
             doc = {**doc, schema.id_field: req.path_params["id"]}
         doc_id, checked = check_document(schema, doc)
         if doc_id != req.path_params["id"]:
             raise BadRequest(f"the document's {schema.id_field!r} is {doc_id!r} but the URL names {req.path_params['id']!r}")
-        body = index_body(index, found["incarnation"], encode_source(checked))
+        body = document_body(index, found["incarnation"], checked, LengthCounter(schema))
         [result] = await cluster.write_many(
             ENGINE_NAME, [WriteItem(key_bytes(doc_id), KIND_INDEX, body)], w=req.int_param("w"), refresh=refresh_param(req)
         )
@@ -217,7 +232,7 @@ class SearchApi:
         started = time.monotonic()
         index = req.path_params["index"]
         found = await self.describe(index, cluster)
-        schema = parse_schema(found["schema"])
+        schema = self.schema(found)
         refresh = refresh_param(req)
         ingest = _Ingest(cluster, index, found["incarnation"], schema, req.int_param("w"))
         assert req.stream is not None
@@ -272,21 +287,26 @@ class SearchApi:
     async def _search(self, index: str, request: dict[str, Any], cluster: Cluster) -> HttpResponse:
         started = time.monotonic()
         found = await self.describe(index, cluster)
-        schema = parse_schema(found["schema"])
+        schema = self.schema(found)
         q, limit, offset, fields, snippets = _search_params(schema, request)
         aggs = aggregations.check(schema, request.get("aggs"))
-        base = {"index": index, "incarnation": found["incarnation"], "q": q}
-        first = await cluster.coverage(ENGINE_NAME, {**base, "op": "stats"}, allow_partial=True)
-        plan = sorted(first.served_by)
-        stats = ranking.merge_stats(ranking.CollectionStats.from_wire(reply.value) for reply in first.replies)
-        second_query = {
-            **base, "op": "search", "stats": stats.to_wire(), "k": offset + limit, "fields": fields,
-            "snippets": snippets, "aggs": aggregations.shard_request(aggs),
-        }
-        second = await cluster.coverage(
-            ENGINE_NAME, second_query, partitions=plan, prefer=first.served_by, allow_partial=True
-        ) if plan else None
-        replies = [reply.value for reply in second.replies] if second else []
+        search = {
+            "index": index, "incarnation": found["incarnation"], "q": q, "op": "search", "k": offset + limit,
+            "fields": fields, "snippets": snippets, "aggs": aggregations.shard_request(aggs),
+        }  # fmt: skip
+        # Round 1 asks for the answer outright: a node given the whole plan has the global statistics
+        # and answers in one round; the others answer with their statistics, and round 2 follows.
+        first = await cluster.coverage(ENGINE_NAME, {**search, "stats": None, "plan": cluster.partitions}, allow_partial=True)
+        second = None
+        if any("stats" in reply.value for reply in first.replies):
+            plan = sorted(first.served_by)
+            stats = ranking.merge_stats(
+                ranking.CollectionStats.from_wire(reply.value["stats"]) for reply in first.replies if "stats" in reply.value
+            )
+            second = await cluster.coverage(
+                ENGINE_NAME, {**search, "stats": stats.to_wire()}, partitions=plan, prefer=first.served_by, allow_partial=True
+            )
+        replies = [reply.value for reply in (second or first).replies]
         missing = sorted(set(first.missing) | set(second.missing if second else ()))
         hits = ranking.merge_hits([[PageHit(h[1], h[0], h[2], h[3]) for h in r["hits"]] for r in replies], offset, limit)
         return HttpResponse.json(
@@ -326,6 +346,27 @@ class SearchApi:
                 "partitions_missing": list(result.missing),
             }
         )
+
+
+def document_body(
+    index: str, incarnation: str, checked: dict[str, Any], count_lengths: LengthCounter, sent: bytes | None = None
+) -> bytes:
+    """The body of a checked document's ``index`` operation, its field lengths counted here once for every replica.
+
+    ``sent`` is the JSON text the document was parsed from, if ``checked`` is
+    exactly what it parsed to (no null dropped): it becomes the source as it is,
+    unless it may hide text that is not valid Unicode (a ``\\u`` escape, or the
+    UTF-8 lead byte of a surrogate) or is not UTF-8 (a NUL byte: UTF-16 or 32),
+    in which case the document is encoded again, which refuses such text."""
+    try:
+        lengths = count_lengths(checked)
+        if sent is not None:
+            sent = sent.strip()
+        if sent is None or not sent.startswith(b"{") or b"\\u" in sent or b"\xed" in sent or b"\x00" in sent:
+            sent = encode_source(checked)
+        return index_body(index, incarnation, sent, lengths)
+    except ValueError as exc:  # UnicodeEncodeError: JSON text can name a lone surrogate, which is no text
+        raise BadRequest(f"the document holds text that is not valid Unicode: {exc}") from None
 
 
 class PageHit(NamedTuple):
@@ -371,6 +412,7 @@ class _Ingest:
     def __init__(self, cluster: Cluster, index: str, incarnation: str, schema: IndexSchema, w: int | None) -> None:
         self.cluster, self.index, self.incarnation, self.schema = cluster, index, incarnation, schema
         self.w = w
+        self.count_lengths = LengthCounter(schema)
         self.indexed = 0
         self.errors: list[dict[str, Any]] = []
         self._items: list[WriteItem] = []
@@ -384,7 +426,8 @@ class _Ingest:
             if line.error is not None:
                 raise line.error
             doc_id, checked = check_document(self.schema, line.value)
-            body = index_body(self.index, self.incarnation, encode_source(checked))
+            sent = line.raw if checked is line.value else None  # no null dropped: the line is the source
+            body = document_body(self.index, self.incarnation, checked, self.count_lengths, sent)
             self._items.append(WriteItem(key_bytes(doc_id), KIND_INDEX, body))
             self._lines.append((line.number, doc_id))
         except LegionError as exc:

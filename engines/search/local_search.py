@@ -3,10 +3,11 @@
 I/O (reads a ``Shard``'s tantivy index; ``engine.SearchEngine.coverage_many``
 calls ``answer`` from a worker thread). Every query runs once per node,
 restricted to the live documents of the partitions the coverage plan gave
-this node (``query_compile.live_filter``, in a clause that scores zero, so
-scores are the user query's own). Each node parses the query text itself
-against its copy of the index: the same schema gives the same tree, and so
-the same terms to count and to score.
+this node (``scope.SearcherView.scope``: the cheapest filter that says so —
+often none —, in a clause that scores zero, so scores are the user query's
+own). Each node parses the query text itself against its copy of the index:
+the same schema gives the same tree, and so the same terms to count and to
+score (parsed once per node and incarnation, ``parse``).
 
 The rounds a search makes (``handlers`` drives them):
 
@@ -18,6 +19,11 @@ The rounds a search makes (``handlers`` drives them):
    stored fields and highlighted snippets, the exact number of matches, and
    aggregations.
 
+A ``search`` without statistics (``"stats": None``, ``"plan"``: how many
+partitions the whole plan has) is round 1 that may be the last: a node
+given every partition of the plan counts the statistics itself, which are
+the global ones, and answers; any other node answers ``{"stats": …}``.
+
 ``count`` answers ``legion search stats``: live documents per partition,
 tombstones, and the size of the node's index on disk.
 """
@@ -26,12 +32,14 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import tantivy
 
 from engines.search.node_hits import node_search
-from engines.search.query_compile import ParsedQuery, live_filter, parse_query
+from engines.search.query_compile import ParsedQuery, parse_query
 from engines.search.query_compile import local_stats as count_stats
 from engines.search.ranking import CollectionStats
 from engines.search.shard import DELETED, PARTITION, SOURCE, Shard
@@ -39,6 +47,10 @@ from legion.errors import BadRequest
 
 SNIPPET_CHARS_MAX = 200
 HITS_MAX = 10_000
+PARSED_QUERIES_MAX = 1_024  # parsed queries remembered per node (every incarnation together)
+
+_parsed: OrderedDict[tuple[str, str], ParsedQuery] = OrderedDict()
+_parsed_lock = threading.Lock()  # worker threads answer searches concurrently
 
 
 def answer(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any] | list[Any]:
@@ -54,9 +66,27 @@ def answer(shard: Shard | None, partitions: list[int], query: dict[str, Any]) ->
 
 
 def parse(shard: Shard, text: object) -> ParsedQuery:
-    """The user's query as tantivy parses it against this index; BadRequest names what is wrong."""
+    """The user's query as tantivy parses it against this index; BadRequest names what is wrong.
+
+    Remembered per incarnation (the parse depends on the schema alone), so that the
+    two rounds of a search, and searches repeating a query, parse it once."""
     if not isinstance(text, str) or not text.strip():
         raise BadRequest("q must be a non-empty query string")
+    key = (shard.incarnation, text)
+    with _parsed_lock:
+        found = _parsed.get(key)
+        if found is not None:
+            _parsed.move_to_end(key)
+            return found
+    found = _parse(shard, text)
+    with _parsed_lock:
+        _parsed[key] = found
+        while len(_parsed) > PARSED_QUERIES_MAX:
+            _parsed.popitem(last=False)
+    return found
+
+
+def _parse(shard: Shard, text: str) -> ParsedQuery:
     try:
         return parse_query(shard.index, shard.fields, text, shard.schema.default_fields)
     except BadRequest as error:
@@ -89,22 +119,36 @@ def _stats(shard: Shard | None, partitions: list[int], query: dict[str, Any]) ->
     if shard is None:
         return CollectionStats().to_wire()
     parsed = parse(shard, query.get("q"))
-    return count_stats(shard.searcher(), shard.fields, parsed.stats_request, partitions).to_wire()
+    view = shard.view()
+    return count_stats(view.searcher, shard.fields, parsed.stats_request, partitions, view).to_wire()
 
 
 def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any]:
-    if shard is None:
-        return {"total": 0, "hits": [], "aggs": {}, "ranking": "exact"}
+    """Round 2; or, with ``"stats": None``, round 1 that answers outright if this node was given the whole plan."""
     k = query.get("k")
     if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= HITS_MAX:
         raise BadRequest(f"k must be an integer in 0..{HITS_MAX}")
+    whole_plan = query.get("stats") is None
+    if whole_plan:
+        plan = query.get("plan")
+        if not isinstance(plan, int) or isinstance(plan, bool) or plan < 1:
+            raise BadRequest("a search without statistics names the number of partitions of its plan")
+        if len(partitions) < plan:  # other nodes hold part of the plan: the global statistics come first
+            return {"stats": _stats(shard, partitions, query)}
+    if shard is None:
+        return {"total": 0, "hits": [], "aggs": {}, "ranking": "exact"}
     parsed = parse(shard, query.get("q"))
-    stats = CollectionStats.from_wire(query.get("stats"))
-    searcher = shard.searcher()  # one searcher for the round: counts, idfs and explanations agree
-    found = node_search(parsed, shard.fields, searcher, stats, partitions, k)
-    matching = tantivy.Query.boolean_query(
-        [(tantivy.Occur.Must, parsed.original), (tantivy.Occur.Must, tantivy.Query.const_score_query(live_filter(shard.fields, partitions), 0.0))]
-    )
+    view = shard.view()  # one searcher for the round: counts, idfs and explanations agree
+    if whole_plan:
+        stats = count_stats(view.searcher, shard.fields, parsed.stats_request, partitions, view)
+    else:
+        stats = CollectionStats.from_wire(query.get("stats"))
+    searcher, scope = view.searcher, view.scope(partitions)
+    found = node_search(parsed, shard.fields, searcher, stats, partitions, k, scope)
+    matching = parsed.original
+    if scope.filter is not None:
+        live = tantivy.Query.const_score_query(scope.filter, 0.0)
+        matching = tantivy.Query.boolean_query([(tantivy.Occur.Must, matching), (tantivy.Occur.Must, live)])
     total = searcher.search(matching, limit=1, count=True).count
     docs = [searcher.doc(hit.address) for hit in found.hits]
     fields = query.get("fields")

@@ -29,9 +29,11 @@ Imports tantivy; reads the searcher it is handed, nothing else.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import tantivy
 
@@ -41,18 +43,30 @@ from engines.search.query_compile import (
     IndexFields,
     ParsedQuery,
     live_filter,
+    max_doc,
     query_error,
     ranked_query,
     rescoring_query,
 )
-from engines.search.ranking import CollectionStats, ExplanationError, explained_score, first_hits, tie_run_unfinished
+from engines.search.ranking import (
+    CollectionStats,
+    ExplanationError,
+    explained_score,
+    first_hits,
+    rescore_bound,
+    tie_run_unfinished,
+)
+
+if TYPE_CHECKING:
+    from engines.search.scope import Scope
 
 TIE_RUN_HITS_MAX = 1_000  # hits fetched past a cut to order a run of tied scores by id
 RESCORE_CANDIDATES_EXTRA = 20  # candidates rescored beyond twice the hits asked for
+PRUNE_DOCS_MAX = 2**22  # below, an f32 idf is never 0 and boosts carry global idfs faithfully
+PRUNE_SLACK = 1e-4  # relative: f32 rounding of boosts and sums stays far below it
 
 
-@dataclass(frozen=True)
-class LocalHit:
+class LocalHit(NamedTuple):
     """One hit on one node: its id, its score, and where it is in this node's searcher."""
 
     id: str
@@ -75,14 +89,22 @@ def node_search(
     stats: CollectionStats,
     partitions: Collection[int],
     count: int,
+    scope: Scope | None = None,
 ) -> NodeAnswer:
-    """Round 2 on one node: its first ``count`` hits in the global order, ranked with the global statistics."""
+    """Round 2 on one node: its first ``count`` hits in the global order, ranked with the global statistics.
+
+    With the searcher's ``scope`` for ``partitions`` (``scope.SearcherView.scope``), its
+    filter restricts the search; and when the scope is native and the plan's
+    statistics are this node's alone (the plan's live documents are all here),
+    the query's own scores are the global ones: no boost, no rescoring."""
+    if scope is not None and scope.native and stats.doc_count == scope.doc_count:
+        return NodeAnswer(top_hits(searcher, fields, parsed.original, partitions, count, scope), RANKING_EXACT)
     query = ranked_query(parsed, fields, searcher, stats)
     if parsed.ranking != RANKING_EXACT:
-        return NodeAnswer(top_hits(searcher, fields, query, partitions, count), parsed.ranking)
-    candidates = top_hits(searcher, fields, query, partitions, rescore_candidates(count))
+        return NodeAnswer(top_hits(searcher, fields, query, partitions, count, scope), parsed.ranking)
+    candidates = top_hits(searcher, fields, query, partitions, rescore_candidates(count), scope)
     try:
-        rescored = rescore(parsed, fields, searcher, stats, candidates)
+        rescored = rescore(parsed, fields, searcher, stats, candidates, count)
     except ExplanationError:
         return NodeAnswer(first_hits(candidates, count), RANKING_GLOBAL_IDF)
     return NodeAnswer(first_hits(rescored, count), RANKING_EXACT)
@@ -99,15 +121,35 @@ def rescore(
     searcher: tantivy.Searcher,
     stats: CollectionStats,
     hits: Sequence[LocalHit],
+    count: int | None = None,
 ) -> list[LocalHit]:
-    """``hits`` with their scores recomputed from ``explain`` with the global idf and average field lengths."""
+    """``hits`` with their scores recomputed from ``explain`` with the global idf and average field lengths.
+
+    ``hits`` come in boosted order. With ``count``, rescoring stops at the first
+    hit whose exact score cannot reach the ``count`` best exact scores so far
+    (``ranking.rescore_bound``): those, and every later hit, are left out."""
     if not hits:
         return []
     marked, weights = rescoring_query(parsed, fields, stats)
+    # Bounds hold for every score while f32 idfs stay positive (below 2**22 docs) and rounding stays in the slack.
+    keep = count or 0
+    prune = keep > 0 and max_doc(searcher, fields) < PRUNE_DOCS_MAX
+    seen: dict[str, float] = {}
+    bound: float | None = None
+    best: list[float] = []  # a min-heap of the ``keep`` best exact scores
     rescored = []
     for hit in hits:
+        if bound is not None and len(best) == keep and hit.score * bound * (1 + PRUNE_SLACK) < best[0]:
+            break
         explanation = json.loads(marked.explain(searcher, hit.address).to_json())
-        rescored.append(LocalHit(hit.id, explained_score(explanation, weights), hit.address))
+        score = explained_score(explanation, weights)
+        rescored.append(LocalHit(hit.id, score, hit.address))
+        if prune:
+            bound = bound or rescore_bound(explanation, weights, seen)
+            if len(best) < keep:
+                heapq.heappush(best, score)
+            elif score > best[0]:
+                heapq.heapreplace(best, score)
     return rescored
 
 
@@ -117,18 +159,21 @@ def top_hits(
     query: tantivy.Query,
     partitions: Collection[int] | None,
     count: int,
+    scope: Scope | None = None,
 ) -> list[LocalHit]:
     """The first ``count`` hits of ``query`` in the global order (score desc, id asc).
 
     ``partitions`` restricts the search to their live docs (None: every doc
-    of the searcher, for an index without tombstones). When tantivy's cut
+    of the searcher, for an index without tombstones), with ``scope.filter``
+    when their ``scope`` is given. When tantivy's cut
     falls inside a run of tied scores, fetches past the run (up to
     ``TIE_RUN_HITS_MAX`` more hits) so that ties are won by the smallest ids.
     """
     if count <= 0 or (partitions is not None and not partitions):
         return []
-    if partitions is not None:
-        zero = tantivy.Query.const_score_query(live_filter(fields, partitions), 0.0)
+    live = scope.filter if scope is not None else None if partitions is None else live_filter(fields, partitions)
+    if live is not None:
+        zero = tantivy.Query.const_score_query(live, 0.0)
         query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), (tantivy.Occur.Must, zero)])
     fetch = count + 1
     fetch_max = count + 1 + TIE_RUN_HITS_MAX
@@ -136,7 +181,10 @@ def top_hits(
     while len(found) == fetch < fetch_max and tie_run_unfinished([score for score, _ in found], count):
         fetch = min(2 * fetch, fetch_max)
         found = _search(searcher, query, fetch)
-    hits = [LocalHit(_doc_id(searcher, fields, address), score, address) for score, address in found]
+    if scope is not None:
+        hits = [LocalHit(scope.view.doc_id(address), score, address) for score, address in found]
+    else:
+        hits = [LocalHit(_doc_id(searcher, fields, address), score, address) for score, address in found]
     return first_hits(hits, count)
 
 

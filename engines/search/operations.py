@@ -3,9 +3,16 @@
 Pure: no I/O, no clock. Four kinds of ``legion.replication.Operation``
 (``engine="search"``), each body a msgpack list:
 
-- ``index``  key = the document id; body ``[index, incarnation, source]``,
-  ``source`` the document as canonical JSON bytes. Re-indexing an id
-  replaces it: per (incarnation, id) the newest ``(hlc, origin)`` wins.
+- ``index``  key = the document id; body ``[index, incarnation, source]``
+  or ``[index, incarnation, source, lengths]``, ``source`` the document as
+  JSON bytes (an object), ``lengths`` the tokens each scored field holds
+  (``document_builder.LengthCounter``, in ``length_fields`` order), counted
+  once by the coordinator so that replicas need not parse the source; without
+  them (a handoff's fold, an older log) a replica counts them itself. Only
+  their being a list is checked here: a count that is no count makes the
+  replica take the per-field path, which counts them itself.
+  Re-indexing an id replaces it: per (incarnation, id) the newest
+  ``(hlc, origin)`` wins.
 - ``delete`` key = the document id; body ``[index, incarnation]``. Stored as
   a tombstone with its version, so an older ``index`` arriving later loses.
 - ``create`` key = ``catalog_keys(index, partitions)[partition]``; body
@@ -34,9 +41,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -60,8 +68,9 @@ def encode_source(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def index_body(index: str, incarnation: str, source: bytes) -> bytes:
-    return msgpack.packb([index, incarnation, source], use_bin_type=True)
+def index_body(index: str, incarnation: str, source: bytes, lengths: Sequence[int] | None = None) -> bytes:
+    body = [index, incarnation, source] if lengths is None else [index, incarnation, source, lengths]
+    return msgpack.packb(body, use_bin_type=True)
 
 
 def delete_body(index: str, incarnation: str) -> bytes:
@@ -76,15 +85,19 @@ def drop_body(index: str, incarnation: str, partitions: int) -> bytes:
     return msgpack.packb([index, incarnation, partitions], use_bin_type=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """An operation's body, decoded: which index and incarnation, and the source or schema if any."""
+class Decoded(NamedTuple):
+    """An operation's body, decoded: which index and incarnation, and the source, lengths or schema if any."""
 
     index: str
     incarnation: str
     source: bytes | None = None
     schema: dict[str, Any] | None = None
     partitions: int = 0
+    lengths: list[int] | None = None
+
+
+# Items of each kind's body; an index body may also carry the field lengths.
+_BODY_SIZES = {KIND_INDEX: (3, 4), KIND_DELETE: (2,), KIND_REFRESH: (2,), KIND_CREATE: (4,), KIND_DROP: (3,)}
 
 
 def decode(op: Operation) -> Decoded:
@@ -93,18 +106,32 @@ def decode(op: Operation) -> Decoded:
         body = msgpack.unpackb(op.body, raw=False)
     except (ValueError, msgpack.UnpackException):
         raise BadRequest("a search operation's body is not msgpack") from None
-    sizes = {KIND_INDEX: 3, KIND_DELETE: 2, KIND_REFRESH: 2, KIND_CREATE: 4, KIND_DROP: 3}
-    if op.kind not in sizes:
+    # The hot path (every document, twice per replica: validate, then apply) in as few steps as Python allows.
+    if op.kind == KIND_INDEX and type(body) is list and 3 <= len(body) <= 4:
+        index, incarnation, source = body[0], body[1], body[2]
+        lengths = body[3] if len(body) == 4 else None
+        if (
+            type(index) is str and type(incarnation) is str and type(source) is bytes
+            and (lengths is None or type(lengths) is list) and _is_incarnation(incarnation)
+        ):  # fmt: skip
+            return Decoded(index, incarnation, source, None, 0, lengths)
+    return _decode_checked(op, body)
+
+
+def _decode_checked(op: Operation, body: Any) -> Decoded:
+    """Every other body, and the BadRequest that says what is wrong with a bad one."""
+    sizes = _BODY_SIZES.get(op.kind)
+    if sizes is None:
         raise BadRequest(f"unknown search operation kind {op.kind!r}")
-    if not isinstance(body, list) or len(body) != sizes[op.kind]:
-        raise BadRequest(f"a search {op.kind!r} body is a list of {sizes[op.kind]} items")
+    if type(body) is not list or len(body) not in sizes:
+        raise BadRequest(f"a search {op.kind!r} body is a list of {' or '.join(map(str, sizes))} items")
     index, incarnation = body[0], body[1]
-    if not isinstance(index, str) or not isinstance(incarnation, str) or not INCARNATION_PATTERN.match(incarnation):
+    if type(index) is not str or type(incarnation) is not str or not _is_incarnation(incarnation):
         raise BadRequest("a search operation names an index and an incarnation")
     if op.kind == KIND_INDEX:
-        if not isinstance(body[2], bytes):
+        if type(body[2]) is not bytes:
             raise BadRequest("an index operation carries the document as bytes")
-        return Decoded(index, incarnation, source=body[2])
+        raise BadRequest("an index operation's lengths are a list of token counts")
     if op.kind in (KIND_DELETE, KIND_REFRESH):
         return Decoded(index, incarnation)
     partitions = body[-1]
@@ -119,6 +146,12 @@ def decode(op: Operation) -> Decoded:
     if not isinstance(schema, dict):
         raise BadRequest("a create operation carries the schema as a JSON object")
     return Decoded(index, incarnation, schema=schema, partitions=partitions)
+
+
+@lru_cache(maxsize=1024)
+def _is_incarnation(value: str) -> bool:
+    # Cached: a batch names the same incarnation thousands of times, and the check is a regex.
+    return INCARNATION_PATTERN.match(value) is not None
 
 
 @lru_cache(maxsize=256)

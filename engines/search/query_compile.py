@@ -70,7 +70,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tantivy
 
@@ -87,6 +87,9 @@ from engines.search.ranking import (
 )
 from engines.search.rust_debug import DebugSyntaxError, Term
 from legion.errors import BadRequest
+
+if TYPE_CHECKING:
+    from engines.search.scope import SearcherView
 
 QUERY_CHARS_MAX = 10_000
 DEFAULT_TOKEN_CHARS_MAX = 40  # tantivy's "default" tokenizer drops longer tokens
@@ -266,23 +269,38 @@ def live_filter(fields: IndexFields, partitions: Collection[int]) -> tantivy.Que
 
 
 def local_stats(
-    searcher: tantivy.Searcher, fields: IndexFields, request: StatsRequest, partitions: Collection[int]
+    searcher: tantivy.Searcher,
+    fields: IndexFields,
+    request: StatsRequest,
+    partitions: Collection[int],
+    view: SearcherView | None = None,
 ) -> CollectionStats:
     """Round 1 on one node: N, each term's doc frequency and each field's tokens, over the live docs of ``partitions``.
 
     One count query for N and one per term (each intersected with the
     partition filter), and one aggregation for all the fields' token totals.
+    With the searcher's ``view`` (``scope.SearcherView``), the filter is the
+    cheapest that means the same, and N and the token totals are the view's,
+    counted once per commit.
     """
     stats = CollectionStats(0, {key: 0 for key in request.term_keys}, {name: 0 for name in request.fields})
     if not partitions:
         return stats
-    live = live_filter(fields, partitions)
-    stats.doc_count = _count(searcher, live)
+    if view is not None:
+        scope = view.scope(partitions)
+        live, stats.doc_count = scope.filter, scope.doc_count
+    else:
+        live = live_filter(fields, partitions)
+        stats.doc_count = _count(searcher, live)
     for key in request.term_keys:
-        both = tantivy.Query.boolean_query([(tantivy.Occur.Must, _key_query(fields, key)), (tantivy.Occur.Must, live)])
+        term = _key_query(fields, key)
+        both = term if live is None else tantivy.Query.boolean_query([(tantivy.Occur.Must, term), (tantivy.Occur.Must, live)])
         stats.doc_freqs[key] = _count(searcher, both)
     if request.fields and stats.doc_count:
-        stats.field_tokens = _token_totals(searcher, fields, request.fields, live)
+        if view is not None:
+            stats.field_tokens = view.token_totals(partitions, request.fields)
+        else:
+            stats.field_tokens = token_totals(searcher, fields, request.fields, live)
     return stats
 
 
@@ -290,9 +308,8 @@ def _count(searcher: tantivy.Searcher, query: tantivy.Query) -> int:
     return searcher.search(query, limit=1, count=True).count  # limit=0 panics in tantivy
 
 
-def _token_totals(
-    searcher: tantivy.Searcher, fields: IndexFields, names: Sequence[str], live: tantivy.Query
-) -> dict[str, int]:
+def token_totals(searcher: tantivy.Searcher, fields: IndexFields, names: Sequence[str], live: tantivy.Query) -> dict[str, int]:
+    """The tokens of each field of ``names`` in the documents ``live`` matches (sums of their length fields)."""
     unknown = [name for name in names if name not in fields.length_fields]
     if unknown:
         raise BadRequest(f"no length field for {', '.join(unknown)} in this index")
@@ -352,7 +369,7 @@ def rescoring_query(
         tokens = stats.field_tokens.get(_leaf_field(fields, leaf))
         if tokens is None or stats.doc_count == 0:
             raise BadRequest(f"the search statistics lack the length of {_leaf_field(fields, leaf)}")
-        weights.append(LeafWeight(_global_idf(stats, keys), average_field_length(tokens, stats.doc_count)))
+        weights.append(LeafWeight(_global_idf(stats, keys), average_field_length(tokens, stats.doc_count), _leaf_field(fields, leaf)))
     index_of = {leaf: index for index, leaf in enumerate(leaves)}
     return _build(parsed.tree, fields, lambda leaf: marker_boost(index_of[leaf])), weights
 

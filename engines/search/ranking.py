@@ -20,7 +20,10 @@ module owns the arithmetic of that, with no tantivy in sight:
   its best candidates: ``explained_score`` recomputes a doc's score from
   tantivy's ``explain`` of it (which clauses matched, each leaf's term
   frequency and field length) with the global idf and average field
-  lengths (``LeafWeight``), step for step as tantivy's scorer would.
+  lengths (``LeafWeight``), step for step as tantivy's scorer would;
+  ``rescore_bound`` says how far an exact score can exceed the boosted one,
+  so that a node stops rescoring at the first candidate that cannot reach
+  the page.
 - **Merging hits.** Every node returns its best hits in the global order —
   score descending, ties by id ascending (``hit_order_key``) — and
   ``merge_hits`` takes the global page ``[offset, offset + limit)`` of their
@@ -59,10 +62,13 @@ TermValueWire = Union[str, int, float, bool]
 TermKey = tuple[str, str, TermValueWire]
 
 
+_F32 = struct.Struct("<f")  # compiled once: the format is not parsed again for each of the many calls
+
+
 def as_f32(value: float) -> float:
     """``value`` rounded to the nearest float32 (tantivy's ``Score``), as a Python float; past f32's range, ±inf."""
     try:
-        return struct.unpack("<f", struct.pack("<f", value))[0]
+        return _F32.unpack(_F32.pack(value))[0]
     except OverflowError:
         return math.copysign(math.inf, value)  # what Rust's `as f32` gives
 
@@ -149,6 +155,7 @@ class LeafWeight:
 
     idf: float
     avg_field_length: float
+    field: str = ""  # the field whose length normalises it (its avgdl is the field's, on any one searcher)
 
 
 def marker_boost(leaf_index: int) -> float:
@@ -200,6 +207,50 @@ def _explained(node: Mapping[str, Any], markers: Mapping[float, LeafWeight], boo
     if description == EXPLAIN_PHRASE_PREFIX:
         return 1.0  # a one-term phrase prefix scores 1.0 whatever its boost (explain says otherwise)
     return as_f32(as_f32(float(node["value"])) * boost)  # constant score: the boost it is handed
+
+
+def rescore_bound(explanation: Mapping[str, Any], leaves: Sequence[LeafWeight], seen: dict[str, float]) -> float | None:
+    """How much greater than its boosted score a doc's exact score can be, once that is known.
+
+    A node ranks candidates with every BM25 leaf boosted to the global idf, but
+    with its own average field lengths, and rescores them exactly. A leaf's
+    length part ``tf / (tf + k1 * (1 - b + b * dl / avgdl))`` grows with
+    avgdl, at most by the ratio of the two avgdls; the rest of a score does
+    not depend on them. So ``exact <= bound * boosted`` with ``bound`` the
+    greatest ``max(1, global avgdl / local avgdl)`` over the leaves' fields,
+    for a score that is a sum of non-negative parts. ``seen`` (field → local
+    avgdl) gathers what the explanations printed; the bound is None while a
+    field's local avgdl is unknown, when a boost is negative (a greater part
+    would lower the score), or when an explanation does not show it."""
+    markers = {as_f32(marker_boost(index)): leaf for index, leaf in enumerate(leaves)}
+    try:
+        if not _gather_field_lengths(explanation, markers, seen):
+            return None
+    except ExplanationError:
+        return None  # a leaf explained in a shape this does not read: rescore every candidate
+    bound = 1.0
+    for leaf in leaves:
+        local = seen.get(leaf.field)
+        if not leaf.field or local is None or local <= 0:
+            return None
+        bound = max(bound, leaf.avg_field_length / local)
+    return bound
+
+
+def _gather_field_lengths(node: Mapping[str, Any], markers: Mapping[float, LeafWeight], seen: dict[str, float]) -> bool:
+    """Record the local avgdl of every marked leaf under ``node``; False if a boost is negative."""
+    description = str(node.get("description", ""))
+    details: Sequence[Mapping[str, Any]] = node.get("details") or []
+    if description.startswith(EXPLAIN_BOOST):
+        factor = _boost_of(description)
+        if factor in markers and len(details) == 1:
+            leaf = markers[factor]
+            product = details[0] if str(details[0].get("description", "")).startswith(EXPLAIN_BM25) else _detail(details[0], EXPLAIN_BM25)
+            seen[leaf.field] = float(_detail(_detail(product, "freq / (freq"), "avgdl,")["value"])
+            return True
+        if factor < 0:
+            return False
+    return all(_gather_field_lengths(detail, markers, seen) for detail in details)
 
 
 def _leaf_score(node: Mapping[str, Any], leaf: LeafWeight, boost: float) -> float:

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 from legion.errors import BadRequest
 from legion.limits import KEY_BYTES_MAX
@@ -84,6 +85,11 @@ class IndexSchema:
     id_field: str
     default_fields: tuple[str, ...]
     fields: tuple[FieldSpec, ...]
+    # Each field's value check, built once: checking a document is then one lookup per field.
+    checks: Mapping[str, Callable[[Any], bool]] = dataclass_field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checks", {spec.name: _field_checker(spec) for spec in self.fields})
 
     def field(self, name: str) -> FieldSpec:
         for spec in self.fields:
@@ -174,51 +180,86 @@ def check_document(schema: IndexSchema, doc: object) -> tuple[str, dict[str, Any
     """The document's id and its fields checked against the schema (nulls dropped).
 
     Each field holds one value or a list of values of its type."""
-    if not isinstance(doc, Mapping):
-        raise BadRequest("a document is a JSON object")
+    if not isinstance(doc, dict):
+        if not isinstance(doc, Mapping):
+            raise BadRequest("a document is a JSON object")
+        doc = dict(doc)
     doc_id = doc.get(schema.id_field)
     if doc_id is None:
         raise BadRequest(f"the document has no id: field {schema.id_field!r} is missing")
     if not isinstance(doc_id, str) or not doc_id:
         raise BadRequest(f"id field {schema.id_field!r} must be a non-empty string, got {doc_id!r:.80}")
-    if len(doc_id.encode("utf-8", "surrogatepass")) > KEY_BYTES_MAX:
+    # len(str) bounds the UTF-8 length from below and 4 * len(str) from above: encode only when in doubt.
+    if len(doc_id) * 4 > KEY_BYTES_MAX and len(doc_id.encode("utf-8", "surrogatepass")) > KEY_BYTES_MAX:
         raise BadRequest(f"id is over {KEY_BYTES_MAX} bytes")
-    checked: dict[str, Any] = {}
+    checkers = schema.checks
+    has_null = False
     for name, value in doc.items():
-        if not isinstance(name, str):
-            raise BadRequest("field names must be strings")
-        spec = schema.field(name) if not name.startswith("_") else _reserved(name)
+        checker = checkers.get(name)
+        if checker is None:
+            _unknown(schema, name)
         if value is None:
-            continue
-        values = value if isinstance(value, list) and spec.type != "json" else [value]
-        for item in values:
-            _check_value(spec, item)
-        checked[name] = value
-    return doc_id, checked
+            has_null = True
+        elif not checker(value):
+            _refuse(schema.field(name), value)
+    if has_null:
+        return doc_id, {name: value for name, value in doc.items() if value is not None}
+    return doc_id, doc
 
 
-def _reserved(name: str) -> FieldSpec:
-    raise BadRequest(f"field {name!r}: names starting with '_' are reserved for the engine")
+def _unknown(schema: IndexSchema, name: object) -> NoReturn:
+    """Raise the BadRequest for a field the schema does not have."""
+    if not isinstance(name, str):
+        raise BadRequest("field names must be strings")
+    if name.startswith("_"):
+        raise BadRequest(f"field {name!r}: names starting with '_' are reserved for the engine")
+    schema.field(name)  # raises, naming the schema's fields
+    raise AssertionError(f"field {name!r} is in the schema but has no checker")
 
 
-def _check_value(spec: FieldSpec, value: Any) -> None:
-    ok = {
-        "text": lambda v: isinstance(v, str),
-        "keyword": lambda v: isinstance(v, str),
-        "i64": lambda v: isinstance(v, int) and not isinstance(v, bool) and I64_MIN <= v <= I64_MAX,
-        "u64": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= U64_MAX,
-        "f64": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-        "bool": lambda v: isinstance(v, bool),
-        "date": lambda v: isinstance(v, str) and parse_date(v) is not None,
-        "json": lambda v: isinstance(v, Mapping),
-    }[spec.type]
-    if not ok(value):
-        expected = {
-            "text": "a string", "keyword": "a string", "i64": "a signed 64-bit integer",
-            "u64": "an unsigned 64-bit integer", "f64": "a finite number", "bool": "true or false",
-            "date": "an RFC 3339 date such as 2024-05-01T12:00:00Z", "json": "a JSON object",
-        }[spec.type]
-        raise BadRequest(f"field {spec.name!r} ({spec.type}) must be {expected}, got {value!r:.80}")
+Checker = Callable[[Any], bool]
+
+_VALUE_CHECKS: dict[str, Checker] = {
+    "text": lambda v: isinstance(v, str),
+    "keyword": lambda v: isinstance(v, str),
+    "i64": lambda v: _is_int(v) and I64_MIN <= v <= I64_MAX,
+    "u64": lambda v: _is_int(v) and 0 <= v <= U64_MAX,
+    "f64": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "bool": lambda v: isinstance(v, bool),
+    "date": lambda v: isinstance(v, str) and parse_date(v) is not None,
+    "json": lambda v: isinstance(v, Mapping),
+}
+_EXPECTED = {
+    "text": "a string", "keyword": "a string", "i64": "a signed 64-bit integer",
+    "u64": "an unsigned 64-bit integer", "f64": "a finite number", "bool": "true or false",
+    "date": "an RFC 3339 date such as 2024-05-01T12:00:00Z", "json": "a JSON object",
+}  # fmt: skip
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_checker(spec: FieldSpec) -> Checker:
+    """One field's check: a value of its type, or (but for json fields) a list of such values."""
+    check = _VALUE_CHECKS[spec.type]
+    if spec.type == "json":
+        return check
+
+    def one_or_many(value: Any) -> bool:
+        if isinstance(value, list):
+            return all(check(item) for item in value)
+        return check(value)
+
+    return one_or_many
+
+
+def _refuse(spec: FieldSpec, value: Any) -> NoReturn:
+    """Raise the BadRequest that names the first value of ``value`` the field cannot hold."""
+    values = value if isinstance(value, list) and spec.type != "json" else [value]
+    check = _VALUE_CHECKS[spec.type]
+    bad = next((item for item in values if not check(item)), value)
+    raise BadRequest(f"field {spec.name!r} ({spec.type}) must be {_EXPECTED[spec.type]}, got {bad!r:.80}")
 
 
 def parse_date(text: str) -> datetime | None:

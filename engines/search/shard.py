@@ -1,52 +1,51 @@
 """One node's tantivy index for one search index, holding every partition the node has.
 
-I/O: tantivy files under ``<engine root>/indexes/<incarnation>/``. This
-module and ``query_compile`` are the only ones that import tantivy.
+I/O: tantivy files under ``<engine root>/indexes/<incarnation>/``. Only the
+index-side modules import tantivy (this one, ``document_builder``, ``scope``,
+``query_compile``, ``node_hits``, ``local_search``); the pure ones never do.
 
 Why one index per node and not one per partition (as Riak Search did it):
 tantivy wants one writer per index directory with a heap of its own, so 64
 writers per node would be 64 heaps and 64 merge schedules; and a coverage
 plan gives a node many partitions at once, which one filtered query answers
 where 20 small ones would not. Every document carries the engine's own
-fields next to the user's:
-
-- ``_id``        the document id (raw, stored): updates and deletes find it by this term;
-- ``_partition`` u64, indexed and fast: queries filter on the partitions a
-                 coverage plan assigned, a handoff folds one partition out,
-                 dropping a partition deletes by it;
-- ``_deleted``   u64 1 for a *tombstone* (a deleted id keeps a document that
-                 has only the engine's fields, so an older write arriving late
-                 still loses to the delete), 0 otherwise; queries exclude 1;
-- ``_hlc``, ``_origin`` the version of the write that produced the document;
-- ``_source``    the document as it was indexed (JSON bytes), for handoff and
-                 for returning the document;
-- ``_len_<f>``   u64 fast: how many tokens tantivy indexed for field ``f`` in this
-                 document (one per value for untokenized fields). Round 1 of a
-                 search sums them, so BM25's average field length can be the
-                 whole plan's rather than this node's (``query_compile``).
+fields next to the user's (``document_builder`` lists them and builds the
+documents).
 
 Writes (``apply``) go into the writer and become visible and durable only at
 ``commit`` (commit + reader reload), which the core calls as ``flush``. Until
 then the versions of what was applied are kept in memory (``pending``), so
-that last-writer-wins decisions and ``get`` see them. Threads: ``apply``,
-``commit`` and ``drop_partition`` come from the node's single writer thread;
-``searcher``, ``get`` and ``fold`` from worker threads.
+that last-writer-wins decisions and ``get`` see them. Each commit also
+replaces the ``view`` searches use (``scope.SearcherView``: the committed
+searcher and what is known about it). A document is handed to tantivy as
+JSON text when it can be (``document_builder``): tantivy parses it in Rust.
+Threads: ``apply``, ``commit`` and ``drop_partition`` come from the node's
+single writer thread; ``searcher``, ``view``, ``get`` and ``fold`` from worker
+threads.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import tantivy
 
-from engines.search.query_compile import IndexFields, default_text_analyzer, field_length
+from engines.search.document_builder import (
+    DELETED,
+    HLC,
+    ID,
+    INTERNAL_FIELDS,
+    ORIGIN,
+    PARTITION,
+    SOURCE,
+    DocumentBuilder,
+    length_fields,
+)
 from engines.search.operations import (
     ENGINE_NAME,
     KIND_DELETE,
@@ -55,7 +54,9 @@ from engines.search.operations import (
     delete_body,
     index_body,
 )
-from engines.search.schema import FieldSpec, IndexSchema, parse_date
+from engines.search.query_compile import IndexFields
+from engines.search.schema import FieldSpec, IndexSchema
+from engines.search.scope import SearcherView
 from legion.replication import Operation
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,6 @@ log = logging.getLogger(__name__)
 WRITER_HEAP_BYTES = 96 * 1024 * 1024
 WRITER_THREADS = 1
 FOLD_PAGE_DOCS = 1_000
-ID, PARTITION, DELETED, HLC, ORIGIN, SOURCE = "_id", "_partition", "_deleted", "_hlc", "_origin", "_source"
-LENGTH_PREFIX = "_len_"
-INTERNAL_FIELDS = (ID, PARTITION, DELETED, HLC, ORIGIN, SOURCE)
-
-
-def length_fields(schema: IndexSchema) -> dict[str, str]:
-    """Every field a query can score (indexed, not json) → the fast field holding its token counts."""
-    return {f.name: LENGTH_PREFIX + f.name for f in schema.fields if f.indexed and f.type != "json"}
 
 
 def index_fields(schema: IndexSchema) -> IndexFields:
@@ -96,15 +89,6 @@ def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
     return builder.build()
 
 
-def analyzer(spec: FieldSpec) -> tantivy.TextAnalyzer | None:
-    """An analyzer that splits a field's text into as many tokens as tantivy's tokenizer does (None: one per value)."""
-    if spec.type != "text" or spec.tokenizer == "raw":
-        return None
-    if spec.tokenizer == "whitespace":
-        return tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()
-    return default_text_analyzer()  # "default", and "en_stem" (stemming keeps the token count)
-
-
 def _add_field(builder: tantivy.SchemaBuilder, spec: FieldSpec) -> None:
     name, stored, indexed, fast = spec.name, spec.stored, spec.indexed, spec.fast
     if spec.type == "text":
@@ -127,8 +111,7 @@ def _add_field(builder: tantivy.SchemaBuilder, spec: FieldSpec) -> None:
         raise AssertionError(f"unknown field type {spec.type!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class Version:
+class Version(NamedTuple):
     """The newest write this shard holds for one id: its version, partition, and source (None: a tombstone)."""
 
     hlc: int
@@ -156,9 +139,9 @@ class Shard:
         self._writer: tantivy.IndexWriter | None = self.index.writer(WRITER_HEAP_BYTES, WRITER_THREADS)
         self._pending: dict[str, Version] = {}
         self._lock = threading.Lock()  # guards _pending between the writer thread and readers
-        self._specs = {spec.name: spec for spec in schema.fields}
-        self._lengths = {name: (field, analyzer(self._specs[name])) for name, field in length_fields(schema).items()}
+        self._builder = DocumentBuilder(index, schema, self.tantivy_schema)
         self.index.reload()
+        self._view = SearcherView(self.index.searcher(), self.fields)
 
     # --- the writer thread ----------------------------------------------------
 
@@ -172,16 +155,34 @@ class Shard:
                 newest[doc_id] = (op, decoded)
         held_versions = self._versions(list(newest))
         writer = self._require_writer()
-        for doc_id, (op, decoded) in newest.items():
-            held = held_versions.get(doc_id)
-            if held is not None and held >= op.version:
-                continue
-            if held is not None:
-                writer.delete_documents_by_term(ID, doc_id)
-            source = decoded.source if op.kind == KIND_INDEX else None
-            writer.add_document(self._document(doc_id, op, source))
+        applied: dict[str, Version] = {}
+        try:
+            for doc_id, (op, decoded) in newest.items():
+                held = held_versions.get(doc_id)
+                if held is not None:
+                    if held >= op.version:
+                        continue
+                    writer.delete_documents_by_term(ID, doc_id)
+                source = decoded.source if op.kind == KIND_INDEX else None
+                self._add(writer, doc_id, op, source, decoded.lengths)
+                applied[doc_id] = Version(op.hlc, op.origin, op.partition, source)
+        finally:
+            # What reached the writer is pending even if a later document failed: last-writer-wins
+            # decisions (and a re-apply of the batch) must see it.
             with self._lock:
-                self._pending[doc_id] = Version(op.hlc, op.origin, op.partition, source)
+                self._pending.update(applied)
+
+    def _add(self, writer: tantivy.IndexWriter, doc_id: str, op: Operation, source: bytes | None, lengths: list[int] | None) -> None:
+        """Add one document: as JSON text that tantivy parses when it can, else built field by field."""
+        if source is not None:
+            text = self._builder.json_text(doc_id, op, source, lengths)
+            if text is not None:
+                try:
+                    writer.add_json(text)
+                    return
+                except ValueError:
+                    pass  # a value tantivy's JSON reader refuses: the per-field path indexes the rest
+        writer.add_document(self._builder.document(doc_id, op, source))
 
     def commit(self) -> None:
         """Make everything applied durable and searchable (tantivy commit, then reader reload)."""
@@ -191,9 +192,14 @@ class Shard:
         if not dirty:
             return
         writer.commit()
-        self.index.reload()
+        self._reload()
         with self._lock:
             self._pending.clear()
+
+    def _reload(self) -> None:
+        """Point readers at what was just committed: a new searcher, and a new view of it."""
+        self.index.reload()
+        self._view = SearcherView(self.index.searcher(), self.fields)
 
     def drop_partition(self, partition: int) -> None:
         """Delete every document and tombstone of ``partition`` from this node's index, durably."""
@@ -201,7 +207,7 @@ class Shard:
         # By query, not by term: tantivy-py builds an i64 term from a Python int, which misses a u64 field.
         writer.delete_documents_by_query(tantivy.Query.term_query(self.tantivy_schema, PARTITION, partition))
         writer.commit()
-        self.index.reload()
+        self._reload()
         with self._lock:
             self._pending = {k: v for k, v in self._pending.items() if v.partition != partition}
 
@@ -235,41 +241,14 @@ class Shard:
                 out[doc.get_first(ID)] = (doc.get_first(HLC), doc.get_first(ORIGIN))
         return out
 
-    def _document(self, doc_id: str, op: Operation, source: bytes | None) -> tantivy.Document:
-        doc = tantivy.Document()
-        doc.add_text(ID, doc_id)
-        doc.add_unsigned(PARTITION, op.partition)
-        doc.add_unsigned(DELETED, 1 if source is None else 0)
-        doc.add_unsigned(HLC, op.hlc)
-        doc.add_text(ORIGIN, op.origin)
-        if source is None:
-            return doc
-        doc.add_bytes(SOURCE, source)
-        try:
-            fields = json.loads(source)
-        except ValueError:
-            log.warning("search index %s: document %r has a source that is not JSON; indexed by id only", self.index_name, doc_id)
-            return doc
-        for name, value in fields.items():
-            spec = self._specs.get(name)
-            if spec is None:
-                continue  # the coordinator checked the document against this schema; nothing else gets here
-            values = value if isinstance(value, list) and spec.type != "json" else [value]
-            if name in self._lengths:
-                length_field, field_analyzer = self._lengths[name]
-                doc.add_unsigned(length_field, field_length(values, field_analyzer))
-            for item in values:
-                try:
-                    _add_value(doc, spec, item)
-                except (ValueError, TypeError, OverflowError) as exc:
-                    # A bad value must not fail the batch (and every replay of it): index the rest.
-                    log.warning("search index %s: document %r field %r not indexed: %s", self.index_name, doc_id, name, exc)
-        return doc
-
     # --- worker threads -------------------------------------------------------
 
     def searcher(self) -> tantivy.Searcher:
         return self.index.searcher()
+
+    def view(self) -> SearcherView:
+        """The searcher of the last commit, and what is known about it (one per commit, shared by searches)."""
+        return self._view
 
     def get(self, doc_id: str) -> Version | None:
         """The newest write held for ``doc_id``, applied or committed; None if none."""
@@ -315,24 +294,3 @@ def _version(doc: tantivy.Document) -> Version:
     partition = doc.get_first(PARTITION)
     source = doc.get_first(SOURCE)
     return Version(doc.get_first(HLC), doc.get_first(ORIGIN), partition if partition is not None else -1, source)
-
-
-def _add_value(doc: tantivy.Document, spec: FieldSpec, value: Any) -> None:
-    name = spec.name
-    if spec.type in ("text", "keyword"):
-        doc.add_text(name, value)
-    elif spec.type == "i64":
-        doc.add_integer(name, value)
-    elif spec.type == "u64":
-        doc.add_unsigned(name, value)
-    elif spec.type == "f64":
-        doc.add_float(name, float(value))
-    elif spec.type == "bool":
-        doc.add_boolean(name, value)
-    elif spec.type == "date":
-        parsed = parse_date(value)
-        if parsed is not None:
-            doc.add_date(name, parsed)
-    elif spec.type == "json":
-        doc.add_json(name, value)
-

@@ -63,6 +63,7 @@ class Coordinator:
         self._background: set[asyncio.Task[Any]] = set()
         self._senders: dict[str, ReplicaSender] = {}
         self._batches = BatchWriter(self)
+        self._plan_cache: tuple[ClusterState, frozenset[str], dict[str, list[int]]] | None = None
 
     @property
     def node_id(self) -> str:
@@ -250,7 +251,10 @@ class Coordinator:
         for _round in range(FORWARD_ATTEMPTS_MAX):
             if _round and time.monotonic() >= deadline:
                 break  # no time left for another round: the rest is missing
-            plan = coverage_plan(state, self.live(), self.node_id, todo, avoid=frozenset(failed), prefer=prefer)
+            if partitions is None and prefer is None and not failed:
+                plan = self._whole_keyspace_plan(state)
+            else:
+                plan = coverage_plan(state, self.live(), self.node_id, todo, avoid=frozenset(failed), prefer=prefer)
             unplaced.extend(plan.pop("", []))
             if not plan:
                 todo = []
@@ -280,6 +284,16 @@ class Coordinator:
                 partitions=list(missing),
             )
         return CoverageResult(replies=tuple(replies), served_by=served_by, missing=missing)
+
+    def _whole_keyspace_plan(self, state: ClusterState) -> dict[str, list[int]]:
+        """``coverage_plan`` of every partition, remembered while the state and the live nodes stay the same.
+
+        Planning 64 partitions costs a good part of a small search; most searches ask the same plan."""
+        live = frozenset(self.live())
+        cached = self._plan_cache
+        if cached is None or cached[0] is not state or cached[1] != live:
+            cached = self._plan_cache = (state, live, coverage_plan(state, set(live), self.node_id))
+        return {node: list(partitions) for node, partitions in cached[2].items()}  # the caller consumes it
 
     async def _coverage_one(self, node_id: str, engine: str, partitions: list[int], query: Any, deadline: float) -> Any:
         if node_id == self.node_id:

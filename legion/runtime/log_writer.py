@@ -262,7 +262,9 @@ class LogWriter:
 
     def _write_batch(self, writes: list[_Write]) -> None:
         failures = self._open_for(writes)
-        ops = [op for w in writes for op in w.ops if (op.engine, op.partition) not in failures]
+        ops = [op for w in writes for op in w.ops]
+        if failures:
+            ops = [op for op in ops if (op.engine, op.partition) not in failures]
         checkpoints = self._checkpoints.unpersisted()
         try:
             seqs = self.store.append(ops, checkpoints)
@@ -282,10 +284,12 @@ class LogWriter:
             self._apply(engine, batch, last_seq, now_ms, failures)
         flush_failures = self._flush_for(writes, failures, now_ms)
         for w in writes:
-            keys = [(o.engine, o.partition) for o in w.ops]
-            error = next((failures[k] for k in keys if k in failures), None)
-            if error is None and w.flush:
-                error = next((flush_failures[k] for k in keys if k in flush_failures), None)
+            error = None
+            if failures or flush_failures:
+                keys = [(o.engine, o.partition) for o in w.ops]
+                error = next((failures[k] for k in keys if k in failures), None)
+                if error is None and w.flush:
+                    error = next((flush_failures[k] for k in keys if k in flush_failures), None)
             self._resolve(w.future, None, error)
 
     def _apply(
@@ -352,15 +356,13 @@ class LogWriter:
     def _open_for(self, writes: list[_Write]) -> dict[Key, BaseException]:
         """Open every partition ``writes`` name; the ones that failed to open, with why."""
         failures: dict[Key, BaseException] = {}
-        for w in writes:
-            for op in w.ops:
-                key = (op.engine, op.partition)
-                if key not in self._open and key not in failures:
-                    try:
-                        self._open_partition(*key)
-                    except Exception as exc:
-                        log.exception("opening partition %s failed", key)
-                        failures[key] = exc
+        wanted = {(op.engine, op.partition) for w in writes for op in w.ops}
+        for key in sorted(wanted - self._open):
+            try:
+                self._open_partition(*key)
+            except Exception as exc:
+                log.exception("opening partition %s failed", key)
+                failures[key] = exc
         return failures
 
     def _open_partition(self, engine: str, partition: int) -> None:

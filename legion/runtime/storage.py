@@ -31,6 +31,7 @@ version ever compacted — and engines are idempotent, so that is merely slower.
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,9 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     PRIMARY KEY (engine, partition)
 );
 """
+
+INSERT_OP = "INSERT INTO oplog (engine, partition, key, hlc, origin, kind, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_op_row = operator.attrgetter("engine", "partition", "key", "hlc", "origin", "kind", "body")
 
 # The oldest rows of one partition at or below a seq, at most a budget of them:
 # SQLite has no DELETE ... LIMIT by default, so the rows are chosen through the
@@ -109,14 +113,13 @@ class NodeStore:
             try:
                 if checkpoints:
                     _record_checkpoints(conn, checkpoints)
-                seqs = []
-                for op in ops:
-                    cur = conn.execute(
-                        "INSERT INTO oplog (engine, partition, key, hlc, origin, kind, body) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (op.engine, op.partition, op.key, op.hlc, op.origin, op.kind, op.body),
-                    )
-                    seqs.append(cur.lastrowid)
+                seqs: list[int] = []
+                if ops:
+                    conn.executemany(INSERT_OP, map(_op_row, ops))
+                    last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                    # AUTOINCREMENT gives each insert the greatest seq ever used plus one, and this
+                    # connection is the only writer: the transaction's seqs are consecutive.
+                    seqs = list(range(last - len(ops) + 1, last + 1))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -111,3 +111,27 @@ def test_merged_node_answers_are_the_reference_page() -> None:
         assert comparison.ids == comparison.reference_ids
         assert comparison.ranking == RANKING_EXACT
         assert ranking.overlap_at_k(comparison.ids, comparison.reference_ids, 10) == 1.0
+
+
+@pytest.mark.parametrize("messy", [False, True])
+def test_rescoring_stops_early_only_where_no_later_candidate_could_enter_the_page(messy: bool) -> None:
+    sharded = testing.ShardedCorpus.build(corpus.documents(limit=1_500), shards=3, messy=messy)
+    explained = pruned_away = 0
+    for text in testing.QUERIES:
+        for shard, partitions in zip(sharded.shards, sharded.plan):
+            searcher = shard.searcher()
+            parsed = query_compile.parse_query(shard, sharded.fields, text, TEXT)
+            if parsed.ranking != RANKING_EXACT:
+                continue
+            stats = ranking.merge_stats(
+                query_compile.local_stats(other.searcher(), sharded.fields, parsed.stats_request, plan)
+                for other, plan in zip(sharded.shards, sharded.plan)
+            )
+            query = query_compile.ranked_query(parsed, sharded.fields, searcher, stats)
+            candidates = node_hits.top_hits(searcher, sharded.fields, query, partitions, node_hits.rescore_candidates(10))
+            every = node_hits.rescore(parsed, sharded.fields, searcher, stats, candidates)
+            some = node_hits.rescore(parsed, sharded.fields, searcher, stats, candidates, 10)
+            assert some == every[: len(some)], text
+            assert ranking.first_hits(some, 10) == ranking.first_hits(every, 10), text
+            explained, pruned_away = explained + len(every), pruned_away + len(every) - len(some)
+    assert pruned_away > explained // 3  # the point: most candidates past the page are never explained

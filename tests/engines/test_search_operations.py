@@ -22,6 +22,8 @@ def _op(kind: str, body: bytes, partition: int = 0, key: bytes = b"k", hlc: int 
 def test_bodies_round_trip():
     inc = "0123456789abcdef00"
     assert ops.decode(_op("index", ops.index_body("docs", inc, b'{"id":"a"}'))).source == b'{"id":"a"}'
+    assert ops.decode(_op("index", ops.index_body("docs", inc, b'{"id":"a"}'))).lengths is None
+    assert ops.decode(_op("index", ops.index_body("docs", inc, b'{"id":"a"}', [1, 0, 7]))).lengths == [1, 0, 7]
     assert ops.decode(_op("delete", ops.delete_body("docs", inc))).incarnation == inc
     created = ops.decode(_op("create", ops.create_body("docs", inc, SCHEMA, 64), partition=5))
     assert created.schema == SCHEMA and created.partitions == 64 and created.index == "docs"
@@ -36,6 +38,8 @@ def test_bodies_round_trip():
         ("index", ops.delete_body("docs", "0" * 16), "list of 3"),
         ("delete", ops.delete_body("docs", "not-hex"), "incarnation"),
         ("create", ops.create_body("docs", "0" * 16, SCHEMA, 3), "partition count"),
+        ("index", ops.msgpack.packb(["docs", "0" * 16, b"{}", "3"]), "lengths"),
+        ("delete", ops.msgpack.packb(["docs", ["not", "hashable"]]), "incarnation"),
     ],
 )
 def test_malformed_bodies_are_refused(kind, body, message):

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engines.search import ranking
-from engines.search.ranking import CollectionStats, Hit, LeafWeight, StatsRequest
+from engines.search.ranking import CollectionStats, Hit, LeafWeight, StatsRequest, as_f32, marker_boost, rescore_bound
 from legion.errors import BadRequest
 
 term_keys = st.tuples(
@@ -301,3 +301,25 @@ def test_an_unknown_node_above_a_leaf_cannot_be_recomputed() -> None:
 def test_markers_are_negative_and_distinct_as_float32() -> None:
     markers = [ranking.as_f32(ranking.marker_boost(i)) for i in range(1000)]
     assert len(set(markers)) == 1000 and all(marker < 0 for marker in markers)
+
+
+def test_the_rescore_bound_is_the_greatest_ratio_of_global_to_local_average_length_and_none_when_unknown():
+    leaves = [LeafWeight(4.0, 12.0, "body"), LeafWeight(2.0, 3.0, "title")]
+
+    def leaf(index: int, avgdl: float) -> dict:
+        frequency = {"description": "freq / (freq + k1 * (1 - b + b * dl / avgdl))", "details": [
+            {"value": 1.0, "description": "freq, occurrences of term within document"},
+            {"value": 4.0, "description": "dl, length of field"},
+            {"value": avgdl, "description": "avgdl, average length of field"},
+        ]}  # fmt: skip
+        product = {"description": "TermQuery, product of...", "details": [frequency]}
+        return {"description": f"Boost x{as_f32(marker_boost(index))} of ...", "details": [product]}
+
+    both = {"description": "BooleanClause. sum of ...", "details": [leaf(0, 10.0), leaf(1, 4.0)]}
+    seen: dict[str, float] = {}
+    assert rescore_bound({"description": "BooleanClause. sum of ...", "details": [leaf(0, 10.0)]}, leaves, seen) is None
+    assert rescore_bound(both, leaves, seen) == pytest.approx(1.2)  # body: 12 / 10; title: 3 / 4 < 1
+    negative = {"description": "Boost x-2 of ...", "details": [both]}
+    assert rescore_bound(negative, leaves, {}) is None
+    odd = {"description": "BooleanClause. sum of ...", "details": [{"description": f"Boost x{as_f32(marker_boost(0))} of ...", "details": [{"description": "something else"}]}]}
+    assert rescore_bound(odd, leaves, {}) is None

@@ -85,6 +85,9 @@ def test_a_good_document_is_checked_and_nulls_dropped():
         ({"id": "a", "meta": [1]}, "JSON object"),
         ({"id": "a", "_id": "x"}, "reserved"),
         ({"id": "x" * 2000}, "over 1024 bytes"),
+        ({"id": "\u00e9" * 513}, "over 1024 bytes"),
+        ({"id": "a", "body": ["fine", 7, "also fine"]}, "'body' \\(text\\) must be a string, got 7"),
+        ({"id": "a", "colour": None}, "unknown field 'colour'"),
     ],
 )
 def test_a_bad_document_is_refused_naming_the_field(doc, message):

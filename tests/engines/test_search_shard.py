@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from engines.search import operations as ops
 from engines.search.schema import parse_schema
+from engines.search.document_builder import LengthCounter
 from engines.search.shard import Shard
 from legion.keyspace import partition_of
 from legion.replication import Operation
@@ -27,9 +28,12 @@ def _shard(tmp: Path) -> Shard:
     return Shard(tmp / f"shard{next(_dirs)}", "docs", INC, SCHEMA)
 
 
-def _index(doc_id: str, body: str, hlc: int, origin: str = "n1") -> Operation:
-    source = ops.encode_source({"id": doc_id, "body": body, "n": hlc})
-    return Operation(ops.ENGINE_NAME, partition_of(doc_id, PARTITIONS), doc_id.encode(), hlc, origin, ops.KIND_INDEX, ops.index_body("docs", INC, source))
+def _index(doc_id: str, body: str, hlc: int, origin: str = "n1", lengths: bool = False) -> Operation:
+    """An index operation; with ``lengths`` it carries its field lengths, as a coordinator writes it."""
+    doc = {"id": doc_id, "body": body, "n": hlc}
+    counted = LengthCounter(SCHEMA)(doc) if lengths else None
+    body_bytes = ops.index_body("docs", INC, ops.encode_source(doc), counted)
+    return Operation(ops.ENGINE_NAME, partition_of(doc_id, PARTITIONS), doc_id.encode(), hlc, origin, ops.KIND_INDEX, body_bytes)
 
 
 def _delete(doc_id: str, hlc: int, origin: str = "n1") -> Operation:
@@ -118,7 +122,9 @@ def test_a_fold_rebuilds_the_shard_exactly_including_tombstones(tmp_path):
 
 
 operations = st.lists(
-    st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 6), st.sampled_from(["n1", "n2"]), st.booleans()),
+    st.tuples(
+        st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 6), st.sampled_from(["n1", "n2"]), st.booleans(), st.booleans()
+    ),
     min_size=1,
     max_size=25,
 )
@@ -128,8 +134,8 @@ operations = st.lists(
 @given(operations, st.randoms(use_true_random=False), st.integers(1, 5))
 def test_any_order_duplicates_and_batching_reach_the_same_state(tmp_path, history, rnd, cut):
     # A version names exactly one operation (each node's clock strictly increases): keep the first per version.
-    unique = {(h, o): (i, h, o, d) for i, h, o, d in reversed(history)}
-    ops_list = [(_delete(i, h, o) if d else _index(i, f"v{h}{o}", h, o)) for i, h, o, d in unique.values()]
+    unique = {(h, o): (i, h, o, d, n) for i, h, o, d, n in reversed(history)}
+    ops_list = [(_delete(i, h, o) if d else _index(i, f"v{h}{o}", h, o, lengths=n)) for i, h, o, d, n in unique.values()]
     shuffled = ops_list + rnd.sample(ops_list, k=len(ops_list) // 2)
     rnd.shuffle(shuffled)
     a, b = _shard(tmp_path), _shard(tmp_path)

@@ -291,9 +291,11 @@ def test_bad_input_gets_a_4xx_that_names_the_problem(cluster_of):
         b'{"id": 5, "title": "numeric id"}',
         b'{"id": "bad-type", "size": -3}',
         b'{"id": "ok-2", "title": "fine too"}',
+        b'{"id": "lone-surrogate", "title": "\\ud800"}',
     ]
     answer = search.bulk(INDEX, b"\n".join(lines) + b"\n", refresh=True)
     assert answer["indexed"] == 2
-    assert [(e["line"], e["error"]) for e in answer["errors"]] == [(2, "bad_request"), (3, "bad_request"), (4, "bad_request"), (5, "bad_request")]
+    assert [(e["line"], e["error"]) for e in answer["errors"]] == [(2, "bad_request"), (3, "bad_request"), (4, "bad_request"), (5, "bad_request"), (7, "bad_request")]
+    assert "Unicode" in answer["errors"][4]["message"]
     assert "no id" in answer["errors"][1]["message"] and "'size'" in answer["errors"][3]["message"]
     assert search.search(INDEX, "fine", limit=5)["total"] == 2

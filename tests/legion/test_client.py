@@ -351,6 +351,15 @@ def test_no_node_answering_is_unavailable_naming_every_url(dead_url: str) -> Non
     assert caught.value.details["urls"] == [dead_url, second]
 
 
+def test_a_copy_starts_at_the_node_it_is_given_and_fails_over_from_there(node: FakeNode, other_node: FakeNode, dead_url: str) -> None:
+    with Client([node.url, other_node.url, dead_url], TOKEN) as client:
+        with client.copy(start_at=1) as second, client.copy(start_at=5, timeout_s=2.0) as third:
+            assert second.request("GET", "/v1/echo").json()["node"] == "b"
+            assert third.timeout_s == 2.0
+            assert third.request("GET", "/v1/echo").json()["node"] == "a"  # node 5 % 3 is dead: the next one answers
+        assert client.request("GET", "/v1/echo").json()["node"] == "a"
+
+
 def test_requests_reuse_one_keep_alive_connection(node: FakeNode) -> None:
     with Client([node.url], TOKEN) as client:
         for _ in range(5):

@@ -60,3 +60,16 @@ def test_every_issued_timestamp_exceeds_everything_seen_before(events):
             remote = pack(wall.ms + value, value % 100)
             clock.observe(remote)
             seen = max(seen, remote)
+
+
+def test_the_horizon_is_the_last_timestamp_observe_accepts_and_advance_to_folds_one_in():
+    wall = [1_000_000]
+    clock = HybridClock(lambda: wall[0])
+    horizon = clock.horizon()
+    clock.observe(horizon)  # accepted
+    with pytest.raises(BadRequest):
+        clock.observe(horizon + 1)
+    later = HybridClock(lambda: wall[0])
+    later.advance_to(horizon - 5)
+    later.advance_to(horizon - 9)  # never back
+    assert later.last == horizon - 5 and later.now() > horizon - 5

@@ -189,3 +189,19 @@ def test_the_deadline_bounds_the_local_share_and_the_rounds_after_it():
     assert time.monotonic() - started < 2
     assert result.missing == (0, 1)
     assert [n for n, _ in node.asked] == ["n1"]  # no time was left for another round
+
+
+def test_the_whole_keyspace_plan_is_planned_again_when_the_state_or_the_live_nodes_change():
+    node = FakeNode(three_nodes(16, 1))
+    coordinator = Coordinator(node)  # type: ignore[arg-type]
+
+    def served_by() -> dict[int, str]:
+        return dict(asyncio.run(coordinator.coverage("kv", "q", allow_partial=True)).served_by)
+
+    first = served_by()
+    assert served_by() == first and set(first.values()) == {"n1", "n2", "n3"}
+    coordinator.suspect("n2")  # n2 looks dead: its partitions are not planned onto it
+    assert "n2" not in served_by().values()
+    coordinator._suspects.clear()
+    node.state = three_nodes(16, 3)  # a new state: every node holds every partition, n1 serves itself
+    assert set(served_by().values()) == {"n1"}

@@ -1,0 +1,197 @@
+"""What a node indexes for one document: the engine's own fields, the length fields, and the user's.
+
+No I/O; imports tantivy for its analysers and ``Document``. ``shard`` owns
+the index and re-exports the field names defined here.
+
+Every document carries the engine's own fields next to the user's:
+
+- ``_id``        the document id (raw, stored): updates and deletes find it by this term;
+- ``_partition`` u64, indexed and fast: queries filter on the partitions a
+                 coverage plan assigned, a handoff folds one partition out,
+                 dropping a partition deletes by it;
+- ``_deleted``   u64 1 for a *tombstone* (a deleted id keeps a document that
+                 has only the engine's fields, so an older write arriving late
+                 still loses to the delete), 0 otherwise; queries exclude 1;
+- ``_hlc``, ``_origin`` the version of the write that produced the document;
+- ``_source``    the document as it was indexed (JSON bytes), for handoff and
+                 for returning the document;
+- ``_len_<f>``   u64 fast: how many tokens tantivy indexed for field ``f`` in this
+                 document (one per value for untokenized fields). Round 1 of a
+                 search sums them, so BM25's average field length can be the
+                 whole plan's rather than this node's (``query_compile``).
+
+Two ways to build one, with the same result:
+
+- ``DocumentBuilder.json_text``: the source's JSON text with the engine's
+  fields appended, for ``IndexWriter.add_json`` — tantivy parses it in
+  Rust, so the node never parses the source in Python. Used when the
+  operation carries its lengths (``LengthCounter``, counted once by the
+  coordinator) and every field of the schema is text, keyword, i64, u64, f64
+  or bool, whose JSON values tantivy reads exactly as the per-field path adds
+  them (dates and json objects always take the per-field path);
+- ``DocumentBuilder.document``: a ``tantivy.Document`` built field by field
+  from the parsed source, counting the lengths itself; for everything else,
+  and whenever tantivy refuses the JSON text (a value it reads differently,
+  such as a lone surrogate or ``-0`` for a u64): a bad value is logged and
+  skipped, and the rest of the document is indexed.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import logging
+from json.encoder import encode_basestring_ascii
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import tantivy
+
+from engines.search.query_compile import default_text_analyzer, field_length
+from engines.search.schema import FieldSpec, IndexSchema, parse_date
+from legion.replication import Operation
+
+log = logging.getLogger(__name__)
+
+ID, PARTITION, DELETED, HLC, ORIGIN, SOURCE = "_id", "_partition", "_deleted", "_hlc", "_origin", "_source"
+LENGTH_PREFIX = "_len_"
+INTERNAL_FIELDS = (ID, PARTITION, DELETED, HLC, ORIGIN, SOURCE)
+# Field types whose JSON values tantivy's add_json reads exactly as the per-field path adds them.
+JSON_TEXT_TYPES = frozenset({"text", "keyword", "i64", "u64", "f64", "bool"})
+
+
+def length_fields(schema: IndexSchema) -> dict[str, str]:
+    """Every field a query can score (indexed, not json) → the fast field holding its token counts."""
+    return {f.name: LENGTH_PREFIX + f.name for f in schema.fields if f.indexed and f.type != "json"}
+
+
+def analyzer(spec: FieldSpec) -> tantivy.TextAnalyzer | None:
+    """An analyzer that splits a field's text into as many tokens as tantivy's tokenizer does (None: one per value)."""
+    if spec.type != "text" or spec.tokenizer == "raw":
+        return None
+    if spec.tokenizer == "whitespace":
+        return tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()
+    return default_text_analyzer()  # "default", and "en_stem" (stemming keeps the token count)
+
+
+class LengthCounter:
+    """Counts the tokens tantivy indexes for each scored field of one document (what ``_len_<f>`` holds)."""
+
+    def __init__(self, schema: IndexSchema) -> None:
+        specs = {spec.name: spec for spec in schema.fields}
+        self._fields = [(name, analyzer(specs[name])) for name in length_fields(schema)]
+
+    def __call__(self, fields: Mapping[str, Any]) -> list[int]:
+        """One count per ``length_fields(schema)``, in that order; 0 for an absent field."""
+        out = []
+        for name, field_analyzer in self._fields:
+            value = fields.get(name)
+            if value is None:
+                out.append(0)
+            elif field_analyzer is None:
+                out.append(len(value) if isinstance(value, list) else 1)
+            elif isinstance(value, str):
+                out.append(len(field_analyzer.analyze(value)))
+            else:
+                out.append(field_length(value, field_analyzer))
+        return out
+
+
+class DocumentBuilder:
+    """Builds the documents of one index: JSON text for ``add_json``, or a ``tantivy.Document``."""
+
+    def __init__(self, index_name: str, schema: IndexSchema, tantivy_schema: tantivy.Schema) -> None:
+        self.index_name = index_name
+        self.tantivy_schema = tantivy_schema
+        self._specs = {spec.name: spec for spec in schema.fields}
+        self._count_lengths = LengthCounter(schema)
+        self._length_names = list(length_fields(schema).values())
+        # The source's text without its closing brace, then the engine's fields and the lengths
+        # (in LengthCounter order): one %-format in C per document.
+        lengths = "".join(f',"{name}":%d' for name in self._length_names)
+        self._json_format = (
+            f'%s,"{ID}":%s,"{PARTITION}":%d,"{DELETED}":0,"{HLC}":%d,"{ORIGIN}":%s,"{SOURCE}":"%s"{lengths}}}'
+        )
+        self.json_text_ok = all(spec.type in JSON_TEXT_TYPES for spec in schema.fields)
+        self._origins: dict[str, str] = {}
+
+    def json_text(self, doc_id: str, op: Operation, source: bytes, lengths: Sequence[int] | None) -> str | None:
+        """The document as JSON text for ``add_json``; None when it must take the per-field path."""
+        if not self.json_text_ok or lengths is None or len(lengths) != len(self._length_names):
+            return None
+        try:
+            text = source.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not (text.startswith("{") and text.endswith("}")) or len(text) < 3:
+            return None  # not a non-empty JSON object as the coordinator encodes them
+        origin = self._origins.get(op.origin)
+        if origin is None:
+            origin = self._origins[op.origin] = json.dumps(op.origin)
+        encoded = binascii.b2a_base64(source, newline=False).decode("ascii")  # tantivy reads bytes as base64
+        quoted_id = encode_basestring_ascii(doc_id)  # what json.dumps(doc_id) returns, without its overhead
+        try:
+            # %d takes integers only, so a count that is no count cannot inject JSON; one that is
+            # negative or too large makes tantivy refuse the text, and the per-field path counts.
+            return self._json_format % (text[:-1], quoted_id, op.partition, op.hlc, origin, encoded, *lengths)
+        except TypeError:
+            return None
+
+    def document(self, doc_id: str, op: Operation, source: bytes | None) -> tantivy.Document:
+        """The document built field by field (a tombstone when ``source`` is None)."""
+        doc = tantivy.Document()
+        doc.add_text(ID, doc_id)
+        doc.add_unsigned(PARTITION, op.partition)
+        doc.add_unsigned(DELETED, 1 if source is None else 0)
+        doc.add_unsigned(HLC, op.hlc)
+        doc.add_text(ORIGIN, op.origin)
+        if source is None:
+            return doc
+        doc.add_bytes(SOURCE, source)
+        try:
+            fields = json.loads(source)
+        except ValueError:
+            log.warning("search index %s: document %r has a source that is not JSON; indexed by id only", self.index_name, doc_id)
+            return doc
+        if not isinstance(fields, dict):
+            log.warning("search index %s: document %r has a source that is not an object; indexed by id only", self.index_name, doc_id)
+            return doc
+        counted = {name: value for name, value in fields.items() if value is not None}
+        try:
+            lengths = self._count_lengths(counted)
+        except (ValueError, TypeError) as exc:  # a value the analyser cannot read (e.g. a lone surrogate)
+            log.warning("search index %s: document %r: field lengths not counted: %s", self.index_name, doc_id, exc)
+        else:
+            for name, count in zip(self._length_names, lengths):
+                doc.add_unsigned(name, count)
+        for name, value in counted.items():
+            spec = self._specs.get(name)
+            if spec is None:
+                continue  # the coordinator checked the document against this schema; nothing else gets here
+            for item in value if isinstance(value, list) and spec.type != "json" else [value]:
+                try:
+                    _add_value(doc, spec, item)
+                except (ValueError, TypeError, OverflowError) as exc:
+                    # A bad value must not fail the batch (and every replay of it): index the rest.
+                    log.warning("search index %s: document %r field %r not indexed: %s", self.index_name, doc_id, name, exc)
+        return doc
+
+
+def _add_value(doc: tantivy.Document, spec: FieldSpec, value: Any) -> None:
+    name = spec.name
+    if spec.type in ("text", "keyword"):
+        doc.add_text(name, value)
+    elif spec.type == "i64":
+        doc.add_integer(name, value)
+    elif spec.type == "u64":
+        doc.add_unsigned(name, value)
+    elif spec.type == "f64":
+        doc.add_float(name, float(value))
+    elif spec.type == "bool":
+        doc.add_boolean(name, value)
+    elif spec.type == "date":
+        parsed = parse_date(value)
+        if parsed is not None:
+            doc.add_date(name, parsed)
+    elif spec.type == "json":
+        doc.add_json(name, value)
