@@ -98,7 +98,8 @@ class DaskSession:
 
         threads = threads or os.cpu_count() or 1
         cluster = LocalCluster(
-            n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None
+            n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None,
+            silence_logs=logging.ERROR,  # a cancelled task at shutdown is not news to the user
         )
         return cls(Client(cluster, set_as_default=False), cluster)
 

@@ -41,6 +41,8 @@ Its result is a table with columns ``key`` and ``value``.
 
 from __future__ import annotations
 
+import hashlib
+import linecache
 import traceback
 import types
 from collections.abc import Callable
@@ -50,7 +52,9 @@ from typing import Any
 from legion.errors import BadRequest
 
 JOB_SOURCE_BYTES_MAX = 1024 * 1024
-JOB_FILE_NAME = "<job>"
+# Job code is compiled under "<job:…>" names (one per source text), registered with linecache
+# so that the user's traceback shows their lines.
+JOB_FILE_PREFIX = "<job"
 FORM_VECTORISED = "vectorised"
 FORM_RECORDS = "records"
 VECTORISED_NAMES = ("map", "combine", "reduce", "finalize")
@@ -104,7 +108,7 @@ def check_source(source: bytes | str) -> str:
 def user_traceback(exc: BaseException) -> str:
     """The traceback of ``exc`` from the first frame of the job file on: the user's own code, not ours."""
     frames = traceback.extract_tb(exc.__traceback__)
-    first = next((i for i, frame in enumerate(frames) if frame.filename == JOB_FILE_NAME), 0)
+    first = next((i for i, frame in enumerate(frames) if frame.filename.startswith(JOB_FILE_PREFIX)), 0)
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames[first:])]
     lines += traceback.format_exception_only(type(exc), exc)
     return "".join(lines)
@@ -113,10 +117,12 @@ def user_traceback(exc: BaseException) -> str:
 def load_job(source: str) -> Job:
     """Run the job file's source and pick out its functions; JobCodeError if it fails or is malformed."""
     module = types.ModuleType("legion_job")
-    module.__file__ = JOB_FILE_NAME
+    filename = f"<job:{hashlib.sha256(source.encode()).hexdigest()[:12]}>"
+    module.__file__ = filename
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     # Job files run in a worker on purpose: this is where user code is executed.
     try:
-        code = compile(source, JOB_FILE_NAME, "exec")
+        code = compile(source, filename, "exec")
         exec(code, module.__dict__)  # noqa: S102
     except SyntaxError as exc:
         raise JobCodeError("load", f"syntax error: {exc.msg} (line {exc.lineno})", user_traceback(exc)) from None

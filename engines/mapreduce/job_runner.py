@@ -9,18 +9,18 @@ are dead. User code never runs here — only in workers (``tasks``).
 
 The stages:
 
-1. **load**: one task loads the job file on a worker (its form, KEY,
-   REDUCERS — or the user's error, before any data is read).
-2. **map**: one task per planned group of partitions, restricted by resource
-   to its node's worker; only a small summary of each output comes back.
+1. **map**: one task per planned group of partitions, restricted by resource
+   to its node's worker; each loads the job file (once per worker) and says
+   how it shuffles (its REDUCERS, or map-only); only a small summary of each
+   output comes back.
    When a node is marked down, its unfinished map tasks are planned again on
    other replicas and resubmitted (a task restricted to a dead worker would
    wait forever); a task that could not read its input is re-planned too.
-3. **reduce**: for each of R buckets, a tiny task takes that bucket out of
+2. **reduce**: for each of R buckets, a tiny task takes that bucket out of
    every map output where it lies, and a reduce task gathers them. If a node
    holding map outputs dies now, its map tasks run again elsewhere and the
    reduce stage is resubmitted.
-4. **finalize**: one task concatenates the reduce outputs and runs
+3. **finalize**: one task concatenates the reduce outputs and runs
    ``finalize``; its table is the job's result.
 
 A user's error ends the job with ``JobFailed`` (their traceback included);
@@ -47,7 +47,6 @@ POLL_INTERVAL_S = 0.1
 RESULT_TIMEOUT_S = 60.0
 JOB_TIMEOUT_S_DEFAULT = 3600.0
 RETRIES_MAX = 16
-REDUCERS_DEFAULT = 4
 
 
 class JobFailed(LegionError):
@@ -124,11 +123,12 @@ class JobRunner:
 
     def run(self) -> tuple[pa.Table, JobReport]:
         started = time.perf_counter()
-        info = self._stage("load", self._inspect)
-        map_only = bool(info["map_only"])
-        reducers = 1 if map_only else (self.reducers or int(info["reducers"]) or REDUCERS_DEFAULT)
+        maps = self._stage("map", lambda: self._map_stage(self.inputs.plan([], set()), self.reducers))
+        # Every map task loaded the job and says how it shuffles (its REDUCERS, or map-only).
+        info = maps[0].result.info if maps and maps[0].result is not None else {}
+        map_only = bool(info.get("map_only", False))
+        reducers = int(info.get("reducers", 1))
         self.progress.reduce_total = 0 if map_only else reducers
-        maps = self._stage("map", lambda: self._map_stage(self.inputs.plan([], set()), reducers))
         for _attempt in range(RETRIES_MAX + 1):
             try:
                 result = self._reduce_and_finalize(maps, reducers, map_only)
@@ -146,15 +146,7 @@ class JobRunner:
 
     # --- stages ------------------------------------------------------------------
 
-    def _inspect(self) -> dict[str, object]:
-        self._progress("load")
-        ref = self.session.submit(tasks.inspect_task, self.source, key=self._key("load"))
-        result = self._wait_result(ref)
-        if result.failure is not None:
-            raise JobFailed(result.failure)
-        return result.info
-
-    def _map_stage(self, plans: Sequence[PlannedTask], reducers: int) -> list[_MapTask]:
+    def _map_stage(self, plans: Sequence[PlannedTask], reducers: int | None) -> list[_MapTask]:
         """Run ``plans`` to completion, re-planning the tasks of nodes that die."""
         self._progress("map")
         running = [self._submit_map(plan, reducers) for plan in plans]
@@ -192,7 +184,7 @@ class JobRunner:
         task.result = result
         return True
 
-    def _replan(self, lost: Sequence[_MapTask], dead: set[str], reducers: int) -> list[_MapTask]:
+    def _replan(self, lost: Sequence[_MapTask], dead: set[str], reducers: int | None) -> list[_MapTask]:
         self.session.cancel([ref for task in lost for ref in (task.output, task.summary)])
         self.report.retries += len(lost)
         if self.report.retries > RETRIES_MAX:
@@ -253,7 +245,7 @@ class JobRunner:
 
     # --- bookkeeping ----------------------------------------------------------------
 
-    def _submit_map(self, plan: PlannedTask, reducers: int) -> _MapTask:
+    def _submit_map(self, plan: PlannedTask, reducers: int | None) -> _MapTask:
         key = self._key(f"map-{plan.node or 'any'}")
         output = self.session.submit(tasks.map_task, self.source, plan.pieces, reducers, key=key, resource=plan.resource)
         summary = self.session.submit(tasks.summary_of, output, key=key + "-summary", resource=plan.resource)
@@ -284,14 +276,6 @@ class JobRunner:
             return action()
         finally:
             self.report.add_stage(name, time.perf_counter() - started)
-
-    def _wait_result(self, ref: TaskRef) -> TaskResult:
-        while ref.status == "pending":
-            self._check_deadline()
-            self.session.wait_any([ref], POLL_INTERVAL_S)
-        if ref.status != "finished":
-            raise Unavailable(f"task {ref.key} failed in Dask: {self.session.error_text(ref)}")
-        return self.session.result(ref, RESULT_TIMEOUT_S)
 
     def _check_deadline(self) -> None:
         if time.monotonic() > self.deadline:

@@ -37,6 +37,7 @@ from engines.mapreduce.shuffle import MapOutput, run_finalize, run_map, run_redu
 NODE_ENVIRONMENT = "LEGION_NODE_ID"
 FORMATS = ("ipc", "parquet", "csv", "jsonl")
 JOB_CACHE_ENTRIES_MAX = 16
+REDUCERS_DEFAULT = 4
 
 _jobs: OrderedDict[str, Job] = OrderedDict()
 _jobs_lock = threading.Lock()
@@ -93,29 +94,26 @@ def job_for(source: str) -> Job:
     return job
 
 
-def inspect_task(source: str) -> TaskResult:
-    """Load the job once, before any data is read: its form, KEY and REDUCERS, or the user's error."""
+def reducers_for(job: Job, asked: int | None) -> int:
+    """Reduce buckets: one for a map-only job, else what the request asked, the job's REDUCERS, or the default."""
+    return 1 if job.map_only else (asked or job.reducers or REDUCERS_DEFAULT)
+
+
+def map_task(source: str, pieces: Sequence[InputPiece], reducers: int | None) -> TaskResult:
+    """``map`` (and ``combine``) over every piece, cut into reduce buckets (see ``reducers_for``).
+
+    The job file is loaded here (once per worker), so a job needs no round trip before its maps."""
     started = time.perf_counter()
     try:
         job = job_for(source)
-    except JobCodeError as exc:
-        return _failed(exc, started)
-    info = {"form": job.form, "key": list(job.key), "reducers": job.reducers or 0, "map_only": job.map_only}
-    return TaskResult(node=_node(), seconds=time.perf_counter() - started, info=info)
-
-
-def map_task(source: str, pieces: Sequence[InputPiece], reducers: int) -> TaskResult:
-    """``map`` (and ``combine``) over every piece, cut into ``reducers`` buckets."""
-    started = time.perf_counter()
-    try:
-        job = job_for(source)
-        output = run_map(job, read_pieces(pieces), reducers)
+        output = run_map(job, read_pieces(pieces), reducers_for(job, reducers))
     except JobCodeError as exc:
         return _failed(exc, started)
     except (OSError, pa.ArrowInvalid) as exc:
         failure = Failure("input", f"cannot read the task's input: {exc}", retryable=True)
         return TaskResult(failure=failure, node=_node(), seconds=time.perf_counter() - started)
-    return TaskResult(output=output, node=_node(), seconds=time.perf_counter() - started)
+    info = {"map_only": job.map_only, "reducers": len(output.buckets)}
+    return TaskResult(output=output, node=_node(), seconds=time.perf_counter() - started, info=info)
 
 
 def bucket_of(result: TaskResult, bucket: int) -> pa.Table | None:
@@ -140,7 +138,7 @@ def summary_of(result: TaskResult) -> TaskResult:
     output = result.output
     info: dict[str, object] = {}
     if isinstance(output, MapOutput):
-        info = {"rows_in": output.rows_in, "rows_out": output.rows_out, "bytes_out": output.bytes_out,
+        info = {**result.info, "rows_in": output.rows_in, "rows_out": output.rows_out, "bytes_out": output.bytes_out,
                 "partitions": output.partitions}  # fmt: skip
     return TaskResult(failure=result.failure, node=result.node, seconds=result.seconds, info=info)
 

@@ -90,7 +90,7 @@ def test_user_errors_name_the_stage_and_carry_the_user_s_traceback(code, stage, 
     assert raised.value.stage == stage
     assert fragment in raised.value.message
     if "Error" in fragment:
-        assert 'File "<job>"' in raised.value.user_traceback
+        assert 'File "<job:' in raised.value.user_traceback
         assert "shuffle.py" not in raised.value.user_traceback  # their frames, not ours
 
 
