@@ -21,7 +21,7 @@ gaining node misses nothing between its snapshot and the commit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -270,8 +270,14 @@ def from_dict(raw: Any) -> ClusterState:
     return state
 
 
-def status_document(state: ClusterState, claimant: str | None) -> dict[str, Any]:
-    """What ``GET /v1/cluster`` answers: members with their partition counts, placement, epoch."""
+def status_document(
+    state: ClusterState, claimant: str | None, attributes: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, Any]:
+    """What ``GET /v1/cluster`` answers: members with their partition counts and attributes, placement, epoch.
+
+    ``attributes`` are the members' gossiped attributes as the answering node
+    knows them (``legion.attributes``): not part of the state, shown beside it."""
+    attributes = attributes or {}
     primary: dict[str, int] = {}
     replica: dict[str, int] = {}
     for nodes in state.placement:
@@ -291,6 +297,7 @@ def status_document(state: ClusterState, claimant: str | None) -> dict[str, Any]
                 "status": m.shown_status,
                 "primary": primary.get(m.id, 0),
                 "replica": replica.get(m.id, 0),
+                "attributes": dict(attributes.get(m.id, {})),
             }
             for m in state.members
         ],

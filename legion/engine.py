@@ -56,6 +56,35 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    away for good (the core then deletes its directory); ``close`` alone at
    shutdown.
 
+8. Services beside the node (optional; the defaults do nothing).
+   ``start(node)`` once per node process, from a worker thread, after the
+   node serves HTTP, has its cluster state and has opened every partition it
+   holds (``reconcile``), and before its first gossip round. ``node`` is a
+   ``NodeInfo``: id, URL, data directory, this engine's root, the node
+   options (``legion node start --option KEY=VALUE``) and ``publish``. It
+   must return within ``legion.limits.ENGINE_START_TIMEOUT_MS``: start
+   sidecar processes (``legion.runtime.sidecar.Sidecar``: they die with the
+   node, even on ``kill -9``) and publish attributes, but do not wait for a
+   sidecar to be ready. If it raises, the node does not start.
+   ``publish(values)`` replaces this engine's *member attributes* of this
+   node — small strings, keys named ``<engine name>.<anything>``, at most
+   ``ATTRIBUTE_KEYS_MAX`` per node (all engines together), values of at most
+   ``ATTRIBUTE_VALUE_CHARS_MAX`` characters; a ``ValueError`` otherwise (a
+   bug, not a bad request). Callable from any thread until ``stop`` returns.
+   Gossip spreads them to every node (``Cluster.placement().attributes``,
+   ``GET /v1/cluster``); they are ephemeral, so ``start`` publishes them
+   again after every restart.
+   ``stop()`` once at shutdown, from a worker thread, once the HTTP server
+   has closed (no handler runs any more) and before any partition is
+   closed; also when another engine's ``start`` failed, and after a
+   ``start`` that raised (so it must tolerate a partial start). It must stop
+   whatever ``start`` started within ``ENGINE_STOP_TIMEOUT_MS``.
+   The classmethod ``local_services(directory, options)`` is not called on
+   a node: ``legion cluster up`` asks it, before starting any node, for
+   processes to run beside a *local* cluster (a Dask scheduler); see
+   ``LocalService``. Return nothing when ``options`` already name an
+   existing service (``--option mapreduce.scheduler=tcp://…``).
+
 Tracing: ``current_request_id()`` is the id of the client request being
 served — in handlers, and in the ``read``/``coverage``/``coverage_many``
 calls made for it, on whichever node runs them (peer calls carry the id);
@@ -63,8 +92,10 @@ calls made for it, on whichever node runs them (peer calls carry the id);
 
 HTTP: ``routes()`` declares the engine's endpoints under ``/v1/<name>/``. A
 handler gets an ``HttpRequest`` and the node's ``Cluster`` (the coordinator:
-``write``/``write_many``/``read``/``coverage`` across replicas) and returns an
-``HttpResponse``. Raising a ``LegionError`` gives the matching 4xx/5xx.
+``write``/``write_many``/``read``/``coverage`` across replicas, and
+``placement()``, a ``PlacementView`` of who holds what, who is live and
+their attributes) and returns an ``HttpResponse``. Raising a
+``LegionError`` gives the matching 4xx/5xx.
 
 CLI: the classmethod ``cli()`` may return a typer app mounted as ``legion <name> …``; its
 commands must talk to the cluster through ``legion.Client`` only.
@@ -77,6 +108,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +122,7 @@ from legion.errors import BadRequest, ConfigError, LegionError
 from legion.replication import Operation
 
 ENTRY_POINT_GROUP = "legion.engines"
+SERVICE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 # Set by the runtime for each request it serves (see ``current_request_id``). A
 # context variable: tasks and worker threads started for the request inherit it.
@@ -220,6 +253,72 @@ class CoverageResult:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class PlacementView:
+    """A read-only picture of the cluster for planning work (``Cluster.placement()``).
+
+    ``preference[p]`` is partition ``p``'s current preference list, primary
+    first; ``live`` the members this node believes live; ``attributes`` and
+    ``urls`` are per member (not removed ones). A snapshot: it does not follow
+    later changes, so take a new one per request."""
+
+    partitions: int
+    preference: tuple[tuple[str, ...], ...]
+    live: frozenset[str]
+    attributes: Mapping[str, Mapping[str, str]]
+    urls: Mapping[str, str]
+    epoch: int
+
+    def live_replicas(self, partition: int) -> tuple[str, ...]:
+        """The live nodes of ``partition``'s preference list, in preference order."""
+        return tuple(node for node in self.preference[partition] if node in self.live)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What ``Engine.start`` learns about its node (see the module docstring, item 8).
+
+    ``data_dir`` is the node's data directory, ``root`` this engine's own
+    directory in it; ``options`` are the node options (``--option KEY=VALUE``);
+    ``publish`` replaces this engine's member attributes."""
+
+    node_id: str
+    url: str
+    data_dir: Path
+    root: Path
+    options: Mapping[str, str]
+    publish: Callable[[Mapping[str, str]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalService:
+    """A process ``legion cluster up`` runs beside a local cluster's nodes, for one engine.
+
+    ``argv`` is run with ``env`` added to the environment, its output in
+    ``<cluster dir>/services/<engine>/<name>.log``. It is ready once
+    ``ready_file`` exists and is not empty, or once ``ready_address``
+    (``HOST:PORT``) accepts a TCP connection — exactly one of the two. Then
+    ``options_to_nodes`` join the options of every node of the cluster (an
+    option the user passed wins). ``legion cluster down`` stops it; a node
+    restarted with ``start-node`` restarts it first if it is not running."""
+
+    name: str
+    argv: Sequence[str]
+    ready_file: Path | None = None
+    ready_address: str | None = None
+    options_to_nodes: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not SERVICE_NAME_PATTERN.match(self.name):
+            raise ConfigError(f"local service name {self.name!r} must be letters, digits, '_' or '-'")
+        if not self.argv or not all(isinstance(arg, str) for arg in self.argv):
+            raise ConfigError(f"local service {self.name!r} needs an argv of strings")
+        if (self.ready_file is None) == (self.ready_address is None):
+            raise ConfigError(f"local service {self.name!r} needs exactly one of ready_file and ready_address")
+        object.__setattr__(self, "argv", tuple(self.argv))
+
+
 class Cluster(Protocol):
     """The coordinator an engine's HTTP handlers use; implemented by the runtime."""
 
@@ -268,6 +367,10 @@ class Cluster(Protocol):
         ``prefer`` (partition → node, e.g. a previous round's ``served_by``) keeps
         a second round on the same replicas where they are still live. Raises
         ``Unavailable`` naming the missing partitions unless ``allow_partial``."""
+        ...
+
+    def placement(self) -> PlacementView:
+        """Who holds which partition now, who is live, and every member's attributes and URL."""
         ...
 
 
@@ -361,6 +464,22 @@ class Engine(ABC):
 
     def routes(self) -> Sequence[Route]:
         """The HTTP endpoints this engine serves."""
+        return ()
+
+    def start(self, node: NodeInfo) -> None:
+        """Start this engine's services beside the node (sidecars) and publish its attributes.
+
+        Once per node process, from a worker thread; see the module docstring, item 8."""
+
+    def stop(self) -> None:
+        """Stop what ``start`` started, within ``ENGINE_STOP_TIMEOUT_MS``. Once, at shutdown."""
+
+    @classmethod
+    def local_services(cls, directory: Path, options: Mapping[str, str]) -> Sequence[LocalService]:
+        """Processes ``legion cluster up`` should start beside a local cluster (none by default).
+
+        ``directory`` is this engine's directory for them (it exists); ``options``
+        the ones the user passed. Return nothing for a service an option replaces."""
         return ()
 
     @classmethod

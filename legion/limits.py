@@ -70,6 +70,29 @@ COMPACT_BATCH_OPS_MAX = 10_000
 # the hybrid logical clock refuses a remote timestamp as absurd.
 CLOCK_DRIFT_MS_MAX = 60_000
 
+# Member attributes: small strings a node publishes through gossip (e.g. the
+# address of the Dask worker beside it). Ephemeral, per node, all engines together.
+ATTRIBUTE_KEYS_MAX = 16
+ATTRIBUTE_KEY_CHARS_MAX = 64
+ATTRIBUTE_VALUE_CHARS_MAX = 256
+# Node options (``--option KEY=VALUE``), handed to every engine's ``start``.
+NODE_OPTIONS_MAX = 64
+NODE_OPTION_KEY_CHARS_MAX = 64
+NODE_OPTION_VALUE_CHARS_MAX = 1024
+
+# Engine services: ``Engine.start`` must return within this (it starts sidecars,
+# it does not wait for them); ``Engine.stop`` is abandoned after this.
+ENGINE_START_TIMEOUT_MS = 30_000
+ENGINE_STOP_TIMEOUT_MS = 20_000
+# A sidecar that exits unexpectedly is restarted after a backoff that doubles
+# from the min to the max, and resets once a run lasted SIDECAR_STABLE_MS.
+# Stopping one sends SIGTERM, then SIGKILL after SIGTERM's timeout.
+SIDECAR_RESTART_BACKOFF_MS_MIN = 250
+SIDECAR_RESTART_BACKOFF_MS_MAX = 10_000
+SIDECAR_STABLE_MS = 10_000
+SIDECAR_TERM_TIMEOUT_MS = 5_000
+SIDECAR_KILL_TIMEOUT_MS = 5_000
+
 assert PARTITIONS_DEFAULT & (PARTITIONS_DEFAULT - 1) == 0
 assert PARTITIONS_MAX & (PARTITIONS_MAX - 1) == 0
 assert 1 <= REPLICAS_DEFAULT <= REPLICAS_MAX
@@ -85,3 +108,9 @@ assert 0 < REAPPLY_BACKOFF_MS_MIN <= REAPPLY_BACKOFF_MS_MAX
 # A pass deletes at least what one group commit logs, so compaction keeps up with the write path.
 assert WRITE_BATCH_OPS_MAX <= COMPACT_BATCH_OPS_MAX
 assert 0 < COMPACT_INTERVAL_MS
+# Worst case of one node's attributes in a gossip message (JSON may escape a
+# character as six), times a thousand members, still fits a peer body.
+assert ATTRIBUTE_KEYS_MAX * (ATTRIBUTE_KEY_CHARS_MAX + ATTRIBUTE_VALUE_CHARS_MAX) * 6 * 1024 < PEER_BODY_BYTES_MAX
+assert 0 < SIDECAR_RESTART_BACKOFF_MS_MIN <= SIDECAR_RESTART_BACKOFF_MS_MAX <= SIDECAR_STABLE_MS
+# Engine.stop stops its sidecars, each within SIGTERM's and SIGKILL's timeouts.
+assert SIDECAR_TERM_TIMEOUT_MS + SIDECAR_KILL_TIMEOUT_MS < ENGINE_STOP_TIMEOUT_MS

@@ -16,6 +16,8 @@ them out — forwarding with a deadline and retrying the next candidate.
   (e.g. a search's scoring round after its statistics round): a preferred
   node is used when it is live, holds the partition in the current placement
   and is not avoided; otherwise the usual order decides.
+- Engines that plan work of their own (a map/reduce job's data-local tasks)
+  get the same inputs as one ``PlacementView`` (``placement_view``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from legion.cluster_state import ClusterState, owners
+from legion.cluster_state import REMOVED, ClusterState, owners
+from legion.engine import PlacementView
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,7 @@ class WritePlan:
 
 def live_nodes(state: ClusterState, suspects: frozenset[str] | set[str] = frozenset()) -> set[str]:
     """Members not marked down in the state and not locally suspected."""
-    return {m.id for m in state.members if not m.down and m.status != "removed"} - set(suspects)
+    return {m.id for m in state.members if not m.down and m.status != REMOVED} - set(suspects)
 
 
 def write_plan(state: ClusterState, partition: int, live: set[str]) -> WritePlan:
@@ -81,3 +84,21 @@ def coverage_plan(
         chosen = wanted if wanted in order else (order[0] if order else "")
         plan.setdefault(chosen, []).append(p)
     return plan
+
+
+def placement_view(
+    state: ClusterState, live: set[str] | frozenset[str], attributes: Mapping[str, Mapping[str, str]]
+) -> PlacementView:
+    """What ``Cluster.placement()`` answers: the current placement, liveness, and members' attributes and URLs.
+
+    Removed members are left out; a member not heard of yet has empty attributes."""
+    members = [m for m in state.members if m.status != REMOVED]
+    ids = {m.id for m in members}
+    return PlacementView(
+        partitions=state.partitions,
+        preference=tuple(tuple(nodes) for nodes in state.placement),
+        live=frozenset(live) & ids,
+        attributes={m.id: dict(attributes.get(m.id, {})) for m in members},
+        urls={m.id: m.url for m in members},
+        epoch=state.epoch,
+    )

@@ -118,6 +118,17 @@ def test_status_document_counts_primaries_and_replicas():
     assert doc["rebalancing"] is False and doc["claimant"] == "n1"
 
 
+def test_status_document_shows_each_members_attributes_empty_when_unknown():
+    state = three_nodes(16, 3)
+    doc = cs.status_document(state, "n1", {"n2": {"mr.worker": "tcp://127.0.0.1:9"}})
+    assert {m["id"]: m["attributes"] for m in doc["members"]} == {
+        "n1": {},
+        "n2": {"mr.worker": "tcp://127.0.0.1:9"},
+        "n3": {},
+    }
+    assert all(m["attributes"] == {} for m in cs.status_document(state, "n1")["members"])
+
+
 def test_removing_a_joiner_removes_it_at_once_without_giving_it_a_vote():
     state = cs.new_cluster("c1", "n1", "http://x:1", 8, 3)
     joined = cs.add_member(state, "n2", "http://x:2")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from legion import cluster_state as cs
-from legion.routing import coverage_plan, read_order
+from legion.routing import coverage_plan, placement_view, read_order
 from tests.legion.test_cluster_state import finish_handoff
 
 
@@ -105,3 +105,17 @@ def test_a_preference_for_a_dead_or_avoided_or_foreign_node_falls_back():
     avoided = coverage_plan(state, live, holders[0], [p], avoid=frozenset({holders[1]}), prefer={p: holders[1]})
     assert avoided == default
     assert coverage_plan(state, live, holders[0], [p], prefer={p: holders[1]}) == {holders[1]: [p]}
+
+
+def test_a_placement_view_shows_preference_liveness_attributes_and_urls_of_members_not_removed():
+    state = cluster(4, 3)
+    leaving = finish_handoff(cs.remove_member(state, "n4"))
+    assert leaving.member("n4").status == cs.REMOVED
+    view = placement_view(leaving, {"n1", "n3", "n4"}, {"n1": {"mr.worker": "tcp://1"}, "n4": {"mr.worker": "tcp://4"}})
+    assert view.partitions == 16 and view.epoch == leaving.epoch
+    assert view.preference == leaving.placement
+    assert view.live == frozenset({"n1", "n3"})  # n4 is removed: neither live nor shown
+    assert view.attributes == {"n1": {"mr.worker": "tcp://1"}, "n2": {}, "n3": {}}
+    assert view.urls == {f"n{i}": f"http://127.0.0.1:{i}" for i in (1, 2, 3)}
+    for p in range(view.partitions):
+        assert view.live_replicas(p) == tuple(n for n in leaving.placement[p] if n in {"n1", "n3"})
