@@ -20,13 +20,24 @@ batch files. The core calls it as ``legion.engine`` says:
   (``stats``), job snapshots (``snapshot``/``release``), the catalog
   (``datasets``) and this node's jobs (``jobs``/``job``, see ``job_service``).
 
-Services: ``start`` runs this node's Dask worker as a sidecar and publishes
-its resource; jobs submitted to this node run from here (``job_service``).
+Services: ``start`` runs this node's Dask worker as a sidecar (a child that
+dies with the node and is restarted if it exits) connected to the scheduler
+named by the node option ``mr.scheduler``, and publishes the worker's
+resource and thread count as member attributes (``planner``); jobs
+submitted to this node run from here (``job_service``). ``local_services``
+gives ``legion cluster up`` the cluster's one Dask scheduler, on 127.0.0.1,
+unless ``--option mr.scheduler=ADDRESS`` names an existing deployment.
+
+Node options: ``mr.scheduler`` (``tcp://HOST:PORT``), ``mr.worker-threads``
+(default: half the cores, at least one — the worker shares the machine with
+its node), ``mr.worker-host`` (default ``127.0.0.1``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -55,11 +66,24 @@ from engines.mapreduce.partition_files import (
     snapshot_dir,
     sweep_snapshots,
 )
-from legion.engine import Engine, Route
-from legion.errors import BadRequest, NotOwner
+from engines.mapreduce.dask_adapter import (
+    resource_name,
+    scheduler_command,
+    split_address,
+    worker_command,
+    worker_environment,
+)
+from engines.mapreduce.planner import RESOURCE_ATTRIBUTE, THREADS_ATTRIBUTE
+from legion.engine import Engine, LocalService, NodeInfo, Route
+from legion.errors import BadRequest, ConfigError, NotOwner
 from legion.replication import Operation
+from legion.runtime.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
+
+OPTION_SCHEDULER = "mr.scheduler"
+OPTION_WORKER_THREADS = "mr.worker-threads"
+OPTION_WORKER_HOST = "mr.worker-host"
 
 
 class MapReduceEngine(Engine):
@@ -76,6 +100,7 @@ class MapReduceEngine(Engine):
         self._store: CatalogStore | None = None
         self._catalog = Catalog()
         self.services: Any = None  # the node's JobService once ``start`` ran (job_service)
+        self._worker: Sidecar | None = None
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -99,6 +124,48 @@ class MapReduceEngine(Engine):
                 return
             store, self._store = self._store, None
         store.close()
+
+    # --- services beside the node ------------------------------------------------------
+
+    def start(self, node: NodeInfo) -> None:
+        from engines.mapreduce.job_service import JobService
+
+        scheduler = node.options.get(OPTION_SCHEDULER, "")
+        self.services = JobService(node.node_id, scheduler)
+        if not scheduler:
+            log.warning("no %s option: this node runs no Dask worker and cannot run jobs", OPTION_SCHEDULER)
+            return
+        split_address(scheduler)
+        threads = _threads(node.options.get(OPTION_WORKER_THREADS))
+        argv = worker_command(
+            scheduler, node_id=node.node_id, threads=threads, local_directory=str(node.root / "dask-worker"),
+            host=node.options.get(OPTION_WORKER_HOST, "127.0.0.1"),
+        )  # fmt: skip
+        self._worker = Sidecar("dask-worker", argv, log_path=node.root / "dask-worker.log", env=worker_environment(node.node_id))
+        self._worker.start()
+        node.publish({RESOURCE_ATTRIBUTE: resource_name(node.node_id), THREADS_ATTRIBUTE: str(threads), "mr.scheduler": scheduler})
+
+    def stop(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+        if self.services is not None:
+            self.services.close()
+
+    @classmethod
+    def local_services(cls, directory: Path, options: Mapping[str, str]) -> Sequence[LocalService]:
+        if options.get(OPTION_SCHEDULER):
+            return ()  # an existing Dask deployment
+        port = _free_port()
+        return (
+            LocalService(
+                "dask-scheduler",
+                scheduler_command(host="127.0.0.1", port=port),
+                ready_address=f"127.0.0.1:{port}",
+                options_to_nodes={OPTION_SCHEDULER: f"tcp://127.0.0.1:{port}"},
+                env={"DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning"},
+            ),
+        )
 
     # --- writes (the writer thread) ---------------------------------------------------
 
@@ -254,6 +321,21 @@ class MapReduceEngine(Engine):
         if files is None:
             raise NotOwner(f"partition {partition} is not open in the map/reduce engine on this node")
         return files
+
+
+def _threads(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return max(1, (os.cpu_count() or 2) // 2)
+    if not raw.isdigit() or not 1 <= int(raw) <= 256:
+        raise ConfigError(f"--option {OPTION_WORKER_THREADS} must be a number of threads from 1 to 256, got {raw!r}")
+    return int(raw)
+
+
+def _free_port() -> int:
+    """A port free on 127.0.0.1 right now, for the scheduler a local cluster starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _job_id(query: Mapping[str, Any]) -> str:
