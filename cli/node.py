@@ -15,6 +15,7 @@ import typer
 from legion.errors import ConfigError
 from legion.keyspace import check_partition_count
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
+from legion.options import parse_options
 
 app = typer.Typer(help="Run a single node (what `legion cluster up` starts for you).", no_args_is_help=True)
 
@@ -46,10 +47,15 @@ def start(
         int, typer.Option("--partitions", help="Partitions in a new cluster (a power of two).")
     ] = PARTITIONS_DEFAULT,
     replicas: Annotated[int, typer.Option("--replicas", help="Replicas of each partition.")] = REPLICAS_DEFAULT,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", metavar="KEY=VALUE", help="A setting for the engines (repeatable), e.g. mapreduce.scheduler=tcp://HOST:PORT."),
+    ] = None,
 ) -> None:
     """Start a node and serve until SIGTERM or Ctrl-C."""
     host, port = parse_listen(listen)
     check_partition_count(partitions)
+    options = parse_options(option or [])
     # Imported here: the runtime pulls in aiohttp and every engine, which
     # the other commands do not need.
     from legion.runtime.node import NodeConfig, run
@@ -63,5 +69,6 @@ def start(
         node_id=node_id,
         partitions=partitions,
         replicas=replicas,
+        options=options,
     )
     run(config)

@@ -12,6 +12,8 @@ I/O. Implements the ``legion.engine.Cluster`` protocol engines' handlers use:
   per replica node straight to ``/internal/apply``, per-item results.
 - ``read`` asks ``R`` replicas (itself first when it holds one), and when one
   fails asks the next in preference order, until ``R`` replied or none are left.
+- ``placement`` answers a ``PlacementView`` (``routing.placement_view``) of
+  the node's state, its view of liveness and the members' attributes.
 - ``coverage`` asks one replica per partition, one call per node, all nodes
   in parallel, and re-plans the partitions of a node that failed onto the
   other replicas, up to ``FORWARD_ATTEMPTS_MAX`` rounds. A request error (the
@@ -34,14 +36,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgpack
 
 from legion.cluster_state import ClusterState
-from legion.engine import CoverageResult, NodeReply, WriteItem, WriteResult
+from legion.engine import CoverageResult, NodeReply, PlacementView, WriteItem, WriteResult
 from legion.errors import BadRequest, Conflict, DeadlineExceeded, LegionError, NotOwner, Overloaded, Unavailable
 from legion.keyspace import key_bytes, partition_of
 from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
 from legion.replication import Operation, decode_apply_errors, encode_ops, read_quorum, write_quorum
 from legion.runtime.batch_writer import BatchWriter
 from legion.runtime.replica_sender import ReplicaSender
-from legion.routing import coverage_plan, live_nodes, read_order, write_plan
+from legion.routing import coverage_plan, live_nodes, placement_view, read_order, write_plan
 
 if TYPE_CHECKING:
     from legion.runtime.node import Node
@@ -83,6 +85,9 @@ class Coordinator:
 
     def current_state(self) -> ClusterState:
         return self.node.state
+
+    def placement(self) -> PlacementView:
+        return placement_view(self.node.state, self.live(), self.node.member_attributes())
 
     def stamp(self) -> int:
         return self.node.clock.now()

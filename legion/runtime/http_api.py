@@ -4,7 +4,8 @@ I/O, and thin: each handler parses and checks its input (raising
 ``BadRequest`` with what to fix), calls the node or its coordinator, and
 encodes the answer. Errors become responses in ``transport`` only.
 
-Client API (JSON): ``GET /v1/health``, ``GET /v1/cluster``,
+Client API (JSON): ``GET /v1/health``, ``GET /v1/cluster`` (the status
+document, each member with its gossiped ``attributes``),
 ``POST /v1/cluster/join``, ``POST /v1/cluster/remove``, plus every engine's
 routes. Peer API (msgpack bodies, same token): ``/internal/gossip``,
 ``/internal/apply`` (``?refresh=1``: flush what it touched before answering),
@@ -27,6 +28,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from legion import attributes
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
 from legion.errors import BadRequest, Unavailable
@@ -134,7 +136,9 @@ class _Api:
         )
 
     async def cluster(self, request: web.Request) -> web.Response:
-        return web.json_response(cs.status_document(self.node.state, self.node.claimant()))
+        return web.json_response(
+            cs.status_document(self.node.state, self.node.claimant(), self.node.member_attributes())
+        )
 
     async def join(self, request: web.Request) -> web.Response:
         body = await _json_object(request, '{"node_id": …, "url": …}')
@@ -161,7 +165,7 @@ class _Api:
                 "POST", fwd.url + request.path, json_body=body, request_id=request.get("request_id", "")
             )
             return web.Response(body=raw, content_type="application/json")
-        doc = cs.status_document(state, self.node.claimant())
+        doc = cs.status_document(state, self.node.claimant(), self.node.member_attributes())
         doc["state"] = cs.to_dict(state)
         return web.json_response(doc)
 
@@ -172,6 +176,7 @@ class _Api:
         self.node.heard_from(body["node_id"])
         if body.get("state") is not None:
             self.node.adopt(cs.from_dict(body["state"]))
+        self.node.take_attributes(body.get("attributes"))
         mine = cs.digest(self.node.state)
         try:
             theirs = (int(body.get("epoch", 0)), str(body.get("committed_by", "")))
@@ -180,6 +185,13 @@ class _Api:
         reply: dict[str, Any] = {"node_id": self.node.node_id, "epoch": mine[0], "committed_by": mine[1]}
         if cs.digest_newer(mine, theirs):
             reply["state"] = cs.to_dict(self.node.state)
+        if "attributes_digest" in body:
+            # The exchange's first message: answer with the records it lacks, and our digest
+            # so that its third message brings the records we lack.
+            lacking = self.node.attributes.newer_than(attributes.digest_from_wire(body["attributes_digest"]))
+            if lacking:
+                reply["attributes"] = attributes.to_wire(lacking)
+            reply["attributes_digest"] = self.node.attributes.digest()
         return web.json_response(reply)
 
     async def apply(self, request: web.Request) -> web.Response:

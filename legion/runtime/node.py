@@ -1,14 +1,21 @@
 """A Legion node: one process holding some partitions of every engine.
 
 I/O. The node owns the pieces and their lifecycle — the node database and log
-writer, the engines, the HTTP server, the peer client, the gossiper and the
-handoff receiver — and the one mutable thing they share: the cluster state
-this node currently believes. ``adopt`` is the only way that belief changes;
+writer, the engines (and the services they start beside the node), the HTTP
+server, the peer client, the gossiper and the handoff receiver — and the one
+mutable thing they share: the cluster state this node currently believes.
+Beside it, outside the state, it keeps every member's gossiped attributes
+(``legion.runtime.member_attributes``). ``adopt`` is the only way that belief changes;
 it persists the state before acting on it, then reconciles local partitions
 with it (open what this node now holds, drop what moved away).
 
 State changes are decided by the claimant only (``change_state``): any other
 node forwards the request to it.
+
+Start-up order: HTTP server, cluster state (join or create), open the
+partitions held (``reconcile``), ``Engine.start`` for every engine, then the
+gossip and handoff loops. Shutdown: those loops, the HTTP server,
+``Engine.stop`` for every started engine, then the partitions and the log.
 """
 
 from __future__ import annotations
@@ -22,26 +29,37 @@ import secrets
 import signal
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
 
+from legion import attributes
 from legion import cluster_state as cs
 from legion.clock import HybridClock
-from legion.engine import Engine, load_engines
+from legion.engine import Engine, NodeInfo, load_engines
 from legion.errors import BadRequest, ConfigError, LegionError, NotOwner, Unavailable
 from legion.keyspace import check_partition_count, partition_of
-from legion.limits import FAILURE_TIMEOUT_MS, NODE_ID_CHARS_MAX, PEER_BODY_BYTES_MAX, REPLICAS_MAX
+from legion.limits import (
+    ENGINE_START_TIMEOUT_MS,
+    ENGINE_STOP_TIMEOUT_MS,
+    FAILURE_TIMEOUT_MS,
+    NODE_ID_CHARS_MAX,
+    PEER_BODY_BYTES_MAX,
+    REPLICAS_MAX,
+)
 from legion import membership
 from legion.membership import alive_ids, claimant
 from legion.replication import Operation
 from legion.runtime.coordinator import Coordinator
 from legion.runtime.gossiper import Gossiper
 from legion.runtime.handoff_receiver import HandoffReceiver
+from legion.options import check_options
 from legion.runtime.log_writer import LogWriter
+from legion.runtime.member_attributes import MemberAttributes
 from legion.runtime.storage import NodeStore
 from legion.runtime.transport import PeerClient, make_middlewares
 
@@ -64,6 +82,8 @@ class NodeConfig:
     node_id: str | None = None
     partitions: int = 64
     replicas: int = 3
+    # Node options (``--option KEY=VALUE``), handed to every engine's ``start``.
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 def check_node_id(node_id: str) -> str:
@@ -101,11 +121,15 @@ class Node:
         if not 1 <= config.replicas <= REPLICAS_MAX:
             raise ConfigError(f"replicas must be between 1 and {REPLICAS_MAX}, got {config.replicas}")
         self.config = config
+        self.options = MappingProxyType(check_options(config.options))
         self.url = f"http://{config.host}:{config.port}"
         self.token = load_token(config)
         self.store = NodeStore(config.data_dir)
         self.node_id = check_node_id(self.store.meta_get("node_id") or config.node_id or f"node-{uuid.uuid4().hex[:8]}")
         self.store.meta_put("node_id", self.node_id)
+        incarnation = attributes.next_incarnation(self.store.meta_get("incarnation"), int(time.time()))
+        self.store.meta_put("incarnation", incarnation)
+        self.attributes = MemberAttributes(self.node_id, incarnation)
         raw_state = self.store.meta_get("cluster_state")
         self.state: cs.ClusterState = cs.from_dict(raw_state) if raw_state else None  # type: ignore[assignment]
         self.clock = HybridClock(lambda: int(time.time() * 1000))
@@ -122,6 +146,7 @@ class Node:
         self._was_down = False
         self._grace_until_ms = self.started_ms
         self._runner: web.AppRunner | None = None
+        self._started_engines: list[Engine] = []
 
     @staticmethod
     def now_ms() -> int:
@@ -155,6 +180,7 @@ class Node:
         await self.reconcile()
         if restarted:
             self.handoff.resync_all()
+        await self._start_engines()
         self.gossiper.start()
         self.handoff.start()
         log.info("node %s serving %s (cluster %s, epoch %d)", self.node_id, self.url, self.state.cluster_id, self.state.epoch)
@@ -164,10 +190,72 @@ class Node:
         await self.handoff.stop()
         if self._runner is not None:
             await self._runner.cleanup()
-        self.coordinator.close()
-        await self.peers.close()
-        await asyncio.to_thread(self.writer.stop)
-        self.store.close()
+        try:
+            await self._stop_engines()
+        finally:
+            self.coordinator.close()
+            await self.peers.close()
+            await asyncio.to_thread(self.writer.stop)
+            self.store.close()
+
+    # --- engine services -----------------------------------------------------
+
+    def node_info(self, engine: Engine) -> NodeInfo:
+        """What ``engine.start`` gets: this node's id, address, directories, options, and its ``publish``."""
+        loop = asyncio.get_running_loop()
+
+        def publish(values: Mapping[str, str]) -> None:
+            self.attributes.publish(engine.name, values)
+            if not loop.is_closed():
+                # From any thread: wake the gossiper on its loop so the change spreads now.
+                loop.call_soon_threadsafe(self.gossiper.push_soon)
+
+        return NodeInfo(
+            node_id=self.node_id,
+            url=self.url,
+            data_dir=self.config.data_dir,
+            root=engine.root,
+            options=self.options,
+            publish=publish,
+        )
+
+    async def _start_engines(self) -> None:
+        """``Engine.start`` for each engine in a worker thread, bounded; on failure, stop those started."""
+        for engine in self.engines.values():
+            self._started_engines.append(engine)  # before the call: stop follows even a start that raised
+            try:
+                await asyncio.wait_for(asyncio.to_thread(engine.start, self.node_info(engine)), ENGINE_START_TIMEOUT_MS / 1000)
+            except asyncio.TimeoutError:
+                await self._stop_engines()
+                raise ConfigError(f"engine {engine.name!r} did not start within {ENGINE_START_TIMEOUT_MS} ms") from None
+            except BaseException:
+                await self._stop_engines()
+                raise
+
+    async def _stop_engines(self) -> None:
+        """``Engine.stop`` for every started engine, last started first, each bounded."""
+        if not self._started_engines:
+            return
+        engine = self._started_engines.pop()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(engine.stop), ENGINE_STOP_TIMEOUT_MS / 1000)
+        except asyncio.TimeoutError:
+            log.error("engine %s did not stop within %d ms; shutting down anyway", engine.name, ENGINE_STOP_TIMEOUT_MS)
+        finally:
+            await self._stop_engines()  # the others stop even when this one's stop raised
+
+    def member_ids(self) -> set[str]:
+        """Members that are not removed (whose attributes this node keeps)."""
+        return {m.id for m in self.state.members if m.status != cs.REMOVED} if self.state is not None else set()
+
+    def member_attributes(self) -> dict[str, dict[str, str]]:
+        """Every member's attributes as this node knows them."""
+        return self.attributes.values(sorted(self.member_ids()))
+
+    def take_attributes(self, raw: Any) -> None:
+        """Merge attributes a peer gossiped (JSON); BadRequest if malformed."""
+        if raw is not None and self.state is not None:
+            self.attributes.merge(attributes.from_wire(raw), self.member_ids())
 
     async def _join(self, seed: str) -> None:
         """Ask a seed (which forwards to the claimant) to admit this node; adopt the answer."""
