@@ -105,7 +105,7 @@ def list_datasets(cluster: ClusterOption = None, as_json: JsonOption = False) ->
         console.print("no datasets; add one with `legion mr ingest NAME FILE...`")
         return
     table = Table(show_edge=False, header_style="bold")
-    for column in ("dataset", "rows", "size", "key", "partitions", "per node (rows)"):
+    for column in ("dataset", "rows", "size", "key", "partitions", "per node (rows, replicas included)"):
         table.add_column(column, justify="right" if column in ("rows", "size", "partitions") else "left")
     for d in found:
         per_node = ", ".join(f"{node}: {v['rows']:,}" for node, v in sorted(d["nodes"].items()))

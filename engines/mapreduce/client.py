@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
 REQUEST_BYTES = 32 * 1024 * 1024
 READ_BATCH_ROWS = 64 * 1024
-IN_FLIGHT_DEFAULT = 2
+IN_FLIGHT_DEFAULT = 4
 BULK_TIMEOUT_S = 300.0
-POLL_INTERVAL_S = 0.2
+# Job status is a long poll: the node answers as soon as the job changes, or after this long.
+STATUS_WAIT_MS = 1_000
 WAIT_TIMEOUT_S_DEFAULT = 3600.0
 
 
@@ -182,8 +183,10 @@ class MRClient:
         body = source.encode() if isinstance(source, str) else source
         return self.client.request("POST", "/v1/mr/jobs", body=body, params=params, headers={"Content-Type": "text/x-python"}).json()
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self.client.request("GET", f"/v1/mr/jobs/{_job_id(job_id)}").json()
+    def job(self, job_id: str, *, wait_ms: int = 0) -> dict[str, Any]:
+        """The job's status; with ``wait_ms``, once it changed (progress, end) or after that long."""
+        params = {"wait_ms": wait_ms} if wait_ms else None
+        return self.client.request("GET", f"/v1/mr/jobs/{_job_id(job_id)}", params=params).json()
 
     def jobs(self) -> list[dict[str, Any]]:
         return self.client.request("GET", "/v1/mr/jobs").json()["jobs"]
@@ -198,14 +201,13 @@ class MRClient:
         """Poll the job until it ends; its final status. Raises ``JobError`` if it failed."""
         deadline = time.monotonic() + timeout_s
         while True:
-            status = JobStatus.from_json(self.job(job_id))
+            status = JobStatus.from_json(self.job(job_id, wait_ms=STATUS_WAIT_MS))
             if progress is not None:
                 progress(status)
             if status.state in FINAL_STATES:
                 break
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(f"job {job_id} did not finish within {timeout_s:g}s; `legion mr status {job_id}` follows it")
-            time.sleep(POLL_INTERVAL_S)
         if status.state != STATE_SUCCEEDED:
             error = status.error or {}
             raise JobError(

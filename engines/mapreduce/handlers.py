@@ -8,14 +8,14 @@ accepted with the cluster token.
 
 | route | does |
 |---|---|
-| ``GET /v1/mr/datasets`` | the datasets, rows and bytes per partition and node |
+| ``GET /v1/mr/datasets`` | the datasets: rows and bytes per partition, and per node over the replicas it holds |
 | ``PUT /v1/mr/datasets/{name}?key=`` | create it from an Arrow schema (``create`` to every partition) |
 | ``POST /v1/mr/datasets/{name}?key=&create=1&w=`` | ingest rows: Arrow IPC stream or NDJSON, streamed |
 | ``GET /v1/mr/datasets/{name}`` | one dataset: schema, key, rows and bytes |
 | ``DELETE /v1/mr/datasets/{name}`` | drop it (``drop`` to every partition) |
 | ``POST /v1/mr/jobs?dataset=&reducers=&into=&into_key=&timeout=`` | run the job file in the body; 202 and its id |
 | ``GET /v1/mr/jobs`` | every node's jobs, newest first |
-| ``GET /v1/mr/jobs/{job}`` | one job: state, progress, report, error (with the user's traceback) |
+| ``GET /v1/mr/jobs/{job}?wait_ms=`` | one job: state, progress, report, error (with the user's traceback); waits for a change |
 | ``GET /v1/mr/jobs/{job}/result`` | its result as an Arrow IPC stream |
 """
 
@@ -48,7 +48,7 @@ from engines.mapreduce.ingest import (
 )
 from engines.mapreduce.job_file import check_source
 from engines.mapreduce.job_service import JobRequest
-from engines.mapreduce.report import JobStatus
+from engines.mapreduce.report import FINAL_STATES, JobStatus
 from legion.engine import Cluster, HttpRequest, HttpResponse, Route, WriteItem
 from legion.errors import BadRequest, Conflict, DeadlineExceeded, LegionError, NotFound, Unavailable
 
@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 TRUE_WORDS = frozenset({"1", "true", "yes"})
 # How long one hand-over to a full pipe waits before checking that the decoder still runs.
 PUT_SLICE_S = 1.0
+# A job status request may wait this long for a change (a long poll), checking this often.
+JOB_WAIT_MS_MAX = 5_000
+JOB_WAIT_POLL_S = 0.005
 
 
 def routes(engine: MapReduceEngine) -> list[Route]:
@@ -207,24 +210,32 @@ class MapReduceApi:
         return HttpResponse.json({"dataset": name, "dropped": True})
 
     async def _dataset_stats(self, found: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
+        """Rows and bytes per partition, and per node over every replica it holds (each live node asked at once)."""
         query = {"op": "stats", "incarnation": found["incarnation"]}
-        result = await cluster.coverage(ENGINE_NAME, query, allow_partial=True)
+        view = cluster.placement()
+        held = {n: [p for p, prefs in enumerate(view.preference) if n in prefs] for n in sorted(view.live)}
+        calls = [
+            cluster.coverage(ENGINE_NAME, query, partitions=parts, prefer=dict.fromkeys(parts, n), allow_partial=True)
+            for n, parts in held.items() if parts
+        ]  # fmt: skip
         partitions: dict[str, list[int]] = {}
         nodes: dict[str, dict[str, int]] = {}
-        for reply in result.replies:
-            node = nodes.setdefault(reply.node, {"rows": 0, "bytes": 0, "files": 0, "partitions": 0})
-            for p, (rows, size, files) in reply.value.items():
-                partitions[p] = [rows, size]
-                node["rows"] += rows
-                node["bytes"] += size
-                node["files"] += files
-                node["partitions"] += 1
+        for result in await asyncio.gather(*calls):
+            for reply in result.replies:
+                node = nodes.setdefault(reply.node, {"rows": 0, "bytes": 0, "files": 0, "partitions": 0})
+                for p, (rows, size, files) in reply.value.items():
+                    partitions.setdefault(p, [rows, size])
+                    node["rows"] += rows
+                    node["bytes"] += size
+                    node["files"] += files
+                    node["partitions"] += 1
+        missing = [p for p in range(view.partitions) if str(p) not in partitions]
         return {
             "name": found["name"], "incarnation": found["incarnation"], "key": found["key"],
             "schema": arrow_rows.describe_schema(arrow_rows.schema_of(found["schema"])),
             "rows": sum(r for r, _ in partitions.values()), "bytes": sum(b for _, b in partitions.values()),
             "partitions": {p: {"rows": r, "bytes": b} for p, (r, b) in sorted(partitions.items(), key=lambda i: int(i[0]))},
-            "nodes": nodes, "partitions_missing": list(result.missing),
+            "nodes": dict(sorted(nodes.items())), "partitions_missing": missing,
         }  # fmt: skip
 
     # --- jobs -------------------------------------------------------------------------
@@ -263,7 +274,18 @@ class MapReduceApi:
         return HttpResponse.json({"jobs": ordered})
 
     async def job(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
-        return HttpResponse.json(await self._status(req.path_params["job"], cluster))
+        """One job's status; with ``?wait_ms=`` (a long poll) once it changes, ends, or the wait is over."""
+        job_id = req.path_params["job"]
+        wait_ms = min(max(req.int_param("wait_ms", 0) or 0, 0), JOB_WAIT_MS_MAX)
+        first = await self._status(job_id, cluster)
+        local = self._services().board.get(job_id)
+        deadline = time.monotonic() + wait_ms / 1000
+        while local is not None and local.state not in FINAL_STATES and time.monotonic() < deadline:
+            await asyncio.sleep(JOB_WAIT_POLL_S)
+            now = local.to_json()
+            if now["state"] != first["state"] or now["progress"] != first["progress"]:
+                break
+        return HttpResponse.json(local.to_json() if local is not None else first)
 
     async def result(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
         job_id = req.path_params["job"]
@@ -327,7 +349,7 @@ async def _put(pipe: BodyPipe, chunk: bytes | None, decoding: asyncio.Future[Any
 
 async def _ask_every_node(cluster: Cluster, query: dict[str, Any]) -> list[Any]:
     """Each live node's answer to ``query``: a coverage call over one partition each node holds."""
-    view = cluster.placement()  # type: ignore[attr-defined]
+    view = cluster.placement()
     prefer: dict[int, str] = {}
     for node in sorted(view.live):
         free = next((p for p, prefs in enumerate(view.preference) if node in prefs and p not in prefer), None)

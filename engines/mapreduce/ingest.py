@@ -263,7 +263,7 @@ class Ingester:
 
     async def _write(self, items: list[WriteItem]) -> None:
         try:
-            results = await self.cluster.write_many(ENGINE_NAME, items, w=self.w)
+            results = await self.cluster.write_many(ENGINE_NAME, items, w=self.w, refresh=True)
             for item, result in zip(items, results):
                 if isinstance(result, LegionError):
                     self._errors.append(result)

@@ -157,7 +157,7 @@ class ClusterInputs:
                 log.warning("job %s: releasing snapshots failed (they expire later): %s", self.job_id, exc)
 
     async def _placement(self) -> Any:
-        return self.cluster.placement()  # type: ignore[attr-defined]
+        return self.cluster.placement()
 
     def _call(self, coroutine: Any) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
