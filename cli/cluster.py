@@ -20,6 +20,7 @@ from rich.text import Text
 
 from legion.client import Client
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
+from legion.options import parse_options
 from legion.runtime import local_cluster
 
 app = typer.Typer(help="Start, inspect, resize and stop a cluster.", no_args_is_help=True)
@@ -27,6 +28,7 @@ console = Console()
 
 DIR_DEFAULT = Path(".legion")
 TIMEOUT_S_DEFAULT = 60.0
+ATTRIBUTE_SHOWN_CHARS_MAX = 40
 STATUS_STYLES = {"up": "green", "joining": "cyan", "leaving": "yellow", "down": "red", "removed": "dim"}
 
 DirOption = Annotated[Path, typer.Option("--dir", help="The local cluster's directory.")]
@@ -34,19 +36,28 @@ TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait
 
 
 def status_table(status: dict[str, Any]) -> Group:
-    """The status document as a rich table of members plus one summary line."""
+    """The status document as a rich table of members plus one summary line.
+
+    An ``attributes`` column appears when any member has published some;
+    long values are shortened (``--json`` shows them whole)."""
     table = Table(show_edge=False, header_style="bold")
-    for column, justify in (("id", "left"), ("url", "left"), ("status", "left"), ("primary", "right"), ("replica", "right")):
+    members = status.get("members", ())
+    with_attributes = any(member.get("attributes") for member in members)
+    columns = [("id", "left"), ("url", "left"), ("status", "left"), ("primary", "right"), ("replica", "right")]
+    for column, justify in columns + ([("attributes", "left")] if with_attributes else []):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for member in status.get("members", ()):
+    for member in members:
         state = str(member.get("status", "?"))
-        table.add_row(
+        row: list[str | Text] = [
             escape(str(member.get("id"))),
             escape(str(member.get("url"))),
             Text(state, style=STATUS_STYLES.get(state, "")),
             str(member.get("primary", "")),
             str(member.get("replica", "")),
-        )
+        ]
+        if with_attributes:
+            row.append(Text(_short_attributes(member.get("attributes") or {})))
+        table.add_row(*row)
     rebalancing = Text("rebalancing", style="yellow") if status.get("rebalancing") else Text("settled", style="green")
     summary = Text.assemble(
         f"epoch {status.get('epoch')} · claimant {status.get('claimant')} · "
@@ -54,6 +65,17 @@ def status_table(status: dict[str, Any]) -> Group:
         rebalancing,
     )
     return Group(table, summary)
+
+
+def _short_attributes(attributes: dict[str, Any]) -> str:
+    """``key=value`` pairs, one per line, each value cut to ``ATTRIBUTE_SHOWN_CHARS_MAX``."""
+    lines = []
+    for key, value in sorted(attributes.items()):
+        text = str(value)
+        if len(text) > ATTRIBUTE_SHOWN_CHARS_MAX:
+            text = text[: ATTRIBUTE_SHOWN_CHARS_MAX - 1] + "…"
+        lines.append(f"{key}={text}")
+    return "\n".join(lines)
 
 
 def _show_status(client: Client) -> None:
@@ -73,8 +95,17 @@ def up(
         bool, typer.Option("--reset", help="Delete the data of a stopped cluster in --dir first.")
     ] = False,
     timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            metavar="KEY=VALUE",
+            help="A setting for every node's engines (repeatable); kept for restarts and added nodes.",
+        ),
+    ] = None,
 ) -> None:
-    """Start a local cluster of NODES node processes on 127.0.0.1."""
+    """Start a local cluster of NODES node processes on 127.0.0.1, and the services its engines ask for."""
+    options = parse_options(option or [])
     with console.status(f"starting {nodes} nodes in {directory}…") as spinner:
         local_cluster.up(
             directory,
@@ -85,6 +116,7 @@ def up(
             timeout_s=timeout_s,
             reset=reset,
             progress=lambda message: spinner.update(escape(message) + "…"),
+            options=options,
         )
     with Client.connect(directory) as client:
         _show_status(client)

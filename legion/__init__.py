@@ -33,8 +33,12 @@ Architecture — a pure core and an I/O shell:
 - ``routing``       which replicas a write, read or coverage request goes to
 - ``write_batch``   batch writes: per-item checks, chunks bounded by count and
                     bytes, when each item of a ``write_many`` is decided
-- ``engine``        the engine contract (open/apply/read/coverage/fold) and the
+- ``engine``        the engine contract (open/apply/read/coverage/fold, services
+                    beside the node: start/stop, local_services) and the
                     entry-point registry (group ``legion.engines``)
+- ``attributes``    member attributes: small strings a node publishes about
+                    itself, merged by gossip (newest version wins)
+- ``options``       node options (``--option KEY=VALUE``) handed to engines
 - ``errors``        one typed error tree, each with its HTTP status
 - ``limits``        every bound, with units
 - ``client``        the Python client the CLI is built on
@@ -47,7 +51,11 @@ peer client), ``coordinator`` (fan-out, quorum, retries), ``log_writer`` and
 (heartbeats, state dissemination, claimant duties), ``handoff_receiver``
 (pulling partitions on rebalance and re-sync) — both built on ``rounds`` —
 ``replica_sender`` (batched replication of single writes),
-``batch_writer`` (``write_many``: chunks per replica node), ``local_cluster`` (starting real node processes locally).
+``batch_writer`` (``write_many``: chunks per replica node),
+``member_attributes`` (the attributes a node knows), ``sidecar`` (child
+processes engines run beside a node), ``local_cluster`` (starting real node
+processes locally) with ``local_services`` (processes engines ask for beside
+a local cluster) and ``local_processes`` (spawning, recognising, stopping them).
 
 Read ``docs/writing-an-engine.md`` to build an engine of your own.
 """

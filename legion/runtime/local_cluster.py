@@ -1,22 +1,25 @@
 """Local clusters: real node processes on loopback, for development, the demo and tests.
 
-Does I/O: spawns and signals processes, probes ports, reads and writes the
-cluster directory. Nothing here is needed to run a production node; it is
+Does I/O: spawns and signals processes (through ``local_processes``), probes
+ports, reads and writes the cluster directory. Nothing here is needed to run a production node; it is
 what ``legion cluster up`` and the test fixtures use to get a cluster of real
 ``legion node start`` processes on one machine.
 
 A cluster directory ``DIR`` holds::
 
-    DIR/cluster.json        {"partitions", "replicas", "nodes": [node, ...]}
+    DIR/cluster.json        {"partitions", "replicas", "options", "services", "nodes": [node, ...]}
     DIR/token               the cluster token (mode 0600)
     DIR/nodes/<id>/         one node's data directory
     DIR/nodes/<id>/node.log that node's stdout and stderr
+    DIR/services/<engine>/  the local services an engine asked for (``local_services``)
 
 where each node is ``{"id", "url", "data_dir", "pid", "log", "join", "removed"}``:
 ``pid`` is null while the node is stopped, ``join`` the seed URL it was first
 started with, ``removed`` true once it has left the cluster for good (its
-entry stays so that its id is never reused). ``legion.client.Client.connect``
-reads the same file.
+entry stays so that its id is never reused). ``options`` are what every node
+is started with (``--option KEY=VALUE``: the user's, plus what the local
+services yield), kept so that restarted and added nodes get the same.
+``legion.client.Client.connect`` reads the same file.
 
 Node processes run in their own session, so they outlive the command that
 started them and a Ctrl-C in its terminal does not reach them. Two commands
@@ -30,12 +33,10 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,23 +45,18 @@ from legion.client import CLUSTER_FILE_NAME, TOKEN_FILE_NAME, Client
 from legion.errors import ConfigError, DeadlineExceeded, NotFound, Unavailable
 from legion.keyspace import check_partition_count
 from legion.limits import REPLICAS_MAX
+from legion.options import check_options, to_argv
+from legion.runtime import local_processes as processes
+from legion.runtime import local_services
+from legion.runtime.local_processes import POLL_INTERVAL_S, is_running as _is_running
 
 HOST = "127.0.0.1"
 NODES_MAX = 64
-STOP_TIMEOUT_S = 10.0
-KILL_TIMEOUT_S = 5.0
-POLL_INTERVAL_S = 0.1
 # How often a long wait on the cluster checks that its node processes live.
 LIVENESS_CHECK_INTERVAL_S = 1.0
 CLIENT_TIMEOUT_S = 5.0
-LOG_TAIL_LINES = 20
-LOG_TAIL_BYTES_MAX = 16 * 1024
 
 Progress = Callable[[str], None]
-
-# Popen objects of the nodes this process spawned: polling them reaps the
-# children that exit, so a killed node is not mistaken for a live zombie.
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def load(directory: Path) -> dict[str, Any]:
@@ -87,14 +83,18 @@ def up(
     timeout_s: float = 60,
     reset: bool = False,
     progress: Progress | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Start a new cluster of ``nodes`` processes in ``directory``; its ``cluster.json`` once all are up.
 
     ``base_port=0`` picks free ports. ``reset=True`` deletes the data of a
     stopped cluster in ``directory`` first; without it such a directory is
-    refused. If start-up fails, the nodes already started are stopped again.
+    refused. ``options`` go to every node (``--option``); the engines' local
+    services are started first and add theirs. If start-up fails, the nodes
+    and services already started are stopped again.
     """
     directory = Path(directory).resolve()
+    user_options = check_options(options or {})
     _check_new_cluster(directory, nodes=nodes, partitions=partitions, replicas=replicas, reset=reset)
     ports = _choose_ports(nodes, base_port)
     try:
@@ -105,11 +105,17 @@ def up(
     document: dict[str, Any] = {
         "partitions": partitions,
         "replicas": replicas,
+        "options": user_options,
+        "services": [],
         "nodes": [_node_entry(directory, f"n{index + 1}", port) for index, port in enumerate(ports)],
     }
     _save(directory, document)
     deadline = time.monotonic() + timeout_s
     try:
+        document["options"] = local_services.start_all(
+            directory, document, user_options, deadline=deadline, save=lambda: _save(directory, document), progress=progress
+        )
+        _save(directory, document)
         first, rest = document["nodes"][0], document["nodes"][1:]
         _start(directory, document, first, join=None, progress=progress)
         _wait_healthy(directory, first, deadline, timeout_s)
@@ -127,12 +133,17 @@ def up(
 
 
 def down(directory: Path) -> list[str]:
-    """Stop every running node of the cluster in ``directory``; the ids of those that were running."""
+    """Stop every running node, then every local service, of the cluster in ``directory``.
+
+    Returns the ids of the nodes and services (``engine/name``) that were running."""
     directory = Path(directory).resolve()
     document = load(directory)
-    stopped = _stop(document["nodes"], kill=False)
+    stopped = processes.stop(document["nodes"], kill=False)
     for node in document["nodes"]:
         node["pid"] = None
+    _save(directory, document)
+    # After the nodes: a node may talk to its services while it shuts down.
+    stopped += local_services.stop_all(document)
     _save(directory, document)
     return stopped
 
@@ -150,6 +161,7 @@ def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | Non
     node = _node_entry(directory, node_id, _next_port(document))
     document["nodes"].append(node)
     deadline = time.monotonic() + timeout_s
+    _ensure_services(directory, document, deadline, progress)
     _start(directory, document, node, join=live[0]["url"], progress=progress)
     _wait_healthy(directory, node, deadline, timeout_s)
     _report(progress, f"waiting for {node_id} to be up and partitions to move")
@@ -180,7 +192,7 @@ def remove_node(
             return (member is None or member.get("status") == "removed") and not status.get("rebalancing")
 
         status = _wait_settled(client, others, removed, deadline, timeout_s, f"{node_id} to be removed")
-    _stop([node], kill=False)
+    processes.stop([node], kill=False)
     node["pid"] = None
     node["removed"] = True
     _save(directory, document)
@@ -202,8 +214,10 @@ def start_node(directory: Path, node_id: str, *, timeout_s: float = 60) -> dict[
     if not _port_free(port):
         raise ConfigError(f"port {port} that node {node_id} listens on is taken by another process; stop it first")
     join = _seed_url(document, node) if node.get("join") else None
+    deadline = time.monotonic() + timeout_s
+    _ensure_services(directory, document, deadline, None)
     _start(directory, document, node, join=join, progress=None)
-    _wait_healthy(directory, node, time.monotonic() + timeout_s, timeout_s)
+    _wait_healthy(directory, node, deadline, timeout_s)
     return node
 
 
@@ -212,7 +226,7 @@ def stop_node(directory: Path, node_id: str, *, kill: bool = False) -> bool:
     directory = Path(directory).resolve()
     document = load(directory)
     node = _find(document, node_id)
-    stopped = _stop([node], kill=kill)
+    stopped = processes.stop([node], kill=kill)
     node["pid"] = None
     _save(directory, document)
     return bool(stopped)
@@ -360,36 +374,6 @@ def _next_port(document: dict[str, Any]) -> int:
 # -- processes ---------------------------------------------------------------------
 
 
-def _is_running(node: dict[str, Any]) -> bool:
-    """Whether the node's recorded pid is a live (not zombie) process of *that* node.
-
-    The command line is checked against the node's data directory because a
-    pid recorded before a reboot may belong to an unrelated process by now,
-    and signalling that would be a nasty surprise.
-    """
-    pid = node.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    child = _children.get(pid)
-    if child is not None:
-        # Our own child: poll() is the truth. Its /proc command line is not — a child
-        # caught between fork and exec shows an empty or the parent's command line.
-        return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    proc = Path("/proc") / str(pid)
-    if not proc.exists():
-        return True  # no procfs (macOS): the signal probe is all we have
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        command = (proc / "cmdline").read_bytes().split(b"\0")
-    except (OSError, IndexError):
-        return False  # it exited while we looked
-    return state != "Z" and node["data_dir"].encode() in command
-
-
 def _start(
     directory: Path, document: dict[str, Any], node: dict[str, Any], *, join: str | None, progress: Progress | None
 ) -> None:
@@ -407,78 +391,20 @@ def _start(
     ]  # fmt: skip
     if join:
         argv += ["--join", join]
-    # Unbuffered, so that node.log is complete when a node dies.
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(node["log"], "ab") as log:
-        child = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=environment, start_new_session=True,
-        )  # fmt: skip
-    _children[child.pid] = child
+    argv += to_argv(document.get("options", {}))
+    child = processes.spawn(argv, log_path=Path(node["log"]))
     node["pid"] = child.pid
     node["join"] = node["join"] or join
     _save(directory, document)
     _report(progress, f"started {node['id']} (pid {child.pid}) on {node['url']}")
 
 
-def _signal(pid: int, signum: int) -> None:
-    """Signal the node's whole process group: it may have started helpers (e.g. Dask workers)."""
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        os.kill(pid, signum)
-
-
-def _stop(nodes: Sequence[dict[str, Any]], *, kill: bool) -> list[str]:
-    """Stop the running ones among ``nodes``: SIGTERM (or SIGKILL), then SIGKILL after a grace period."""
-    running = [node for node in nodes if _is_running(node)]
-    for node in running:
-        _signal(node["pid"], signal.SIGKILL if kill else signal.SIGTERM)
-    lingering = _wait_exited(running, KILL_TIMEOUT_S if kill else STOP_TIMEOUT_S)
-    for node in lingering:
-        _signal(node["pid"], signal.SIGKILL)
-    stuck = _wait_exited(lingering, KILL_TIMEOUT_S)
-    if stuck:
-        pids = ", ".join(f"{node['id']} (pid {node['pid']})" for node in stuck)
-        raise ConfigError(f"could not stop {pids} even with SIGKILL")
-    for node in running:
-        _children.pop(node["pid"], None)
-    return [node["id"] for node in running]
-
-
-def _wait_exited(nodes: Sequence[dict[str, Any]], timeout_s: float) -> list[dict[str, Any]]:
-    """Wait up to ``timeout_s`` for ``nodes`` to exit; those still running."""
-    deadline = time.monotonic() + timeout_s
-    remaining = list(nodes)
-    while remaining and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL_S)
-        remaining = [node for node in remaining if _is_running(node)]
-    return remaining
-
-
-def _exited_error(node: dict[str, Any]) -> ConfigError:
-    """The error for a node that died on us, quoting the end of its log."""
-    child = _children.get(node["pid"]) if node.get("pid") else None
-    if child is not None:
-        try:
-            # Reap it for its exit status: it may have been seen as a zombie first.
-            child.wait(timeout=KILL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-    code = f" with status {child.returncode}" if child is not None and child.returncode is not None else ""
-    try:
-        with open(node["log"], "rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_TAIL_BYTES_MAX))
-            tail = log.read().decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
-    except OSError as exc:
-        tail = [f"(cannot read the log: {exc.strerror})"]
-    quoted = "\n".join("  | " + line for line in tail) or "  | (the log is empty)"
-    return ConfigError(f"node {node['id']} exited{code}; last lines of {node['log']}:\n{quoted}")
-
-
 # -- waiting -------------------------------------------------------------------------
+
+
+def _ensure_services(directory: Path, document: dict[str, Any], deadline: float, progress: Progress | None) -> None:
+    """Start the cluster's local services again if they are not running (the cluster was down)."""
+    local_services.ensure_running(document, deadline=deadline, save=lambda: _save(directory, document), progress=progress)
 
 
 def _client(directory: Path, nodes: Sequence[dict[str, Any]]) -> Client:
@@ -491,7 +417,7 @@ def _wait_healthy(directory: Path, node: dict[str, Any], deadline: float, timeou
     with _client(directory, [node]) as client:
         while True:
             if not _is_running(node):
-                raise _exited_error(node)
+                raise processes.exited_error(node, f"node {node['id']}")
             try:
                 client.health()
                 return
@@ -516,7 +442,7 @@ def _wait_settled(
     while True:
         for node in watched:
             if not _is_running(node):
-                raise _exited_error(node)
+                raise processes.exited_error(node, f"node {node['id']}")
         remaining = max(0.0, deadline - time.monotonic())
         try:
             return client.wait_for(predicate, timeout_s=min(remaining, LIVENESS_CHECK_INTERVAL_S))

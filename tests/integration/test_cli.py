@@ -59,6 +59,8 @@ def test_status_json_shows_three_settled_members(legion_cli, workdir: Path) -> N
     assert {member["status"] for member in status["members"]} == {"up"}
     assert (status["partitions"], status["replicas"], status["rebalancing"]) == (64, 3, False)
     assert len(status["placement"]) == 64
+    # The bundled engines publish no attributes; the field is there all the same.
+    assert all(member["attributes"] == {} for member in status["members"])
 
 
 def test_status_table_names_members_and_the_claimant(legion_cli, workdir: Path) -> None:
@@ -118,6 +120,8 @@ def test_kv_import_then_list(legion_cli, workdir: Path) -> None:
         (["cluster", "start-node", "n1", "--dir", ".legion"], "already running"),
         (["cluster", "remove-node", "n9", "--dir", ".legion"], "no node 'n9'"),
         (["node", "start", "--data-dir", "d", "--listen", "nonsense"], "--listen must be HOST:PORT"),
+        (["node", "start", "--data-dir", "d", "--option", "mapreduce.scheduler"], "--option must be KEY=VALUE"),
+        (["cluster", "up", "--dir", "other", "--base-port", "0", "--option", "oops"], "--option must be KEY=VALUE"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_1(legion_cli, workdir: Path, args: list[str], expected: str) -> None:

@@ -12,23 +12,36 @@ and hand its partitions to a new node — with no change to ``legion/``.
 The engine defers durability to ``flush`` (``durable_on_apply = False``), so the
 same cluster also shows the translog model: a write acknowledged before any
 flush survives ``kill -9`` of every replica, replayed from the operation log.
+
+It also runs services the way the map/reduce engine runs Dask: a local
+service (a "beacon" that ``local_cluster.up`` starts beside the nodes, and
+whose option reaches every node), a sidecar process per node (which dies with
+its node, even on ``kill -9``), member attributes published through gossip
+(visible on every node, published again by a restarted node), and a route
+that answers with ``Cluster.placement()``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import textwrap
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from legion.client import Client
 from legion.errors import NotFound, Unavailable
-from legion.runtime import local_cluster
+from legion.runtime import local_cluster, local_processes
+from tests.legion.runtime.test_sidecar import is_alive, wait_until
 
 ENGINE_SOURCE = '''
 """A counter per key: every 'add' operation is a uniquely named increment, so applying is
@@ -40,14 +53,19 @@ in flush. What is not flushed yet is in the core's operation log, which the core
 into apply after a crash."""
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
-from legion.engine import Engine, HttpResponse, Route, WriteItem, WriteResult, current_request_id
+from legion.engine import Engine, HttpResponse, LocalService, Route, WriteItem, WriteResult, current_request_id
 from legion.errors import BadRequest, NotFound
 from legion.replication import Operation
+from legion.runtime.sidecar import Sidecar
 
 FILE_NAME = "counter.json"
+SLEEP = "import time; time.sleep(600)"
+# The beacon: says it is ready by writing its file, then stays up until stopped.
+BEACON = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).write_text('lit'); time.sleep(600)"
 
 
 async def add(req, cluster):
@@ -96,6 +114,19 @@ async def everything(req, cluster):
         "partitions": len(result.served_by),
         "served_by": sorted(set(result.served_by.values())),
         "request_ids": sorted(traced),
+    })
+
+
+async def placement(req, cluster):
+    view = cluster.placement()
+    return HttpResponse.json({
+        "partitions": view.partitions,
+        "preference": [list(nodes) for nodes in view.preference],
+        "live": sorted(view.live),
+        "attributes": view.attributes,
+        "urls": view.urls,
+        "epoch": view.epoch,
+        "live_replicas": [list(view.live_replicas(p)) for p in range(view.partitions)],
     })
 
 
@@ -157,8 +188,33 @@ class CounterEngine(Engine):
             hlc, origin = inc.split(":", 1)
             yield Operation("counter", partition, key, int(hlc), origin, "add", json.dumps([amount]).encode())
 
+    def start(self, node):
+        self.sidecar = Sidecar("sleeper", [sys.executable, "-c", SLEEP], log_path=node.root / "sleeper.log")
+        self.sidecar.start()
+        node.publish({
+            "counter.sidecar": str(self.sidecar.pid),
+            "counter.beacon": node.options.get("counter.beacon", "unset"),
+        })
+
+    def stop(self):
+        if getattr(self, "sidecar", None) is not None:
+            self.sidecar.stop()
+
+    @classmethod
+    def local_services(cls, directory, options):
+        if "counter.beacon" in options:
+            return []  # the user named a beacon already: start none
+        ready = directory / "beacon.ready"
+        return [LocalService(
+            "beacon",
+            [sys.executable, "-c", BEACON, str(ready)],
+            ready_file=ready,
+            options_to_nodes={"counter.beacon": "lit by the local service"},
+        )]
+
     def routes(self):
         return [
+            Route("GET", "/v1/counter/_/placement", placement),
             Route("POST", "/v1/counter/{key}", add),
             Route("GET", "/v1/counter/{key}", total),
             Route("POST", "/v1/counter", add_many),
@@ -180,6 +236,8 @@ def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         counter = counter_engine:CounterEngine
         """))
     monkeypatch.setenv("PYTHONPATH", str(site))
+    # This process finds it too: local_cluster.up asks every engine for its local services.
+    monkeypatch.syspath_prepend(str(site))
     return site
 
 
@@ -276,3 +334,107 @@ def wait_until_listenable(url: str, timeout_s: float = 30.0) -> None:
                 if time.monotonic() > deadline:
                     raise
         time.sleep(0.1)
+
+
+ATTRIBUTES_TIMEOUT_S = 15.0
+Attributes = dict[str, dict[str, str]]
+
+
+def attributes_everywhere(
+    nodes: Sequence[dict[str, Any]], token: str, wanted: Callable[[Attributes], bool]
+) -> Attributes:
+    """Poll every node's ``/v1/cluster`` until all show the same members' attributes, and ``wanted`` holds."""
+    deadline = time.monotonic() + ATTRIBUTES_TIMEOUT_S
+    while True:
+        seen: list[Attributes | None] = []
+        for node in nodes:
+            try:
+                with Client([node["url"]], token, timeout_s=2) as client:
+                    seen.append({m["id"]: m["attributes"] for m in client.status()["members"]})
+            except Unavailable:
+                seen.append(None)
+        first = seen[0]
+        if first is not None and wanted(first) and all(other == first for other in seen):
+            return first
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nodes did not agree on the wanted attributes in {ATTRIBUTES_TIMEOUT_S:g}s: {seen}")
+        time.sleep(0.2)
+
+
+def test_services_attributes_sidecars_and_placement_beside_real_nodes(plugin_path: Path, tmp_path: Path):
+    directory = tmp_path / "cluster"
+    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0)
+    token = (directory / "token").read_text().strip()
+    document = local_cluster.load(directory)
+    nodes = document["nodes"]
+    [beacon] = document["services"]
+    sidecars: dict[str, int] = {}
+    try:
+        # The local service runs, and the option it yields reached every node's engine.
+        assert beacon["id"] == "counter/beacon" and local_processes.is_running(beacon)
+        assert document["options"] == {"counter.beacon": "lit by the local service"}
+        seen = attributes_everywhere(
+            nodes,
+            token,
+            lambda found: set(found) == {"n1", "n2", "n3"}
+            and all(a.get("counter.beacon") == "lit by the local service" and a.get("counter.sidecar") for a in found.values()),
+        )
+        sidecars = {node_id: int(found["counter.sidecar"]) for node_id, found in seen.items()}
+        for node in nodes:
+            # Each node's sidecar runs in that node's process group (the node leads its own).
+            assert is_alive(sidecars[node["id"]]) and os.getpgid(sidecars[node["id"]]) == node["pid"]
+
+        with Client([nodes[0]["url"]], token) as n1:
+            view = n1.request("GET", "/v1/counter/_/placement").json()
+            status = n1.status()
+        assert (view["partitions"], view["epoch"]) == (16, status["epoch"])
+        assert view["preference"] == status["placement"] == view["live_replicas"]
+        assert view["live"] == ["n1", "n2", "n3"]
+        assert view["attributes"] == seen
+        assert view["urls"] == {node["id"]: node["url"] for node in nodes}
+
+        # kill -9 of n2's process alone, not its group: only the kernel can take its sidecar down.
+        n2 = nodes[1]
+        os.kill(n2["pid"], signal.SIGKILL)
+        wait_until(lambda: not is_alive(sidecars["n2"]), "n2's sidecar to die with n2")
+        local_cluster.stop_node(directory, "n2", kill=True)  # reaps it and records it stopped
+        wait_until_listenable(n2["url"])
+        local_cluster.start_node(directory, "n2")
+        # Restarted, n2 publishes again (its new sidecar), and every node comes to see it.
+        seen = attributes_everywhere(
+            nodes, token, lambda found: found["n2"].get("counter.sidecar") not in (None, str(sidecars["n2"]))
+        )
+        sidecars["n2 restarted"] = int(seen["n2"]["counter.sidecar"])
+        assert is_alive(sidecars["n2 restarted"])
+    finally:
+        local_cluster.down(directory)
+    assert not local_processes.is_running(beacon)
+    wait_until(lambda: not any(is_alive(pid) for pid in sidecars.values()), "every sidecar to stop with its node")
+
+
+def test_an_option_given_to_up_replaces_the_local_service_and_a_restarted_node_keeps_it(
+    plugin_path: Path, tmp_path: Path
+):
+    directory = tmp_path / "cluster"
+    local_cluster.up(directory, nodes=1, partitions=8, replicas=1, base_port=0, options={"counter.beacon": "the user's"})
+    try:
+        document = local_cluster.load(directory)
+        assert document["services"] == [] and document["options"] == {"counter.beacon": "the user's"}
+        local_cluster.stop_node(directory, "n1")
+        local_cluster.start_node(directory, "n1")
+        token = (directory / "token").read_text().strip()
+        attributes_everywhere(document["nodes"], token, lambda found: found["n1"].get("counter.beacon") == "the user's")
+        # The CLI, as a user runs it: the status JSON carries the attributes, the table shows them.
+        environment = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+        status = subprocess.run(
+            [sys.executable, "-m", "cli", "cluster", "status", "--json", "--dir", str(directory)],
+            capture_output=True, text=True, timeout=60, env=environment, check=True,
+        )  # fmt: skip
+        assert json.loads(status.stdout)["members"][0]["attributes"]["counter.beacon"] == "the user's"
+        table = subprocess.run(
+            [sys.executable, "-m", "cli", "cluster", "status", "--dir", str(directory)],
+            capture_output=True, text=True, timeout=60, env=environment, check=True,
+        )  # fmt: skip
+        assert "attributes" in table.stdout and "counter.beacon=the user's" in table.stdout
+    finally:
+        local_cluster.down(directory)
