@@ -47,6 +47,7 @@ from engines.mapreduce.ingest import (
     read_tables,
 )
 from engines.mapreduce.job_file import check_source
+from engines.mapreduce.job_runner import JOB_TIMEOUT_S_DEFAULT
 from engines.mapreduce.job_service import JobRequest
 from engines.mapreduce.report import FINAL_STATES, JobStatus
 from legion.engine import Cluster, HttpRequest, HttpResponse, Route, WriteItem
@@ -257,7 +258,7 @@ class MapReduceApi:
         timeout = req.int_param("timeout")
         request = JobRequest(
             source, name, found["incarnation"], reducers, into, req.query.get("into_key", ""),
-            float(timeout) if timeout and timeout > 0 else JobRequest.timeout_s,
+            float(timeout) if timeout and timeout > 0 else JOB_TIMEOUT_S_DEFAULT,
         )  # fmt: skip
         services = self._services()
         status = services.submit(cluster, asyncio.get_running_loop(), new_id(), request)

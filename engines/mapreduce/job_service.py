@@ -223,6 +223,10 @@ class JobService:
             status.report = runner.report if runner is not None else status.report
             status.error = {"code": exc.code, "stage": status.progress.stage, "message": exc.message, "traceback": ""}
             status.state = STATE_FAILED
+        except Exception as exc:  # a bug of ours in a background thread: the job must end as failed, not hang "running"
+            log.exception("job %s failed inside Legion", status.job_id)
+            status.error = {"code": "internal", "stage": status.progress.stage, "message": f"{type(exc).__name__}: {exc}", "traceback": ""}
+            status.state = STATE_FAILED
         finally:
             status.finished_ms = int(time.time() * 1000)
             try:

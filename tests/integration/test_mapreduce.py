@@ -8,7 +8,11 @@ against DuckDB on the same Parquet file and against ``collections.Counter``.
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
+from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,7 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from engines.mapreduce.client import MRClient
-from engines.mapreduce.testing import lineitem_parquet
+from engines.mapreduce.examples import path as example
+from engines.mapreduce.examples import source
+from engines.mapreduce.testing import lineitem_parquet, q1_differences, q1_reference, q6_reference, word_lines
 from legion.client import Client
 from legion.errors import BadRequest, Conflict, NotFound
 from legion.runtime import local_cluster
@@ -73,3 +79,101 @@ def test_ingest_spreads_rows_over_every_partition_and_replica_and_drop_removes_t
     with pytest.raises(NotFound):
         mr.dataset("lineitem")
     assert [d["name"] for d in mr.datasets()] == ["users"]
+
+
+def wait_for_workers(mr: MRClient, directory: Path, nodes: int) -> None:
+    """Until every node publishes its Dask worker's resource (a node's worker starts after the node)."""
+    with Client.connect(directory) as client:
+        client.wait_for(
+            lambda s: sum(bool((m.get("attributes") or {}).get("mr.resource")) for m in s["members"]) >= nodes,
+            timeout_s=CLUSTER_START_TIMEOUT_S,
+        )
+
+
+def test_tpch_q1_q6_and_word_count_equal_the_references_all_map_tasks_local_also_after_a_fourth_node_joins(
+    cluster_of, lineitem, legion_cli, tmp_path
+):
+    directory, mr = cluster_of()
+    wait_for_workers(mr, directory, 3)
+    assert mr.ingest("lineitem", [lineitem]).rows == pq.ParquetFile(lineitem).metadata.num_rows
+    lines = word_lines(2_000)
+    text = tmp_path / "lines.jsonl"
+    text.write_text("".join(json.dumps({"line": line}) + "\n" for line in lines))
+    assert legion_cli("mr", "ingest", "text", str(text), "--cluster", str(directory)).returncode == 0
+
+    run = legion_cli("mr", "run", str(example("tpch_q1")), "--dataset", "lineitem", "--json", "--cluster", str(directory))
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    assert [(r["l_returnflag"], r["l_linestatus"], r["count_order"]) for r in answer["rows"]] == [
+        (r["l_returnflag"], r["l_linestatus"], r["count_order"]) for r in q1_reference(lineitem)
+    ]
+    assert [Decimal(r["sum_charge"]) for r in answer["rows"]] == [r["sum_charge"] for r in q1_reference(lineitem)]
+    report = answer["report"]
+    assert report["data_local_percent"] == 100.0 and report["retries"] == 0 and sorted(report["nodes"]) == ["n1", "n2", "n3"]
+    assert report["rows_in"] == pq.ParquetFile(lineitem).metadata.num_rows and report["partitions"] == 16
+
+    status, q6 = mr.run(source("tpch_q6"), "lineitem")
+    assert q6["revenue"].to_pylist() == [Decimal(str(q6_reference(lineitem)[0]["revenue"]))]
+    _status, counted = mr.run(source("word_count"), "text", reducers=3)
+    assert dict(zip(counted["key"].to_pylist(), counted["value"].to_pylist())) == Counter(w for line in lines for w in line.lower().split())
+
+    # Jobs chain: a map-only job stores its result as a dataset, and the next job reads it.
+    keep_late = "import pyarrow.compute as pc\ndef map(part):\n    return part.filter(pc.equal(part['l_linestatus'], 'F'))\n"
+    stored, _ = mr.run(keep_late, "lineitem", into="finished")
+    assert stored.result_rows == mr.dataset("finished")["rows"] > 0
+    _status, q1_on_f = mr.run(source("tpch_q1"), "finished")
+    assert set(q1_on_f["l_linestatus"].to_pylist()) == {"F"}
+
+    local_cluster.add_node(directory, timeout_s=120)
+    wait_for_workers(mr, directory, 4)
+    status, q1_after = mr.run(source("tpch_q1"), "lineitem")
+    assert q1_differences(q1_after, q1_reference(lineitem)) == []
+    assert status.report.data_local_percent == 100.0 and "n4" in status.report.nodes
+    jobs = legion_cli("mr", "jobs", "--json", "--cluster", str(directory))
+    assert len(json.loads(jobs.stdout)) >= 6
+
+
+def test_a_node_killed_mid_job_does_not_stop_the_job_nor_change_its_answer(cluster_of, lineitem):
+    directory, mr = cluster_of()
+    wait_for_workers(mr, directory, 3)
+    mr.ingest("lineitem", [lineitem])
+    slow_q1 = source("tpch_q1").replace("def map(part):\n", "def map(part):\n    __import__('time').sleep(0.25)\n")
+    submitted = mr.submit(slow_q1, "lineitem")  # 16 partitions, ~5 per task: each map task runs for over a second
+    deadline = time.monotonic() + 30
+    while mr.job(submitted["job_id"])["progress"]["map_total"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim = "n2" if submitted["node"] != "n2" else "n3"
+    local_cluster.stop_node(directory, victim, kill=True)
+    status = mr.wait(submitted["job_id"], timeout_s=120)
+    assert q1_differences(mr.result(status.job_id), q1_reference(lineitem)) == []
+    assert status.report.retries >= 1 and victim not in status.report.nodes
+    assert status.report.data_local_percent == 100.0
+
+
+def test_a_raising_job_returns_the_user_s_traceback_the_cluster_stays_healthy_and_no_token_means_401(
+    cluster_of, lineitem, legion_cli, tmp_path
+):
+    directory, mr = cluster_of()
+    wait_for_workers(mr, directory, 3)
+    mr.ingest("lineitem", [lineitem])
+    bad = tmp_path / "bad.py"
+    bad.write_text("def map(part):\n    return helper(part)\n\ndef helper(part):\n    raise RuntimeError('the user broke it')\n")
+    failed = legion_cli("mr", "run", str(bad), "--dataset", "lineitem", "--cluster", str(directory))
+    assert failed.returncode == 1
+    assert "raise RuntimeError('the user broke it')" in failed.stderr and "return helper(part)" in failed.stderr
+    assert "failed in map: RuntimeError: the user broke it" in failed.stderr
+    _status, q1 = mr.run(source("tpch_q1"), "lineitem")  # the workers and nodes carry on
+    assert q1_differences(q1, q1_reference(lineitem)) == []
+
+    marker = tmp_path / "ran"
+    planted = f"open({str(marker)!r}, 'w').write('ran')\ndef map(part):\n    return part\n"
+    node = local_cluster.load(directory)["nodes"][0]
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        connection = http.client.HTTPConnection(node["url"].removeprefix("http://"), timeout=10)
+        connection.request("POST", "/v1/mr/jobs?dataset=lineitem", body=planted.encode(), headers=headers)
+        assert connection.getresponse().status == 401
+        connection.close()
+    time.sleep(1.0)
+    assert not marker.exists()
+    assert all(job["dataset"] == "lineitem" and "ran" not in str(job) for job in mr.jobs())
+    assert len(mr.jobs()) == 2
