@@ -94,12 +94,14 @@ class DaskSession:
     def embedded(cls, *, threads: int | None = None) -> DaskSession:
         """An in-process cluster (one worker, ``threads`` threads; default one per core), for runs without Legion.
 
-        In-process transport: it opens no network port at all."""
+        In-process transport between client, scheduler and worker; their HTTP servers on 127.0.0.1 only."""
         from distributed import Client, LocalCluster
 
         threads = threads or os.cpu_count() or 1
         cluster = LocalCluster(
-            n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None,
+            n_workers=1, threads_per_worker=threads, processes=False,
+            # Its HTTP servers (health, metrics) would listen on every interface otherwise.
+            dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
             silence_logs=logging.ERROR,  # a cancelled task at shutdown is not news to the user
         )
         return cls(Client(cluster, set_as_default=False), cluster)
@@ -173,6 +175,8 @@ def worker_command(
         "--nthreads", str(threads),
         "--no-nanny",
         "--no-dashboard",
+        # Without a dashboard a worker still serves HTTP (health, metrics), on every interface unless told.
+        "--dashboard-address", f"{host}:0",
         "--resources", f"{resource_name(node_id)}={RESOURCE_UNITS}",
         "--local-directory", local_directory,
         "--memory-limit", "0",
@@ -189,8 +193,9 @@ def worker_environment(node_id: str) -> dict[str, str]:
 def scheduler_command(*, host: str = "127.0.0.1", port: int = 0, dashboard: bool = False) -> list[str]:
     """The argv of the cluster's Dask scheduler, on ``host`` (loopback unless configured)."""
     argv = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host, "--port", str(port)]
-    argv += ["--dashboard-address", f"{host}:0"] if dashboard else ["--no-dashboard"]
-    return argv
+    # The scheduler serves HTTP (health, metrics, the dashboard if asked) on every interface unless told.
+    argv += ["--dashboard-address", f"{host}:0"]
+    return argv + ([] if dashboard else ["--no-dashboard"])
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -177,3 +178,10 @@ def test_a_raising_job_returns_the_user_s_traceback_the_cluster_stays_healthy_an
     assert not marker.exists()
     assert all(job["dataset"] == "lineitem" and "ran" not in str(job) for job in mr.jobs())
     assert len(mr.jobs()) == 2
+
+    # The Dask scheduler and every worker listen on loopback only (their HTTP servers too).
+    document = local_cluster.load(directory)
+    dask_pids = [service["pid"] for service in document["services"] if service["engine"] == "mr"]
+    dask_pids += [child.pid for node in document["nodes"] for child in psutil.Process(node["pid"]).children()]
+    listening = [c.laddr.ip for pid in dask_pids for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    assert len(dask_pids) == 4 and listening and set(listening) == {"127.0.0.1"}
