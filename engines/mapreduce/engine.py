@@ -39,6 +39,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ log = logging.getLogger(__name__)
 OPTION_SCHEDULER = "mr.scheduler"
 OPTION_WORKER_THREADS = "mr.worker-threads"
 OPTION_WORKER_HOST = "mr.worker-host"
+SNAPSHOT_SWEEP_INTERVAL_S = 600
 
 
 class MapReduceEngine(Engine):
@@ -101,6 +103,7 @@ class MapReduceEngine(Engine):
         self._catalog = Catalog()
         self.services: Any = None  # the node's JobService once ``start`` ran (job_service)
         self._worker: Sidecar | None = None
+        self._swept_at = time.monotonic()
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -218,6 +221,9 @@ class MapReduceEngine(Engine):
             files = self._held.get(p)
             if files is not None:
                 files.sync()
+        if time.monotonic() - self._swept_at > SNAPSHOT_SWEEP_INTERVAL_S:
+            self._swept_at = time.monotonic()
+            sweep_snapshots(self.root)  # snapshots of jobs whose node died before releasing them
 
     # --- reads (worker threads) -------------------------------------------------------
 

@@ -134,7 +134,8 @@ class JobRunner:
                 result = self._reduce_and_finalize(maps, reducers, map_only)
                 break
             except _NodesLost as lost:
-                maps = self._stage("map", lambda: self._rerun(maps, lost.nodes, reducers))
+                dead, kept = lost.nodes, maps
+                maps = self._stage("map", lambda: self._rerun(kept, dead, reducers))
         else:
             raise Unavailable(f"job {self.job_id}: nodes kept dying; gave up after {RETRIES_MAX} retries")
         table = result.output

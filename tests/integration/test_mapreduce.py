@@ -163,6 +163,9 @@ def test_a_raising_job_returns_the_user_s_traceback_the_cluster_stays_healthy_an
     assert failed.returncode == 1
     assert "raise RuntimeError('the user broke it')" in failed.stderr and "return helper(part)" in failed.stderr
     assert "failed in map: RuntimeError: the user broke it" in failed.stderr
+    job_id = failed.stderr.split("error: job ", 1)[1].split()[0]
+    shown = legion_cli("mr", "status", job_id, "--cluster", str(directory))
+    assert shown.returncode == 0 and "failed" in shown.stdout and "raise RuntimeError('the user broke it')" in shown.stdout
     _status, q1 = mr.run(source("tpch_q1"), "lineitem")  # the workers and nodes carry on
     assert q1_differences(q1, q1_reference(lineitem)) == []
 
