@@ -207,9 +207,9 @@ STEPS: list[tuple[str, Step]] = [
 
 
 def _engine_steps() -> list[tuple[str, Step]]:
-    from cli import demo_search
+    from cli import demo_mapreduce, demo_search
 
-    return list(demo_search.STEPS)
+    return list(demo_search.STEPS) + list(demo_mapreduce.STEPS)
 
 
 STEPS += _engine_steps()
@@ -235,6 +235,8 @@ def epilogue(tour: Tour) -> None:
         f"  {legion} kv put greeting 'hello, world'\n"
         f"  {legion} search query pydocs 'binary search' --limit 5\n"
         f"  {legion} search stats pydocs\n"
+        f"  {legion} mr datasets\n"
+        f"  {legion} mr run engines/mapreduce/examples/tpch_q6.py --dataset lineitem\n"
         f"  {legion} cluster add-node        # watch partitions move\n"
         f"  {legion} cluster down            # stop it; its data stays until `cluster up --reset`",
         soft_wrap=True,

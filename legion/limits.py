@@ -30,6 +30,9 @@ GOSSIP_INTERVAL_MS = 500
 GOSSIP_FANOUT = 2
 
 HANDOFF_BATCH_OPS_MAX = 2_000
+# A fold batch is also cut by size: an engine's operations may be megabytes each
+# (map/reduce batches), and the receiver buffers one batch (at most PEER_BODY_BYTES_MAX).
+HANDOFF_BATCH_BYTES_MAX = 16 * 1024 * 1024
 HANDOFF_RETRY_INTERVAL_MS = 500
 
 WRITE_QUEUE_OPS_MAX = 10_000
@@ -99,6 +102,7 @@ assert PEER_CONNECT_TIMEOUT_MS < REQUEST_DEADLINE_MS
 assert WRITE_BATCH_OPS_MAX <= WRITE_QUEUE_OPS_MAX
 assert KEY_BYTES_MAX + OP_BODY_BYTES_MAX < PEER_BATCH_BYTES_MAX <= PEER_BODY_BYTES_MAX
 assert PEER_BATCH_OPS_MAX <= WRITE_QUEUE_OPS_MAX
+assert KEY_BYTES_MAX + OP_BODY_BYTES_MAX < HANDOFF_BATCH_BYTES_MAX < PEER_BODY_BYTES_MAX
 assert 0 < FLUSH_INTERVAL_MS < REQUEST_DEADLINE_MS
 assert 0 < REAPPLY_BACKOFF_MS_MIN <= REAPPLY_BACKOFF_MS_MAX
 # A pass deletes at least what one group commit logs, so compaction keeps up with the write path.

@@ -32,7 +32,7 @@ from legion import attributes
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
 from legion.errors import BadRequest, Unavailable
-from legion.limits import HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
+from legion.limits import HANDOFF_BATCH_BYTES_MAX, HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
 from legion.replication import decode_ops, encode_apply_reply, unpack
 from legion.runtime.node import Node, _Forward, check_node_id
 from legion.runtime.transport import read_body, read_chunks, read_json
@@ -233,11 +233,13 @@ class _Api:
 
         def produce() -> None:
             batch: list[Any] = []
+            size = 0
             for op in impl.fold(partition):
                 batch.append(op.to_wire())
-                if len(batch) >= HANDOFF_BATCH_OPS_MAX:
+                size += len(op.body) + len(op.key)
+                if len(batch) >= HANDOFF_BATCH_OPS_MAX or size >= HANDOFF_BATCH_BYTES_MAX:
                     put(msgpack.packb(batch, use_bin_type=True))
-                    batch = []
+                    batch, size = [], 0
             if batch:
                 put(msgpack.packb(batch, use_bin_type=True))
             put(None)
