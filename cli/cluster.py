@@ -20,6 +20,7 @@ from rich.text import Text
 
 from legion.client import Client
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
+from cli.engine_options import DaskSchedulerOption, with_dask_scheduler
 from legion.options import parse_options
 from legion.runtime import local_cluster
 
@@ -103,9 +104,10 @@ def up(
             help="A setting for every node's engines (repeatable); kept for restarts and added nodes.",
         ),
     ] = None,
+    dask_scheduler: DaskSchedulerOption = None,
 ) -> None:
     """Start a local cluster of NODES node processes on 127.0.0.1, and the services its engines ask for."""
-    options = parse_options(option or [])
+    options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
     with console.status(f"starting {nodes} nodes in {directory}…") as spinner:
         local_cluster.up(
             directory,

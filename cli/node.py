@@ -15,6 +15,7 @@ import typer
 from legion.errors import ConfigError
 from legion.keyspace import check_partition_count
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
+from cli.engine_options import DaskSchedulerOption, with_dask_scheduler
 from legion.options import parse_options
 
 app = typer.Typer(help="Run a single node (what `legion cluster up` starts for you).", no_args_is_help=True)
@@ -49,13 +50,14 @@ def start(
     replicas: Annotated[int, typer.Option("--replicas", help="Replicas of each partition.")] = REPLICAS_DEFAULT,
     option: Annotated[
         list[str] | None,
-        typer.Option("--option", metavar="KEY=VALUE", help="A setting for the engines (repeatable), e.g. mapreduce.scheduler=tcp://HOST:PORT."),
+        typer.Option("--option", metavar="KEY=VALUE", help="A setting for the engines (repeatable), e.g. mr.scheduler=tcp://HOST:PORT."),
     ] = None,
+    dask_scheduler: DaskSchedulerOption = None,
 ) -> None:
     """Start a node and serve until SIGTERM or Ctrl-C."""
     host, port = parse_listen(listen)
     check_partition_count(partitions)
-    options = parse_options(option or [])
+    options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
     # Imported here: the runtime pulls in aiohttp and every engine, which
     # the other commands do not need.
     from legion.runtime.node import NodeConfig, run

@@ -83,7 +83,7 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    a node: ``legion cluster up`` asks it, before starting any node, for
    processes to run beside a *local* cluster (a Dask scheduler); see
    ``LocalService``. Return nothing when ``options`` already name an
-   existing service (``--option mapreduce.scheduler=tcp://…``).
+   existing service (``--option mr.scheduler=tcp://…``).
 
 Tracing: ``current_request_id()`` is the id of the client request being
 served — in handlers, and in the ``read``/``coverage``/``coverage_many``

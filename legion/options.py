@@ -1,6 +1,6 @@
 """Node options: ``KEY=VALUE`` settings an operator hands to every engine of a node.
 
-Pure. ``legion node start --option mapreduce.scheduler=tcp://10.0.0.5:8786``
+Pure. ``legion node start --option mr.scheduler=tcp://10.0.0.5:8786``
 (repeatable) gives each engine's ``start`` the options as
 ``NodeInfo.options``; ``legion cluster up --option …`` passes the same
 options to every node it starts, plus those its local services yield (see
@@ -28,7 +28,7 @@ def parse_option(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` as a key and a value; ConfigError naming the problem if it is not."""
     key, separator, value = text.partition("=")
     if not separator:
-        raise ConfigError(f"{FLAG} must be KEY=VALUE, e.g. {FLAG} mapreduce.scheduler=tcp://127.0.0.1:8786; got {text!r}")
+        raise ConfigError(f"{FLAG} must be KEY=VALUE, e.g. {FLAG} mr.scheduler=tcp://127.0.0.1:8786; got {text!r}")
     check_option(key, value)
     return key, value
 

@@ -2,7 +2,7 @@
 
 I/O (processes, files, a TCP probe). A map/reduce engine needs one Dask
 scheduler per cluster; in production the operator runs it and passes its
-address to every node (``--option mapreduce.scheduler=tcp://…``), but a local
+address to every node (``--option mr.scheduler=tcp://…``), but a local
 cluster should just work. So before starting any node, ``legion cluster up``
 asks every installed engine's ``Engine.local_services(directory, options)``
 for ``LocalService``s, starts each, waits (bounded) until it is ready, and

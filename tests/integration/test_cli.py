@@ -208,3 +208,12 @@ def test_a_node_that_dies_at_start_up_is_reported_with_its_log(
     assert "node n1 exited with status 3" in caught.value.message
     assert "boom: the data directory is corrupt" in caught.value.message
     assert all(node["pid"] is None for node in local_cluster.load(directory)["nodes"])
+
+
+def test_dask_scheduler_is_the_map_reduce_engine_option_and_two_addresses_are_refused(legion_cli, tmp_path) -> None:
+    result = legion_cli(
+        "cluster", "up", "--dir", str(tmp_path / "c"), "--base-port", "0",
+        "--dask-scheduler", "tcp://127.0.0.1:1", "--option", "mr.scheduler=tcp://127.0.0.1:2",
+    )  # fmt: skip
+    assert_one_error_line(result, "disagree")
+    assert not (tmp_path / "c" / "cluster.json").exists()

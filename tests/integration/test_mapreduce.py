@@ -188,3 +188,38 @@ def test_a_raising_job_returns_the_user_s_traceback_the_cluster_stays_healthy_an
     dask_pids += [child.pid for node in document["nodes"] for child in psutil.Process(node["pid"]).children()]
     listening = [c.laddr.ip for pid in dask_pids for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
     assert len(dask_pids) == 4 and listening and set(listening) == {"127.0.0.1"}
+
+
+def test_dask_scheduler_runs_jobs_on_an_existing_dask_deployment(legion_cli, tmp_path):
+    """``legion cluster up --dask-scheduler ADDRESS`` starts no scheduler of its own; the nodes' workers join that one."""
+    import socket
+    import subprocess
+
+    from engines.mapreduce.dask_adapter import scheduler_command
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scheduler = subprocess.Popen(scheduler_command(port=port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"tcp://127.0.0.1:{port}"
+    directory = tmp_path / "cluster"
+    try:
+        up = legion_cli("cluster", "up", "--dir", str(directory), "--base-port", "0", "--dask-scheduler", address)
+        assert up.returncode == 0, up.stderr
+        assert not local_cluster.load(directory).get("services")  # no scheduler of its own
+        with Client.connect(directory) as client:
+            status = client.wait_for(
+                lambda s: all((m.get("attributes") or {}).get("mr.resource") for m in s["members"]), timeout_s=CLUSTER_START_TIMEOUT_S
+            )
+            assert {m["attributes"]["mr.scheduler"] for m in status["members"]} == {address}
+            mr = MRClient(client)
+            lines = word_lines(200)
+            text = tmp_path / "lines.jsonl"
+            text.write_text("".join(json.dumps({"line": line}) + "\n" for line in lines))
+            assert legion_cli("mr", "ingest", "text", str(text), "--cluster", str(directory)).returncode == 0
+            _status, counted = mr.run(source("word_count"), "text")
+        assert dict(zip(counted["key"].to_pylist(), counted["value"].to_pylist())) == Counter(w for line in lines for w in line.lower().split())
+    finally:
+        local_cluster.down(directory)
+        scheduler.terminate()
+        scheduler.wait(timeout=30)
