@@ -86,7 +86,7 @@ def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
     builder.add_text_field(ID, stored=True, tokenizer_name="raw")
     builder.add_unsigned_field(PARTITION, stored=True, indexed=True, fast=True)
     builder.add_unsigned_field(DELETED, indexed=True, fast=True)
-    builder.add_unsigned_field(HLC, stored=True, fast=True)
+    builder.add_unsigned_field(HLC, stored=True)
     builder.add_text_field(ORIGIN, stored=True, tokenizer_name="raw", index_option="basic")
     builder.add_unsigned_field(POSITION, stored=True)
     builder.add_bytes_field(SOURCE, stored=True, indexed=False)
@@ -212,21 +212,22 @@ class Shard:
         return self._writer
 
     def _versions(self, ids: list[str]) -> dict[str, tuple[int, str, int]]:
-        """The version held for each id that has one: pending first, then the committed index."""
+        """The version held for each id that has one: pending first, then the committed index.
+
+        An id's document frequency (one term lookup per segment) first says
+        whether the index may hold it at all: a term-set query walks the
+        segments' whole id dictionaries, so it is kept for the ids that are
+        there (re-indexed ones), and a batch of new ids costs no walk."""
         out: dict[str, tuple[int, str, int]] = {}
         with self._lock:
+            pending = self._pending
             for doc_id in ids:
-                pending = self._pending.get(doc_id)
-                if pending is not None:
-                    out[doc_id] = pending.order
-        lookup = [doc_id for doc_id in ids if doc_id not in out]
-        if lookup:
-            searcher = self.index.searcher()
-            query = tantivy.Query.term_set_query(self.tantivy_schema, ID, lookup)
-            for _score, address in searcher.search(query, limit=len(lookup), count=False).hits:
-                doc = searcher.doc(address)
-                out[doc.get_first(ID)] = (doc.get_first(HLC), doc.get_first(ORIGIN), doc.get_first(POSITION) or 0)
-        return out
+                held = pending.get(doc_id)
+                if held is not None:
+                    out[doc_id] = held.order
+        searcher = self.index.searcher()
+        if not searcher.num_docs:
+            return out
         doc_freq = searcher.doc_freq
         lookup = [doc_id for doc_id in ids if doc_id not in out and doc_freq(ID, doc_id)]
         if lookup:
