@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 
 import tantivy
 
-from engines.search.query_compile import default_text_analyzer, field_length
+from engines.search.query_compile import DEFAULT_TOKEN_CHARS_MAX, default_text_analyzer, field_length
 from engines.search.schema import FieldSpec, IndexSchema, parse_date
 log = logging.getLogger(__name__)
 
@@ -90,27 +90,52 @@ def analyzer(spec: FieldSpec) -> tantivy.TextAnalyzer | None:
     return default_text_analyzer()  # "default", and "en_stem" (stemming keeps the token count)
 
 
+# ASCII letters and digits kept, every other byte a space: where tantivy's simple tokenizer splits ASCII text.
+_ASCII_WORDS = bytes(c if c < 128 and chr(c).isalnum() else 0x20 for c in range(256))
+
+
+def default_token_count(text: str) -> int:
+    """The tokens tantivy's ``default`` (and ``en_stem``) tokenizer makes of ASCII ``text``.
+
+    Runs of ASCII letters and digits, less those of ``DEFAULT_TOKEN_CHARS_MAX``
+    bytes or more (the remove-long filter): counted in C, where the analyzer
+    would hand every token back as a Python string."""
+    words = text.encode("ascii").translate(_ASCII_WORDS).split()
+    if words and max(map(len, words)) >= DEFAULT_TOKEN_CHARS_MAX:
+        return sum(1 for word in words if len(word) < DEFAULT_TOKEN_CHARS_MAX)
+    return len(words)
+
+
 class LengthCounter:
     """Counts the tokens tantivy indexes for each scored field of one document (what ``_len_<f>`` holds)."""
 
     def __init__(self, schema: IndexSchema) -> None:
         specs = {spec.name: spec for spec in schema.fields}
-        self._fields = [(name, analyzer(specs[name])) for name in length_fields(schema)]
+        self._fields = [(name, analyzer(specs[name]), _counts_ascii(specs[name])) for name in length_fields(schema)]
 
     def __call__(self, fields: Mapping[str, Any]) -> list[int]:
         """One count per ``length_fields(schema)``, in that order; 0 for an absent field."""
-        out = []
-        for name, field_analyzer in self._fields:
-            value = fields.get(name)
+        out: list[int] = []
+        append, get = out.append, fields.get  # once per document, for every field
+        for name, field_analyzer, ascii_counted in self._fields:
+            value = get(name)
             if value is None:
-                out.append(0)
+                append(0)
             elif field_analyzer is None:
-                out.append(len(value) if isinstance(value, list) else 1)
-            elif isinstance(value, str):
-                out.append(len(field_analyzer.analyze(value)))
+                append(len(value) if type(value) is list else 1)
+            elif type(value) is str:
+                if ascii_counted and value.isascii():
+                    append(default_token_count(value))
+                else:
+                    append(len(field_analyzer.analyze(value)))
             else:
-                out.append(field_length(value, field_analyzer))
+                append(field_length(value, field_analyzer))
         return out
+
+
+def _counts_ascii(spec: FieldSpec) -> bool:
+    """True if ``default_token_count`` counts this field's ASCII text as its analyzer would."""
+    return spec.type == "text" and spec.tokenizer in ("default", "en_stem")
 
 
 class DocumentBuilder:

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import tantivy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engines.search import corpus
 from engines.search import operations as ops
-from engines.search.document_builder import DocumentBuilder, LengthCounter, Version, length_fields
+from engines.search.document_builder import DocumentBuilder, LengthCounter, Version, default_token_count, length_fields
+from engines.search.query_compile import default_text_analyzer
 from engines.search.schema import parse_schema
 from engines.search.shard import Shard
 from engines.search.testing import QUERIES
@@ -132,3 +135,15 @@ def test_counts_that_are_no_counts_make_the_replica_count_itself(tmp_path):
     assert answers[0]["_len_body"]["value"] == 3 and answers[0] == answers[1] == answers[2]
     for shard in shards:
         shard.close()
+
+
+ascii_text = st.lists(
+    st.one_of(st.text(alphabet=st.characters(max_codepoint=127), max_size=12), st.sampled_from(["a" * 39, "b" * 40, "9" * 41, "x_y"])),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(ascii_text)
+def test_ascii_text_is_counted_as_the_default_tokenizer_counts_it(text):
+    assert default_token_count(text) == len(default_text_analyzer().analyze(text))
