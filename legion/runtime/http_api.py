@@ -33,6 +33,7 @@ from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
 from legion.errors import BadRequest, Unavailable
 from legion.limits import HANDOFF_BATCH_BYTES_MAX, HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
+from legion.path_params import compile_route
 from legion.replication import decode_ops, encode_apply_reply, unpack
 from legion.runtime.node import Node, _Forward, check_node_id
 from legion.runtime.transport import read_body, read_chunks, read_json
@@ -72,10 +73,17 @@ def add_routes(app: web.Application, node: Node) -> None:
 
 
 def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    pattern = compile_route(route.path)
+
     async def handle(request: web.Request) -> web.Response:
+        # aiohttp decodes path parameters leniently (an invalid escape stays literal text),
+        # so two URLs could name one key: decode the raw path once, exactly.
+        path_params = pattern.match(request.rel_url.raw_path)
+        if path_params is None:
+            raise BadRequest(f"path {request.rel_url.raw_path!r:.200} does not match route {route.path!r}")
         req = HttpRequest(
             method=request.method,
-            path_params=dict(request.match_info),
+            path_params=path_params,
             query=dict(request.query),
             headers=request.headers,
             body=b"" if route.stream_body else await read_body(request),

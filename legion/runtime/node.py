@@ -62,7 +62,7 @@ from legion.options import check_options
 from legion.runtime.log_writer import LogWriter
 from legion.runtime.member_attributes import MemberAttributes
 from legion.runtime.storage import NodeStore
-from legion.runtime.transport import PeerClient, make_middlewares
+from legion.runtime.transport import PeerClient, make_middlewares, quiet_parser_errors
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ class Node:
         await self.peers.start()
         from legion.runtime.http_api import add_routes, admission
 
+        quiet_parser_errors()
         middlewares = make_middlewares(self.token, admission(self))
         app = web.Application(client_max_size=PEER_BODY_BYTES_MAX, middlewares=middlewares)
         add_routes(app, self)

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from legion.engine import REQUEST_ID_CONTEXT
 from legion.errors import (
@@ -77,6 +78,31 @@ def _from_http_exception(exc: web.HTTPException) -> LegionError:
     err = BadRequest(reason)
     err.http_status = exc.status if 400 <= exc.status < 500 else 400
     return err
+
+
+class BadInputLogFilter(logging.Filter):
+    """Turns aiohttp's log of a request it could not parse into one INFO line without a traceback.
+
+    A malformed request line or header is the client's bad input, answered
+    400 by aiohttp itself; logged as an ERROR with a traceback it would read
+    as a fault of the node."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            detail = " ".join(str(getattr(exc, "message", "") or exc).split())
+            record.msg = f"{record.getMessage()}: bad request ({getattr(exc, 'code', 400)}): {detail}"
+            record.args = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_parser_errors() -> None:
+    """Install ``BadInputLogFilter`` on aiohttp's server logger (once per process)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadInputLogFilter) for f in logger.filters):
+        logger.addFilter(BadInputLogFilter())
 
 
 def make_middlewares(token: str, admit: Callable[[web.Request], None] | None = None) -> list[Callable[..., Any]]:
