@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,12 +32,18 @@ from aiohttp import web
 from legion import attributes
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
-from legion.errors import BadRequest, Unavailable
-from legion.limits import HANDOFF_BATCH_BYTES_MAX, HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
+from legion.errors import BadRequest, DeadlineExceeded, Unavailable
+from legion.limits import (
+    HANDOFF_BATCH_BYTES_MAX,
+    HANDOFF_BATCH_OPS_MAX,
+    PEER_BODY_BYTES_MAX,
+    REQUEST_DEADLINE_MS,
+    STREAM_BODY_BYTES_MAX,
+)
 from legion.path_params import compile_route
 from legion.replication import decode_ops, encode_apply_reply, unpack
 from legion.runtime.node import Node, _Forward, check_node_id
-from legion.runtime.transport import read_body, read_chunks, read_json
+from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
@@ -112,6 +119,21 @@ async def _json_object(request: web.Request, shape: str) -> dict[str, Any]:
     return body
 
 
+def _refuse_if_expired(request: web.Request) -> None:
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return
+    try:
+        deadline_ms = int(raw)
+    except ValueError:
+        raise BadRequest(f"{DEADLINE_HEADER} must be Unix milliseconds, got {raw!r:.40}") from None
+    late_ms = int(time.time() * 1000) - deadline_ms
+    if late_ms > 0:
+        raise DeadlineExceeded(
+            f"this forwarded request expired {late_ms} ms before this node read it; it was not applied"
+        )
+
+
 def _int_list(body: dict[str, Any], name: str) -> list[int]:
     value = body.get(name)
     if not isinstance(value, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in value):
@@ -166,12 +188,29 @@ class _Api:
     async def _claimant_change(
         self, request: web.Request, body: Any, change: Callable[[cs.ClusterState], cs.ClusterState]
     ) -> web.Response:
+        _refuse_if_expired(request)
         try:
             state = await self.node.change_state(change)
         except _Forward as fwd:
-            raw = await self.node.peers.call(
-                "POST", fwd.url + request.path, json_body=body, request_id=request.get("request_id", "")
-            )
+            # The claimant must not apply the change after we have answered 504: it gets
+            # the deadline and drops the request once it has passed (a stalled claimant
+            # reads it only when it resumes).
+            deadline_ms = int(time.time() * 1000) + REQUEST_DEADLINE_MS
+            try:
+                raw = await self.node.peers.call(
+                    "POST",
+                    fwd.url + request.path,
+                    json_body=body,
+                    request_id=request.get("request_id", ""),
+                    timeout_ms=REQUEST_DEADLINE_MS,
+                    headers={DEADLINE_HEADER: str(deadline_ms)},
+                )
+            except DeadlineExceeded:
+                raise DeadlineExceeded(
+                    f"the claimant at {fwd.url} did not answer within {REQUEST_DEADLINE_MS} ms: outcome unknown. "
+                    "It may have applied the change before its deadline, never after; check "
+                    "'legion cluster status', then retry if needed (join and remove are idempotent)"
+                ) from None
             return web.Response(body=raw, content_type="application/json")
         doc = cs.status_document(state, self.node.claimant(), self.node.member_attributes())
         doc["state"] = cs.to_dict(state)

@@ -27,7 +27,7 @@ import itertools
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -50,6 +50,10 @@ from legion.limits import PEER_CONNECT_TIMEOUT_MS, REQUEST_BODY_BYTES_MAX, REQUE
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# Unix milliseconds after which a forwarded membership change must not be applied (see
+# http_api: the forwarder has answered 504 by then). Wall clocks, so it assumes nodes'
+# clocks agree within a few seconds; a receiver running ahead refuses, it never applies late.
+DEADLINE_HEADER = "X-Legion-Deadline"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -208,13 +212,14 @@ class PeerClient:
         content_type: str = "application/msgpack",
         timeout_ms: int = REQUEST_DEADLINE_MS,
         request_id: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         """One request to a peer; the response body. Raises Unavailable/DeadlineExceeded or the peer's error.
 
         Carries ``request_id``, or else the id of the request being served (``REQUEST_ID_CONTEXT``)."""
         assert self._session is not None, "PeerClient.start() first"
         request_id = request_id or REQUEST_ID_CONTEXT.get()
-        headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        headers = {**(headers or {}), **({REQUEST_ID_HEADER: request_id} if request_id else {})}
         if json_body is not None:
             data, content_type = json.dumps(json_body).encode(), "application/json"
         if data is not None:
