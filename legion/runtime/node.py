@@ -142,6 +142,7 @@ class Node:
         self.coordinator = Coordinator(self)
         self.gossiper = Gossiper(self)
         self.handoff = HandoffReceiver(self)
+        self.writer.on_missed = self.handoff.take_missed
         self.started_ms = self.now_ms()
         self.last_heard_ms: dict[str, int] = {}
         self._was_down = False
@@ -386,6 +387,10 @@ class Node:
         impl = self.check_holds(engine, partition)
         if partition in self.handoff.resyncing:
             raise Unavailable(f"node {self.node_id} is re-syncing partition {partition}; ask another replica")
+        if self.writer.is_behind(engine, partition):
+            raise Unavailable(
+                f"node {self.node_id} could not apply writes of partition {partition} yet; ask another replica"
+            )
         return impl
 
     async def local_read(self, engine: str, partition: int, query: Any) -> Any:
