@@ -43,7 +43,7 @@ from legion.limits import (
 from legion.path_params import compile_route
 from legion.replication import decode_ops, encode_apply_reply, unpack
 from legion.runtime.node import Node, _Forward, check_node_id
-from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json
+from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json, sender_digest
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
@@ -244,8 +244,12 @@ class _Api:
     async def apply(self, request: web.Request) -> web.Response:
         try:
             refresh = parse_flag("refresh", request.query.get("refresh"))
+            sender = sender_digest(request)
             ops = decode_ops(await read_body(request, PEER_BODY_BYTES_MAX))
             refused = await self.node.accept_ops(ops, flush=refresh)
+            if sender is not None:
+                # Logged here; the owners the coordinator did not know of must get them too.
+                self.node.coordinator.forward([op for i, op in enumerate(ops) if i not in refused], sender)
             return web.Response(body=encode_apply_reply(len(ops), refused), content_type=MSGPACK)
         finally:
             self.apply_requests += 1  # once answered: a settled count means nothing is left in flight
@@ -268,6 +272,14 @@ class _Api:
         except ValueError:
             raise BadRequest("query parameter 'partition' must be an integer") from None
         impl = self.node.check_holds(engine, partition)
+        puller = sender_digest(request)
+        if puller is not None and cs.digest_newer(puller, cs.digest(self.node.state)):
+            # Fold only once this node knows the move: then every write it logs after the fold
+            # began is forwarded to the puller, whoever coordinated it (see apply).
+            self.node.request_gossip()
+            raise Unavailable(
+                f"node {self.node.node_id} has not yet seen cluster state {puller[0]}:{puller[1]}; retry shortly"
+            )
         await self.node.writer.ensure_open(engine, partition)
         response = web.StreamResponse(headers={"Content-Type": MSGPACK})
         await response.prepare(request)

@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 NODE_ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NODE_ID_CHARS_MAX - 1}}}$")
 JOIN_ATTEMPTS_MAX = 60
 JOIN_RETRY_INTERVAL_S = 0.5
+# States remembered by digest: enough for the epochs a write can be planned with while gossip spreads.
+RECENT_STATES_MAX = 64
 
 
 @dataclass
@@ -133,12 +135,15 @@ class Node:
         self.attributes = MemberAttributes(self.node_id, incarnation)
         raw_state = self.store.meta_get("cluster_state")
         self.state: cs.ClusterState = cs.from_dict(raw_state) if raw_state else None  # type: ignore[assignment]
+        self._recent_states: dict[cs.Digest, cs.ClusterState] = {}
+        if self.state is not None:
+            self._remember(self.state)
         self.clock = HybridClock(lambda: int(time.time() * 1000))
         self.engines: dict[str, Engine] = {
             name: cls(config.data_dir / "engines" / name) for name, cls in sorted(load_engines().items())
         }
         self.writer = LogWriter(self.store, self.engines, config.data_dir)
-        self.peers = PeerClient(self.token)
+        self.peers = PeerClient(self.token, lambda: cs.digest(self.state))
         self.coordinator = Coordinator(self)
         self.gossiper = Gossiper(self)
         self.handoff = HandoffReceiver(self)
@@ -288,8 +293,18 @@ class Node:
         self.store.meta_put("cluster_state", cs.to_dict(state))
         self._note_own_liveness(state)
         self.state = state
+        self._remember(state)
         self.handoff.wake()
         return True
+
+    def _remember(self, state: cs.ClusterState) -> None:
+        self._recent_states[cs.digest(state)] = state
+        while len(self._recent_states) > RECENT_STATES_MAX:
+            self._recent_states.pop(next(iter(self._recent_states)))
+
+    def recent_state(self, digest: cs.Digest) -> cs.ClusterState | None:
+        """A state this node adopted lately, by its digest (to see what a peer planned with)."""
+        return self._recent_states.get(digest)
 
     def _note_own_liveness(self, state: cs.ClusterState) -> None:
         """Once the cluster has thought this node down, it may have skipped it: re-sync when back up."""

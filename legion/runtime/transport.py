@@ -54,6 +54,9 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # http_api: the forwarder has answered 504 by then). Wall clocks, so it assumes nodes'
 # clocks agree within a few seconds; a receiver running ahead refuses, it never applies late.
 DEADLINE_HEADER = "X-Legion-Deadline"
+# The sender's cluster-state digest, "<epoch>:<committed_by>", on every peer call: a replica
+# that knows a newer state sees that the sender planned with an older one (see http_api).
+EPOCH_HEADER = "X-Legion-Epoch"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -107,6 +110,17 @@ def quiet_parser_errors() -> None:
     logger = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, BadInputLogFilter) for f in logger.filters):
         logger.addFilter(BadInputLogFilter())
+
+
+def sender_digest(request: web.Request) -> tuple[int, str] | None:
+    """The cluster-state digest a peer sent in ``EPOCH_HEADER``; None if absent, BadRequest if malformed."""
+    raw = request.headers.get(EPOCH_HEADER)
+    if raw is None:
+        return None
+    epoch, sep, committed_by = raw.partition(":")
+    if not sep or not epoch.isdigit():
+        raise BadRequest(f"{EPOCH_HEADER} must be '<epoch>:<node id>', got {raw!r:.80}")
+    return int(epoch), committed_by
 
 
 def make_middlewares(token: str, admit: Callable[[web.Request], None] | None = None) -> list[Callable[..., Any]]:
@@ -186,9 +200,10 @@ def _peer_error(status: int, body: bytes) -> LegionError:
 class PeerClient:
     """Calls to other nodes: pooled connections, deadlines, typed errors."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, state_digest: Callable[[], tuple[int, str]] | None = None) -> None:
         self._token = token
         self._session: aiohttp.ClientSession | None = None
+        self._state_digest = state_digest
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
@@ -219,7 +234,7 @@ class PeerClient:
         Carries ``request_id``, or else the id of the request being served (``REQUEST_ID_CONTEXT``)."""
         assert self._session is not None, "PeerClient.start() first"
         request_id = request_id or REQUEST_ID_CONTEXT.get()
-        headers = {**(headers or {}), **({REQUEST_ID_HEADER: request_id} if request_id else {})}
+        headers = {**(headers or {}), **self._epoch_header(), **({REQUEST_ID_HEADER: request_id} if request_id else {})}
         if json_body is not None:
             data, content_type = json.dumps(json_body).encode(), "application/json"
         if data is not None:
@@ -236,13 +251,19 @@ class PeerClient:
         except aiohttp.ClientError as exc:
             raise Unavailable(f"{url} is unreachable: {exc.__class__.__name__}") from None
 
+    def _epoch_header(self) -> dict[str, str]:
+        if self._state_digest is None:
+            return {}
+        epoch, committed_by = self._state_digest()
+        return {EPOCH_HEADER: f"{epoch}:{committed_by}"}
+
     async def stream(self, url: str, *, read_timeout_ms: int = 30_000) -> AsyncIterator[bytes]:
         """GET ``url`` and yield its body in chunks as they arrive (for long transfers: no total deadline,
         but each read must arrive within ``read_timeout_ms``)."""
         assert self._session is not None, "PeerClient.start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_ms / 1000, connect=PEER_CONNECT_TIMEOUT_MS / 1000)
         try:
-            async with self._session.get(url, timeout=timeout) as resp:
+            async with self._session.get(url, timeout=timeout, headers=self._epoch_header()) as resp:
                 if resp.status >= 400:
                     raise _peer_error(resp.status, await resp.read())
                 async for chunk in resp.content.iter_any():
