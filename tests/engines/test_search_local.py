@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import tantivy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,16 +51,22 @@ QUERY_ALPHABET = 'abdgiklnorstuwxy:"()[]{}^~*+-!<>=/\\ .,0123459TOANDORNOTIN'
 FIELD_WORDS = ["title:", "body:", "tag:", "n:", "u:", "f:", "ok:", "when:", "meta.k:", "meta:", "nope:", "_id:", "_partition:"]
 
 
-@pytest.fixture(scope="module")
-def shard(tmp_path_factory) -> Shard:
-    shard = Shard(tmp_path_factory.mktemp("shard"), "docs", "0000000000000abc", SCHEMA)
+def _filled(directory, docs: list[dict], schema=SCHEMA, incarnation: str = "0000000000000abc") -> Shard:
+    """A shard holding ``docs``, committed."""
+    shard = Shard(directory, "docs", incarnation, schema)
     items = []
-    for i, doc in enumerate(DOCS):
+    for i, doc in enumerate(docs):
         op = Operation(ops.ENGINE_NAME, partition_of(doc["id"], PARTITIONS), doc["id"].encode(), i + 1, "n1", ops.KIND_INDEX,
-                       ops.index_body("docs", "0000000000000abc", ops.encode_source(doc)))  # fmt: skip
+                       ops.index_body("docs", incarnation, ops.encode_source(doc)))  # fmt: skip
         items.append((op, ops.decode(op)))
     shard.apply(items)
     shard.commit()
+    return shard
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory) -> Shard:
+    shard = _filled(tmp_path_factory.mktemp("shard"), DOCS)
     yield shard
     shard.close()
 
@@ -123,12 +130,8 @@ def test_hits_carry_stored_fields_and_highlighted_snippets(shard):
 
 def test_snippets_are_cut_from_the_source_value_by_value(tmp_path):
     schema = parse_schema({"fields": {"id": {"type": "keyword"}, "body": {"type": "text"}, "note": {"type": "text", "stored": False}}})
-    shard = Shard(tmp_path / "s", "docs", "0000000000000abd", schema)
     doc = {"id": "a", "body": ["first value", "a second value with dogs"], "note": "dogs here too"}
-    op = Operation(ops.ENGINE_NAME, partition_of("a", PARTITIONS), b"a", 1, "n1", ops.KIND_INDEX,
-                   ops.index_body("docs", "0000000000000abd", ops.encode_source(doc)))  # fmt: skip
-    shard.apply([(op, ops.decode(op))])
-    shard.commit()
+    shard = _filled(tmp_path / "s", [doc], schema, incarnation="0000000000000abd")  # another schema: another incarnation
     [[_score, doc_id, stored, snippets]] = run(shard, "dogs")["hits"]
     assert doc_id == "a" and stored == {"id": "a", "body": doc["body"]}  # note is not stored: not returned
     # Cut from the values one after the other, as tantivy joins a stored field's values; not from note.
@@ -154,15 +157,9 @@ def test_an_index_whose_user_fields_tantivy_stores_too_opens_and_answers(tmp_pat
 
     with monkeypatch.context() as patched:
         patched.setattr(shard_module, "_add_field", stored_add_field)
-        old = Shard(tmp_path / "s", "docs", "0000000000000abc", SCHEMA)
-        items = []
-        for i, doc in enumerate(DOCS):
-            op = Operation(ops.ENGINE_NAME, partition_of(doc["id"], PARTITIONS), doc["id"].encode(), i + 1, "n1", ops.KIND_INDEX,
-                           ops.index_body("docs", "0000000000000abc", ops.encode_source(doc)))  # fmt: skip
-            items.append((op, ops.decode(op)))
-        old.apply(items)
-        old.commit()
-        old.close()
+        _filled(tmp_path / "s", DOCS).close()
+    with pytest.raises(ValueError, match="schema does not match"):  # it is not the index this version creates
+        tantivy.Index(shard_module.tantivy_schema(SCHEMA), path=str(tmp_path / "s"))
     reopened = Shard(tmp_path / "s", "docs", "0000000000000abc", SCHEMA)
     answer = run(reopened, "dogs")
     assert answer["total"] == len(DOCS)
