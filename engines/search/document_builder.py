@@ -14,8 +14,9 @@ Every document carries the engine's own fields next to the user's:
                  still loses to the delete), 0 otherwise; queries exclude 1;
 - ``_hlc``, ``_origin``, ``_pos`` the version of the write that produced the
                  document (``operations`` explains versions; ``_pos`` only when not 0);
-- ``_source``    the document as it was indexed (JSON bytes), for handoff and
-                 for returning the document;
+- ``_source``    the document as it was indexed (JSON bytes), for handoff, for
+                 returning the document and for its snippets: the only stored
+                 copy of the user's fields (``shard.tantivy_schema``);
 - ``_len_<f>``   u64 fast: how many tokens tantivy indexed for field ``f`` in this
                  document (one per value for untokenized fields). Round 1 of a
                  search sums them, so BM25's average field length can be the

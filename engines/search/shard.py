@@ -79,7 +79,12 @@ def index_fields(schema: IndexSchema) -> IndexFields:
 
 
 def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
-    """The tantivy schema of an index: the user's fields, then the engine's own, then the length fields."""
+    """The tantivy schema of an index: the user's fields, then the engine's own, then the length fields.
+
+    tantivy stores none of the user's fields: ``_source`` holds the whole
+    document, and is what a hit returns (its ``stored`` fields) and what
+    snippets are cut from, so a second copy, field by field, would only double
+    the document store that every indexed document is compressed into."""
     builder = tantivy.SchemaBuilder()
     for spec in schema.fields:
         _add_field(builder, spec)
@@ -96,7 +101,7 @@ def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
 
 
 def _add_field(builder: tantivy.SchemaBuilder, spec: FieldSpec) -> None:
-    name, stored, indexed, fast = spec.name, spec.stored, spec.indexed, spec.fast
+    name, stored, indexed, fast = spec.name, False, spec.indexed, spec.fast  # stored: see tantivy_schema
     if spec.type == "text":
         builder.add_text_field(name, stored=stored, fast=fast, tokenizer_name=spec.tokenizer)
     elif spec.type == "keyword":
@@ -128,7 +133,12 @@ class Shard:
         self.schema = schema
         self.fields = index_fields(schema)
         self.tantivy_schema = self.fields.schema
-        self.index = tantivy.Index(self.tantivy_schema, path=str(directory))
+        try:
+            self.index = tantivy.Index(self.tantivy_schema, path=str(directory))
+        except ValueError:
+            # An index an earlier version created, with the user's fields stored too: nothing reads
+            # them (see tantivy_schema), so it is opened as it is; the field numbers are the same.
+            self.index = tantivy.Index.open(str(directory))
         self._writer: tantivy.IndexWriter | None = self.index.writer(WRITER_HEAP_BYTES, WRITER_THREADS)
         self._pending: dict[str, Version] = {}
         self._lock = threading.Lock()  # guards _pending between the writer thread and readers
