@@ -212,11 +212,16 @@ class WriteResult:
 
 @dataclass(frozen=True, slots=True)
 class WriteItem:
-    """One operation of a ``Cluster.write_many`` batch: its key, kind and body."""
+    """One operation of a ``Cluster.write_many`` batch: its key, kind and body.
+
+    ``idempotency_key`` names the write so that a retry of it is the same
+    operation (``legion.idempotency``); without one, the request's
+    ``Idempotency-Key`` header (if any) names it."""
 
     key: bytes
     kind: str
     body: bytes = b""
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ encodes the answer. Errors become responses in ``transport`` only.
 Client API (JSON): ``GET /v1/health``, ``GET /v1/cluster`` (the status
 document, each member with its gossiped ``attributes``),
 ``POST /v1/cluster/join``, ``POST /v1/cluster/remove``, plus every engine's
-routes. Peer API (msgpack bodies, same token): ``/internal/gossip``,
+routes. An engine route's ``Idempotency-Key`` header names the writes its
+handler makes (``legion.idempotency``). Peer API (msgpack bodies, same token): ``/internal/gossip``,
 ``/internal/apply`` (``?refresh=1``: flush what it touched before answering),
 ``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed) and
 ``/internal/handoff-done``.
@@ -32,6 +33,7 @@ from legion import attributes
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
 from legion.errors import BadRequest, Unavailable
+from legion.idempotency import IDEMPOTENCY_CONTEXT, IDEMPOTENCY_HEADER, RequestKey
 from legion.limits import HANDOFF_BATCH_BYTES_MAX, HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
 from legion.replication import decode_ops, encode_apply_reply, unpack
 from legion.runtime.node import Node, _Forward, check_node_id
@@ -82,7 +84,12 @@ def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitab
             request_id=request.get("request_id", ""),
             stream=read_chunks(request, STREAM_BODY_BYTES_MAX) if route.stream_body else None,
         )
-        resp = await route.handler(req, node.coordinator)
+        raw_key = request.headers.get(IDEMPOTENCY_HEADER)
+        context_token = IDEMPOTENCY_CONTEXT.set(RequestKey(raw_key) if raw_key is not None else None)
+        try:
+            resp = await route.handler(req, node.coordinator)
+        finally:
+            IDEMPOTENCY_CONTEXT.reset(context_token)
         headers = {**resp.headers, "Content-Type": resp.content_type}
         return web.Response(status=resp.status, body=resp.body, headers=headers)
 
