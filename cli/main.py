@@ -1,7 +1,7 @@
 """The ``legion`` command: the root typer app and its entry point.
 
 Does I/O only through what it mounts. Command groups live one per file
-(``cluster``, ``node``); every installed engine whose ``Engine.cli()``
+(``cluster``, ``node``, ``engine``); every installed engine whose ``Engine.cli()``
 returns a typer app is mounted as ``legion <engine name> …``. ``main()``
 turns any ``LegionError`` into one red ``error: …`` line on stderr and exit
 status 1 — users see what to fix, never a traceback.
@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli import cluster, node
+from cli import cluster, engine, node
 from legion.engine import load_engines
 from legion.errors import LegionError
 
@@ -39,6 +39,7 @@ def build_app() -> typer.Typer:
     )
     app.add_typer(cluster.app, name="cluster")
     app.add_typer(node.app, name="node")
+    app.add_typer(engine.app, name="engine")
     _mount_engines(app)
     return app
 
