@@ -68,9 +68,14 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/handoff-done", api.handoff_done)
     for engine in node.engines.values():
         for route in engine.routes():
-            if not route.path.startswith(f"/v1/{engine.name}"):
-                raise ValueError(f"engine {engine.name!r} route {route.path!r} must live under /v1/{engine.name}")
+            if not is_engine_path(engine.name, route.path):
+                raise ValueError(f"engine {engine.name!r} route {route.path!r} must be /v1/{engine.name} or under /v1/{engine.name}/")
             app.router.add_route(route.method, route.path, _engine_handler(node, route))
+
+
+def is_engine_path(engine: str, path: str) -> bool:
+    """True if ``path`` is ``/v1/<engine>`` or below it (``/v1/kvx`` is not below ``/v1/kv``)."""
+    return path == f"/v1/{engine}" or path.startswith(f"/v1/{engine}/")
 
 
 def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:

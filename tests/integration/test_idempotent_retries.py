@@ -52,6 +52,17 @@ async def total(req: HttpRequest, cluster: Any) -> HttpResponse:
     return HttpResponse.json({"replies": replies})
 
 
+async def everything(req: HttpRequest, cluster: Any) -> HttpResponse:
+    """Every key's total (a coverage request), and which nodes answered (?via=NODE: ask that node first)."""
+    via = req.query.get("via")
+    result = await cluster.coverage("tally", None, prefer=dict.fromkeys(range(cluster.partitions), via) if via else None)
+    totals: dict[str, int] = {}
+    for rows in result.by_partition().values():
+        for key, amount in rows:
+            totals[key] = totals.get(key, 0) + amount
+    return HttpResponse.json({"totals": totals, "served_by": sorted(set(result.served_by.values()))})
+
+
 class TallyEngine(Engine):
     """Increments kept once per operation id, in a JSON file per partition (written on apply)."""
 
@@ -89,6 +100,11 @@ class TallyEngine(Engine):
             amounts = [amount for key, amount, _, _ in self.increments[partition].values() if key == query.hex()]
         return [sum(amounts), len(amounts)]
 
+    def coverage(self, partition: int, query: Any) -> list[list[Any]]:
+        with self.lock:
+            rows = list(self.increments[partition].values())
+        return [[bytes.fromhex(key).decode(), amount] for key, amount, _, _ in rows]
+
     def fold(self, partition: int) -> Iterator[Operation]:
         with self.lock:
             rows = list(self.increments[partition].values())
@@ -100,6 +116,7 @@ class TallyEngine(Engine):
             Route("POST", "/v1/tally/{key}", add),
             Route("GET", "/v1/tally/{key}", total),
             Route("POST", "/v1/tally", add_many),
+            Route("GET", "/v1/tally", everything),
         ]
 
 
