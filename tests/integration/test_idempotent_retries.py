@@ -28,6 +28,8 @@ from legion.testing.cluster import LocalCluster
 
 STALL_S = 3.0
 CLIENT_TIMEOUT_S = 1.0
+SLOW_AMOUNT = b"999"  # an increment by this much takes SLOW_APPLY_S to apply
+SLOW_APPLY_S = 2.0
 SETTLE_TIMEOUT_S = 10.0
 
 
@@ -73,6 +75,7 @@ class TallyEngine(Engine):
         self.files: dict[int, Path] = {}
         self.increments: dict[int, dict[str, list[Any]]] = {}
         self.lock = threading.Lock()  # reads run on worker threads while apply runs
+        self.threads: dict[str, set[str]] = {"apply": set(), "read": set()}  # which threads called what
 
     def open(self, partition: int, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -90,12 +93,18 @@ class TallyEngine(Engine):
             raise BadRequest("tally only knows 'add' of a positive integer")
 
     def apply(self, partition: int, ops: Sequence[Operation]) -> None:
+        self.threads["apply"].add(threading.current_thread().name)
+        if any(op.body == SLOW_AMOUNT for op in ops):
+            time.sleep(SLOW_APPLY_S)  # outside the lock: reads may run meanwhile
         with self.lock:
             for op in ops:
                 self.increments[partition].setdefault(op.id, [op.key.hex(), int(op.body), op.hlc, op.origin])
             self.files[partition].write_text(json.dumps(self.increments[partition]))
 
     def read(self, partition: int, query: Any) -> Any:
+        if query == b"_threads":
+            return {name: sorted(seen) for name, seen in self.threads.items()}
+        self.threads["read"].add(threading.current_thread().name)
         with self.lock:
             amounts = [amount for key, amount, _, _ in self.increments[partition].values() if key == query.hex()]
         return [sum(amounts), len(amounts)]
@@ -142,6 +151,10 @@ def test_a_write_retried_after_a_timeout_is_applied_once_and_without_the_key_twi
     # legion.Client names the write once and sends the same key on the retry: one increment on every replica.
     assert stalled_then_retried(cluster, "apples") == cluster.node("n2")["url"]
     assert replies(cluster, "apples", [[1, 1]] * 3) == [[1, 1]] * 3
+    # Each partition's files live in DATA/engines/<engine>/<partition, 4 digits>/ on each node.
+    files = list(cluster.directory.glob("nodes/*/engines/tally/[0-9][0-9][0-9][0-9]/tally.json"))
+    assert {path.parts[-5] for path in files} == {"n1", "n2", "n3"}
+    assert all(0 <= int(path.parent.name) < 8 for path in files)
     # The control: two attempts under two keys (what a client without one does) are two writes.
     with Client([cluster.node("n1")["url"]], cluster.token, timeout_s=CLIENT_TIMEOUT_S) as n1:
         try:
