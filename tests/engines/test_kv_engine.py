@@ -91,7 +91,7 @@ def sorted_state(engine: KVEngine, partition: int) -> tuple[list[Operation], dic
     return sorted(folded), reads
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(st.lists(op_specs, max_size=14, unique_by=lambda spec: spec[1]), st.randoms(use_true_random=False))
 def test_any_order_duplicates_batching_restarts_and_handoff_reach_the_same_state(specs, rng) -> None:
     # A version names one operation cluster-wide (each node's HLC is strictly increasing).

@@ -177,7 +177,7 @@ def _engine_state(engine: SearchEngine, partition: int) -> tuple[list[Operation]
     return sorted(engine.fold(partition)), gets
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(operations, st.randoms(use_true_random=False))
 def test_the_engine_converges_under_the_kit_with_creates_that_may_arrive_after_their_documents(history, rnd):
     # The index's create is one more operation per partition, delivered in any order with the documents:

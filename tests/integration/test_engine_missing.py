@@ -30,6 +30,8 @@ def test_a_node_without_the_engine_serves_404_for_it_and_the_cluster_serves_it_a
     with monkeypatch.context() as without:
         without.delenv("PYTHONPATH")  # n3 starts without the package that provides the engine
         local_cluster.start_node(cluster.directory, "n3")
+    with cluster.node_client("n1") as n1:  # n1 counts n3 live again (its stop may have been noticed)
+        n1.wait_for(lambda status: all(m["status"] == "up" for m in status["members"]), timeout_s=30)
 
     with cluster.node_client("n3") as n3, pytest.raises(NotFound):
         n3.request("POST", "/v1/tally/apples", body=b"1")

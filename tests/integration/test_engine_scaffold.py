@@ -2,11 +2,13 @@
 
 As a new engine author would: generate the package outside the repository,
 ``pip install -e`` it into this environment (no build isolation: the build
-backend is already here, no index is needed), run its generated tests, then
-start a 3-node cluster of real node processes — which find the engine
-through its entry point — increment through every node and read the same
-total through every node, across a ``kill -9`` of one node and its restart.
-The package is uninstalled at the end, so no other test sees the engine.
+backend is already here, no index is needed) and run its generated tests.
+One of them starts a 3-node cluster of real node processes — which find the
+installed engine through its entry point — increments through every node
+and reads the same total through every node, across a ``kill -9`` of one
+node and its restart. Then this test runs a cluster of its own and drives it
+with the generated ``legion counters`` commands. The package is uninstalled
+at the end, so no other test sees the engine.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from legion.engine import load_engines
-from legion.testing.cluster import read_when_served, running_cluster
+from legion.testing.cluster import running_cluster
 from tests.conftest import CliRunner
 
 PIP_TIMEOUT_S = 300
@@ -61,11 +63,12 @@ def test_a_generated_engine_installs_passes_its_tests_and_counts_right_across_a_
     readme = (generated / "README.md").read_text()
     assert f"pip install -e {generated}" in readme and "restart the nodes" in readme
     tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"],
         cwd=generated, capture_output=True, text=True, timeout=GENERATED_TESTS_TIMEOUT_S,
     )  # fmt: skip
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert "3 passed" in tests.stdout
+    assert "test_increments_through_every_node_add_up_on_every_node_across_a_kill_9 PASSED" in tests.stdout
     assert "counters" in load_engines()  # found through the entry point the package declares
 
     from legion_counters import CountersClient
@@ -82,15 +85,7 @@ def test_a_generated_engine_installs_passes_its_tests_and_counts_right_across_a_
             with cluster.node_client(node_id) as client:
                 assert CountersClient(client).total("apples", r=3) == 1 + 2 + 3 + 4
 
-        cluster.kill("n2")
-        with cluster.node_client("n1") as client:
-            CountersClient(client).add("apples", 100)
-        with cluster.node_client("n3") as client:
-            assert CountersClient(client).total("apples", r=2) == 110
-        cluster.restart("n2")
-        for node_id in node_ids:
-            with cluster.node_client(node_id) as client:
-                reply = read_when_served(client, "GET", "/v1/counters/apples", params={"r": 3}).json()
-                assert (reply["total"], reply["increments"]) == (110, 5)
         listed = legion_cli("counters", "list", "--cluster", str(directory))
-        assert listed.returncode == 0 and "apples: 110" in listed.stdout
+        assert listed.returncode == 0 and "apples: 10" in listed.stdout
+        shown = legion_cli("counters", "get", "apples", "--cluster", str(directory))
+        assert shown.returncode == 0 and shown.stdout.strip() == "10"
