@@ -26,8 +26,8 @@ from legion.errors import BadRequest, Unavailable
 from legion.replication import Operation
 from legion.testing.cluster import LocalCluster
 
-STALL_S = 3.0
-CLIENT_TIMEOUT_S = 1.0
+STALL_S = 4.0
+CLIENT_TIMEOUT_S = 1.5
 SLOW_AMOUNT = b"999"  # an increment by this much takes SLOW_APPLY_S to apply
 SLOW_APPLY_S = 2.0
 SETTLE_TIMEOUT_S = 10.0
