@@ -27,7 +27,10 @@ every write (any method but GET, HEAD and OPTIONS) carries an
 the caller passed its own — and every attempt of the call sends the same
 key: the core then makes each attempt the *same* operation (same id,
 ``legion.idempotency``), and an engine that keeps one entry per operation id
-applies it once. Membership changes are idempotent by themselves.
+applies it once. An error status is not retried (a 503 is an answer); to
+retry such a write yourself, send it again with the same key
+(``headers={"Idempotency-Key": key}``). Membership changes are idempotent by
+themselves.
 """
 
 from __future__ import annotations
