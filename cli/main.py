@@ -1,12 +1,12 @@
 """The ``legion`` command: the root typer app and its entry point.
 
 Does I/O only through what it mounts. Command groups live one per file
-(``cluster``, ``node``); every installed engine whose ``Engine.cli()``
+(``cluster``, ``node``, ``engine``); every installed engine whose ``Engine.cli()``
 returns a typer app is mounted as ``legion <engine name> …``. A command
 line that starts with an engine's name mounts that engine alone: a command
 such as ``legion search ingest`` then imports neither the other engines
 (the map/reduce engine alone takes about 0.3 s to import: pyarrow, numpy,
-dask) nor the cluster and node groups, which it does not use. ``main()``
+dask) nor the built-in groups, which it does not use. ``main()``
 turns any ``LegionError`` into one red ``error: …`` line on stderr and exit
 status 1 — users see what to fix, never a traceback.
 """
@@ -46,9 +46,11 @@ def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
         return app
     # Imported here: an engine's command needs neither group (see the module docstring).
     from cli import cluster, node
+    from cli import engine as engine_group
 
     app.add_typer(cluster.app, name="cluster")
     app.add_typer(node.app, name="node")
+    app.add_typer(engine_group.app, name="engine")
     _mount_engines(app)
     return app
 

@@ -21,9 +21,16 @@ URLs allowed) and ``LEGION_TOKEN`` environment variables; ``./.legion``. A
 cluster directory is what ``legion cluster up`` writes: ``cluster.json``
 listing the nodes and a ``token`` file.
 
-Retrying a request on another node after a timeout may run it twice. That is
-safe for Legion's own requests: writes are last-writer-wins operations and
-membership changes are idempotent.
+Retrying a request on another node after a timeout may run it twice, so
+every write (any method but GET, HEAD and OPTIONS) carries an
+``Idempotency-Key`` header — a fresh random one per ``request`` call unless
+the caller passed its own — and every attempt of the call sends the same
+key: the core then makes each attempt the *same* operation (same id,
+``legion.idempotency``), and an engine that keeps one entry per operation id
+applies it once. An error status is not retried (a 503 is an answer); to
+retry such a write yourself, send it again with the same key
+(``headers={"Idempotency-Key": key}``). Membership changes are idempotent by
+themselves.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import http.client
 import json as jsonlib
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +49,7 @@ from urllib.parse import urlencode, urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from legion.errors import ConfigError, DeadlineExceeded, Unavailable, from_json
+from legion.idempotency import IDEMPOTENCY_HEADER
 
 CLUSTER_DIR_DEFAULT = Path(".legion")
 CLUSTER_FILE_NAME = "cluster.json"
@@ -48,6 +57,8 @@ TOKEN_FILE_NAME = "token"
 ENV_URL = "LEGION_URL"
 ENV_TOKEN = "LEGION_TOKEN"
 TIMEOUT_S_DEFAULT = 10.0
+# Requests that change nothing: the only ones sent without an idempotency key.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # A status poll must not outlive the wait it serves by more than this.
 WAIT_POLL_TIMEOUT_S_MAX = 5.0
 
@@ -189,6 +200,8 @@ class Client:
             body = jsonlib.dumps(json).encode()
             send_headers["Content-Type"] = "application/json"
         send_headers.update(headers or {})
+        if method.upper() not in READ_METHODS and not any(name.lower() == "idempotency-key" for name in send_headers):
+            send_headers[IDEMPOTENCY_HEADER] = uuid.uuid4().hex  # one key for every attempt of this write
         target = path + ("?" + urlencode({k: str(v) for k, v in params.items()}) if params else "")
         failures: list[str] = []
         count = len(self._endpoints)

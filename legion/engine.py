@@ -21,7 +21,10 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    ``apply(partition, ops)`` from the node's single writer thread: never two
    calls at once, ops in arbitrary order (possibly old ones, possibly already
    applied). Must be idempotent and commutative: the state reached must equal
-   the state reached by any other order of the same set of operations.
+   the state reached by any other order of the same set of operations. An
+   engine that keeps every write (a counter, a set) keeps one entry per
+   ``op.id``: the attempts of a write retried under an idempotency key share
+   that id (``legion.idempotency``). ``legion.testing.convergence`` checks it.
    ``apply_batch`` is what the writer thread actually calls, once per group
    commit with every partition's share: by default it is ``apply`` per partition.
 4. Durability — the translog model. With ``durable_on_apply = True`` (the
@@ -101,7 +104,9 @@ CLI: the classmethod ``cli()`` may return a typer app mounted as ``legion <name>
 commands must talk to the cluster through ``legion.Client`` only.
 
 Engines are found through the ``legion.engines`` entry-point group, so a
-third-party package adds one with no change to ``legion/``.
+third-party package adds one with no change to ``legion/`` (``legion engine
+new NAME`` writes such a package). A node that lacks an engine another node
+names answers ``EngineMissing`` for it, and 404 for its routes.
 """
 
 from __future__ import annotations
@@ -212,11 +217,16 @@ class WriteResult:
 
 @dataclass(frozen=True, slots=True)
 class WriteItem:
-    """One operation of a ``Cluster.write_many`` batch: its key, kind and body."""
+    """One operation of a ``Cluster.write_many`` batch: its key, kind and body.
+
+    ``idempotency_key`` names the write so that a retry of it is the same
+    operation (``legion.idempotency``); without one, the request's
+    ``Idempotency-Key`` header (if any) names it."""
 
     key: bytes
     kind: str
     body: bytes = b""
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

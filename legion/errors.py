@@ -67,6 +67,12 @@ class NotOwner(Conflict):
     code = "not_owner"
 
 
+class EngineMissing(Conflict):
+    """This node does not have the engine a peer named installed: the peer asks another replica."""
+
+    code = "engine_missing"
+
+
 class PayloadTooLarge(LegionError):
     """The request body is over the size limit."""
 

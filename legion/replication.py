@@ -8,6 +8,13 @@ have seen the same set of operations hold the same state in whatever order
 the operations arrived. ``supersedes`` is the last-writer-wins order every
 bundled engine uses: a higher timestamp wins, the origin id breaks ties.
 
+Operations are totally ordered (field by field, in declaration order), so a
+set of them sorts into one canonical list: tests compare two replicas' folds
+as ``sorted(fold_a) == sorted(fold_b)``. ``Operation.id`` names one write:
+``"<hlc>@<origin>"``, or — for a write made under an idempotency key
+(``legion.idempotency``) — its origin alone, which every retry of that write
+shares.
+
 Quorum arithmetic lives here too: how many acknowledgements a write needs
 given the preference list it was sent to.
 """
@@ -24,9 +31,17 @@ import msgpack
 from legion.errors import BadRequest, LegionError, from_json
 
 
-@dataclass(frozen=True, slots=True)
+# The origin of an operation written under an idempotency key starts with this; node ids never
+# contain ':' (``legion.runtime.node.NODE_ID_PATTERN``), so the two kinds of origin cannot meet.
+IDEMPOTENT_ORIGIN_PREFIX = "key:"
+
+
+@dataclass(frozen=True, slots=True, order=True)
 class Operation:
-    """One change to one key in one partition of one engine."""
+    """One change to one key in one partition of one engine.
+
+    Ordered field by field (engine, partition, key, hlc, origin, kind, body):
+    a total order, so ``sorted(ops)`` is canonical for any set of operations."""
 
     engine: str
     partition: int
@@ -40,6 +55,18 @@ class Operation:
     def version(self) -> tuple[int, str]:
         """The last-writer-wins order: timestamp, then origin node id."""
         return (self.hlc, self.origin)
+
+    @property
+    def id(self) -> str:
+        """The write this operation is: stable across redelivery, and across retries of a keyed write.
+
+        ``"<hlc>@<origin>"`` for an ordinary write (a node never stamps one hlc twice);
+        the origin alone (``"key:…"``) for a write made under an idempotency key, whose
+        retries carry the same key, kind and body but may carry a later hlc. An engine
+        that counts or collects writes keeps one entry per id (insert-once)."""
+        if self.origin.startswith(IDEMPOTENT_ORIGIN_PREFIX):
+            return self.origin
+        return f"{self.hlc}@{self.origin}"
 
     def to_wire(self) -> list[object]:
         return [self.engine, self.partition, self.key, self.hlc, self.origin, self.kind, self.body]

@@ -4,7 +4,8 @@ Pure: no sockets, no event loop, no clock. ``legion.runtime.batch_writer``
 carries these decisions out for ``Cluster.write_many``:
 
 1. ``check_item`` refuses, item by item, what cannot be sent at all — a bad
-   key, an empty kind, a body over ``OP_BODY_BYTES_MAX`` — so one bad item
+   key, an empty kind, a body over ``OP_BODY_BYTES_MAX``, a malformed
+   idempotency key — so one bad item
    fails alone instead of failing the batch.
 2. Each replica node's share of the batch is sent in chunks: ``chunk_ranges``
    cuts it into consecutive runs bounded both by a count of operations and by
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 
 from legion.engine import WriteItem, WriteResult
 from legion.errors import BadRequest, LegionError, PayloadTooLarge, Unavailable
+from legion.idempotency import check_key
 from legion.keyspace import key_bytes
 from legion.limits import OP_BODY_BYTES_MAX
 from legion.replication import Operation
@@ -45,6 +47,8 @@ def check_item(item: WriteItem) -> bytes:
         raise BadRequest("an operation's body must be bytes")
     if len(item.body) > OP_BODY_BYTES_MAX:
         raise PayloadTooLarge(f"operation body is {len(item.body)} bytes; the limit is {OP_BODY_BYTES_MAX}")
+    if item.idempotency_key is not None:
+        check_key(item.idempotency_key)
     return key
 
 

@@ -13,16 +13,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from legion.client import TOKEN_FILE_NAME, Client
-from legion.runtime import local_cluster as local_cluster_module
+from legion.testing.cluster import CLUSTER_START_TIMEOUT_S, LocalCluster, running_cluster
 
-CLUSTER_START_TIMEOUT_S = 60.0
+__all__ = ["CLUSTER_START_TIMEOUT_S", "LocalCluster"]
+pytest_plugins = ["legion.testing.pytest_plugin"]  # legion_cluster: a cluster serving given engines
+
 CLI_TIMEOUT_S = 120.0
 
 
@@ -32,49 +31,19 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@dataclass
-class LocalCluster:
-    """A running local cluster: its directory, a client for all its nodes, and handles on each node."""
-
-    directory: Path
-    client: Client
-
-    @property
-    def token(self) -> str:
-        return (self.directory / TOKEN_FILE_NAME).read_text().strip()
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """The node entries of ``cluster.json`` as they are now (pids change on restart)."""
-        return local_cluster_module.load(self.directory)["nodes"]
-
-    def node(self, node_id: str) -> dict[str, Any]:
-        return next(node for node in self.nodes() if node["id"] == node_id)
-
-    def node_client(self, node_id: str) -> Client:
-        """A client bound to one node only (the caller closes it)."""
-        return Client([self.node(node_id)["url"]], self.token)
-
-
 @pytest.fixture
 def local_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
     """A fresh cluster of real node processes on loopback, stopped after the test."""
     marker = request.node.get_closest_marker("cluster")
     shape = dict(marker.kwargs) if marker else {}
-    directory = tmp_path / "cluster"
-    local_cluster_module.up(
-        directory,
+    with running_cluster(
+        tmp_path / "cluster",
         nodes=shape.get("nodes", 3),
         partitions=shape.get("partitions", 64),
         replicas=shape.get("replicas", 3),
-        base_port=0,
         timeout_s=CLUSTER_START_TIMEOUT_S,
-    )
-    client = Client.connect(directory)
-    try:
-        yield LocalCluster(directory=directory, client=client)
-    finally:
-        client.close()
-        local_cluster_module.down(directory)
+    ) as cluster:
+        yield cluster
 
 
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]

@@ -5,7 +5,8 @@ of a hundred thousand items must not become a hundred thousand round trips,
 nor overflow the per-operation queue of a ``ReplicaSender``, so it takes its
 own path:
 
-1. every item is checked and stamped with its own timestamp; items that
+1. every item is checked and stamped with its own timestamp (and, when it
+   is named by an idempotency key, an origin derived from it); items that
    cannot go (bad key, oversized body, too few live replicas) are refused
    alone (``legion.write_batch``);
 2. the operations are grouped by replica node — each partition's live
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 from legion.cluster_state import ClusterState
 from legion.engine import WriteItem, WriteResult
 from legion.errors import BadRequest, DeadlineExceeded, LegionError, Unavailable
+from legion.idempotency import origin_for
 from legion.keyspace import partition_of
 from legion.limits import (
     PEER_BATCH_BYTES_MAX,
@@ -143,7 +145,8 @@ class BatchWriter:
             except LegionError as exc:
                 tally.refuse(index, exc)
                 continue
-            op = ops[index] = Operation(engine, partition, key, self.host.stamp(), self.host.node_id, item.kind, item.body)
+            origin = origin_for(engine, key, item.idempotency_key) or self.host.node_id
+            op = ops[index] = Operation(engine, partition, key, self.host.stamp(), origin, item.kind, item.body)
             sizes[index] = op_wire_bytes(op)
             tally.track(index, ItemTally(partition, op.hlc, plan.counted, need, plan.replicas, wait_all=refresh))
             for node_id in plan.counted + plan.extra:

@@ -2,7 +2,8 @@
 
 I/O. Implements the ``legion.engine.Cluster`` protocol engines' handlers use:
 
-- ``write`` stamps one operation with this node's hybrid logical clock, sends
+- ``write`` stamps one operation with this node's hybrid logical clock (its
+  origin is this node, or derived from the request's idempotency key), sends
   it to every live owner of its partition at once (the local replica through
   the log writer, peers over HTTP through a ``ReplicaSender``) and returns as
   soon as ``W`` replicas of the current preference list have made it
@@ -39,6 +40,7 @@ from legion import cluster_state as cs
 from legion.cluster_state import ClusterState
 from legion.engine import CoverageResult, NodeReply, PlacementView, WriteItem, WriteResult
 from legion.errors import BadRequest, Conflict, DeadlineExceeded, LegionError, NotOwner, Overloaded, Unavailable
+from legion.idempotency import origin_for
 from legion.keyspace import key_bytes, partition_of
 from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
 from legion.replication import Operation, decode_apply_errors, encode_ops, read_quorum, write_quorum
@@ -116,7 +118,8 @@ class Coordinator:
                 f"partition {partition}: {len(plan.counted)} of {plan.replicas} replicas are live; the write needs {need}",
                 partition=partition,
             )
-        op = Operation(engine, partition, key, self.node.clock.now(), self.node_id, kind, body)
+        origin = origin_for(engine, key) or self.node_id  # the request's idempotency key names the write
+        op = Operation(engine, partition, key, self.node.clock.now(), origin, kind, body)
         deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
         counted = {n: asyncio.ensure_future(self._send_op(n, op, deadline)) for n in plan.counted}
         for n in plan.extra:

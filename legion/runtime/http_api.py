@@ -7,7 +7,8 @@ encodes the answer. Errors become responses in ``transport`` only.
 Client API (JSON): ``GET /v1/health``, ``GET /v1/cluster`` (the status
 document, each member with its gossiped ``attributes``),
 ``POST /v1/cluster/join``, ``POST /v1/cluster/remove``, plus every engine's
-routes. Peer API (msgpack bodies, same token): ``/internal/gossip``,
+routes. An engine route's ``Idempotency-Key`` header names the writes its
+handler makes (``legion.idempotency``). Peer API (msgpack bodies, same token): ``/internal/gossip``,
 ``/internal/apply`` (``?refresh=1``: flush what it touched before answering),
 ``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed) and
 ``/internal/handoff-done``.
@@ -33,6 +34,7 @@ from legion import attributes
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
 from legion.errors import BadRequest, DeadlineExceeded, Unavailable
+from legion.idempotency import IDEMPOTENCY_CONTEXT, IDEMPOTENCY_HEADER, RequestKey
 from legion.limits import (
     HANDOFF_BATCH_BYTES_MAX,
     HANDOFF_BATCH_OPS_MAX,
@@ -74,9 +76,14 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/handoff-done", api.handoff_done)
     for engine in node.engines.values():
         for route in engine.routes():
-            if not route.path.startswith(f"/v1/{engine.name}"):
-                raise ValueError(f"engine {engine.name!r} route {route.path!r} must live under /v1/{engine.name}")
+            if not is_engine_path(engine.name, route.path):
+                raise ValueError(f"engine {engine.name!r} route {route.path!r} must be /v1/{engine.name} or under /v1/{engine.name}/")
             app.router.add_route(route.method, route.path, _engine_handler(node, route))
+
+
+def is_engine_path(engine: str, path: str) -> bool:
+    """True if ``path`` is ``/v1/<engine>`` or below it (``/v1/kvx`` is not below ``/v1/kv``)."""
+    return path == f"/v1/{engine}" or path.startswith(f"/v1/{engine}/")
 
 
 def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -97,7 +104,12 @@ def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitab
             request_id=request.get("request_id", ""),
             stream=read_chunks(request, STREAM_BODY_BYTES_MAX) if route.stream_body else None,
         )
-        resp = await route.handler(req, node.coordinator)
+        raw_key = request.headers.get(IDEMPOTENCY_HEADER)
+        context_token = IDEMPOTENCY_CONTEXT.set(RequestKey(raw_key) if raw_key is not None else None)
+        try:
+            resp = await route.handler(req, node.coordinator)
+        finally:
+            IDEMPOTENCY_CONTEXT.reset(context_token)
         headers = {**resp.headers, "Content-Type": resp.content_type}
         return web.Response(status=resp.status, body=resp.body, headers=headers)
 

@@ -42,7 +42,7 @@ from legion import attributes
 from legion import cluster_state as cs
 from legion.clock import HybridClock
 from legion.engine import Engine, NodeInfo, load_engines
-from legion.errors import BadRequest, ConfigError, LegionError, NotOwner, Unavailable
+from legion.errors import BadRequest, ConfigError, EngineMissing, LegionError, NotOwner, Unavailable
 from legion.keyspace import check_partition_count, partition_of
 from legion.limits import (
     ENGINE_START_TIMEOUT_MS,
@@ -363,9 +363,18 @@ class Node:
 
     # --- local replica operations (called by the coordinator and the peer API) ---
 
+    def installed(self, engine: str) -> Engine:
+        """The engine a peer named; ``EngineMissing`` (409: ask another replica) if it is not installed here."""
+        impl = self.engines.get(engine)
+        if impl is None:
+            raise EngineMissing(
+                f"node {self.node_id} does not have engine {engine!r} installed (it has {sorted(self.engines)}); "
+                "install it on every node and restart them"
+            )
+        return impl
+
     def check_holds(self, engine: str, partition: int) -> Engine:
-        if engine not in self.engines:
-            raise BadRequest(f"unknown engine {engine!r}; this node has {sorted(self.engines)}")
+        self.installed(engine)
         if not 0 <= partition < self.state.partitions:
             raise BadRequest(f"partition {partition} is out of range 0..{self.state.partitions - 1}")
         if self.node_id not in cs.owners(self.state, partition):
@@ -424,9 +433,7 @@ class Node:
         thread, and its value is the answer; otherwise ``coverage`` runs per
         partition in parallel worker threads and the answer is their list, in
         the order of ``partitions``."""
-        impl = self.engines.get(engine)
-        if impl is None:
-            raise BadRequest(f"unknown engine {engine!r}; this node has {sorted(self.engines)}")
+        impl = self.installed(engine)
         if len(set(partitions)) != len(partitions):
             raise BadRequest("coverage partitions must not repeat")
         for p in partitions:

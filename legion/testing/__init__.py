@@ -1,6 +1,20 @@
 """Public testing helpers for Legion and for engine authors.
 
-Pure: nothing here opens a socket, starts a thread or reads the wall clock.
+For engine authors:
+
+- ``convergence``  the convergence kit: one set of operations delivered to
+                   several fresh replicas of an engine in shuffled orders,
+                   with duplicates, re-batching, a restart and a handoff
+                   (fold plus an overlapping log tail), every replica's state
+                   compared (``check_convergence``, ``assert_converges``);
+- ``cluster``      ``running_cluster``: real node processes on loopback
+                   serving the engines under test, with ``kill`` (-9) and
+                   ``restart`` of one node;
+- ``pytest_plugin`` the ``legion_cluster`` fixture over ``running_cluster``
+                   (``pytest_plugins = ["legion.testing.pytest_plugin"]``).
+
+The simulator (pure: nothing below opens a socket, starts a thread or reads
+the wall clock):
 
 - ``sim_kernel``  a discrete-event kernel: fake clock, event heap, generator
                   processes, a network that delays, loses and splits messages;

@@ -36,6 +36,7 @@ from legion.errors import BadRequest, ConfigError, LegionError, NotFound, NotOwn
 from legion.keyspace import partition_of
 from legion.limits import VALUE_BYTES_MAX
 from legion.replication import Operation, read_quorum, write_quorum
+from legion.testing.convergence import assert_converges
 
 KEYS = [b"a", b"b", b"\x00", b"\xff\xfe", "é".encode()]
 
@@ -75,46 +76,26 @@ def op_of(spec: tuple[bytes, tuple[int, str], bool, str, bytes]) -> Operation:
     return delete(key, hlc, origin) if is_delete else put(key, hlc, origin, value, content_type)
 
 
-@st.composite
-def deliveries(draw: st.DrawFn, ops: list[Operation]) -> list[list[Operation]]:
-    """Every op at least once, some twice or more, shuffled, cut into batches."""
-    extra = draw(st.lists(st.sampled_from(ops), max_size=len(ops))) if ops else []
-    stream = draw(st.permutations(ops + extra))
-    cuts = sorted(draw(st.sets(st.integers(min_value=1, max_value=max(1, len(stream) - 1)), max_size=4)))
-    bounds = [0, *cuts, len(stream)]
-    return [stream[start:end] for start, end in zip(bounds, bounds[1:])]
-
-
-def model(ops: list[Operation]) -> list[Operation]:
-    """The expected fold: per key, the op with the highest (hlc, origin), ordered by key."""
+def model(ops: list[Operation]) -> tuple[list[Operation], dict[bytes, Any]]:
+    """The expected state: per key, the op with the highest (hlc, origin), and the reads that follow from it."""
     winners: dict[bytes, Operation] = {}
     for op in ops:
         if op.key not in winners or op.version > winners[op.key].version:
             winners[op.key] = op
-    return [winners[key] for key in sorted(winners)]
+    folded = sorted(winners.values())
+    return folded, {key: entries.entry_of(winners[key]).to_wire() if key in winners else None for key in KEYS}
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(op_specs, max_size=14, unique_by=lambda spec: spec[1]), st.data())
-def test_any_order_duplicates_and_batching_reach_the_same_state(specs, data) -> None:
+def sorted_state(engine: KVEngine, partition: int) -> tuple[list[Operation], dict[bytes, Any]]:
+    folded, reads = state(engine, partition)
+    return sorted(folded), reads
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(op_specs, max_size=14, unique_by=lambda spec: spec[1]), st.randoms(use_true_random=False))
+def test_any_order_duplicates_batching_restarts_and_handoff_reach_the_same_state(specs, rng) -> None:
     # A version names one operation cluster-wide (each node's HLC is strictly increasing).
-    ops = [op_of(spec) for spec in specs]
-    first, second = data.draw(deliveries(ops)), data.draw(deliveries(ops))
-    with tempfile.TemporaryDirectory() as root:
-        a, b = KVEngine(Path(root)), KVEngine(Path(root))
-        a.open(0, Path(root, "a"))
-        b.open(0, Path(root, "b"))
-        for batch in first:
-            a.apply(0, batch)
-        for batch in second:
-            b.apply(0, batch)
-        folded, reads = state(a)
-        assert (folded, reads) == state(b)
-        assert folded == model(ops)
-        winners = {op.key: entries.entry_of(op).to_wire() for op in folded}
-        assert reads == {key: winners.get(key) for key in KEYS}
-        a.close(0)
-        b.close(0)
+    assert_converges(KVEngine, [op_of(spec) for spec in specs], rng, state=sorted_state, expected=model)
 
 
 @settings(max_examples=40, deadline=None)

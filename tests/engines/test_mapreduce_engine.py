@@ -28,6 +28,7 @@ from engines.mapreduce.partition_files import read_batch, snapshot_dir
 from legion.errors import BadRequest, NotOwner
 from legion.limits import OP_BODY_BYTES_MAX
 from legion.replication import Operation
+from legion.testing.convergence import assert_converges
 
 P = 4
 INC = "00000000000000a1"
@@ -148,3 +149,22 @@ def test_batches_over_the_operation_limit_are_halved_until_they_fit():
     items = batch_items(INC, 0, big, P)
     assert len(items) > 1
     assert all(len(item.body) <= OP_BODY_BYTES_MAX for item in items)
+
+
+def engine_state(engine: MapReduceEngine, partition: int) -> tuple[list[Operation], list[int]]:
+    return sorted(engine.fold(partition)), rows_in(engine, partition)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, P - 1), st.lists(st.integers(0, 50), min_size=1, max_size=4)), max_size=8),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
+def test_the_engine_converges_under_the_kit_batches_creates_and_drops_in_any_order(batches, dropped, rnd):
+    # Every batch is uniquely named and stamped; a batch may overtake its dataset's create (or its drop).
+    ops = [create_op(p) for p in range(P)]
+    ops += [batch_op(p, f"{i:016x}", values, hlc=10 + i) for i, (p, values) in enumerate(batches)]
+    if dropped:
+        ops += [drop_op(p) for p in range(P)]
+    assert_converges(MapReduceEngine, ops, rnd, state=engine_state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,9 +14,11 @@ import tantivy
 from engines.search import operations as ops
 from engines.search.schema import parse_schema
 from engines.search.document_builder import LengthCounter
+from engines.search.engine import SearchEngine
 from engines.search.shard import Shard
 from legion.keyspace import partition_of
 from legion.replication import Operation
+from legion.testing.convergence import assert_converges
 
 SCHEMA = parse_schema(
     {"id_field": "id", "fields": {"id": {"type": "keyword"}, "body": {"type": "text"}, "n": {"type": "i64", "fast": True}}}
@@ -308,3 +311,30 @@ def test_batches_and_single_writes_in_any_order_with_duplicates_and_refolding_re
     assert a.searcher().num_docs == len(model)  # one document per id: replaced versions were deleted
     for shard in (a, b, c):
         shard.close()
+
+
+def _create(partition: int) -> Operation:
+    schema = {"id_field": "id", "fields": {"id": {"type": "keyword"}, "body": {"type": "text"}, "n": {"type": "i64", "fast": True}}}
+    body = ops.create_body("docs", INC, schema, PARTITIONS)
+    return Operation(ops.ENGINE_NAME, partition, ops.catalog_keys("docs", PARTITIONS)[partition], 1, "n1", ops.KIND_CREATE, body)
+
+
+def _engine_state(engine: SearchEngine, partition: int) -> tuple[list[Operation], dict[str, Any]]:
+    """The sorted fold and a get of every test id held in the partition."""
+    gets = {
+        doc_id: engine.read(partition, {"op": "get", "index": "docs", "id": doc_id})
+        for doc_id in "abcd"
+        if partition_of(doc_id, PARTITIONS) == partition
+    }
+    return sorted(engine.fold(partition)), gets
+
+
+@settings(max_examples=5, deadline=None)
+@given(operations, st.randoms(use_true_random=False))
+def test_the_engine_converges_under_the_kit_with_creates_that_may_arrive_after_their_documents(history, rnd):
+    # The index's create is one more operation per partition, delivered in any order with the documents:
+    # a document that overtakes it is parked, and the state must still converge (handoff included).
+    unique = {(h, o): (i, h, o, d, n) for i, h, o, d, n in reversed(history)}
+    docs = [(_delete(i, h, o) if d else _index(i, f"v{h}{o}", h, o, lengths=n)) for i, h, o, d, n in unique.values()]
+    creates = [_create(p) for p in sorted({op.partition for op in docs})]
+    assert_converges(SearchEngine, creates + docs, rnd, state=_engine_state)

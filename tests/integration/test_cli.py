@@ -169,13 +169,13 @@ def test_an_engine_command_imports_that_engine_alone() -> None:
     probe = (
         "import sys; from cli.main import build_app; app = build_app(['search', 'ingest']); "
         "print(sorted(g.name for g in app.registered_groups)); "
-        "print(sorted(m for m in ('engines.mapreduce', 'engines.kv', 'cli.cluster', 'cli.node') if m in sys.modules))"
+        "print(sorted(m for m in ('engines.mapreduce', 'engines.kv', 'cli.cluster', 'cli.node', 'cli.engine') if m in sys.modules))"
     )
     result = assert_ok(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60))
     assert result.stdout.splitlines() == ["['search']", "[]"]
     everything = "from cli.main import build_app; print(sorted(g.name for g in build_app(['--help']).registered_groups))"
     result = assert_ok(subprocess.run([sys.executable, "-c", everything], capture_output=True, text=True, timeout=60))
-    assert result.stdout.strip() == "['cluster', 'kv', 'mr', 'node', 'search']"
+    assert result.stdout.strip() == "['cluster', 'engine', 'kv', 'mr', 'node', 'search']"
 
 
 def test_a_cluster_grows_shrinks_restarts_and_stops_through_the_cli(legion_cli, tmp_path: Path) -> None:

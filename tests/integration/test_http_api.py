@@ -156,7 +156,6 @@ def test_malformed_cluster_and_peer_bodies_get_400(cluster):
         ("POST", "/internal/apply?refresh=2", b"\x90", "application/msgpack", "'refresh'"),
         ("POST", "/internal/coverage", b"\x83\xa6engine\xa2kv\xaapartitions\x92\x00\x00\xa5query\xc0", "application/msgpack", "repeat"),
         ("POST", "/internal/coverage", b"\x83\xa6engine\xa2kv\xaapartitions\x91\x63\xa5query\xc0", "application/msgpack", "out of range"),
-        ("POST", "/internal/coverage", b"\x83\xa6engine\xa4nope\xaapartitions\x91\x00\xa5query\xc0", "application/msgpack", "unknown engine"),
         ("POST", "/internal/coverage", b"\x83\xa6engine\xa2kv\xaapartitions\x91\x00\xa5query\xa1x", "application/msgpack", "listing query"),
     ],
 )

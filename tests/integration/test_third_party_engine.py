@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -34,13 +33,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from legion.client import Client
 from legion.errors import NotFound, Unavailable
 from legion.runtime import local_cluster, local_processes
+from legion.testing.cluster import read_when_served, wait_until_listenable
 from tests.legion.runtime.test_sidecar import is_alive, wait_until
 
 ENGINE_SOURCE = '''
@@ -137,7 +136,7 @@ class CounterEngine(Engine):
     def __init__(self, root):
         super().__init__(root)
         self.files = {}
-        self.increments = {}  # partition -> {increment id: (key, amount)}
+        self.increments = {}  # partition -> {operation id: (key, amount, hlc, origin)}: insert-once
         self.lock = threading.Lock()  # read and fold run on worker threads while apply runs
 
     def open(self, partition, directory):
@@ -145,7 +144,9 @@ class CounterEngine(Engine):
         saved = json.loads(path.read_text()) if path.exists() else []
         with self.lock:
             self.files[partition] = path
-            self.increments[partition] = {inc: (bytes.fromhex(key), amount) for inc, key, amount in saved}
+            self.increments[partition] = {
+                inc: (bytes.fromhex(key), amount, hlc, origin) for inc, key, amount, hlc, origin in saved
+            }
 
     def close(self, partition):
         with self.lock:
@@ -158,35 +159,34 @@ class CounterEngine(Engine):
     def apply(self, partition, ops):
         with self.lock:
             for op in ops:
-                self.increments[partition][f"{op.hlc}:{op.origin}"] = (op.key, json.loads(op.body)[0])
+                self.increments[partition][op.id] = (op.key, json.loads(op.body)[0], op.hlc, op.origin)
 
     def flush(self, partitions):
         for partition in partitions:
             with self.lock:
-                rows = [[inc, key.hex(), amount] for inc, (key, amount) in self.increments[partition].items()]
+                rows = [[inc, key.hex(), amount, hlc, origin] for inc, (key, amount, hlc, origin) in self.increments[partition].items()]
                 path = self.files[partition]
             path.with_suffix(".tmp").write_text(json.dumps(rows))
             os.replace(path.with_suffix(".tmp"), path)  # a crash leaves the old file or the new one
 
     def read(self, partition, query):
         with self.lock:
-            amounts = [amount for key, amount in self.increments[partition].values() if key == query]
+            amounts = [amount for key, amount, _, _ in self.increments[partition].values() if key == query]
         return [sum(amounts), len(amounts)] if amounts else None
 
     def coverage(self, partition, query):
         totals = {}
         with self.lock:
-            for key, amount in self.increments[partition].values():
+            for key, amount, _, _ in self.increments[partition].values():
                 totals[key] = totals.get(key, 0) + amount
         # The request id this node sees: the client's, if it travelled the hop.
         return [current_request_id(), [[key, total] for key, total in sorted(totals.items())]]
 
     def fold(self, partition):
         with self.lock:
-            increments = list(self.increments[partition].items())
-        for inc, (key, amount) in increments:
-            hlc, origin = inc.split(":", 1)
-            yield Operation("counter", partition, key, int(hlc), origin, "add", json.dumps([amount]).encode())
+            increments = list(self.increments[partition].values())
+        for key, amount, hlc, origin in increments:
+            yield Operation("counter", partition, key, hlc, origin, "add", json.dumps([amount]).encode())
 
     def start(self, node):
         self.sidecar = Sidecar("sleeper", [sys.executable, "-c", SLEEP], log_path=node.root / "sleeper.log")
@@ -279,9 +279,6 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
         local_cluster.down(directory)
 
 
-READ_AFTER_RESTART_TIMEOUT_S = 60.0
-
-
 def test_a_write_acknowledged_before_any_flush_survives_kill_9_of_every_replica(plugin_path: Path, tmp_path: Path):
     directory = tmp_path / "cluster"
     local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0)
@@ -303,37 +300,9 @@ def test_a_write_acknowledged_before_any_flush_survives_kill_9_of_every_replica(
             wait_until_listenable(node["url"])  # the killed sockets may linger a moment in closing states
             local_cluster.start_node(directory, node["id"])
         with Client.connect(directory) as client:
-            assert read_when_served(client, "/v1/counter/survivor") == {"total": 12, "increments": 2}
+            assert read_when_served(client, "GET", "/v1/counter/survivor").json() == {"total": 12, "increments": 2}
     finally:
         local_cluster.down(directory)
-
-
-def read_when_served(client: Client, path: str) -> object:
-    """GET ``path`` once the restarted replicas serve it (they may be re-syncing for a moment)."""
-    deadline = time.monotonic() + READ_AFTER_RESTART_TIMEOUT_S
-    while True:
-        try:
-            return client.request("GET", path).json()
-        except Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def wait_until_listenable(url: str, timeout_s: float = 30.0) -> None:
-    """Wait until a server could listen on ``url``'s port again (TIME_WAIT leftovers do not count)."""
-    deadline = time.monotonic() + timeout_s
-    address = urlsplit(url)
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((address.hostname, address.port))
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-        time.sleep(0.1)
 
 
 ATTRIBUTES_TIMEOUT_S = 15.0

@@ -72,6 +72,7 @@ class FakeNode:
         app.router.add_get("/v1/slow", self._slow)
         app.router.add_get("/v1/raw", self._raw)
         app.router.add_route("*", "/v1/echo", self._echo)
+        app.router.add_post("/v1/slow-echo", self._slow_echo)
         self._runner = web.AppRunner(app, keepalive_timeout=self.keepalive_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -83,7 +84,12 @@ class FakeNode:
     async def _record_and_authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         await request.read()  # drain the body, as a real server would
         self.hits.append(
-            {"method": request.method, "path": request.path, "peer": request.transport.get_extra_info("peername")}
+            {
+                "method": request.method,
+                "path": request.path,
+                "peer": request.transport.get_extra_info("peername"),
+                "idempotency_key": request.headers.get("Idempotency-Key"),
+            }
         )
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return web.json_response({"error": "unauthorized", "message": "wrong or missing token"}, status=401)
@@ -104,6 +110,7 @@ class FakeNode:
                 "query": dict(request.query),
                 "content_type": request.headers.get("Content-Type"),
                 "x_extra": request.headers.get("X-Extra"),
+                "idempotency_key": request.headers.get("Idempotency-Key"),
                 "body": (await request.read()).decode(),  # read() caches: the middleware read it first
             }
         )
@@ -119,6 +126,10 @@ class FakeNode:
     async def _slow(self, request: web.Request) -> web.Response:
         await asyncio.sleep(self.slow_s)
         return web.json_response({"node": self.name})
+
+    async def _slow_echo(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.slow_s)
+        return await self._echo(request)
 
     async def _raw(self, request: web.Request) -> web.Response:
         return web.Response(body=b"\x00\xffbytes", content_type="image/png", headers={"X-Legion-HLC": "42"})
@@ -435,3 +446,21 @@ def test_wait_for_waits_out_unreachable_nodes(dead_url: str) -> None:
 def test_describe_status_is_one_line() -> None:
     status = {"epoch": 7, "rebalancing": False, "members": [{"id": "n1", "status": "up"}, {"id": "n2", "status": "down"}]}
     assert describe_status(status) == "epoch 7, not rebalancing, members: n1 up, n2 down"
+
+
+def test_every_attempt_of_a_write_carries_one_idempotency_key_and_each_write_its_own(other_node: FakeNode) -> None:
+    slow = FakeNode("slow", slow_s=1.0).start()
+    try:
+        with Client([slow.url, other_node.url], TOKEN, timeout_s=0.3) as client:
+            first = client.request("POST", "/v1/slow-echo", body=b"1")  # times out on slow, retried on b
+            second = client.request("POST", "/v1/slow-echo", body=b"1")
+            read = client.request("GET", "/v1/echo")
+            mine = client.request("PUT", "/v1/echo", headers={"idempotency-key": "chosen-by-me"})
+    finally:
+        slow.stop()
+    tried = [hit["idempotency_key"] for hit in slow.hits + other_node.hits if hit["method"] == "POST"]
+    assert first.json()["node"] == "b" and len(tried) >= 3  # the first write was sent to both nodes
+    assert tried[0] == first.json()["idempotency_key"] and len(tried[0]) == 32
+    assert second.json()["idempotency_key"] != first.json()["idempotency_key"]
+    assert read.json()["idempotency_key"] is None
+    assert mine.json()["idempotency_key"] == "chosen-by-me"
