@@ -105,6 +105,10 @@ def up(
         ),
     ] = None,
     dask_scheduler: DaskSchedulerOption = None,
+    metrics_open: Annotated[
+        bool,
+        typer.Option("--metrics-open", help="Let Prometheus on this machine scrape /metrics without the token (loopback only)."),
+    ] = False,
 ) -> None:
     """Start a local cluster of NODES node processes on 127.0.0.1, and the services its engines ask for."""
     options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
@@ -119,6 +123,7 @@ def up(
             reset=reset,
             progress=lambda message: spinner.update(escape(message) + "…"),
             options=options,
+            metrics_open=metrics_open,
         )
     with Client.connect(directory) as client:
         _show_status(client)

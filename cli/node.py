@@ -53,6 +53,9 @@ def start(
         typer.Option("--option", metavar="KEY=VALUE", help="A setting for the engines (repeatable), e.g. mr.scheduler=tcp://HOST:PORT."),
     ] = None,
     dask_scheduler: DaskSchedulerOption = None,
+    metrics_open: Annotated[
+        bool, typer.Option("--metrics-open", help="Serve GET /metrics without the token to clients on loopback.")
+    ] = False,
 ) -> None:
     """Start a node and serve until SIGTERM or Ctrl-C."""
     host, port = parse_listen(listen)
@@ -72,5 +75,6 @@ def start(
         partitions=partitions,
         replicas=replicas,
         options=options,
+        metrics_open=metrics_open,
     )
     run(config)

@@ -28,7 +28,7 @@ CLI_TIMEOUT_S = 120.0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "cluster(nodes=3, partitions=64, replicas=3): the shape of the local_cluster fixture's cluster"
+        "markers", "cluster(nodes=3, partitions=64, replicas=3, metrics_open=False): the shape of the local_cluster fixture's cluster"
     )
 
 
@@ -68,6 +68,7 @@ def local_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lo
         replicas=shape.get("replicas", 3),
         base_port=0,
         timeout_s=CLUSTER_START_TIMEOUT_S,
+        metrics_open=shape.get("metrics_open", False),
     )
     client = Client.connect(directory)
     try:

@@ -75,6 +75,8 @@ from engines.mapreduce.dask_adapter import (
     worker_environment,
 )
 from engines.mapreduce.planner import RESOURCE_ATTRIBUTE, THREADS_ATTRIBUTE
+from engines.mapreduce.report import STATE_FAILED, STATE_RUNNING, STATE_SUCCEEDED
+from legion.dashboard import DashboardPanel, PanelLookup
 from legion.engine import Engine, LocalService, NodeInfo, Route
 from legion.errors import BadRequest, ConfigError, NotOwner
 from legion.replication import Operation
@@ -282,6 +284,30 @@ class MapReduceEngine(Engine):
             rows, size, _count = files.stats(incarnation)
             out[str(p)] = {"paths": [str(link) for link in links], "rows": rows, "bytes": size}
         return out
+
+    # --- operating ---------------------------------------------------------------
+
+    def metrics(self) -> Mapping[str, float]:
+        """Datasets known here, and this node's jobs (running, finished, failed) and their map/reduce tasks."""
+        with self._lock:
+            datasets = len(self._catalog.live_datasets())
+        jobs = self.services.board.all() if self.services is not None else []
+        return {
+            "datasets": datasets,
+            "jobs_running": sum(job.state == STATE_RUNNING for job in jobs),
+            "jobs_succeeded": sum(job.state == STATE_SUCCEEDED for job in jobs),
+            "jobs_failed": sum(job.state == STATE_FAILED for job in jobs),
+            "map_tasks_done": sum(job.progress.map_done for job in jobs),
+            "reduce_tasks_done": sum(job.progress.reduce_done for job in jobs),
+        }
+
+    def dashboard_panel(self) -> DashboardPanel:
+        return DashboardPanel(
+            title="Map/reduce",
+            figures={"datasets": "datasets", "jobs_running": "jobs running", "jobs_succeeded": "jobs succeeded",
+                     "jobs_failed": "jobs failed", "map_tasks_done": "map tasks done", "reduce_tasks_done": "reduce tasks done"},
+            lookups=[PanelLookup(label="Job status", path="/v1/mr/jobs/{job}", fields=["job"])],
+        )  # fmt: skip
 
     def fold(self, partition: int) -> Iterator[Operation]:
         files = self._require_held(partition)

@@ -7,7 +7,8 @@ encodes the answer. Errors become responses in ``transport`` only.
 Client API (JSON): ``GET /v1/health``, ``GET /v1/cluster`` (the status
 document, each member with its gossiped ``attributes``),
 ``POST /v1/cluster/join``, ``POST /v1/cluster/remove``, plus every engine's
-routes. Peer API (msgpack bodies, same token): ``/internal/gossip``,
+routes, and the operators' endpoints (``operator_api``: ``/metrics``,
+the dashboard at ``/ui/``). Peer API (msgpack bodies, same token): ``/internal/gossip``,
 ``/internal/apply`` (``?refresh=1``: flush what it touched before answering),
 ``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed) and
 ``/internal/handoff-done``.
@@ -34,7 +35,9 @@ from legion.engine import HttpRequest, Route, parse_flag
 from legion.errors import BadRequest, Unavailable
 from legion.limits import HANDOFF_BATCH_BYTES_MAX, HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
 from legion.replication import decode_ops, encode_apply_reply, unpack
+from legion.runtime import operator_api
 from legion.runtime.node import Node, _Forward, check_node_id
+from legion.runtime.operator_api import observer, public_requests
 from legion.runtime.transport import read_body, read_chunks, read_json
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -64,6 +67,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/coverage", api.coverage)
     app.router.add_get("/internal/fold", api.fold)
     app.router.add_post("/internal/handoff-done", api.handoff_done)
+    operator_api.add_routes(app, node)
     for engine in node.engines.values():
         for route in engine.routes():
             if not route.path.startswith(f"/v1/{engine.name}"):

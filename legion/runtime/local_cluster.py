@@ -7,7 +7,7 @@ what ``legion cluster up`` and the test fixtures use to get a cluster of real
 
 A cluster directory ``DIR`` holds::
 
-    DIR/cluster.json        {"partitions", "replicas", "options", "services", "nodes": [node, ...]}
+    DIR/cluster.json        {"partitions", "replicas", "options", "services", "metrics_open", "nodes": [node, ...]}
     DIR/token               the cluster token (mode 0600)
     DIR/nodes/<id>/         one node's data directory
     DIR/nodes/<id>/node.log that node's stdout and stderr
@@ -84,13 +84,15 @@ def up(
     reset: bool = False,
     progress: Progress | None = None,
     options: Mapping[str, str] | None = None,
+    metrics_open: bool = False,
 ) -> dict[str, Any]:
     """Start a new cluster of ``nodes`` processes in ``directory``; its ``cluster.json`` once all are up.
 
     ``base_port=0`` picks free ports. ``reset=True`` deletes the data of a
     stopped cluster in ``directory`` first; without it such a directory is
     refused. ``options`` go to every node (``--option``); the engines' local
-    services are started first and add theirs. If start-up fails, the nodes
+    services are started first and add theirs. ``metrics_open`` serves ``/metrics``
+    to loopback clients without the token (``--metrics-open``). If start-up fails, the nodes
     and services already started are stopped again.
     """
     directory = Path(directory).resolve()
@@ -107,6 +109,7 @@ def up(
         "replicas": replicas,
         "options": user_options,
         "services": [],
+        "metrics_open": metrics_open,
         "nodes": [_node_entry(directory, f"n{index + 1}", port) for index, port in enumerate(ports)],
     }
     _save(directory, document)
@@ -392,6 +395,8 @@ def _start(
     if join:
         argv += ["--join", join]
     argv += to_argv(document.get("options", {}))
+    if document.get("metrics_open"):
+        argv.append("--metrics-open")
     child = processes.spawn(argv, log_path=Path(node["log"]))
     node["pid"] = child.pid
     node["join"] = node["join"] or join

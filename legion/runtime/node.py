@@ -61,6 +61,7 @@ from legion.runtime.handoff_receiver import HandoffReceiver
 from legion.options import check_options
 from legion.runtime.log_writer import LogWriter
 from legion.runtime.member_attributes import MemberAttributes
+from legion.runtime.node_metrics import NodeMetrics
 from legion.runtime.storage import NodeStore
 from legion.runtime.transport import PeerClient, make_middlewares
 
@@ -85,6 +86,8 @@ class NodeConfig:
     replicas: int = 3
     # Node options (``--option KEY=VALUE``), handed to every engine's ``start``.
     options: Mapping[str, str] = field(default_factory=dict)
+    # Serve GET /metrics without the token to loopback clients (a Prometheus on the same machine).
+    metrics_open: bool = False
 
 
 def check_node_id(node_id: str) -> str:
@@ -137,11 +140,13 @@ class Node:
         self.engines: dict[str, Engine] = {
             name: cls(config.data_dir / "engines" / name) for name, cls in sorted(load_engines().items())
         }
-        self.writer = LogWriter(self.store, self.engines, config.data_dir)
+        self.metrics = NodeMetrics()
+        self.writer = LogWriter(self.store, self.engines, config.data_dir, self.metrics)
         self.peers = PeerClient(self.token)
         self.coordinator = Coordinator(self)
         self.gossiper = Gossiper(self)
         self.handoff = HandoffReceiver(self)
+        self.metrics.watch(self)
         self.started_ms = self.now_ms()
         self.last_heard_ms: dict[str, int] = {}
         self._was_down = False
@@ -158,9 +163,11 @@ class Node:
     async def start(self) -> None:
         self.writer.start(asyncio.get_running_loop())
         await self.peers.start()
-        from legion.runtime.http_api import add_routes, admission
+        from legion.runtime.http_api import add_routes, admission, observer, public_requests
 
-        middlewares = make_middlewares(self.token, admission(self))
+        middlewares = make_middlewares(
+            self.token, admission(self), public=public_requests(self), observe=observer(self)
+        )
         app = web.Application(client_max_size=PEER_BODY_BYTES_MAX, middlewares=middlewares)
         add_routes(app, self)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -198,6 +205,14 @@ class Node:
             await self.peers.close()
             await asyncio.to_thread(self.writer.stop)
             self.store.close()
+
+    # --- what the metrics read (``legion.runtime.node_metrics.MetricsSource``) ---
+
+    def handoffs_in_flight(self) -> int:
+        return len(self.handoff.in_flight)
+
+    def log_figures(self) -> tuple[int, int, int | None]:
+        return self.store.log_figures()
 
     # --- engine services -----------------------------------------------------
 

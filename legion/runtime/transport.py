@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -79,25 +80,41 @@ def _from_http_exception(exc: web.HTTPException) -> LegionError:
     return err
 
 
-def make_middlewares(token: str, admit: Callable[[web.Request], None] | None = None) -> list[Callable[..., Any]]:
+def make_middlewares(
+    token: str,
+    admit: Callable[[web.Request], None] | None = None,
+    *,
+    public: Callable[[web.Request], bool] | None = None,
+    observe: Callable[[web.Request, int, float], None] | None = None,
+) -> list[Callable[..., Any]]:
     """Request id, authentication, admission and error mapping, in one middleware (each layer
     of middleware costs a coroutine per request). ``admit`` raises a LegionError for an
-    authenticated request the node cannot serve yet."""
+    authenticated request the node cannot serve yet. ``public`` says which requests need no
+    token (static dashboard files, which hold no data); ``observe(request, status, seconds)``
+    learns how every request ended, for the node's metrics."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await _answer(request, handler)
+        if observe is not None:
+            observe(request, response.status, time.perf_counter() - started)
+        return response
+
+    async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = request.headers.get(REQUEST_ID_HEADER) or next_request_id()
         request["request_id"] = request_id
         # Tasks copy the context they are created in, so work this request starts keeps its id
         # (a long-lived task serving many requests must start in an empty context instead).
         context_token = REQUEST_ID_CONTEXT.set(request_id)
         try:
-            supplied = request.headers.get("Authorization", "").encode("utf-8", "replace")
-            if not hmac.compare_digest(supplied, expected):
-                raise Unauthorized("missing or wrong cluster token: send 'Authorization: Bearer <token>'")
-            if admit is not None:
-                admit(request)
+            if public is None or not public(request):
+                supplied = request.headers.get("Authorization", "").encode("utf-8", "replace")
+                if not hmac.compare_digest(supplied, expected):
+                    raise Unauthorized("missing or wrong cluster token: send 'Authorization: Bearer <token>'")
+                if admit is not None:
+                    admit(request)
             response = await handler(request)
         except LegionError as exc:
             return error_response(exc, request_id)
