@@ -9,6 +9,9 @@ and format the answers with rich. No HTTP, no cluster logic here.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import webbrowser
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -206,3 +209,25 @@ def stop_node(
     """Stop one node; it stays a member (shown down) until started or removed."""
     was_running = local_cluster.stop_node(directory, node_id, kill=kill)
     console.print(f"stopped {escape(node_id)}" if was_running else f"{escape(node_id)} was not running")
+
+
+def _can_open_a_browser() -> bool:
+    """Whether a graphical browser can open here (a text-mode one would take over the terminal)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+@app.command()
+def dashboard(
+    directory: DirOption = DIR_DEFAULT,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the page in a browser when one is available.")
+    ] = True,
+) -> None:
+    """Print the URL of the web dashboard (any node serves it) and open it in a browser if there is one."""
+    url = local_cluster.dashboard_url(directory)
+    typer.echo(url)
+    console.print(f"sign in with the cluster token: the contents of {escape(str(Path(directory) / 'token'))}", highlight=False)
+    if open_browser and _can_open_a_browser():
+        webbrowser.open(url)

@@ -235,6 +235,15 @@ def stop_node(directory: Path, node_id: str, *, kill: bool = False) -> bool:
     return bool(stopped)
 
 
+def dashboard_url(directory: Path) -> str:
+    """The dashboard's URL on a running node of the cluster in ``directory`` (every node serves it)."""
+    directory = Path(directory).resolve()
+    live = _running(load(directory))
+    if not live:
+        raise ConfigError(f"no node of the cluster in {directory} is running: start it with `legion cluster start-node ID --dir {directory}`")
+    return live[0]["url"] + "/ui/"
+
+
 # -- checks and files --------------------------------------------------------------
 
 

@@ -32,6 +32,16 @@ if TYPE_CHECKING:
     from legion.runtime.node import Node
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "dashboard_assets"
+# The page may load and call nothing but this node: no other origin, no inline script, no framing.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 FIGURES_TIMEOUT_MS = 1_500
 
 
@@ -89,7 +99,7 @@ class _OperatorApi:
         raise web.HTTPFound("/ui/")
 
     async def index(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(ASSETS_DIR / "index.html")
+        return web.FileResponse(ASSETS_DIR / "index.html", headers=PAGE_HEADERS)
 
     async def figures(self, request: web.Request) -> web.Response:
         return web.json_response(await asyncio.to_thread(self._own_figures))

@@ -9,6 +9,7 @@ exit status 1 — never a traceback.
 from __future__ import annotations
 
 import json
+import urllib.request
 import socket
 import subprocess
 import sys
@@ -68,6 +69,30 @@ def test_status_table_names_members_and_the_claimant(legion_cli, workdir: Path) 
     table = assert_ok(legion_cli("cluster", "status", "--cluster", str(workdir / ".legion"))).stdout
     for word in ("n1", "n2", "n3", "up", "claimant", "64 partitions", "settled"):
         assert word in table
+
+
+def test_dashboard_prints_the_url_of_a_page_a_node_serves_without_the_token(legion_cli, workdir: Path) -> None:
+    out = assert_ok(legion_cli("cluster", "dashboard", "--no-open", cwd=workdir)).stdout
+    url = out.splitlines()[0].strip()
+    nodes = json.loads((workdir / ".legion" / "cluster.json").read_text())["nodes"]
+    assert url in [node["url"] + "/ui/" for node in nodes]
+    assert "token" in out
+    with urllib.request.urlopen(url, timeout=5) as page:
+        assert page.status == 200
+        assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+        assert b"dashboard.js" in page.read()
+
+
+def test_the_demo_ends_with_the_dashboard_url_of_the_cluster_it_leaves_running(workdir: Path) -> None:
+    from rich.console import Console
+
+    from cli import demo
+
+    console = Console(record=True, width=200)
+    demo.epilogue(demo.Tour(console=console, directory=workdir / ".legion"))
+    last = console.export_text().strip().splitlines()[-1]
+    nodes = json.loads((workdir / ".legion" / "cluster.json").read_text())["nodes"]
+    assert last.startswith(f"Dashboard: {nodes[0]['url']}/ui/"), last
 
 
 def test_kv_put_get_delete(legion_cli, workdir: Path) -> None:
