@@ -259,6 +259,14 @@ class Client:
         """The cluster status document (``GET /v1/cluster``)."""
         return self.request("GET", "/v1/cluster").json()
 
+    def metrics(self) -> str:
+        """One node's Prometheus metrics, as text (``GET /metrics``; see ``legion.node_figures``)."""
+        return self.request("GET", "/metrics").body.decode("utf-8", "replace")
+
+    def for_node(self, url: str) -> Client:
+        """A new client for the node at ``url`` alone, with this client's token and timeout (the caller closes it)."""
+        return Client([url], self._token, timeout_s=self.timeout_s)
+
     def health(self) -> dict[str, Any]:
         """One node's liveness answer (``GET /v1/health``)."""
         return self.request("GET", "/v1/health").json()

@@ -9,6 +9,8 @@ exit status 1 — never a traceback.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.request
 import socket
 import subprocess
@@ -93,6 +95,41 @@ def test_the_demo_ends_with_the_dashboard_url_of_the_cluster_it_leaves_running(w
     last = console.export_text().strip().splitlines()[-1]
     nodes = json.loads((workdir / ".legion" / "cluster.json").read_text())["nodes"]
     assert last.startswith(f"Dashboard: {nodes[0]['url']}/ui/"), last
+
+
+def test_top_shows_each_nodes_request_and_op_rates_from_metrics(legion_cli, workdir: Path) -> None:
+    from engines.kv import KVClient
+    from legion.client import Client
+
+    stop = threading.Event()
+    put_times: list[float] = []
+
+    def write() -> None:
+        with Client.connect(workdir / ".legion") as client:
+            n1 = client.for_node(client.status()["members"][0]["url"])
+            with n1:
+                while not stop.is_set():
+                    KVClient(n1).put(f"top:{len(put_times)}", b"x")
+                    put_times.append(time.monotonic())
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        out = assert_ok(legion_cli("cluster", "top", "--iterations", "3", "--interval", "1", cwd=workdir)).stdout
+    finally:
+        stop.set()
+        writer.join()
+    cells_of = [line.replace("│", " ").split() for line in out.splitlines()]
+    rows = {cells[0]: cells[1:] for cells in cells_of if cells[:1] in (["n1"], ["n2"], ["n3"])}
+    assert set(rows) == {"n1", "n2", "n3"}, out
+    requests = {node: float(cells[0]) for node, cells in rows.items()}
+    ops = {node: float(cells[2]) for node, cells in rows.items()}
+    rate = len(put_times) / (put_times[-1] - put_times[0])
+    # n1 answers every put; the others only replicate them (peer calls are not client requests).
+    assert 0.5 * rate <= requests["n1"] <= 1.5 * rate, (requests, rate)
+    assert requests["n2"] == requests["n3"] == 0.0
+    assert all(0.5 * rate <= ops[node] <= 1.5 * rate for node in rows), (ops, rate)
+    assert rows["n1"][1] != "-" and float(rows["n1"][1]) > 0  # a p99 latency in ms
 
 
 def test_kv_put_get_delete(legion_cli, workdir: Path) -> None:
