@@ -116,6 +116,9 @@ def up(
         bool,
         typer.Option("--metrics-open", help="Let Prometheus on this machine scrape /metrics without the token (loopback only)."),
     ] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Make a private CA and node certificates: HTTPS only, mutual TLS between nodes.")
+    ] = False,
 ) -> None:
     """Start a local cluster of NODES node processes on 127.0.0.1, and the services its engines ask for."""
     options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
@@ -131,6 +134,7 @@ def up(
             progress=lambda message: spinner.update(escape(message) + "…"),
             options=options,
             metrics_open=metrics_open,
+            tls=tls,
         )
     with Client.connect(directory) as client:
         _show_status(client)

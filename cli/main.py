@@ -9,14 +9,18 @@ status 1 — users see what to fix, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from cli import cluster, node
+from legion.client import ENV_CA
 from legion.engine import load_engines
 from legion.errors import LegionError
 
@@ -37,10 +41,23 @@ def build_app() -> typer.Typer:
         # deserves the plain traceback, not a wall of rich locals.
         pretty_exceptions_enable=False,
     )
+    app.callback()(_global_options)
     app.add_typer(cluster.app, name="cluster")
     app.add_typer(node.app, name="node")
     _mount_engines(app)
     return app
+
+
+def _global_options(
+    ca: Annotated[
+        Path | None,
+        typer.Option("--ca", envvar=ENV_CA, help="The CA certificate to verify a TLS cluster's nodes with (or $LEGION_CA)."),
+    ] = None,
+) -> None:
+    """Run and use a Legion cluster: partitioned, replicated, rebalancing state."""
+    if ca is not None:
+        # Every command reaches the cluster through Client.connect, which reads it from there.
+        os.environ[ENV_CA] = str(ca)
 
 
 def _mount_engines(app: typer.Typer) -> None:

@@ -68,6 +68,7 @@ from engines.mapreduce.partition_files import (
     sweep_snapshots,
 )
 from engines.mapreduce.dask_adapter import (
+    DaskTls,
     resource_name,
     scheduler_command,
     split_address,
@@ -136,7 +137,8 @@ class MapReduceEngine(Engine):
         from engines.mapreduce.job_service import JobService
 
         scheduler = node.options.get(OPTION_SCHEDULER, "")
-        self.services = JobService(node.node_id, scheduler)
+        tls = DaskTls.from_options(node.options)  # a TLS node: Dask traffic under the cluster CA too
+        self.services = JobService(node.node_id, scheduler, tls=tls)
         if not scheduler:
             log.warning("no %s option: this node runs no Dask worker and cannot run jobs", OPTION_SCHEDULER)
             return
@@ -144,7 +146,7 @@ class MapReduceEngine(Engine):
         threads = _threads(node.options.get(OPTION_WORKER_THREADS))
         argv = worker_command(
             scheduler, node_id=node.node_id, threads=threads, local_directory=str(node.root / "dask-worker"),
-            host=node.options.get(OPTION_WORKER_HOST, "127.0.0.1"),
+            host=node.options.get(OPTION_WORKER_HOST, "127.0.0.1"), tls=tls,
         )  # fmt: skip
         self._worker = Sidecar("dask-worker", argv, log_path=node.root / "dask-worker.log", env=worker_environment(node.node_id))
         self._worker.start()
@@ -162,12 +164,14 @@ class MapReduceEngine(Engine):
         if options.get(OPTION_SCHEDULER):
             return ()  # an existing Dask deployment
         port = _free_port()
+        tls = DaskTls.from_options(options)  # `legion cluster up --tls`: a certificate for the scheduler
+        protocol = "tls" if tls is not None else "tcp"
         return (
             LocalService(
                 "dask-scheduler",
-                scheduler_command(host="127.0.0.1", port=port),
+                scheduler_command(host="127.0.0.1", port=port, tls=tls),
                 ready_address=f"127.0.0.1:{port}",
-                options_to_nodes={OPTION_SCHEDULER: f"tcp://127.0.0.1:{port}"},
+                options_to_nodes={OPTION_SCHEDULER: f"{protocol}://127.0.0.1:{port}"},
                 env={"DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning"},
             ),
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from legion.replication import decode_ops, encode_apply_reply, unpack
 from legion.runtime import operator_api
 from legion.runtime.node import Node, _Forward, check_node_id
 from legion.runtime.operator_api import observer, public_requests
+from legion.runtime.tls import require_peer_certificate
 from legion.runtime.transport import read_body, read_chunks, read_json
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -46,9 +48,16 @@ FOLD_STALL_S = 60
 
 
 def admission(node: Node) -> Callable[[web.Request], None]:
-    """Until a joining node has the cluster state, it can only take gossip (which brings the state)."""
+    """Until a joining node has the cluster state, it can only take gossip (which brings the state).
+
+    On a TLS cluster, the peer API also wants the caller's certificate (mutual TLS)."""
+
+    peers_need_certificates = node.config.tls is not None
 
     def admit(request: web.Request) -> None:
+        if peers_need_certificates:
+            transport = request.transport
+            require_peer_certificate(request.path, transport.get_extra_info("peercert") if transport else None)
         if node.state is None and request.path != "/internal/gossip":
             raise Unavailable(f"node {node.node_id} is still joining the cluster; retry shortly")
 
@@ -150,6 +159,11 @@ class _Api:
         url = body.get("url")
         if not isinstance(url, str) or not URL_PATTERN.match(url):
             raise BadRequest(f"url must look like http://HOST:PORT, got {url!r}")
+        if urlsplit(url).scheme != urlsplit(self.node.url).scheme:
+            raise BadRequest(
+                f"this cluster serves {urlsplit(self.node.url).scheme.upper()} and node {node_id} {urlsplit(url).scheme.upper()}: "
+                "every node of a cluster uses TLS (--tls-cert, --tls-key, --tls-ca) or none does"
+            )
         self.node.heard_from(node_id)
         return await self._claimant_change(request, body, lambda s: cs.add_member(s, node_id, url))
 

@@ -8,13 +8,17 @@ I/O. Every request, from a client or a peer, passes the same chain:
    handler starts, and every worker thread it hands work to, sees it), and
    ``PeerClient`` sends it on every peer call made on the request's behalf;
 2. authentication: ``Authorization: Bearer <cluster token>``, compared in
-   constant time; anything else is 401 before a handler runs;
+   constant time; anything else is 401 before a handler runs (except what
+   the node declares ``public``: the dashboard's static files, and
+   ``/metrics`` from loopback on a ``--metrics-open`` node);
 3. error mapping — the one place a ``LegionError`` becomes an HTTP status and
    a JSON body saying what to fix. aiohttp's own HTTP errors (unknown route,
    wrong method, oversized body) get the same JSON shape. Anything else is a
-   bug: logged with its traceback, answered 500 without one.
+   bug: logged with its traceback, answered 500 without one;
+4. ``observe``: how each request ended (status, seconds), for the metrics.
 
-``PeerClient`` is how a node talks to other nodes: one pooled aiohttp session,
+``PeerClient`` is how a node talks to other nodes (over mutual TLS on a TLS
+cluster, ``legion.runtime.tls``): one pooled aiohttp session,
 every call bounded by a deadline, connection failures raised as
 ``Unavailable`` and peer errors rebuilt as the typed error the peer raised.
 """
@@ -27,6 +31,7 @@ import itertools
 import json
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -173,12 +178,14 @@ def _peer_error(status: int, body: bytes) -> LegionError:
 class PeerClient:
     """Calls to other nodes: pooled connections, deadlines, typed errors."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self._token = token
+        # On a TLS cluster: peers' certificates checked against the CA, this node's own presented.
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"Authorization": f"Bearer {self._token}"},
