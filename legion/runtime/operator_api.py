@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from legion.runtime.node_metrics import CONTENT_TYPE, engine_of
 
 if TYPE_CHECKING:
     from legion.runtime.node import Node
+
+log = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "dashboard_assets"
 # The page may load and call nothing but this node: no other origin, no inline script, no framing.
@@ -108,7 +111,11 @@ class _OperatorApi:
         """This node's engine figures (engine → figure → value) and the partitions it is pulling."""
         engines: dict[str, dict[str, float]] = {}
         for name, engine in self.node.engines.items():
-            engines[name] = {figure: float(value) for figure, value in engine.metrics().items()}
+            try:
+                engines[name] = {figure: float(value) for figure, value in engine.metrics().items()}
+            except Exception:
+                # One engine's broken figures must not blank the whole dashboard.
+                log.exception("engine %s failed to report its metrics", name)
         return {"engines": engines, "handoffs": sorted(self.node.handoff.in_flight)}
 
     async def dashboard(self, request: web.Request) -> web.Response:

@@ -124,11 +124,14 @@ def test_top_shows_each_nodes_request_and_op_rates_from_metrics(legion_cli, work
     assert set(rows) == {"n1", "n2", "n3"}, out
     requests = {node: float(cells[0]) for node, cells in rows.items()}
     ops = {node: float(cells[2]) for node, cells in rows.items()}
-    rate = len(put_times) / (put_times[-1] - put_times[0])
+    # The writer's own rate over the last seconds before top ended (top's figures are per window, and the load varies).
+    recent = [t for t in put_times if t >= put_times[-1] - 3.0]
+    rate = len(recent) / (recent[-1] - recent[0])
     # n1 answers every put; the others only replicate them (peer calls are not client requests).
-    assert 0.5 * rate <= requests["n1"] <= 1.5 * rate, (requests, rate)
+    assert 0.5 * rate <= requests["n1"] <= 2.0 * rate, (requests, rate)
     assert requests["n2"] == requests["n3"] == 0.0
-    assert all(0.5 * rate <= ops[node] <= 1.5 * rate for node in rows), (ops, rate)
+    # Every node holds every partition: each logs what n1 took in, in the same window.
+    assert all(0.5 * requests["n1"] <= ops[node] <= 2.0 * requests["n1"] for node in rows), (ops, requests)
     assert rows["n1"][1] != "-" and float(rows["n1"][1]) > 0  # a p99 latency in ms
 
 

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engines.kv import KVClient
 from engines.search.client import SearchClient
+from legion.client import Client
 from legion.errors import Unauthorized
 from tests.conftest import LocalCluster
 
@@ -38,7 +39,7 @@ def total(samples, name: str, **labels: str) -> float:
     return sum(value for found, value in samples.get(name, ()) if all(found.get(k) == v for k, v in labels.items()))
 
 
-def test_500_puts_through_n1_are_500_requests_there_and_replicated_ops_everywhere(local_cluster: LocalCluster):
+def test_500_puts_through_n1_are_500_requests_there_and_replicated_ops_everywhere_and_engines_report(local_cluster: LocalCluster):
     with local_cluster.node_client("n1") as c1:
         kv = KVClient(c1)
         for i in range(PUTS):
@@ -78,8 +79,7 @@ def test_500_puts_through_n1_are_500_requests_there_and_replicated_ops_everywher
     primaries = sum(total(s, "legion_partitions_held", role="primary") for s in scraped.values())
     assert primaries == 64
 
-
-def test_engine_figures_of_search_reach_every_node(local_cluster: LocalCluster):
+    # Search's figures (Engine.metrics) reach every node's /metrics too.
     search = SearchClient(local_cluster.client)
     search.create("notes", {"fields": {"id": {"type": "keyword"}, "t": {"type": "text"}}})
     for i in range(DOCS):
@@ -93,18 +93,16 @@ def test_engine_figures_of_search_reach_every_node(local_cluster: LocalCluster):
         assert total(samples, "legion_search_searcher_reloads") > 0
         assert total(samples, "legion_mr_jobs_running") == 0
 
-
-def test_metrics_need_the_token(local_cluster: LocalCluster):
+    # Scraping needs the cluster token, like every other request.
     url = urlsplit(local_cluster.node("n1")["url"])
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
     connection.request("GET", "/metrics")
     response = connection.getresponse()
     assert response.status == 401
     assert b"legion_" not in response.read()
-    with local_cluster.node_client("n1") as client:
-        client._token = "wrong"
+    with Client([local_cluster.node("n1")["url"]], "not-the-token") as stranger:
         with pytest.raises(Unauthorized):
-            client.request("GET", "/metrics")
+            stranger.metrics()
 
 
 @pytest.mark.cluster(nodes=1, replicas=1, metrics_open=True)
