@@ -505,10 +505,17 @@ class Engine(ABC):
         return None
 
 
-def load_engines() -> dict[str, type[Engine]]:
-    """Every engine installed under the ``legion.engines`` entry-point group, by name."""
+def engine_names() -> set[str]:
+    """The names of the engines installed under the ``legion.engines`` entry-point group, none imported."""
+    return {entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_engines(names: Collection[str] | None = None) -> dict[str, type[Engine]]:
+    """Every engine installed under the ``legion.engines`` entry-point group (or those of ``names``), by name."""
     found: dict[str, type[Engine]] = {}
     for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if names is not None and entry.name not in names:
+            continue
         cls = entry.load()
         if not (isinstance(cls, type) and issubclass(cls, Engine)):
             raise ConfigError(f"entry point {entry.name!r} does not name an Engine subclass")

@@ -116,18 +116,22 @@ def decode_apply_errors(raw: bytes) -> dict[int, LegionError]:
 
 
 def write_quorum(requested: int | None, replicas: int) -> int:
-    """Acknowledgements a write needs: ``requested`` (default: a majority), capped at the replica count."""
+    """Acknowledgements a write needs: ``requested`` (default: a majority of the replicas).
+
+    BadRequest when ``requested`` is below 1 or above ``replicas`` (the copies
+    kept of the partition: N, or fewer while the cluster has fewer nodes) —
+    never silently capped, so asking for more copies than exist is visible."""
     if replicas < 1:
         raise BadRequest("no replicas to write to")
     if requested is None:
         return min(replicas, max(1, replicas // 2 + 1)) if replicas >= 2 else 1
     if requested < 1:
         raise BadRequest(f"w must be at least 1, got {requested}")
-    return min(requested, replicas)
+    return _within_replicas("w", requested, replicas)
 
 
 def read_quorum(requested: int | None, replicas: int) -> int:
-    """Replies a read needs: ``requested`` (default 1: the first live replica), capped at the replica count.
+    """Replies a read needs: ``requested`` (default 1: the first live replica), at most ``replicas``.
 
     One reply is the fast default (Cassandra's ONE, Elasticsearch's any in-sync
     copy): a replica that missed writes while it was down re-syncs before it
@@ -139,4 +143,13 @@ def read_quorum(requested: int | None, replicas: int) -> int:
         return 1
     if requested < 1:
         raise BadRequest(f"r must be at least 1, got {requested}")
-    return min(requested, replicas)
+    return _within_replicas("r", requested, replicas)
+
+
+def _within_replicas(name: str, requested: int, replicas: int) -> int:
+    if requested > replicas:
+        raise BadRequest(
+            f"{name}={requested} is more than the {replicas} copies this cluster keeps of each partition: "
+            f"ask for {name} between 1 and {replicas}"
+        )
+    return requested

@@ -16,6 +16,11 @@ them out — forwarding with a deadline and retrying the next candidate.
   (e.g. a search's scoring round after its statistics round): a preferred
   node is used when it is live, holds the partition in the current placement
   and is not avoided; otherwise the usual order decides.
+- A replica that knows a newer cluster state than the coordinator of a write
+  planned with *forwards* the write to the owners the coordinator could not
+  know of (``forward_targets``): during a rebalance a coordinator that has not
+  yet heard of the move writes to the old owners only, and the node gaining
+  the partition must not miss what it is sent.
 - Engines that plan work of their own (a map/reduce job's data-local tasks)
   get the same inputs as one ``PlacementView`` (``placement_view``).
 """
@@ -53,6 +58,16 @@ def write_plan(state: ClusterState, partition: int, live: set[str]) -> WritePlan
         extra=tuple(n for n in gaining if n in live),
         replicas=len(current),
     )
+
+
+def forward_targets(
+    mine: ClusterState, theirs: ClusterState | None, partition: int, live: set[str], self_id: str
+) -> tuple[str, ...]:
+    """Live owners of ``partition`` under ``mine`` that a coordinator planning with ``theirs`` did not write to.
+
+    ``theirs`` None (a state this node no longer remembers): every other live owner."""
+    known = set(owners(theirs, partition)) if theirs is not None else set()
+    return tuple(n for n in owners(mine, partition) if n in live and n != self_id and n not in known)
 
 
 def read_order(state: ClusterState, partition: int, live: set[str], self_id: str) -> tuple[str, ...]:

@@ -31,7 +31,9 @@ nodes' answers), ``query_tree`` (pure: tantivy's query tree), ``shard``,
 ``document_builder`` (what a node indexes for a document), ``scope`` (what a
 committed searcher may show of a plan) and ``query_compile`` (tantivy),
 ``catalog_store`` (SQLite), ``local_search`` (one node's share of a search),
-``engine`` (the engine contract), ``handlers`` (HTTP), ``client`` and ``cli``.
+``engine`` (the engine contract), ``handlers`` (HTTP), ``bulk_ingest`` (a
+bulk request on its coordinator: one ``batch`` operation per partition per
+chunk), ``client`` and ``cli``.
 """
 
 from engines.search.client import SearchClient

@@ -12,9 +12,11 @@ Every document carries the engine's own fields next to the user's:
 - ``_deleted``   u64 1 for a *tombstone* (a deleted id keeps a document that
                  has only the engine's fields, so an older write arriving late
                  still loses to the delete), 0 otherwise; queries exclude 1;
-- ``_hlc``, ``_origin`` the version of the write that produced the document;
-- ``_source``    the document as it was indexed (JSON bytes), for handoff and
-                 for returning the document;
+- ``_hlc``, ``_origin``, ``_pos`` the version of the write that produced the
+                 document (``operations`` explains versions; ``_pos`` only when not 0);
+- ``_source``    the document as it was indexed (JSON bytes), for handoff, for
+                 returning the document and for its snippets: the only stored
+                 copy of the user's fields (``shard.tantivy_schema``);
 - ``_len_<f>``   u64 fast: how many tokens tantivy indexed for field ``f`` in this
                  document (one per value for untokenized fields). Round 1 of a
                  search sums them, so BM25's average field length can be the
@@ -43,21 +45,36 @@ import json
 import logging
 from json.encoder import encode_basestring_ascii
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import tantivy
 
-from engines.search.query_compile import default_text_analyzer, field_length
+from engines.search.query_compile import DEFAULT_TOKEN_CHARS_MAX, default_text_analyzer, field_length
 from engines.search.schema import FieldSpec, IndexSchema, parse_date
-from legion.replication import Operation
-
 log = logging.getLogger(__name__)
 
-ID, PARTITION, DELETED, HLC, ORIGIN, SOURCE = "_id", "_partition", "_deleted", "_hlc", "_origin", "_source"
+ID, PARTITION, DELETED, HLC, ORIGIN, POSITION, SOURCE = (
+    "_id", "_partition", "_deleted", "_hlc", "_origin", "_pos", "_source"
+)  # fmt: skip
 LENGTH_PREFIX = "_len_"
-INTERNAL_FIELDS = (ID, PARTITION, DELETED, HLC, ORIGIN, SOURCE)
+INTERNAL_FIELDS = (ID, PARTITION, DELETED, HLC, ORIGIN, POSITION, SOURCE)
 # Field types whose JSON values tantivy's add_json reads exactly as the per-field path adds them.
 JSON_TEXT_TYPES = frozenset({"text", "keyword", "i64", "u64", "f64", "bool"})
+
+
+class Version(NamedTuple):
+    """One write of one id as a shard holds it: its version, partition, and source (None: a tombstone)."""
+
+    hlc: int
+    origin: str
+    position: int
+    partition: int
+    source: bytes | None
+
+    @property
+    def order(self) -> tuple[int, str, int]:
+        """The last-writer-wins order (``operations`` explains it)."""
+        return (self.hlc, self.origin, self.position)
 
 
 def length_fields(schema: IndexSchema) -> dict[str, str]:
@@ -74,27 +91,52 @@ def analyzer(spec: FieldSpec) -> tantivy.TextAnalyzer | None:
     return default_text_analyzer()  # "default", and "en_stem" (stemming keeps the token count)
 
 
+# ASCII letters and digits kept, every other byte a space: where tantivy's simple tokenizer splits ASCII text.
+_ASCII_WORDS = bytes(c if c < 128 and chr(c).isalnum() else 0x20 for c in range(256))
+
+
+def default_token_count(text: str) -> int:
+    """The tokens tantivy's ``default`` (and ``en_stem``) tokenizer makes of ASCII ``text``.
+
+    Runs of ASCII letters and digits, less those of ``DEFAULT_TOKEN_CHARS_MAX``
+    bytes or more (the remove-long filter): counted in C, where the analyzer
+    would hand every token back as a Python string."""
+    words = text.encode("ascii").translate(_ASCII_WORDS).split()
+    if words and max(map(len, words)) >= DEFAULT_TOKEN_CHARS_MAX:
+        return sum(1 for word in words if len(word) < DEFAULT_TOKEN_CHARS_MAX)
+    return len(words)
+
+
 class LengthCounter:
     """Counts the tokens tantivy indexes for each scored field of one document (what ``_len_<f>`` holds)."""
 
     def __init__(self, schema: IndexSchema) -> None:
         specs = {spec.name: spec for spec in schema.fields}
-        self._fields = [(name, analyzer(specs[name])) for name in length_fields(schema)]
+        self._fields = [(name, analyzer(specs[name]), _counts_ascii(specs[name])) for name in length_fields(schema)]
 
     def __call__(self, fields: Mapping[str, Any]) -> list[int]:
         """One count per ``length_fields(schema)``, in that order; 0 for an absent field."""
-        out = []
-        for name, field_analyzer in self._fields:
-            value = fields.get(name)
+        out: list[int] = []
+        append, get = out.append, fields.get  # once per document, for every field
+        for name, field_analyzer, ascii_counted in self._fields:
+            value = get(name)
             if value is None:
-                out.append(0)
+                append(0)
             elif field_analyzer is None:
-                out.append(len(value) if isinstance(value, list) else 1)
-            elif isinstance(value, str):
-                out.append(len(field_analyzer.analyze(value)))
+                append(len(value) if type(value) is list else 1)
+            elif type(value) is str:
+                if ascii_counted and value.isascii():
+                    append(default_token_count(value))
+                else:
+                    append(len(field_analyzer.analyze(value)))
             else:
-                out.append(field_length(value, field_analyzer))
+                append(field_length(value, field_analyzer))
         return out
+
+
+def _counts_ascii(spec: FieldSpec) -> bool:
+    """True if ``default_token_count`` counts this field's ASCII text as its analyzer would."""
+    return spec.type == "text" and spec.tokenizer in ("default", "en_stem")
 
 
 class DocumentBuilder:
@@ -107,44 +149,50 @@ class DocumentBuilder:
         self._count_lengths = LengthCounter(schema)
         self._length_names = list(length_fields(schema).values())
         # The source's text without its closing brace, then the engine's fields and the lengths
-        # (in LengthCounter order): one %-format in C per document.
+        # (in LengthCounter order): one %-format in C per document; _pos only when it is not 0.
         lengths = "".join(f',"{name}":%d' for name in self._length_names)
-        self._json_format = (
-            f'%s,"{ID}":%s,"{PARTITION}":%d,"{DELETED}":0,"{HLC}":%d,"{ORIGIN}":%s,"{SOURCE}":"%s"{lengths}}}'
-        )
+        head = f'%s,"{ID}":%s,"{PARTITION}":%d,"{DELETED}":0,"{HLC}":%d,"{ORIGIN}":%s'
+        tail = f',"{SOURCE}":"%s"{lengths}}}'
+        self._json_formats = (head + tail, head + f',"{POSITION}":%d' + tail)
         self.json_text_ok = all(spec.type in JSON_TEXT_TYPES for spec in schema.fields)
         self._origins: dict[str, str] = {}
 
-    def json_text(self, doc_id: str, op: Operation, source: bytes, lengths: Sequence[int] | None) -> str | None:
+    def json_text(self, doc_id: str, version: Version, lengths: Sequence[int] | None) -> str | None:
         """The document as JSON text for ``add_json``; None when it must take the per-field path."""
         if not self.json_text_ok or lengths is None or len(lengths) != len(self._length_names):
             return None
+        hlc, origin, position, partition, source = version
         try:
-            text = source.decode("utf-8")
+            text = source.decode("utf-8")  # type: ignore[union-attr]  # a tombstone takes the other path
         except UnicodeDecodeError:
             return None
         if not (text.startswith("{") and text.endswith("}")) or len(text) < 3:
             return None  # not a non-empty JSON object as the coordinator encodes them
-        origin = self._origins.get(op.origin)
-        if origin is None:
-            origin = self._origins[op.origin] = json.dumps(op.origin)
+        quoted_origin = self._origins.get(origin)
+        if quoted_origin is None:
+            quoted_origin = self._origins[origin] = json.dumps(origin)
         encoded = binascii.b2a_base64(source, newline=False).decode("ascii")  # tantivy reads bytes as base64
         quoted_id = encode_basestring_ascii(doc_id)  # what json.dumps(doc_id) returns, without its overhead
         try:
             # %d takes integers only, so a count that is no count cannot inject JSON; one that is
             # negative or too large makes tantivy refuse the text, and the per-field path counts.
-            return self._json_format % (text[:-1], quoted_id, op.partition, op.hlc, origin, encoded, *lengths)
+            if position:
+                return self._json_formats[1] % (text[:-1], quoted_id, partition, hlc, quoted_origin, position, encoded, *lengths)
+            return self._json_formats[0] % (text[:-1], quoted_id, partition, hlc, quoted_origin, encoded, *lengths)
         except TypeError:
             return None
 
-    def document(self, doc_id: str, op: Operation, source: bytes | None) -> tantivy.Document:
-        """The document built field by field (a tombstone when ``source`` is None)."""
+    def document(self, doc_id: str, version: Version) -> tantivy.Document:
+        """The document built field by field (a tombstone when its source is None)."""
+        source = version.source
         doc = tantivy.Document()
         doc.add_text(ID, doc_id)
-        doc.add_unsigned(PARTITION, op.partition)
+        doc.add_unsigned(PARTITION, version.partition)
         doc.add_unsigned(DELETED, 1 if source is None else 0)
-        doc.add_unsigned(HLC, op.hlc)
-        doc.add_text(ORIGIN, op.origin)
+        doc.add_unsigned(HLC, version.hlc)
+        doc.add_text(ORIGIN, version.origin)
+        if version.position:
+            doc.add_unsigned(POSITION, version.position)
         if source is None:
             return doc
         doc.add_bytes(SOURCE, source)

@@ -37,9 +37,11 @@ from engines.search.operations import (
     CATALOG_KINDS,
     DOCUMENT_KINDS,
     ENGINE_NAME,
+    KIND_BATCH,
     KIND_CREATE,
     Catalog,
     Decoded,
+    check_batch_partition,
     decode,
 )
 from engines.search.schema import parse_schema
@@ -103,7 +105,9 @@ class SearchEngine(Engine):
 
     def validate(self, op: Operation) -> None:
         decoded = decode(op)
-        if op.kind == KIND_CREATE:
+        if op.kind == KIND_BATCH:
+            check_batch_partition(op, decoded)  # the core checks the key's partition; a batch's ids are ours to check
+        elif op.kind == KIND_CREATE:
             parse_schema(decoded.schema)
 
     def apply(self, partition: int, ops: Sequence[Operation]) -> None:
@@ -183,7 +187,7 @@ class SearchEngine(Engine):
     # --- reads (worker threads) -------------------------------------------------
 
     def read(self, partition: int, query: Any) -> Any:
-        """``{"op": "get", "index", "id"}`` → ``[hlc, origin, source or None]`` or None;
+        """``{"op": "get", "index", "id"}`` → ``[hlc, origin, source or None, position]`` or None;
         ``{"op": "catalog", "index"}`` → ``{"incarnation", "schema"}`` or None."""
         self._require_held(partition)
         if not isinstance(query, dict) or not isinstance(query.get("index"), str):
@@ -193,7 +197,7 @@ class SearchEngine(Engine):
         if query.get("op") == "get" and isinstance(query.get("id"), str):
             shard = self.shard(query.get("incarnation"))
             version = shard.get(query["id"]) if shard is not None else None
-            return None if version is None else [version.hlc, version.origin, version.source]
+            return None if version is None else [version.hlc, version.origin, version.source, version.position]
         raise BadRequest("a search read is a get or a catalog lookup")
 
     def describe(self, index: str) -> dict[str, Any] | None:

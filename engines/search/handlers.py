@@ -14,7 +14,7 @@ anything is written; the runtime turns those into 4xx answers.
 | ``POST /v1/search/{index}/_search`` | search with a JSON body, also ``aggs`` |
 | ``GET /v1/search/{index}/_stats`` | documents per partition and node, size on disk |
 | ``POST /v1/search/{index}/_refresh`` | make everything acknowledged so far searchable |
-| ``POST /v1/search/{index}/docs?refresh=wait_for&w=`` | bulk ingest, NDJSON, streamed |
+| ``POST /v1/search/{index}/docs?refresh=wait_for&w=`` | bulk ingest, NDJSON, streamed (``bulk_ingest``) |
 | ``PUT/GET/DELETE /v1/search/{index}/docs/{id}`` | one document |
 
 A search is two coverage rounds on the same plan: global term statistics
@@ -27,14 +27,14 @@ first round.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engines.search import aggregations, ranking
+from engines.search.bulk_ingest import BulkIngest, document_body
 from engines.search.document_builder import LengthCounter
 from engines.search.operations import (
     ENGINE_NAME,
@@ -47,13 +47,11 @@ from engines.search.operations import (
     create_body,
     delete_body,
     drop_body,
-    encode_source,
-    index_body,
 )
 from engines.search.query_compile import RANKING_EXACT, RANKING_GLOBAL_IDF, RANKING_LOCAL
 from engines.search.schema import IndexSchema, check_document, check_index_name, parse_schema
 from legion import ndjson
-from legion.engine import Cluster, HttpRequest, HttpResponse, Route, WriteItem, WriteResult
+from legion.engine import Cluster, HttpRequest, HttpResponse, Route, WriteItem
 from legion.errors import BadRequest, Conflict, LegionError, NotFound, Unavailable
 from legion.keyspace import key_bytes
 
@@ -63,8 +61,6 @@ if TYPE_CHECKING:
 LIMIT_DEFAULT = 10
 # Like Elasticsearch's index.max_result_window: deep pages cost every node offset + limit hits.
 RESULT_WINDOW_MAX = 10_000
-BULK_CHUNK_DOCS = 1_000
-BULK_CHUNKS_IN_FLIGHT = 2
 BULK_ERRORS_SHOWN_MAX = 100
 SCHEMAS_CACHED_MAX = 256
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -222,7 +218,7 @@ class SearchApi:
         doc_id = req.path_params["id"]
         query = {"op": "get", "index": index, "incarnation": found["incarnation"], "id": doc_id}
         replies = await cluster.read(ENGINE_NAME, key_bytes(doc_id), query, r=req.int_param("r"))
-        newest = max((r for r in replies if r is not None), key=lambda r: (r[0], r[1]), default=None)
+        newest = max((r for r in replies if r is not None), key=lambda r: (r[0], r[1], r[3]), default=None)
         if newest is None or newest[2] is None:
             raise NotFound(f"no document {doc_id!r} in index {index!r}")
         return HttpResponse.json({"id": doc_id, "hlc": newest[0], "doc": json.loads(newest[2])})
@@ -234,7 +230,7 @@ class SearchApi:
         found = await self.describe(index, cluster)
         schema = self.schema(found)
         refresh = refresh_param(req)
-        ingest = _Ingest(cluster, index, found["incarnation"], schema, req.int_param("w"))
+        ingest = BulkIngest(cluster, index, found["incarnation"], schema, req.int_param("w"))
         assert req.stream is not None
         async for line in ndjson.lines(req.stream):
             await ingest.add(line)
@@ -348,27 +344,6 @@ class SearchApi:
         )
 
 
-def document_body(
-    index: str, incarnation: str, checked: dict[str, Any], count_lengths: LengthCounter, sent: bytes | None = None
-) -> bytes:
-    """The body of a checked document's ``index`` operation, its field lengths counted here once for every replica.
-
-    ``sent`` is the JSON text the document was parsed from, if ``checked`` is
-    exactly what it parsed to (no null dropped): it becomes the source as it is,
-    unless it may hide text that is not valid Unicode (a ``\\u`` escape, or the
-    UTF-8 lead byte of a surrogate) or is not UTF-8 (a NUL byte: UTF-16 or 32),
-    in which case the document is encoded again, which refuses such text."""
-    try:
-        lengths = count_lengths(checked)
-        if sent is not None:
-            sent = sent.strip()
-        if sent is None or not sent.startswith(b"{") or b"\\u" in sent or b"\xed" in sent or b"\x00" in sent:
-            sent = encode_source(checked)
-        return index_body(index, incarnation, sent, lengths)
-    except ValueError as exc:  # UnicodeEncodeError: JSON text can name a lone surrogate, which is no text
-        raise BadRequest(f"the document holds text that is not valid Unicode: {exc}") from None
-
-
 class PageHit(NamedTuple):
     """One hit of a result page: a node's ``[score, id, doc, snippets]`` with names."""
 
@@ -404,65 +379,3 @@ def _search_params(schema: IndexSchema, request: dict[str, Any]) -> tuple[str, i
     if not isinstance(snippets, bool):
         raise BadRequest("snippets must be true or false")
     return q, limit, offset, fields, snippets
-
-
-class _Ingest:
-    """A bulk request in progress: documents checked and batched, chunks written a few at a time."""
-
-    def __init__(self, cluster: Cluster, index: str, incarnation: str, schema: IndexSchema, w: int | None) -> None:
-        self.cluster, self.index, self.incarnation, self.schema = cluster, index, incarnation, schema
-        self.w = w
-        self.count_lengths = LengthCounter(schema)
-        self.indexed = 0
-        self.errors: list[dict[str, Any]] = []
-        self._items: list[WriteItem] = []
-        self._lines: list[tuple[int, str]] = []
-        self._slots = asyncio.Semaphore(BULK_CHUNKS_IN_FLIGHT)
-        self._running: set[asyncio.Task[None]] = set()
-
-    async def add(self, line: ndjson.Line) -> None:
-        doc_id = line.value.get(self.schema.id_field) if isinstance(line.value, dict) else None
-        try:
-            if line.error is not None:
-                raise line.error
-            doc_id, checked = check_document(self.schema, line.value)
-            sent = line.raw if checked is line.value else None  # no null dropped: the line is the source
-            body = document_body(self.index, self.incarnation, checked, self.count_lengths, sent)
-            self._items.append(WriteItem(key_bytes(doc_id), KIND_INDEX, body))
-            self._lines.append((line.number, doc_id))
-        except LegionError as exc:
-            self._error(line.number, doc_id, exc)
-        if len(self._items) >= BULK_CHUNK_DOCS:
-            await self._launch()
-
-    async def finish(self) -> None:
-        if self._items:
-            await self._launch()
-        if self._running:
-            await asyncio.gather(*self._running)
-
-    async def _launch(self) -> None:
-        items, lines = self._items, self._lines
-        self._items, self._lines = [], []
-        await self._slots.acquire()
-        task = asyncio.ensure_future(self._write(items, lines))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _write(self, items: Sequence[WriteItem], lines: Sequence[tuple[int, str]]) -> None:
-        try:
-            try:
-                results: Sequence[WriteResult | LegionError] = await self.cluster.write_many(ENGINE_NAME, items, w=self.w)
-            except LegionError as exc:
-                results = [exc] * len(items)
-            for (number, doc_id), result in zip(lines, results):
-                if isinstance(result, LegionError):
-                    self._error(number, doc_id, result)
-                else:
-                    self.indexed += 1
-        finally:
-            self._slots.release()
-
-    def _error(self, number: int, doc_id: Any, exc: LegionError) -> None:
-        self.errors.append({"line": number, "id": doc_id if isinstance(doc_id, str) else None, "error": exc.code, "message": exc.message})
-

@@ -150,38 +150,53 @@ def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -
         live = tantivy.Query.const_score_query(scope.filter, 0.0)
         matching = tantivy.Query.boolean_query([(tantivy.Occur.Must, matching), (tantivy.Occur.Must, live)])
     total = searcher.search(matching, limit=1, count=True).count
-    docs = [searcher.doc(hit.address) for hit in found.hits]
+    sources = [_source(searcher.doc(hit.address)) for hit in found.hits]
     fields = query.get("fields")
-    snippets = _snippets(shard, searcher, parsed.original, docs) if query.get("snippets", True) else [{} for _ in docs]
-    hits = [[hit.score, hit.id, _stored(shard, doc, fields), snip] for hit, doc, snip in zip(found.hits, docs, snippets)]
+    snippets = _snippets(shard, searcher, parsed.original, sources) if query.get("snippets", True) else [{} for _ in sources]
+    hits = [[hit.score, hit.id, _stored(shard, source, fields), snip] for hit, source, snip in zip(found.hits, sources, snippets)]
     aggs = query.get("aggs") or {}
     aggregated = searcher.aggregate(matching, aggs) if aggs else {}
     return {"total": total, "hits": hits, "aggs": aggregated, "ranking": found.ranking}
 
 
-def _stored(shard: Shard, doc: tantivy.Document, fields: Any) -> dict[str, Any]:
-    """The stored fields of a hit as they were indexed, optionally only ``fields``."""
+def _source(doc: tantivy.Document) -> dict[str, Any]:
+    """A hit's document as it was indexed (``_source``; none for a tombstone)."""
     source = doc.get_first(SOURCE)
     if source is None:
         return {}
     values = json.loads(source)
+    return values if isinstance(values, dict) else {}
+
+
+def _stored(shard: Shard, source: dict[str, Any], fields: Any) -> dict[str, Any]:
+    """The stored fields of a hit as they were indexed, optionally only ``fields``."""
     wanted = set(shard.schema.stored_fields)
     if isinstance(fields, list):
         wanted &= {f for f in fields if isinstance(f, str)}
-    return {name: value for name, value in values.items() if name in wanted}
+    return {name: value for name, value in source.items() if name in wanted}
 
 
-def _snippets(shard: Shard, searcher: tantivy.Searcher, query: tantivy.Query, docs: list[tantivy.Document]) -> list[dict[str, str]]:
-    """Highlighted fragments of the stored text fields the query matched, per hit."""
-    out: list[dict[str, str]] = [{} for _ in docs]
-    if not docs:
+def _snippets(shard: Shard, searcher: tantivy.Searcher, query: tantivy.Query, sources: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Highlighted fragments of the stored text fields the query matched, per hit.
+
+    Cut from the hit's ``_source`` (tantivy stores no user field: see ``shard.tantivy_schema``),
+    each value of the field as one value of a document, as it was indexed."""
+    out: list[dict[str, str]] = [{} for _ in sources]
+    if not sources:
         return out
     for spec in shard.schema.fields:
         if spec.type != "text" or not spec.stored or not spec.indexed:
             continue
         generator = tantivy.SnippetGenerator.create(searcher, query, shard.tantivy_schema, spec.name)
         generator.set_max_num_chars(SNIPPET_CHARS_MAX)
-        for i, doc in enumerate(docs):
+        for i, source in enumerate(sources):
+            value = source.get(spec.name)
+            texts = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+            if not texts:
+                continue
+            doc = tantivy.Document()
+            for text in texts:
+                doc.add_text(spec.name, text)
             snippet = generator.snippet_from_doc(doc)
             if snippet.highlighted():
                 out[i][spec.name] = snippet.to_html()

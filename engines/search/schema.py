@@ -49,6 +49,7 @@ INDEX_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 FIELD_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 U64_MAX = (1 << 64) - 1
+_INTEGER_BOUNDS = {"i64": (I64_MIN, I64_MAX), "u64": (0, U64_MAX)}
 
 
 def check_index_name(name: object) -> str:
@@ -87,9 +88,17 @@ class IndexSchema:
     fields: tuple[FieldSpec, ...]
     # Each field's value check, built once: checking a document is then one lookup per field.
     checks: Mapping[str, Callable[[Any], bool]] = dataclass_field(init=False, compare=False, hash=False, repr=False)
+    # The common cases checked without a call: a text or keyword field holding one string, an
+    # integer field holding one integer in range.
+    string_fields: frozenset[str] = dataclass_field(init=False, compare=False, hash=False, repr=False)
+    integer_bounds: Mapping[str, tuple[int, int]] = dataclass_field(init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checks", {spec.name: _field_checker(spec) for spec in self.fields})
+        strings = frozenset(spec.name for spec in self.fields if spec.type in ("text", "keyword"))
+        object.__setattr__(self, "string_fields", strings)
+        bounds = {spec.name: _INTEGER_BOUNDS[spec.type] for spec in self.fields if spec.type in _INTEGER_BOUNDS}
+        object.__setattr__(self, "integer_bounds", bounds)
 
     def field(self, name: str) -> FieldSpec:
         for spec in self.fields:
@@ -192,9 +201,17 @@ def check_document(schema: IndexSchema, doc: object) -> tuple[str, dict[str, Any
     # len(str) bounds the UTF-8 length from below and 4 * len(str) from above: encode only when in doubt.
     if len(doc_id) * 4 > KEY_BYTES_MAX and len(doc_id.encode("utf-8", "surrogatepass")) > KEY_BYTES_MAX:
         raise BadRequest(f"id is over {KEY_BYTES_MAX} bytes")
-    checkers = schema.checks
+    checkers, strings, bounds = schema.checks, schema.string_fields, schema.integer_bounds
     has_null = False
     for name, value in doc.items():
+        kind = type(value)
+        if kind is str:
+            if name in strings:
+                continue
+        elif kind is int:
+            low_high = bounds.get(name)
+            if low_high is not None and low_high[0] <= value <= low_high[1]:
+                continue
         checker = checkers.get(name)
         if checker is None:
             _unknown(schema, name)

@@ -12,7 +12,11 @@ where 20 small ones would not. Every document carries the engine's own
 fields next to the user's (``document_builder`` lists them and builds the
 documents).
 
-Writes (``apply``) go into the writer and become visible and durable only at
+Writes (``apply``) are documents: one per ``index`` or ``delete`` operation,
+one per entry of a ``batch``, each with its version ``(hlc, origin,
+position)``; per id the newest wins (``operations`` explains versions), and a
+``fold`` gives every document back as its own operation, its position kept.
+They go into the writer and become visible and durable only at
 ``commit`` (commit + reader reload), which the core calls as ``flush``. Until
 then the versions of what was applied are kept in memory (``pending``), so
 that last-writer-wins decisions and ``get`` see them. Each commit also
@@ -31,8 +35,6 @@ import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
-
 import tantivy
 
 from engines.search.document_builder import (
@@ -42,12 +44,15 @@ from engines.search.document_builder import (
     INTERNAL_FIELDS,
     ORIGIN,
     PARTITION,
+    POSITION,
     SOURCE,
     DocumentBuilder,
+    Version,
     length_fields,
 )
 from engines.search.operations import (
     ENGINE_NAME,
+    KIND_BATCH,
     KIND_DELETE,
     KIND_INDEX,
     Decoded,
@@ -74,15 +79,21 @@ def index_fields(schema: IndexSchema) -> IndexFields:
 
 
 def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
-    """The tantivy schema of an index: the user's fields, then the engine's own, then the length fields."""
+    """The tantivy schema of an index: the user's fields, then the engine's own, then the length fields.
+
+    tantivy stores none of the user's fields: ``_source`` holds the whole
+    document, and is what a hit returns (its ``stored`` fields) and what
+    snippets are cut from, so a second copy, field by field, would only double
+    the document store that every indexed document is compressed into."""
     builder = tantivy.SchemaBuilder()
     for spec in schema.fields:
         _add_field(builder, spec)
     builder.add_text_field(ID, stored=True, tokenizer_name="raw")
     builder.add_unsigned_field(PARTITION, stored=True, indexed=True, fast=True)
     builder.add_unsigned_field(DELETED, indexed=True, fast=True)
-    builder.add_unsigned_field(HLC, stored=True, fast=True)
+    builder.add_unsigned_field(HLC, stored=True)
     builder.add_text_field(ORIGIN, stored=True, tokenizer_name="raw", index_option="basic")
+    builder.add_unsigned_field(POSITION, stored=True)
     builder.add_bytes_field(SOURCE, stored=True, indexed=False)
     for length_field in length_fields(schema).values():
         builder.add_unsigned_field(length_field, fast=True)
@@ -90,7 +101,7 @@ def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
 
 
 def _add_field(builder: tantivy.SchemaBuilder, spec: FieldSpec) -> None:
-    name, stored, indexed, fast = spec.name, spec.stored, spec.indexed, spec.fast
+    name, stored, indexed, fast = spec.name, False, spec.indexed, spec.fast  # stored: see tantivy_schema
     if spec.type == "text":
         builder.add_text_field(name, stored=stored, fast=fast, tokenizer_name=spec.tokenizer)
     elif spec.type == "keyword":
@@ -111,19 +122,6 @@ def _add_field(builder: tantivy.SchemaBuilder, spec: FieldSpec) -> None:
         raise AssertionError(f"unknown field type {spec.type!r}")
 
 
-class Version(NamedTuple):
-    """The newest write this shard holds for one id: its version, partition, and source (None: a tombstone)."""
-
-    hlc: int
-    origin: str
-    partition: int
-    source: bytes | None
-
-    @property
-    def order(self) -> tuple[int, str]:
-        return (self.hlc, self.origin)
-
-
 class Shard:
     """The tantivy index of one incarnation of a search index on this node."""
 
@@ -135,7 +133,12 @@ class Shard:
         self.schema = schema
         self.fields = index_fields(schema)
         self.tantivy_schema = self.fields.schema
-        self.index = tantivy.Index(self.tantivy_schema, path=str(directory))
+        try:
+            self.index = tantivy.Index(self.tantivy_schema, path=str(directory))
+        except ValueError:
+            # An index an earlier version created, with the user's fields stored too: nothing reads
+            # them (see tantivy_schema), so it is opened as it is; the field numbers are the same.
+            self.index = tantivy.Index.open(str(directory))
         self._writer: tantivy.IndexWriter | None = self.index.writer(WRITER_HEAP_BYTES, WRITER_THREADS)
         self._pending: dict[str, Version] = {}
         self._lock = threading.Lock()  # guards _pending between the writer thread and readers
@@ -148,42 +151,36 @@ class Shard:
 
     def apply(self, items: Sequence[tuple[Operation, Decoded]]) -> None:
         """Index or tombstone each id whose incoming version is newer than the one held."""
-        newest: dict[str, tuple[Operation, Decoded]] = {}
-        for op, decoded in items:
-            doc_id = op.key.decode("utf-8", "surrogatepass")
-            held = newest.get(doc_id)
-            if held is None or op.version > held[0].version:
-                newest[doc_id] = (op, decoded)
+        newest = _newest(items)
         held_versions = self._versions(list(newest))
         writer = self._require_writer()
         applied: dict[str, Version] = {}
         try:
-            for doc_id, (op, decoded) in newest.items():
+            for doc_id, (version, counts, start, stride) in newest.items():
                 held = held_versions.get(doc_id)
                 if held is not None:
-                    if held >= op.version:
+                    if held >= version.order:
                         continue
                     writer.delete_documents_by_term(ID, doc_id)
-                source = decoded.source if op.kind == KIND_INDEX else None
-                self._add(writer, doc_id, op, source, decoded.lengths)
-                applied[doc_id] = Version(op.hlc, op.origin, op.partition, source)
+                self._add(writer, doc_id, version, counts[start : start + stride] if stride else None)
+                applied[doc_id] = version
         finally:
             # What reached the writer is pending even if a later document failed: last-writer-wins
             # decisions (and a re-apply of the batch) must see it.
             with self._lock:
                 self._pending.update(applied)
 
-    def _add(self, writer: tantivy.IndexWriter, doc_id: str, op: Operation, source: bytes | None, lengths: list[int] | None) -> None:
+    def _add(self, writer: tantivy.IndexWriter, doc_id: str, version: Version, lengths: list[int] | None) -> None:
         """Add one document: as JSON text that tantivy parses when it can, else built field by field."""
-        if source is not None:
-            text = self._builder.json_text(doc_id, op, source, lengths)
+        if version.source is not None:
+            text = self._builder.json_text(doc_id, version, lengths)
             if text is not None:
                 try:
                     writer.add_json(text)
                     return
                 except ValueError:
                     pass  # a value tantivy's JSON reader refuses: the per-field path indexes the rest
-        writer.add_document(self._builder.document(doc_id, op, source))
+        writer.add_document(self._builder.document(doc_id, version))
 
     def commit(self) -> None:
         """Make everything applied durable and searchable (tantivy commit, then reader reload)."""
@@ -226,21 +223,30 @@ class Shard:
             raise RuntimeError(f"search index {self.index_name!r} is closed on this node")
         return self._writer
 
-    def _versions(self, ids: list[str]) -> dict[str, tuple[int, str]]:
-        """The version held for each id that has one: pending first, then the committed index."""
-        out: dict[str, tuple[int, str]] = {}
+    def _versions(self, ids: list[str]) -> dict[str, tuple[int, str, int]]:
+        """The version held for each id that has one: pending first, then the committed index.
+
+        An id's document frequency (one term lookup per segment) first says
+        whether the index may hold it at all: a term-set query walks the
+        segments' whole id dictionaries, so it is kept for the ids that are
+        there (re-indexed ones), and a batch of new ids costs no walk."""
+        out: dict[str, tuple[int, str, int]] = {}
         with self._lock:
+            pending = self._pending
             for doc_id in ids:
-                pending = self._pending.get(doc_id)
-                if pending is not None:
-                    out[doc_id] = pending.order
-        lookup = [doc_id for doc_id in ids if doc_id not in out]
+                held = pending.get(doc_id)
+                if held is not None:
+                    out[doc_id] = held.order
+        searcher = self.index.searcher()
+        if not searcher.num_docs:
+            return out
+        doc_freq = searcher.doc_freq
+        lookup = [doc_id for doc_id in ids if doc_id not in out and doc_freq(ID, doc_id)]
         if lookup:
-            searcher = self.index.searcher()
             query = tantivy.Query.term_set_query(self.tantivy_schema, ID, lookup)
             for _score, address in searcher.search(query, limit=len(lookup), count=False).hits:
                 doc = searcher.doc(address)
-                out[doc.get_first(ID)] = (doc.get_first(HLC), doc.get_first(ORIGIN))
+                out[doc.get_first(ID)] = (doc.get_first(HLC), doc.get_first(ORIGIN), doc.get_first(POSITION) or 0)
         return out
 
     # --- worker threads -------------------------------------------------------
@@ -282,10 +288,11 @@ class Shard:
 
     def _operation(self, doc_id: str, version: Version) -> Operation:
         key = doc_id.encode("utf-8", "surrogatepass")
+        name, incarnation, position = self.index_name, self.incarnation, version.position
         if version.source is None:
-            kind, body = KIND_DELETE, delete_body(self.index_name, self.incarnation)
+            kind, body = KIND_DELETE, delete_body(name, incarnation, position)
         else:
-            kind, body = KIND_INDEX, index_body(self.index_name, self.incarnation, version.source)
+            kind, body = KIND_INDEX, index_body(name, incarnation, version.source, None, position)
         return Operation(ENGINE_NAME, version.partition, key, version.hlc, version.origin, kind, body)
 
     def size_bytes(self) -> int:
@@ -294,5 +301,36 @@ class Shard:
 
 def _version(doc: tantivy.Document) -> Version:
     partition = doc.get_first(PARTITION)
+    position = doc.get_first(POSITION) or 0
     source = doc.get_first(SOURCE)
-    return Version(doc.get_first(HLC), doc.get_first(ORIGIN), partition if partition is not None else -1, source)
+    return Version(doc.get_first(HLC), doc.get_first(ORIGIN), position, partition if partition is not None else -1, source)
+
+
+# A write as apply sorts them: its version, and its lengths as counts[start : start + stride] (stride 0: none).
+# The lengths stay a slice of the batch's one flat list until the document is added.
+_Write = tuple[Version, list[int], int, int]
+_NO_COUNTS: list[int] = []
+
+
+def _newest(items: Sequence[tuple[Operation, Decoded]]) -> dict[str, _Write]:
+    """Per id, the newest of the writes ``items`` carry (a batch's documents one by one)."""
+    newest: dict[str, _Write] = {}
+    for op, decoded in items:
+        if op.kind == KIND_BATCH:
+            hlc, origin, partition = op.hlc, op.origin, op.partition
+            assert decoded.ids is not None and decoded.sources is not None and decoded.lengths is not None
+            sources, counts, stride = decoded.sources, decoded.lengths, decoded.lengths_stride
+            for position, doc_id in enumerate(decoded.ids):
+                held = newest.get(doc_id)
+                if held is None or (hlc, origin, position) > held[0].order:
+                    version = Version(hlc, origin, position, partition, sources[position])
+                    newest[doc_id] = (version, counts, position * stride, stride)
+            continue
+        doc_id = op.key.decode("utf-8", "surrogatepass")
+        source = decoded.source if op.kind == KIND_INDEX else None
+        version = Version(op.hlc, op.origin, decoded.position, op.partition, source)
+        held = newest.get(doc_id)
+        if held is None or version.order > held[0].order:
+            counts = decoded.lengths if decoded.lengths is not None else _NO_COUNTS
+            newest[doc_id] = (version, counts, 0, len(counts))
+    return newest

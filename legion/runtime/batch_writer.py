@@ -98,7 +98,7 @@ class BatchWriter:
         if len(items) > WRITE_MANY_ITEMS_MAX:
             raise BadRequest(f"a batch holds at most {WRITE_MANY_ITEMS_MAX} items, got {len(items)}")
         if w is not None:
-            write_quorum(w, 1)  # a bad w fails the call, not every item
+            write_quorum(w, self.host.current_state().replicas)  # a bad w fails the call, not every item
         tally, ops, shares = self._plan(engine, items, w, refresh)
         if tally.undecided == 0:
             return tally.results()

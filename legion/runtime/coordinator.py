@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 
+from legion import cluster_state as cs
 from legion.cluster_state import ClusterState
 from legion.engine import CoverageResult, NodeReply, PlacementView, WriteItem, WriteResult
 from legion.errors import BadRequest, Conflict, DeadlineExceeded, LegionError, NotOwner, Overloaded, Unavailable
@@ -43,7 +44,7 @@ from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
 from legion.replication import Operation, decode_apply_errors, encode_ops, read_quorum, write_quorum
 from legion.runtime.batch_writer import BatchWriter
 from legion.runtime.replica_sender import ReplicaSender
-from legion.routing import coverage_plan, live_nodes, placement_view, read_order, write_plan
+from legion.routing import coverage_plan, forward_targets, live_nodes, placement_view, read_order, write_plan
 
 if TYPE_CHECKING:
     from legion.runtime.node import Node
@@ -162,6 +163,27 @@ class Coordinator:
         for task in pending:
             self.keep(task)
         return acks, errors
+
+    def forward(self, ops: Sequence[Operation], sender: cs.Digest) -> None:
+        """Send ``ops``, written by a coordinator that planned with state ``sender``, to the owners
+        it could not know of (``routing.forward_targets``), in the background."""
+        state = self.node.state
+        if not cs.digest_newer(cs.digest(state), sender):
+            return
+        theirs, live = self.node.recent_state(sender), self.live()
+        deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
+        targets: dict[int, tuple[str, ...]] = {}
+        for op in ops:
+            if op.partition not in targets:
+                targets[op.partition] = forward_targets(state, theirs, op.partition, live, self.node_id)
+            for node_id in targets[op.partition]:
+                self.keep(asyncio.ensure_future(self._forward_one(node_id, op, deadline)))
+
+    async def _forward_one(self, node_id: str, op: Operation, deadline: float) -> None:
+        try:
+            await self._send_op(node_id, op, deadline)
+        except LegionError as exc:
+            log.info("forwarding a write of partition %d to %s failed: %s", op.partition, node_id, exc)
 
     async def _send_op(self, node_id: str, op: Operation, deadline: float) -> None:
         if node_id == self.node_id:

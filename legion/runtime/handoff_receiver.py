@@ -37,6 +37,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Member attributes the core publishes about this node, next to the engines' own.
+STATUS_PREFIX = "legion"
+
+
+def partitions_summary(partitions: set[int], limit_chars: int = 200) -> str:
+    """``"3: 0-2"``-style text for a set of partitions, cut to ``limit_chars`` ("" for none)."""
+    runs: list[str] = []
+    for p in sorted(partitions):
+        if runs and runs[-1].split("-")[-1] == str(p - 1):
+            runs[-1] = f"{runs[-1].split('-')[0]}-{p}"
+        else:
+            runs.append(str(p))
+    text = f"{len(partitions)}: {','.join(runs)}" if partitions else ""
+    return text if len(text) <= limit_chars else text[: limit_chars - 1] + "…"
+
 
 class HandoffReceiver(Rounds):
     """Runs the handoff loop of one node."""
@@ -51,6 +66,7 @@ class HandoffReceiver(Rounds):
         self._pulled: set[int] = set()
         self._pulled_for: object = None
         self.resyncing: set[int] = set()
+        self._published = ""
         # Partitions being copied in right now (for the metrics and the dashboard).
         self.in_flight: set[int] = set()
 
@@ -68,10 +84,29 @@ class HandoffReceiver(Rounds):
             except LegionError as exc:
                 log.warning("re-syncing partition %d failed, will retry: %s", p, exc)
 
+    def take_missed(self) -> None:
+        """Re-sync the partitions whose writes this node could not log (they are not served meanwhile)."""
+        state = self.node.state
+        missed = {p for p in self.node.writer.take_missed() if self.node.node_id in state.placement[p]}
+        if missed - self.resyncing:
+            log.warning("could not log writes of partitions %s; re-syncing them from peers", sorted(missed))
+            self.resyncing |= missed
+            self.wake()
+
     async def run_round(self) -> None:
+        self.take_missed()
+        self._publish()
         await self.node.reconcile()
         await self.pull_gained()
         await self.resync()
+        self._publish()
+
+    def _publish(self) -> None:
+        """Show the partitions this node does not serve reads of in ``cluster status`` (a member attribute)."""
+        summary = partitions_summary(self.resyncing)
+        if summary != self._published:
+            self.node.attributes.publish(STATUS_PREFIX, {f"{STATUS_PREFIX}.resyncing": summary} if summary else {})
+            self._published = summary
 
     def wanted(self) -> list[int]:
         state = self.node.state

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,14 +34,21 @@ from aiohttp import web
 from legion import attributes
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
-from legion.errors import BadRequest, Unavailable
-from legion.limits import HANDOFF_BATCH_BYTES_MAX, HANDOFF_BATCH_OPS_MAX, PEER_BODY_BYTES_MAX, STREAM_BODY_BYTES_MAX
+from legion.errors import BadRequest, DeadlineExceeded, Unavailable
+from legion.limits import (
+    HANDOFF_BATCH_BYTES_MAX,
+    HANDOFF_BATCH_OPS_MAX,
+    PEER_BODY_BYTES_MAX,
+    REQUEST_DEADLINE_MS,
+    STREAM_BODY_BYTES_MAX,
+)
+from legion.path_params import compile_route
 from legion.replication import decode_ops, encode_apply_reply, unpack
 from legion.runtime import operator_api
 from legion.runtime.node import Node, _Forward, check_node_id
 from legion.runtime.operator_api import observer, public_requests
 from legion.runtime.tls import require_peer_certificate
-from legion.runtime.transport import read_body, read_chunks, read_json
+from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json, sender_digest
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
@@ -85,10 +93,17 @@ def add_routes(app: web.Application, node: Node) -> None:
 
 
 def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    pattern = compile_route(route.path)
+
     async def handle(request: web.Request) -> web.Response:
+        # aiohttp decodes path parameters leniently (an invalid escape stays literal text),
+        # so two URLs could name one key: decode the raw path once, exactly.
+        path_params = pattern.match(request.rel_url.raw_path)
+        if path_params is None:
+            raise BadRequest(f"path {request.rel_url.raw_path!r:.200} does not match route {route.path!r}")
         req = HttpRequest(
             method=request.method,
-            path_params=dict(request.match_info),
+            path_params=path_params,
             query=dict(request.query),
             headers=request.headers,
             body=b"" if route.stream_body else await read_body(request),
@@ -115,6 +130,21 @@ async def _json_object(request: web.Request, shape: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest(f"body must be a JSON object {shape}")
     return body
+
+
+def _refuse_if_expired(request: web.Request) -> None:
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return
+    try:
+        deadline_ms = int(raw)
+    except ValueError:
+        raise BadRequest(f"{DEADLINE_HEADER} must be Unix milliseconds, got {raw!r:.40}") from None
+    late_ms = int(time.time() * 1000) - deadline_ms
+    if late_ms > 0:
+        raise DeadlineExceeded(
+            f"this forwarded request expired {late_ms} ms before this node read it; it was not applied"
+        )
 
 
 def _int_list(body: dict[str, Any], name: str) -> list[int]:
@@ -176,12 +206,29 @@ class _Api:
     async def _claimant_change(
         self, request: web.Request, body: Any, change: Callable[[cs.ClusterState], cs.ClusterState]
     ) -> web.Response:
+        _refuse_if_expired(request)
         try:
             state = await self.node.change_state(change)
         except _Forward as fwd:
-            raw = await self.node.peers.call(
-                "POST", fwd.url + request.path, json_body=body, request_id=request.get("request_id", "")
-            )
+            # The claimant must not apply the change after we have answered 504: it gets
+            # the deadline and drops the request once it has passed (a stalled claimant
+            # reads it only when it resumes).
+            deadline_ms = int(time.time() * 1000) + REQUEST_DEADLINE_MS
+            try:
+                raw = await self.node.peers.call(
+                    "POST",
+                    fwd.url + request.path,
+                    json_body=body,
+                    request_id=request.get("request_id", ""),
+                    timeout_ms=REQUEST_DEADLINE_MS,
+                    headers={DEADLINE_HEADER: str(deadline_ms)},
+                )
+            except DeadlineExceeded:
+                raise DeadlineExceeded(
+                    f"the claimant at {fwd.url} did not answer within {REQUEST_DEADLINE_MS} ms: outcome unknown. "
+                    "It may have applied the change before its deadline, never after; check "
+                    "'legion cluster status', then retry if needed (join and remove are idempotent)"
+                ) from None
             return web.Response(body=raw, content_type="application/json")
         doc = cs.status_document(state, self.node.claimant(), self.node.member_attributes())
         doc["state"] = cs.to_dict(state)
@@ -215,8 +262,12 @@ class _Api:
     async def apply(self, request: web.Request) -> web.Response:
         try:
             refresh = parse_flag("refresh", request.query.get("refresh"))
+            sender = sender_digest(request)
             ops = decode_ops(await read_body(request, PEER_BODY_BYTES_MAX))
             refused = await self.node.accept_ops(ops, flush=refresh)
+            if sender is not None:
+                # Logged here; the owners the coordinator did not know of must get them too.
+                self.node.coordinator.forward([op for i, op in enumerate(ops) if i not in refused], sender)
             return web.Response(body=encode_apply_reply(len(ops), refused), content_type=MSGPACK)
         finally:
             self.apply_requests += 1  # once answered: a settled count means nothing is left in flight
@@ -239,6 +290,14 @@ class _Api:
         except ValueError:
             raise BadRequest("query parameter 'partition' must be an integer") from None
         impl = self.node.check_holds(engine, partition)
+        puller = sender_digest(request)
+        if puller is not None and cs.digest_newer(puller, cs.digest(self.node.state)):
+            # Fold only once this node knows the move: then every write it logs after the fold
+            # began is forwarded to the puller, whoever coordinated it (see apply).
+            self.node.request_gossip()
+            raise Unavailable(
+                f"node {self.node.node_id} has not yet seen cluster state {puller[0]}:{puller[1]}; retry shortly"
+            )
         await self.node.writer.ensure_open(engine, partition)
         response = web.StreamResponse(headers={"Content-Type": MSGPACK})
         await response.prepare(request)

@@ -104,6 +104,11 @@ class LogWriter:
         self._checkpoints = Checkpoints()
         self._thread = threading.Thread(target=self._run, name="legion-log-writer", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Partitions with writes this node could not log (a full or failing disk): it must
+        # re-sync them from a peer. Filled by the writer thread, taken on the event loop.
+        self._missed: set[int] = set()
+        self._missed_lock = threading.Lock()
+        self.on_missed: Callable[[], None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -119,6 +124,16 @@ class LogWriter:
 
     def open_partitions(self) -> set[tuple[str, int]]:
         return set(self._open)
+
+    def take_missed(self) -> set[int]:
+        """The partitions with writes that could not be logged since the last call."""
+        with self._missed_lock:
+            missed, self._missed = self._missed, set()
+        return missed
+
+    def is_behind(self, engine: str, partition: int) -> bool:
+        """Whether an apply (or flush) of the partition failed and awaits its retry: its state lags its log."""
+        return self._checkpoints.is_broken((engine, partition))
 
     def partition_dir(self, engine: str, partition: int) -> Path:
         return self.data_dir / "engines" / engine / f"{partition:04d}"
@@ -275,6 +290,7 @@ class LogWriter:
             seqs = self.store.append(ops, checkpoints)
         except Exception as exc:
             log.exception("appending to the operation log failed")
+            self._note_missed({op.partition for w in writes for op in w.ops})
             for w in writes:
                 self._resolve(w.future, None, exc)
             return
@@ -299,6 +315,12 @@ class LogWriter:
                 if error is None and w.flush:
                     error = next((flush_failures[k] for k in keys if k in flush_failures), None)
             self._resolve(w.future, None, error)
+
+    def _note_missed(self, partitions: set[int]) -> None:
+        with self._missed_lock:
+            self._missed |= partitions
+        if self.on_missed is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.on_missed)
 
     def _apply(
         self,

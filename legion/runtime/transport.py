@@ -33,11 +33,12 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from legion.engine import REQUEST_ID_CONTEXT
 from legion.errors import (
@@ -55,6 +56,13 @@ from legion.limits import PEER_CONNECT_TIMEOUT_MS, REQUEST_BODY_BYTES_MAX, REQUE
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# Unix milliseconds after which a forwarded membership change must not be applied (see
+# http_api: the forwarder has answered 504 by then). Wall clocks, so it assumes nodes'
+# clocks agree within a few seconds; a receiver running ahead refuses, it never applies late.
+DEADLINE_HEADER = "X-Legion-Deadline"
+# The sender's cluster-state digest, "<epoch>:<committed_by>", on every peer call: a replica
+# that knows a newer state sees that the sender planned with an older one (see http_api).
+EPOCH_HEADER = "X-Legion-Epoch"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -83,6 +91,42 @@ def _from_http_exception(exc: web.HTTPException) -> LegionError:
     err = BadRequest(reason)
     err.http_status = exc.status if 400 <= exc.status < 500 else 400
     return err
+
+
+class BadInputLogFilter(logging.Filter):
+    """Turns aiohttp's log of a request it could not parse into one INFO line without a traceback.
+
+    A malformed request line or header is the client's bad input, answered
+    400 by aiohttp itself; logged as an ERROR with a traceback it would read
+    as a fault of the node."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            detail = " ".join(str(getattr(exc, "message", "") or exc).split())
+            record.msg = f"{record.getMessage()}: bad request ({getattr(exc, 'code', 400)}): {detail}"
+            record.args = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_parser_errors() -> None:
+    """Install ``BadInputLogFilter`` on aiohttp's server logger (once per process)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadInputLogFilter) for f in logger.filters):
+        logger.addFilter(BadInputLogFilter())
+
+
+def sender_digest(request: web.Request) -> tuple[int, str] | None:
+    """The cluster-state digest a peer sent in ``EPOCH_HEADER``; None if absent, BadRequest if malformed."""
+    raw = request.headers.get(EPOCH_HEADER)
+    if raw is None:
+        return None
+    epoch, sep, committed_by = raw.partition(":")
+    if not sep or not epoch.isdigit():
+        raise BadRequest(f"{EPOCH_HEADER} must be '<epoch>:<node id>', got {raw!r:.80}")
+    return int(epoch), committed_by
 
 
 def make_middlewares(
@@ -178,11 +222,17 @@ def _peer_error(status: int, body: bytes) -> LegionError:
 class PeerClient:
     """Calls to other nodes: pooled connections, deadlines, typed errors."""
 
-    def __init__(self, token: str, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        state_digest: Callable[[], tuple[int, str]] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._token = token
         # On a TLS cluster: peers' certificates checked against the CA, this node's own presented.
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
+        self._state_digest = state_digest
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300, ssl=self._ssl)
@@ -206,13 +256,14 @@ class PeerClient:
         content_type: str = "application/msgpack",
         timeout_ms: int = REQUEST_DEADLINE_MS,
         request_id: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         """One request to a peer; the response body. Raises Unavailable/DeadlineExceeded or the peer's error.
 
         Carries ``request_id``, or else the id of the request being served (``REQUEST_ID_CONTEXT``)."""
         assert self._session is not None, "PeerClient.start() first"
         request_id = request_id or REQUEST_ID_CONTEXT.get()
-        headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        headers = {**(headers or {}), **self._epoch_header(), **({REQUEST_ID_HEADER: request_id} if request_id else {})}
         if json_body is not None:
             data, content_type = json.dumps(json_body).encode(), "application/json"
         if data is not None:
@@ -229,13 +280,19 @@ class PeerClient:
         except aiohttp.ClientError as exc:
             raise Unavailable(f"{url} is unreachable: {exc.__class__.__name__}") from None
 
+    def _epoch_header(self) -> dict[str, str]:
+        if self._state_digest is None:
+            return {}
+        epoch, committed_by = self._state_digest()
+        return {EPOCH_HEADER: f"{epoch}:{committed_by}"}
+
     async def stream(self, url: str, *, read_timeout_ms: int = 30_000) -> AsyncIterator[bytes]:
         """GET ``url`` and yield its body in chunks as they arrive (for long transfers: no total deadline,
         but each read must arrive within ``read_timeout_ms``)."""
         assert self._session is not None, "PeerClient.start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_ms / 1000, connect=PEER_CONNECT_TIMEOUT_MS / 1000)
         try:
-            async with self._session.get(url, timeout=timeout) as resp:
+            async with self._session.get(url, timeout=timeout, headers=self._epoch_header()) as resp:
                 if resp.status >= 400:
                     raise _peer_error(resp.status, await resp.read())
                 async for chunk in resp.content.iter_any():

@@ -353,7 +353,7 @@ class FakeCluster:
         self, engine: str, items: list[WriteItem], *, w: int | None = None, refresh: bool = False
     ) -> list[WriteResult | LegionError]:
         if w is not None:
-            write_quorum(w, 1)  # as the coordinator: a bad w fails the call, not each item
+            write_quorum(w, len(self.replicas))  # as the coordinator: a bad w fails the call, not each item
         results: list[WriteResult | LegionError] = []
         for item in items:
             try:

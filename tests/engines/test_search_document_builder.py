@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import tantivy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engines.search import corpus
 from engines.search import operations as ops
-from engines.search.document_builder import DocumentBuilder, LengthCounter, length_fields
+from engines.search.document_builder import DocumentBuilder, LengthCounter, Version, default_token_count, length_fields
+from engines.search.query_compile import default_text_analyzer
 from engines.search.schema import parse_schema
 from engines.search.shard import Shard
 from engines.search.testing import QUERIES
@@ -27,6 +30,10 @@ def _op(doc: dict, hlc: int = 1, lengths: bool = True, schema=SCHEMA) -> Operati
     counted = LengthCounter(schema)(doc) if lengths else None
     body = ops.index_body("docs", INC, source, counted)
     return Operation(ops.ENGINE_NAME, partition_of(doc["id"], PARTITIONS), doc["id"].encode(), hlc, "n1", ops.KIND_INDEX, body)
+
+
+def _version(op: Operation, source: bytes | None = None, position: int = 0) -> Version:
+    return Version(op.hlc, op.origin, position, op.partition, ops.decode(op).source if source is None else source)
 
 
 def _shard_of(tmp_path: Path, name: str, items: list[Operation], schema=SCHEMA) -> Shard:
@@ -86,7 +93,9 @@ def test_a_document_tantivy_s_json_reader_refuses_takes_the_per_field_path(tmp_p
     shard = _shard_of(tmp_path, "s", [op])
     stored = _stored(shard)[doc_id]
     assert stored["_source"] == [source]
-    assert "kept" in stored.get("title", []) + stored.get("body", [])
+    # The rest of the document is indexed: its good text field finds it.
+    found = shard.searcher().search(shard.index.parse_query("kept", ["title", "body"]), limit=1).hits
+    assert [shard.searcher().doc(address).get_first("_id") for _score, address in found] == [doc_id]
     shard.close()
 
 
@@ -94,7 +103,7 @@ def test_schemas_with_dates_or_json_fields_always_take_the_per_field_path(tmp_pa
     schema = parse_schema({"fields": {"id": {"type": "keyword"}, "t": {"type": "text"}, "d": {"type": "date"}}})
     builder = DocumentBuilder("docs", schema, tantivy.SchemaBuilder().build())
     op = _op({"id": "a", "t": "x", "d": "2024-05-01"}, schema=schema)
-    assert builder.json_text("a", op, ops.decode(op).source, ops.decode(op).lengths) is None
+    assert builder.json_text("a", _version(op), ops.decode(op).lengths) is None
     shard = _shard_of(tmp_path, "dates", [op], schema=schema)
     assert shard.index.searcher().search(shard.index.parse_query("d:[2024-04-30T00:00:00Z TO 2024-05-02T00:00:00Z]"), 1).count == 1
     shard.close()
@@ -103,14 +112,16 @@ def test_schemas_with_dates_or_json_fields_always_take_the_per_field_path(tmp_pa
 def test_json_text_appends_the_engine_fields_to_the_source():
     builder = DocumentBuilder("docs", SCHEMA, tantivy.SchemaBuilder().build())
     op = _op({"id": 'quote"d', "title": "t"})
-    text = builder.json_text('quote"d', op, ops.decode(op).source, ops.decode(op).lengths)
+    text = builder.json_text('quote"d', _version(op), ops.decode(op).lengths)
     parsed = json.loads(text)
     assert parsed["_id"] == 'quote"d' and parsed["_partition"] == op.partition and parsed["_deleted"] == 0
     assert parsed["_hlc"] == 1 and parsed["_origin"] == "n1" and parsed["title"] == "t"
     assert parsed["_len_title"] == 1 and parsed["_len_body"] == 0
-    assert builder.json_text("x", op, b"[1, 2]", [0] * 7) is None  # not an object: per-field path
-    assert builder.json_text("x", op, ops.decode(op).source, [1]) is None  # wrong number of lengths
-    assert builder.json_text("x", op, ops.decode(op).source, ['1,"_deleted":1'] * 7) is None  # no count: no text
+    assert "_pos" not in parsed  # a document written alone is at position 0, which is not stored
+    assert json.loads(builder.json_text('quote"d', _version(op, position=7), ops.decode(op).lengths))["_pos"] == 7
+    assert builder.json_text("x", _version(op, b"[1, 2]"), [0] * 7) is None  # not an object: per-field path
+    assert builder.json_text("x", _version(op), [1]) is None  # wrong number of lengths
+    assert builder.json_text("x", _version(op), ['1,"_deleted":1'] * 7) is None  # no count: no text
 
 
 def test_counts_that_are_no_counts_make_the_replica_count_itself(tmp_path):
@@ -126,3 +137,15 @@ def test_counts_that_are_no_counts_make_the_replica_count_itself(tmp_path):
     assert answers[0]["_len_body"]["value"] == 3 and answers[0] == answers[1] == answers[2]
     for shard in shards:
         shard.close()
+
+
+ascii_text = st.lists(
+    st.one_of(st.text(alphabet=st.characters(max_codepoint=127), max_size=12), st.sampled_from(["a" * 39, "b" * 40, "9" * 41, "x_y"])),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(ascii_text)
+def test_ascii_text_is_counted_as_the_default_tokenizer_counts_it(text):
+    assert default_token_count(text) == len(default_text_analyzer().analyze(text))

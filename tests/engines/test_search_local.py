@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import tantivy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,16 +51,22 @@ QUERY_ALPHABET = 'abdgiklnorstuwxy:"()[]{}^~*+-!<>=/\\ .,0123459TOANDORNOTIN'
 FIELD_WORDS = ["title:", "body:", "tag:", "n:", "u:", "f:", "ok:", "when:", "meta.k:", "meta:", "nope:", "_id:", "_partition:"]
 
 
-@pytest.fixture(scope="module")
-def shard(tmp_path_factory) -> Shard:
-    shard = Shard(tmp_path_factory.mktemp("shard"), "docs", "0000000000000abc", SCHEMA)
+def _filled(directory, docs: list[dict], schema=SCHEMA, incarnation: str = "0000000000000abc") -> Shard:
+    """A shard holding ``docs``, committed."""
+    shard = Shard(directory, "docs", incarnation, schema)
     items = []
-    for i, doc in enumerate(DOCS):
+    for i, doc in enumerate(docs):
         op = Operation(ops.ENGINE_NAME, partition_of(doc["id"], PARTITIONS), doc["id"].encode(), i + 1, "n1", ops.KIND_INDEX,
-                       ops.index_body("docs", "0000000000000abc", ops.encode_source(doc)))  # fmt: skip
+                       ops.index_body("docs", incarnation, ops.encode_source(doc)))  # fmt: skip
         items.append((op, ops.decode(op)))
     shard.apply(items)
     shard.commit()
+    return shard
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory) -> Shard:
+    shard = _filled(tmp_path_factory.mktemp("shard"), DOCS)
     yield shard
     shard.close()
 
@@ -119,3 +126,43 @@ def test_hits_carry_stored_fields_and_highlighted_snippets(shard):
     score, doc_id, doc, snippets = answer["hits"][0]
     assert doc["id"] == doc_id and "body" in doc
     assert "<b>" in snippets["body"]
+
+
+def test_snippets_are_cut_from_the_source_value_by_value(tmp_path):
+    schema = parse_schema({"fields": {"id": {"type": "keyword"}, "body": {"type": "text"}, "note": {"type": "text", "stored": False}}})
+    doc = {"id": "a", "body": ["first value", "a second value with dogs"], "note": "dogs here too"}
+    shard = _filled(tmp_path / "s", [doc], schema, incarnation="0000000000000abd")  # another schema: another incarnation
+    [[_score, doc_id, stored, snippets]] = run(shard, "dogs")["hits"]
+    assert doc_id == "a" and stored == {"id": "a", "body": doc["body"]}  # note is not stored: not returned
+    # Cut from the values one after the other, as tantivy joins a stored field's values; not from note.
+    assert snippets == {"body": "first value a second value with <b>dogs</b>"}
+    shard.close()
+
+
+def test_an_index_whose_user_fields_tantivy_stores_too_opens_and_answers(tmp_path, monkeypatch):
+    # Earlier versions stored every user field in tantivy besides _source; their indexes still open.
+    from engines.search import shard as shard_module
+
+    def stored_add_field(builder, spec):
+        if spec.type in ("text", "keyword"):
+            tokenizer = spec.tokenizer if spec.type == "text" else "raw"
+            builder.add_text_field(spec.name, stored=True, fast=spec.fast, tokenizer_name=tokenizer)
+        else:
+            add = {"i64": builder.add_integer_field, "u64": builder.add_unsigned_field, "f64": builder.add_float_field,
+                   "bool": builder.add_boolean_field, "date": builder.add_date_field}.get(spec.type)  # fmt: skip
+            if add is not None:
+                add(spec.name, stored=True, indexed=spec.indexed, fast=spec.fast)
+            else:
+                builder.add_json_field(spec.name, stored=True, tokenizer_name=spec.tokenizer)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shard_module, "_add_field", stored_add_field)
+        _filled(tmp_path / "s", DOCS).close()
+    with pytest.raises(ValueError, match="schema does not match"):  # it is not the index this version creates
+        tantivy.Index(shard_module.tantivy_schema(SCHEMA), path=str(tmp_path / "s"))
+    reopened = Shard(tmp_path / "s", "docs", "0000000000000abc", SCHEMA)
+    answer = run(reopened, "dogs")
+    assert answer["total"] == len(DOCS)
+    score, doc_id, doc, snippets = answer["hits"][0]
+    assert doc == next(d for d in DOCS if d["id"] == doc_id) and "<b>" in snippets["body"]
+    reopened.close()

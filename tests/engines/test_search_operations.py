@@ -28,6 +28,13 @@ def test_bodies_round_trip():
     created = ops.decode(_op("create", ops.create_body("docs", inc, SCHEMA, 64), partition=5))
     assert created.schema == SCHEMA and created.partitions == 64 and created.index == "docs"
     assert ops.decode(_op("drop", ops.drop_body("docs", inc, 64))).partitions == 64
+    assert ops.decode(_op("delete", ops.delete_body("docs", inc, 3))).position == 3
+    folded = ops.decode(_op("index", ops.index_body("docs", inc, b'{"id":"a"}', None, 5)))
+    assert folded.source == b'{"id":"a"}' and folded.lengths is None and folded.position == 5
+    batch = ops.decode(_op("batch", ops.batch_body("docs", inc, 64, ["a", "b"], [b'{"id":"a"}', None], [1, 2, 3, 4])))
+    assert batch.ids == ["a", "b"] and batch.sources == [b'{"id":"a"}', None]
+    assert batch.lengths == [1, 2, 3, 4] and batch.lengths_stride == 2 and batch.partitions == 64
+    assert ops.decode(_op("batch", ops.batch_body("docs", inc, 64, ["a"], [b"{}"], []))).lengths_stride == 0
 
 
 @pytest.mark.parametrize(
@@ -40,11 +47,36 @@ def test_bodies_round_trip():
         ("create", ops.create_body("docs", "0" * 16, SCHEMA, 3), "partition count"),
         ("index", ops.msgpack.packb(["docs", "0" * 16, b"{}", "3"]), "lengths"),
         ("delete", ops.msgpack.packb(["docs", ["not", "hashable"]]), "incarnation"),
+        ("delete", ops.delete_body("docs", "0" * 16, -1), "position"),
+        ("index", ops.msgpack.packb(["docs", "0" * 16, b"{}", None, "2"]), "position"),
+        ("batch", ops.batch_body("docs", "0" * 16, 3, ["a"], [b"{}"], []), "partition count"),
+        ("batch", ops.batch_body("docs", "0" * 16, 8, [], [], []), "1 to"),
+        ("batch", ops.batch_body("docs", "0" * 16, 8, ["a", "b"], [b"{}"], []), "1 to"),
+        ("batch", ops.batch_body("docs", "0" * 16, 8, ["a", "b"], [b"{}", b"{}"], [1, 2, 3]), "as many lengths"),
+        ("batch", ops.batch_body("docs", "0" * 16, 8, ["a", 7], [b"{}", b"{}"], []), "ids"),
+        ("batch", ops.batch_body("docs", "0" * 16, 8, ["a", ""], [b"{}", b"{}"], []), "ids"),
+        ("batch", ops.batch_body("docs", "0" * 16, 8, ["a"], ["{}"], []), "sources"),
+        ("batch", ops.batch_body("docs", "0" * 16, 8, ["a"], [b"{}"], ["1"]), "token counts"),
+        ("batch", ops.msgpack.packb(["docs", "0" * 16, 8, "a", [b"{}"], []]), "lists"),
     ],
 )
 def test_malformed_bodies_are_refused(kind, body, message):
     with pytest.raises(BadRequest, match=message):
         ops.decode(_op(kind, body))
+
+
+def test_a_batch_whose_ids_belong_to_another_partition_is_refused():
+    ids = [f"d{n}" for n in range(50)]
+    mine = [i for i in ids if partition_of(i, 8) == 3]
+    good = _op("batch", ops.batch_body("docs", "0" * 16, 8, mine, [b"{}"] * len(mine), []), partition=3)
+    ops.check_batch_partition(good, ops.decode(good))
+    stray = next(i for i in ids if partition_of(i, 8) != 3)
+    bad = _op("batch", ops.batch_body("docs", "0" * 16, 8, [*mine, stray], [b"{}"] * (len(mine) + 1), []), partition=3)
+    with pytest.raises(BadRequest, match="does not belong to partition 3"):
+        ops.check_batch_partition(bad, ops.decode(bad))
+    long = _op("batch", ops.batch_body("docs", "0" * 16, 8, ["x" * 2000], [b"{}"], []), partition=3)
+    with pytest.raises(BadRequest, match="at most"):
+        ops.check_batch_partition(long, ops.decode(long))
 
 
 def test_catalog_keys_cover_every_partition_once():

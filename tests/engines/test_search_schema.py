@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engines.search.schema import check_document, check_index_name, parse_date, parse_schema
 from legion.errors import BadRequest
@@ -110,3 +112,28 @@ def test_dates_are_utc():
     assert parse_date("2024-05-01T12:00:00+02:00").isoformat() == "2024-05-01T10:00:00+00:00"
     assert parse_date("2024-05-01").isoformat() == "2024-05-01T00:00:00+00:00"
     assert parse_date("not a date") is None
+
+
+values = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=3), st.integers(), st.floats(),
+    st.lists(st.one_of(st.text(max_size=3), st.integers(min_value=-(2**70), max_value=2**70)), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)  # fmt: skip
+KINDS_SCHEMA = parse_schema(
+    {"fields": {"id": {"type": "keyword"}, "t": {"type": "text"}, "i": {"type": "i64"}, "u": {"type": "u64"}, "f": {"type": "f64"}, "j": {"type": "json"}}}
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["t", "i", "u", "f", "j", "x"]), values, max_size=4))
+def test_a_document_is_accepted_exactly_when_every_field_s_checker_accepts_its_value(fields):
+    doc = {"id": "a", **fields}
+    expected = all(
+        name in KINDS_SCHEMA.checks and (value is None or KINDS_SCHEMA.checks[name](value)) for name, value in doc.items()
+    )
+    try:
+        check_document(KINDS_SCHEMA, doc)
+    except BadRequest:
+        assert not expected
+    else:
+        assert expected

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+import tantivy
 
 from engines.search import operations as ops
 from engines.search.schema import parse_schema
@@ -156,3 +157,154 @@ def test_any_order_duplicates_and_batching_reach_the_same_state(tmp_path, histor
     assert a.searcher().num_docs == len(model)  # one document per id: replaced versions were deleted
     a.close()
     b.close()
+
+
+# --- batches: one operation carrying many documents of one partition ---------------------------------
+
+# Ids that share a partition, so that any of them may travel in one batch.
+SAME_PARTITION = [i for i in (f"doc{n}" for n in range(400)) if partition_of(i, PARTITIONS) == 0][:6]
+
+
+def _batch(docs: list[tuple[str, str | None]], hlc: int, origin: str = "n1", lengths: bool = True) -> Operation:
+    """A batch of (id, body or None for a tombstone), in order; with ``lengths`` every document carries its counts."""
+    partition = partition_of(docs[0][0], PARTITIONS)
+    sources = [None if body is None else ops.encode_source({"id": i, "body": body, "n": hlc}) for i, body in docs]
+    counter = LengthCounter(SCHEMA)
+    counts = [c for i, body in docs for c in counter({"id": i, "body": body, "n": hlc} if body is not None else {})] if lengths else []
+    body_bytes = ops.batch_body("docs", INC, PARTITIONS, [i for i, _ in docs], sources, counts)
+    key = ops.catalog_keys("docs", PARTITIONS)[partition]
+    return Operation(ops.ENGINE_NAME, partition, key, hlc, origin, ops.KIND_BATCH, body_bytes)
+
+
+def _versions(shard: Shard) -> dict[str, tuple[int, str, int, bytes | None]]:
+    """Every id's (hlc, origin, position, source), as a fold shows it."""
+    out = {}
+    for p in range(PARTITIONS):
+        for op in shard.fold(p):
+            decoded = ops.decode(op)
+            out[op.key.decode()] = (op.hlc, op.origin, decoded.position, decoded.source)
+    return out
+
+
+def test_in_a_batch_the_last_occurrence_of_an_id_wins_and_positions_order_against_other_writes(tmp_path):
+    a, b, c = SAME_PARTITION[:3]
+    shard = _shard(tmp_path)
+    _apply(shard, [_batch([(a, "first"), (b, "bee"), (a, "second"), (c, None)], 10)])
+    state = _versions(shard)
+    assert json.loads(state[a][3])["body"] == "second" and state[a][:3] == (10, "n1", 2)
+    assert state[c] == (10, "n1", 3, None)  # a tombstone in a batch
+    # A single write with the batch's own (hlc, origin) compares as position 0: older than a's position 2.
+    _apply(shard, [_index(a, "alone", 10), _index(b, "newer", 11)])
+    shard.commit()
+    state = _versions(shard)
+    assert json.loads(state[a][3])["body"] == "second"
+    assert json.loads(state[b][3])["body"] == "newer"
+    assert _live_ids(shard) == {a, b}
+    shard.close()
+
+
+def test_a_batch_without_lengths_takes_the_per_field_path_and_indexes_the_same(tmp_path):
+    docs = [(i, f"words {n} and more") for n, i in enumerate(SAME_PARTITION)]
+    with_counts, without = _shard(tmp_path), _shard(tmp_path)
+    _apply(with_counts, [_batch(docs, 5)])
+    _apply(without, [_batch(docs, 5, lengths=False)])
+    with_counts.commit()
+    without.commit()
+    assert _versions(with_counts) == _versions(without)
+    sums = {"b": {"sum": {"field": "_len_body"}}}
+    everything = tantivy.Query.all_query()
+    assert with_counts.searcher().aggregate(everything, sums) == without.searcher().aggregate(everything, sums)
+    with_counts.close()
+    without.close()
+
+
+def test_a_fold_of_batched_documents_keeps_their_positions(tmp_path):
+    source = _shard(tmp_path)
+    _apply(source, [_batch([(i, f"v{n}") for n, i in enumerate(SAME_PARTITION)], 20), _delete(SAME_PARTITION[0], 30)])
+    source.commit()
+    _apply(source, [_batch([(SAME_PARTITION[1], "pending"), (SAME_PARTITION[1], "pending, later")], 40)])
+    copy = _shard(tmp_path)
+    for p in range(PARTITIONS):
+        _apply(copy, list(source.fold(p)))
+    copy.commit()
+    assert _versions(copy) == _versions(source)
+    assert _versions(copy)[SAME_PARTITION[1]][:3] == (40, "n1", 1)
+    # The batches arriving late change nothing: every document of them is already held at its version.
+    _apply(copy, [_batch([(i, f"v{n}") for n, i in enumerate(SAME_PARTITION)], 20)])
+    copy.commit()
+    assert _versions(copy) == _versions(source)
+    source.close()
+    copy.close()
+
+
+writes = st.lists(
+    st.one_of(
+        # a single index or delete: (id index, hlc, origin, deleted, with lengths)
+        st.tuples(st.just("one"), st.integers(0, 3), st.integers(1, 6), st.sampled_from(["n1", "n2"]), st.booleans(), st.booleans()),
+        # a batch: (documents as (id index, deleted)), hlc, origin, with lengths
+        st.tuples(
+            st.just("batch"),
+            st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=1, max_size=6),
+            st.integers(1, 6),
+            st.sampled_from(["n1", "n2"]),
+            st.booleans(),
+        ),
+    ),
+    min_size=1,
+    max_size=15,
+)
+
+
+def _write_ops(history: list[tuple]) -> list[Operation]:
+    """The operations of a history, one per version (each node's clock strictly increases)."""
+    out: dict[tuple[int, str], Operation] = {}
+    for n, write in enumerate(history):
+        if write[0] == "one":
+            _, i, hlc, origin, deleted, lengths = write
+            doc_id = SAME_PARTITION[i]
+            op = _delete(doc_id, hlc, origin) if deleted else _index(doc_id, f"v{n}", hlc, origin, lengths=lengths)
+        else:
+            _, docs, hlc, origin, lengths = write
+            op = _batch([(SAME_PARTITION[i], None if deleted else f"v{n}.{k}") for k, (i, deleted) in enumerate(docs)], hlc, origin, lengths)
+        out.setdefault((op.hlc, op.origin), op)
+    return list(out.values())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes, st.randoms(use_true_random=False), st.integers(1, 4))
+def test_batches_and_single_writes_in_any_order_with_duplicates_and_refolding_reach_the_same_state(tmp_path, history, rnd, cut):
+    ops_list = _write_ops(history)
+    shuffled = ops_list + rnd.sample(ops_list, k=len(ops_list) // 2)
+    rnd.shuffle(shuffled)
+    a, b, c = _shard(tmp_path), _shard(tmp_path), _shard(tmp_path)
+    _apply(a, ops_list)
+    a.commit()
+    for start in range(0, len(shuffled), cut):
+        _apply(b, shuffled[start : start + cut])
+        if rnd.random() < 0.5:
+            b.commit()
+    b.commit()
+    assert _versions(a) == _versions(b)
+    # Re-batched: b's state as per-document operations (a handoff's fold), with the original batches, in any order.
+    refolded = [op for p in range(PARTITIONS) for op in b.fold(p)] + rnd.sample(ops_list, k=len(ops_list) // 2)
+    rnd.shuffle(refolded)
+    for start in range(0, len(refolded), cut):
+        _apply(c, refolded[start : start + cut])
+    c.commit()
+    assert _versions(c) == _versions(a)
+    # The model: per id, the greatest (hlc, origin, position) wins.
+    model: dict[str, tuple[int, str, int, bool]] = {}
+    for op in ops_list:
+        decoded = ops.decode(op)
+        if op.kind == ops.KIND_BATCH:
+            docs = [(i, p, s is None) for p, (i, s) in enumerate(zip(decoded.ids, decoded.sources))]
+        else:
+            docs = [(op.key.decode(), 0, op.kind == ops.KIND_DELETE)]
+        for doc_id, position, deleted in docs:
+            if doc_id not in model or (op.hlc, op.origin, position) > model[doc_id][:3]:
+                model[doc_id] = (op.hlc, op.origin, position, deleted)
+    assert {k: v[:3] for k, v in model.items()} == {k: v[:3] for k, v in _versions(a).items()}
+    assert {k for k, v in model.items() if not v[3]} == _live_ids(a)
+    assert a.searcher().num_docs == len(model)  # one document per id: replaced versions were deleted
+    for shard in (a, b, c):
+        shard.close()

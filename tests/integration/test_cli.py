@@ -228,6 +228,21 @@ def test_the_console_script_is_installed() -> None:
     assert "cluster" in result.stdout and "node" in result.stdout
 
 
+def test_an_engine_command_imports_that_engine_alone() -> None:
+    # `legion search ingest` is timed from start to exit by bench/search.py: the other
+    # engines (map/reduce: pyarrow, numpy) and the cluster group are not loaded for it.
+    probe = (
+        "import sys; from cli.main import build_app; app = build_app(['search', 'ingest']); "
+        "print(sorted(g.name for g in app.registered_groups)); "
+        "print(sorted(m for m in ('engines.mapreduce', 'engines.kv', 'cli.cluster', 'cli.node') if m in sys.modules))"
+    )
+    result = assert_ok(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60))
+    assert result.stdout.splitlines() == ["['search']", "[]"]
+    everything = "from cli.main import build_app; print(sorted(g.name for g in build_app(['--help']).registered_groups))"
+    result = assert_ok(subprocess.run([sys.executable, "-c", everything], capture_output=True, text=True, timeout=60))
+    assert result.stdout.strip() == "['cluster', 'kv', 'mr', 'node', 'search']"
+
+
 def test_a_cluster_grows_shrinks_restarts_and_stops_through_the_cli(legion_cli, tmp_path: Path) -> None:
     run = lambda *args: legion_cli(*args, cwd=tmp_path)  # noqa: E731
     directory = tmp_path / ".legion"

@@ -11,11 +11,14 @@ import os
 import signal
 import time
 
+import pytest
+
 from engines.kv import KVClient
 from legion.client import Client
-from legion.errors import NotFound
+from legion.errors import BadRequest, DeadlineExceeded, NotFound
 from legion.placement import moved_slots, node_loads
 from legion.runtime import local_cluster as cluster_processes
+from legion.runtime.transport import DEADLINE_HEADER
 from tests.conftest import LocalCluster
 
 PARTITIONS = 64
@@ -115,3 +118,39 @@ def test_a_fourth_node_takes_only_what_must_move_and_serves_every_key(local_clus
     # r=1 through n4 reads n4's own replica where it holds one: proof it pulled the data before serving.
     with local_cluster.node_client("n4") as c4:
         assert_all_readable(KVClient(c4), keys, r=1)
+
+
+def test_a_change_forwarded_to_a_stalled_claimant_is_504_outcome_unknown_and_never_applied_late(
+    local_cluster: LocalCluster,
+):
+    with local_cluster.node_client("n1") as c:
+        claimant = c.status()["claimant"]
+    asked, target = [n for n in ("n1", "n2", "n3") if n != claimant]
+    pid = local_cluster.node(claimant)["pid"]
+    os.kill(pid, signal.SIGSTOP)  # stalled, not dead: its socket still takes the forwarded request
+    try:
+        with local_cluster.node_client(asked) as c:
+            with pytest.raises(DeadlineExceeded, match="outcome unknown"):
+                c.remove_node(target)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Resumed, the claimant reads the forwarded request; its deadline passed while it was stalled.
+    with local_cluster.node_client(claimant) as c:
+        c.wait_for(lambda s: s["claimant"] is not None and statuses(s).get(claimant) == "up", timeout_s=20)
+        time.sleep(2)
+        assert statuses(c.status())[target] == "up"
+
+
+def test_a_forwarded_change_read_after_its_deadline_is_dropped(local_cluster: LocalCluster):
+    """What a stalled claimant does when it resumes, made deterministic: an expired change is refused."""
+    with local_cluster.node_client("n1") as c:
+        claimant = c.status()["claimant"]
+    target = next(n for n in ("n1", "n2", "n3") if n != claimant)
+    expired = str(int(time.time() * 1000) - 1_000)
+    with local_cluster.node_client(claimant) as c:
+        with pytest.raises(DeadlineExceeded, match="expired .* it was not applied"):
+            c.request("POST", "/v1/cluster/remove", json={"node_id": target}, headers={DEADLINE_HEADER: expired})
+        time.sleep(1)
+        assert statuses(c.status())[target] == "up"
+        with pytest.raises(BadRequest, match=DEADLINE_HEADER):
+            c.request("POST", "/v1/cluster/remove", json={"node_id": target}, headers={DEADLINE_HEADER: "soon"})

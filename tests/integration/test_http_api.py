@@ -10,6 +10,7 @@ import http.client
 import json
 import re
 import socket
+import time
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -100,6 +101,25 @@ def test_bad_keys_and_parameters_get_400_with_a_reason(cluster):
     assert status == 400 and "'w'" in error_of(body)["message"]
     status, _, body = send(urls[0], "GET", "/v1/kv/a?r=0", None, auth(token))
     assert status == 400
+
+
+def test_a_key_has_exactly_one_url_and_undecodable_paths_get_400(cluster):
+    urls, token, _ = cluster
+    # %ff%fe is not UTF-8: refused, so it cannot alias the key "%ff%fe", whose URL is %25ff%25fe.
+    status, _, body = send(urls[0], "PUT", "/v1/kv/%ff%fe", b"raw", auth(token))
+    assert status == 400 and "UTF-8" in error_of(body)["message"]
+    status, _, _ = send(urls[0], "PUT", "/v1/kv/%25ff%25fe", b"escaped", auth(token))
+    assert status in (200, 201, 204)
+    status, _, body = send(urls[1], "GET", "/v1/kv/" + quote("%ff%fe", safe="") + "?r=2", None, auth(token))
+    assert status == 200 and body == b"escaped"
+    for path, reason in [
+        ("/v1/kv/a%00b", "NUL"),
+        ("/v1/kv/%ed%a0%80", "UTF-8"),  # an encoded lone surrogate
+        ("/v1/kv/%zz", "invalid escape"),
+        ("/v1/search/fz/docs/%c0%af", "UTF-8"),
+    ]:
+        status, _, body = send(urls[0], "GET", path, None, auth(token))
+        assert status == 400 and reason in error_of(body)["message"], (path, body)
 
 
 def test_malformed_cluster_and_peer_bodies_get_400(cluster):
@@ -257,3 +277,32 @@ def test_raw_garbage_on_the_socket_never_gets_a_500(cluster, raw):
 
 def test_nodes_survive_the_raw_garbage(cluster):
     test_nodes_survive_the_fuzzing(cluster)
+
+
+def test_w_or_r_above_n_is_refused_with_a_400_naming_n(cluster):
+    urls, token, _ = cluster
+    status, _, body = send(urls[0], "PUT", "/v1/kv/wide?w=4", b"x", auth(token))
+    assert status == 400 and "w=4" in (msg := error_of(body)["message"]) and "between 1 and 3" in msg
+    status, _, body = send(urls[0], "GET", "/v1/kv/wide?r=4", None, auth(token))
+    assert status == 400 and "r=4" in error_of(body)["message"]
+    status, _, body = send(urls[0], "POST", "/v1/kv?w=5", b'{"key": "a", "value": "b"}\n', auth(token))
+    assert status == 400 and "w=5" in error_of(body)["message"]
+    status, _, _ = send(urls[0], "PUT", "/v1/kv/wide?w=3", b"x", auth(token))
+    assert status in (200, 201)
+
+
+def test_a_request_aiohttp_cannot_parse_is_logged_at_info_without_a_traceback(cluster):
+    urls, _, directory = cluster
+    parts = urlsplit(urls[2])
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n")
+        answer = sock.recv(65536)
+    assert re.match(rb"HTTP/1\.[01] 400 ", answer), answer[:200]
+    log_path = local_cluster.load(directory)["nodes"][2]["log"]
+    deadline = time.monotonic() + 5
+    while "bad request (400)" not in (text := open(log_path, encoding="utf-8", errors="replace").read()):
+        assert time.monotonic() < deadline, text[-2000:]
+        time.sleep(0.05)
+    line = next(line for line in text.splitlines() if "bad request (400)" in line)
+    assert "INFO" in line and "ERROR" not in line, line
+    assert "Traceback" not in text, text[-2000:]

@@ -179,6 +179,50 @@ def test_the_writer_reapplies_a_failed_batch_later_and_only_then_moves_the_check
     asyncio.run(scenario())
 
 
+def test_a_partition_whose_apply_failed_is_behind_until_the_reapply_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node refuses reads of a partition that is behind (``Node.check_serves``)."""
+    monkeypatch.setattr(checkpoints, "REAPPLY_BACKOFF_MS_MIN", 50)
+
+    async def scenario() -> None:
+        writer = Writer(tmp_path, JournalEngine(tmp_path / "engines" / ENGINE, fail_keys=[b"a"]))
+        await writer.submit(op("other", partition=1))
+        with pytest.raises(OSError, match="injected"):
+            await writer.submit(op("a"))
+        assert writer.writer.is_behind(ENGINE, 0) and not writer.writer.is_behind(ENGINE, 1)
+        await eventually(lambda: not writer.writer.is_behind(ENGINE, 0))
+        assert writer.engine.read(0, None) == ["a"]
+        await writer.stop()
+
+    asyncio.run(scenario())
+
+
+def test_writes_that_could_not_be_logged_name_their_partitions_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        writer = Writer(tmp_path, JournalEngine(tmp_path / "engines" / ENGINE))
+        await writer.submit(op("a", partition=0))
+        woken = asyncio.Event()
+        writer.writer.on_missed = woken.set
+        failing = writer.store.append
+
+        def full_disk(*args: Any, **kwargs: Any) -> Any:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        writer.store.append = full_disk  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            await writer.submit(op("b", partition=2), op("c", partition=5))
+        await asyncio.wait_for(woken.wait(), 5)
+        assert writer.writer.take_missed() == {2, 5}
+        assert writer.writer.take_missed() == set()
+        writer.store.append = failing  # type: ignore[method-assign]
+        await writer.submit(op("d", partition=2))
+        assert writer.writer.take_missed() == set()
+        await writer.stop()
+
+    asyncio.run(scenario())
+
+
 def test_while_a_partition_keeps_failing_its_checkpoint_stays_below_the_failed_operation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from legion import ndjson
 
@@ -24,3 +28,31 @@ def test_lines_split_across_chunks_are_numbered_parsed_and_keep_their_text():
     assert [(line.number, line.value) for line in found] == [(1, {"a": 1}), (3, {"b": [2, 3]}), (4, None), (5, {"c": "é"})]
     assert [line.raw for line in found] == [b'{"a": 1}', b'{"b": [2, 3]}\r', b"", b'{"c": "\xc3\xa9"}']
     assert found[2].error is not None and "line 4" in found[2].error.message
+
+
+json_texts = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+).map(lambda value: json.dumps(value, ensure_ascii=False))
+pieces = st.sampled_from(["", " ", "\t", "\r", "x", "]", "\ufeff", "{", '"', "\\u00e9", "\\ud800"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces, json_texts, pieces, st.sampled_from(["utf-8", "utf-16", "utf-8-sig"]))
+def test_a_line_parses_exactly_as_json_loads_parses_it(before, text, after, encoding):
+    raw = (before + text + after).encode(encoding, "surrogatepass")
+    try:
+        expected = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError
+        expected = ValueError
+    line = ndjson.parse_line(1, raw)
+    if expected is ValueError:
+        assert line.error is not None and line.value is None
+    else:
+        assert line.error is None and json.dumps(line.value) == json.dumps(expected)
+
+
+def test_a_line_nested_too_deeply_is_a_bad_line_not_a_crash():
+    line = ndjson.parse_line(7, b"[" * 100_000 + b"]" * 100_000)
+    assert line.error is not None and "line 7" in line.error.message

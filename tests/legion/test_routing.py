@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from legion import cluster_state as cs
-from legion.routing import coverage_plan, placement_view, read_order
+from legion.routing import coverage_plan, forward_targets, placement_view, read_order
 from tests.legion.test_cluster_state import finish_handoff
 
 
@@ -119,3 +119,42 @@ def test_a_placement_view_shows_preference_liveness_attributes_and_urls_of_membe
     assert view.urls == {f"n{i}": f"http://127.0.0.1:{i}" for i in (1, 2, 3)}
     for p in range(view.partitions):
         assert view.live_replicas(p) == tuple(n for n in leaving.placement[p] if n in {"n1", "n3"})
+
+
+@st.composite
+def moves(draw: st.DrawFn):
+    """A coordinator's state, and a later one of the same cluster: a node joining, mid-move or committed."""
+    nodes = draw(st.integers(min_value=2, max_value=5))
+    before = cluster(nodes, draw(st.integers(min_value=1, max_value=3)))
+    joining = cs.commit(before, cs.add_member(before, f"n{nodes + 1}", "http://127.0.0.1:99"), "n1")
+    after = draw(st.sampled_from([joining, cs.commit(joining, finish_handoff(joining), "n1")]))
+    names = [f"n{i}" for i in range(1, nodes + 2)]
+    live = set(draw(st.sets(st.sampled_from(names))))
+    return before, after, live, draw(st.sampled_from(names))
+
+
+@settings(max_examples=300, deadline=None)
+@given(moves(), st.booleans())
+def test_forwarding_reaches_every_live_owner_the_coordinator_did_not_know_and_never_itself(move, remembered):
+    before, after, live, self_id = move
+    for p in range(after.partitions):
+        targets = forward_targets(after, before if remembered else None, p, live, self_id)
+        assert self_id not in targets and set(targets) <= live
+        written = set(cs.owners(before, p)) if remembered else set()
+        assert {n for n in cs.owners(after, p) if n in live and n != self_id} <= written | set(targets)
+        assert not set(targets) & written
+
+
+def test_a_coordinator_that_knew_the_state_needs_no_forwarding():
+    state = cluster(4, 3)
+    names = {"n1", "n2", "n3", "n4"}
+    assert all(forward_targets(state, state, p, names, "n1") == () for p in range(state.partitions))
+
+
+def test_a_node_gaining_a_partition_gets_the_writes_of_a_coordinator_that_did_not_know():
+    before = cluster(3, 3)
+    joining = cs.commit(before, cs.add_member(before, "n4", "http://127.0.0.1:4"), "n1")
+    gained = [p for p in range(joining.partitions) if "n4" in cs.owners(joining, p)]
+    assert gained
+    live = {"n1", "n2", "n3", "n4"}
+    assert all(forward_targets(joining, before, p, live, "n1") == ("n4",) for p in gained)
