@@ -81,11 +81,15 @@ def observer(node: Node) -> Callable[[web.Request, int, float], None]:
     """Records every answered request in the node's metrics, labelled by its route template."""
     engines = node.engines
     metrics = node.metrics
+    engine_by_route: dict[str, str] = {}  # a route template names its engine (/v1/<engine>/…): look it up once
 
     def observe(request: web.Request, status: int, seconds: float) -> None:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        metrics.observe_request(route, engine_of(request.path, engines), request.method, status, seconds)
+        engine = engine_by_route.get(route)
+        if engine is None:
+            engine = engine_by_route[route] = engine_of(route, engines)
+        metrics.observe_request(route, engine, request.method, status, seconds)
 
     return observe
 

@@ -146,12 +146,6 @@ def make_middlewares(
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        response = await _answer(request, handler)
-        if observe is not None:
-            observe(request, response.status, time.perf_counter() - started)
-        return response
-
-    async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = request.headers.get(REQUEST_ID_HEADER) or next_request_id()
         request["request_id"] = request_id
         # Tasks copy the context they are created in, so work this request starts keeps its id
@@ -165,21 +159,23 @@ def make_middlewares(
                 if admit is not None:
                     admit(request)
             response = await handler(request)
+            response.headers.setdefault(REQUEST_ID_HEADER, request_id)
         except LegionError as exc:
-            return error_response(exc, request_id)
+            response = error_response(exc, request_id)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error_response(_from_http_exception(exc), request_id)
+            response = error_response(_from_http_exception(exc), request_id)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
             err = LegionError("internal error; the node's log has the details", request_id=request_id)
-            return error_response(err, request_id)
+            response = error_response(err, request_id)
         finally:
             REQUEST_ID_CONTEXT.reset(context_token)
-        response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+        if observe is not None:
+            observe(request, response.status, time.perf_counter() - started)
         return response
 
     return [errors]
