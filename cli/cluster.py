@@ -9,16 +9,23 @@ and format the answers with rich. No HTTP, no cluster logic here.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
+import webbrowser
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from legion.client import Client
+from legion.errors import Unavailable
+from legion.node_figures import Rates, Snapshot, rates, snapshot
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
 from cli.engine_options import DaskSchedulerOption, with_dask_scheduler
 from legion.options import parse_options
@@ -105,6 +112,13 @@ def up(
         ),
     ] = None,
     dask_scheduler: DaskSchedulerOption = None,
+    metrics_open: Annotated[
+        bool,
+        typer.Option("--metrics-open", help="Let Prometheus on this machine scrape /metrics without the token (loopback only)."),
+    ] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Make a private CA and node certificates: HTTPS only, mutual TLS between nodes.")
+    ] = False,
 ) -> None:
     """Start a local cluster of NODES node processes on 127.0.0.1, and the services its engines ask for."""
     options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
@@ -119,6 +133,8 @@ def up(
             reset=reset,
             progress=lambda message: spinner.update(escape(message) + "…"),
             options=options,
+            metrics_open=metrics_open,
+            tls=tls,
         )
     with Client.connect(directory) as client:
         _show_status(client)
@@ -201,3 +217,89 @@ def stop_node(
     """Stop one node; it stays a member (shown down) until started or removed."""
     was_running = local_cluster.stop_node(directory, node_id, kill=kill)
     console.print(f"stopped {escape(node_id)}" if was_running else f"{escape(node_id)} was not running")
+
+
+def _can_open_a_browser() -> bool:
+    """Whether a graphical browser can open here (a text-mode one would take over the terminal)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+@app.command()
+def dashboard(
+    directory: DirOption = DIR_DEFAULT,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the page in a browser when one is available.")
+    ] = True,
+) -> None:
+    """Print the URL of the web dashboard (any node serves it) and open it in a browser if there is one."""
+    url = local_cluster.dashboard_url(directory)
+    typer.echo(url)
+    console.print(f"sign in with the cluster token: the contents of {escape(str(Path(directory) / 'token'))}", highlight=False)
+    if open_browser and _can_open_a_browser():
+        webbrowser.open(url)
+
+
+def top_table(rows: dict[str, Rates | str]) -> Table:
+    """One row per node: its rates over the last window, or why it has none (``down``, ``starting``)."""
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("node", "requests/s", "p99 ms", "ops/s", "handoffs", "moved"):
+        table.add_column(column, justify="left" if column == "node" else "right")
+    for node_id, figures in rows.items():
+        if isinstance(figures, str):
+            table.add_row(escape(node_id), Text(figures, style="red" if figures == "down" else "dim"), "", "", "", "")
+            continue
+        p99 = "-" if figures.p99_latency_ms is None else f"{figures.p99_latency_ms:.1f}"
+        table.add_row(
+            escape(node_id), f"{figures.requests_per_s:.1f}", p99, f"{figures.ops_per_s:.1f}",
+            str(figures.handoffs_in_flight), str(figures.handoffs_done),
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+def top(
+    cluster: Annotated[
+        Path | None,
+        typer.Option("--cluster", "--dir", help="Cluster directory (default: $LEGION_URL and $LEGION_TOKEN, else ./.legion)."),
+    ] = None,
+    interval_s: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.", min=0.2)] = 1.0,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", help="Stop after this many refreshes (default: until Ctrl-C).", min=1)
+    ] = None,
+) -> None:
+    """Live per-node figures from every node's /metrics: requests/s, p99 latency, ops/s, handoffs."""
+    with Client.connect(cluster) as client:
+        members = [m for m in client.status()["members"] if m.get("status") != "removed"]
+    nodes = {m["id"]: client.for_node(m["url"]) for m in members}
+    try:
+        previous = {node_id: _scrape(node) for node_id, node in nodes.items()}
+        rows: dict[str, Rates | str] = {node_id: "starting" for node_id in nodes}
+        with Live(top_table(rows), console=console, auto_refresh=False) as live:
+            done = 0
+            while iterations is None or done < iterations:
+                time.sleep(interval_s)
+                for node_id, node in nodes.items():
+                    current = _scrape(node)
+                    before = previous[node_id]
+                    if current is None:
+                        rows[node_id] = "down"
+                    elif before is None:
+                        rows[node_id] = "starting"
+                    else:
+                        rows[node_id] = rates(before[1], current[1], max(current[0] - before[0], 1e-3))
+                    previous[node_id] = current
+                live.update(top_table(rows), refresh=True)
+                done += 1
+    finally:
+        for node in nodes.values():
+            node.close()
+
+
+def _scrape(node: Client) -> tuple[float, Snapshot] | None:
+    """When and what one node's /metrics said; None if it did not answer."""
+    try:
+        return time.monotonic(), snapshot(node.metrics())
+    except Unavailable:
+        return None

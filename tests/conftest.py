@@ -27,7 +27,7 @@ CLI_TIMEOUT_S = 120.0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "cluster(nodes=3, partitions=64, replicas=3): the shape of the local_cluster fixture's cluster"
+        "markers", "cluster(nodes=3, partitions=64, replicas=3, metrics_open=False): the shape of the local_cluster fixture's cluster"
     )
 
 
@@ -42,6 +42,7 @@ def local_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lo
         partitions=shape.get("partitions", 64),
         replicas=shape.get("replicas", 3),
         timeout_s=CLUSTER_START_TIMEOUT_S,
+        metrics_open=shape.get("metrics_open", False),
     ) as cluster:
         yield cluster
 

@@ -7,8 +7,10 @@ encodes the answer. Errors become responses in ``transport`` only.
 Client API (JSON): ``GET /v1/health``, ``GET /v1/cluster`` (the status
 document, each member with its gossiped ``attributes``),
 ``POST /v1/cluster/join``, ``POST /v1/cluster/remove``, plus every engine's
-routes. An engine route's ``Idempotency-Key`` header names the writes its
-handler makes (``legion.idempotency``). Peer API (msgpack bodies, same token): ``/internal/gossip``,
+routes (an engine route's ``Idempotency-Key`` header names the writes its
+handler makes: ``legion.idempotency``), and the operators' endpoints
+(``operator_api``: ``/metrics``, the dashboard at ``/ui/``). Peer API
+(msgpack bodies, same token): ``/internal/gossip``,
 ``/internal/apply`` (``?refresh=1``: flush what it touched before answering),
 ``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed) and
 ``/internal/handoff-done``.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,7 +47,9 @@ from legion.limits import (
 )
 from legion.path_params import compile_route
 from legion.replication import decode_ops, encode_apply_reply, unpack
+from legion.runtime import operator_api
 from legion.runtime.node import Node, _Forward, check_node_id
+from legion.runtime.tls import require_peer_certificate
 from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json, sender_digest
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -53,9 +58,16 @@ FOLD_STALL_S = 60
 
 
 def admission(node: Node) -> Callable[[web.Request], None]:
-    """Until a joining node has the cluster state, it can only take gossip (which brings the state)."""
+    """Until a joining node has the cluster state, it can only take gossip (which brings the state).
+
+    On a TLS cluster, the peer API also wants the caller's certificate (mutual TLS)."""
+
+    peers_need_certificates = node.config.tls is not None
 
     def admit(request: web.Request) -> None:
+        if peers_need_certificates:
+            transport = request.transport
+            require_peer_certificate(request.path, transport.get_extra_info("peercert") if transport else None)
         if node.state is None and request.path != "/internal/gossip":
             raise Unavailable(f"node {node.node_id} is still joining the cluster; retry shortly")
 
@@ -74,6 +86,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/coverage", api.coverage)
     app.router.add_get("/internal/fold", api.fold)
     app.router.add_post("/internal/handoff-done", api.handoff_done)
+    operator_api.add_routes(app, node)
     for engine in node.engines.values():
         for route in engine.routes():
             if not is_engine_path(engine.name, route.path):
@@ -188,6 +201,11 @@ class _Api:
         url = body.get("url")
         if not isinstance(url, str) or not URL_PATTERN.match(url):
             raise BadRequest(f"url must look like http://HOST:PORT, got {url!r}")
+        if urlsplit(url).scheme != urlsplit(self.node.url).scheme:
+            raise BadRequest(
+                f"this cluster serves {urlsplit(self.node.url).scheme.upper()} and node {node_id} {urlsplit(url).scheme.upper()}: "
+                "every node of a cluster uses TLS (--tls-cert, --tls-key, --tls-ca) or none does"
+            )
         self.node.heard_from(node_id)
         return await self._claimant_change(request, body, lambda s: cs.add_member(s, node_id, url))
 
