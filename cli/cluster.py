@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from legion.client import Client
+from legion.command_line import ClusterOption, cluster_directory
 from legion.errors import Unavailable
 from legion.node_figures import Rates, Snapshot, rates, snapshot
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
@@ -34,12 +35,10 @@ from legion.runtime import local_cluster
 app = typer.Typer(help="Start, inspect, resize and stop a cluster.", no_args_is_help=True)
 console = Console()
 
-DIR_DEFAULT = Path(".legion")
 TIMEOUT_S_DEFAULT = 60.0
 ATTRIBUTE_SHOWN_CHARS_MAX = 40
 STATUS_STYLES = {"up": "green", "joining": "cyan", "leaving": "yellow", "down": "red", "removed": "dim"}
 
-DirOption = Annotated[Path, typer.Option("--dir", help="The local cluster's directory.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the cluster to settle.")]
 
 
@@ -93,14 +92,14 @@ def _show_status(client: Client) -> None:
 @app.command()
 def up(
     nodes: Annotated[int, typer.Option("--nodes", help="How many node processes to start.")] = 3,
-    directory: DirOption = DIR_DEFAULT,
+    cluster: ClusterOption = None,
     partitions: Annotated[int, typer.Option("--partitions", help="Partitions (a power of two).")] = PARTITIONS_DEFAULT,
     replicas: Annotated[int, typer.Option("--replicas", help="Replicas of each partition.")] = REPLICAS_DEFAULT,
     base_port: Annotated[
         int, typer.Option("--base-port", help="First node's port; the others follow. 0 picks free ports.")
     ] = 7400,
     reset: Annotated[
-        bool, typer.Option("--reset", help="Delete the data of a stopped cluster in --dir first.")
+        bool, typer.Option("--reset", help="Delete the data of a stopped cluster in --cluster first.")
     ] = False,
     timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT,
     option: Annotated[
@@ -121,6 +120,7 @@ def up(
     ] = False,
 ) -> None:
     """Start a local cluster of NODES node processes on 127.0.0.1, and the services its engines ask for."""
+    directory = cluster_directory(cluster)
     options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
     with console.status(f"starting {nodes} nodes in {directory}…") as spinner:
         local_cluster.up(
@@ -138,12 +138,13 @@ def up(
         )
     with Client.connect(directory) as client:
         _show_status(client)
-    console.print(f"[green]cluster up[/] in {escape(str(directory))}; stop it with `legion cluster down --dir {escape(str(directory))}`")
+    console.print(f"[green]cluster up[/] in {escape(str(directory))}; stop it with `legion cluster down --cluster {escape(str(directory))}`")
 
 
 @app.command()
-def down(directory: DirOption = DIR_DEFAULT) -> None:
+def down(cluster: ClusterOption = None) -> None:
     """Stop every node of the local cluster (its data stays)."""
+    directory = cluster_directory(cluster)
     with console.status(f"stopping the nodes in {directory}…"):
         stopped = local_cluster.down(directory)
     console.print(f"stopped {', '.join(stopped)}" if stopped else "no node was running")
@@ -151,12 +152,7 @@ def down(directory: DirOption = DIR_DEFAULT) -> None:
 
 @app.command()
 def status(
-    cluster: Annotated[
-        Path | None,
-        typer.Option(
-            "--cluster", "--dir", help="Cluster directory (default: $LEGION_URL and $LEGION_TOKEN, else ./.legion)."
-        ),
-    ] = None,
+    cluster: ClusterOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw status document as JSON.")] = False,
 ) -> None:
     """Show the members, their partitions, and whether a rebalance is in flight."""
@@ -170,8 +166,9 @@ def status(
 
 
 @app.command("add-node")
-def add_node(directory: DirOption = DIR_DEFAULT, timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT) -> None:
+def add_node(cluster: ClusterOption = None, timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT) -> None:
     """Start one more node and wait until it holds its share of the partitions."""
+    directory = cluster_directory(cluster)
     with console.status("adding a node…") as spinner:
         node = local_cluster.add_node(
             directory, timeout_s=timeout_s, progress=lambda message: spinner.update(escape(message) + "…")
@@ -184,10 +181,11 @@ def add_node(directory: DirOption = DIR_DEFAULT, timeout_s: TimeoutOption = TIME
 @app.command("remove-node")
 def remove_node(
     node_id: Annotated[str, typer.Argument(metavar="NODE", help="The id of the node to remove, e.g. n2.")],
-    directory: DirOption = DIR_DEFAULT,
+    cluster: ClusterOption = None,
     timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT,
 ) -> None:
     """Hand NODE's partitions to the others, then stop it for good."""
+    directory = cluster_directory(cluster)
     with console.status(f"removing {node_id}…") as spinner:
         final = local_cluster.remove_node(
             directory, node_id, timeout_s=timeout_s, progress=lambda message: spinner.update(escape(message) + "…")
@@ -199,10 +197,11 @@ def remove_node(
 @app.command("start-node")
 def start_node(
     node_id: Annotated[str, typer.Argument(metavar="NODE", help="The id of a stopped node, e.g. n2.")],
-    directory: DirOption = DIR_DEFAULT,
+    cluster: ClusterOption = None,
     timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT,
 ) -> None:
     """Restart a stopped (or crashed) node with its own id, port and data."""
+    directory = cluster_directory(cluster)
     with console.status(f"starting {node_id}…"):
         node = local_cluster.start_node(directory, node_id, timeout_s=timeout_s)
     console.print(f"[green]started[/] {node['id']} at {node['url']} (pid {node['pid']})")
@@ -211,10 +210,11 @@ def start_node(
 @app.command("stop-node")
 def stop_node(
     node_id: Annotated[str, typer.Argument(metavar="NODE", help="The id of the node to stop, e.g. n2.")],
-    directory: DirOption = DIR_DEFAULT,
+    cluster: ClusterOption = None,
     kill: Annotated[bool, typer.Option("--kill", help="SIGKILL at once, as a crash would.")] = False,
 ) -> None:
     """Stop one node; it stays a member (shown down) until started or removed."""
+    directory = cluster_directory(cluster)
     was_running = local_cluster.stop_node(directory, node_id, kill=kill)
     console.print(f"stopped {escape(node_id)}" if was_running else f"{escape(node_id)} was not running")
 
@@ -228,12 +228,13 @@ def _can_open_a_browser() -> bool:
 
 @app.command()
 def dashboard(
-    directory: DirOption = DIR_DEFAULT,
+    cluster: ClusterOption = None,
     open_browser: Annotated[
         bool, typer.Option("--open/--no-open", help="Open the page in a browser when one is available.")
     ] = True,
 ) -> None:
     """Print the URL of the web dashboard (any node serves it) and open it in a browser if there is one."""
+    directory = cluster_directory(cluster)
     url = local_cluster.dashboard_url(directory)
     typer.echo(url)
     console.print(f"sign in with the cluster token: the contents of {escape(str(Path(directory) / 'token'))}", highlight=False)
@@ -260,10 +261,7 @@ def top_table(rows: dict[str, Rates | str]) -> Table:
 
 @app.command()
 def top(
-    cluster: Annotated[
-        Path | None,
-        typer.Option("--cluster", "--dir", help="Cluster directory (default: $LEGION_URL and $LEGION_TOKEN, else ./.legion)."),
-    ] = None,
+    cluster: ClusterOption = None,
     interval_s: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.", min=0.2)] = 1.0,
     iterations: Annotated[
         int | None, typer.Option("--iterations", help="Stop after this many refreshes (default: until Ctrl-C).", min=1)

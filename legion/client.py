@@ -58,6 +58,7 @@ TOKEN_FILE_NAME = "token"
 ENV_URL = "LEGION_URL"
 ENV_TOKEN = "LEGION_TOKEN"
 ENV_CA = "LEGION_CA"
+ENV_CLUSTER = "LEGION_CLUSTER"
 # Where ``legion cluster up --tls`` keeps the cluster CA's certificate, in the cluster directory.
 CA_FILE_NAME = "tls/ca.pem"
 TIMEOUT_S_DEFAULT = 10.0
@@ -167,6 +168,9 @@ class Client:
     ) -> Client:
         """A client for the cluster named by the arguments, the environment, or ./.legion.
 
+        In order: ``url`` (with ``token`` or ``LEGION_TOKEN``), the directory ``cluster``,
+        the directory ``LEGION_CLUSTER``, ``LEGION_URL`` with ``LEGION_TOKEN``, ./.legion.
+
         The CA that https:// nodes are verified against: ``ca``, else ``LEGION_CA``, else a
         cluster directory's ``tls/ca.pem`` (what ``legion cluster up --tls`` made)."""
         ca = ca or os.environ.get(ENV_CA) or None
@@ -175,6 +179,8 @@ class Client:
             if not token:
                 raise ConfigError(f"a node URL was given without a token: pass the token or set {ENV_TOKEN}")
             return cls(_split_urls(url, "the given URL"), token, timeout_s=timeout_s, ca=ca)
+        if cluster is None and os.environ.get(ENV_CLUSTER, "").strip():
+            cluster = cluster_directory()
         if cluster is not None:
             urls, dir_token = read_cluster_dir(Path(cluster))
             return cls(urls, token or dir_token, timeout_s=timeout_s, ca=ca or _cluster_ca(Path(cluster)))
@@ -376,12 +382,20 @@ def _cluster_ca(directory: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def cluster_directory(explicit: Path | None = None) -> Path:
+    """The local cluster directory a command works on: ``explicit``, else ``LEGION_CLUSTER``, else ./.legion."""
+    if explicit is not None:
+        return explicit
+    env_cluster = os.environ.get(ENV_CLUSTER, "").strip()
+    return Path(env_cluster) if env_cluster else CLUSTER_DIR_DEFAULT
+
+
 def read_cluster_dir(directory: Path) -> tuple[list[str], str]:
     """The node URLs and token of the cluster a ``legion cluster up`` wrote into ``directory``."""
     cluster_file = directory / CLUSTER_FILE_NAME
-    hint = f"run `legion cluster up --dir {directory}` or set {ENV_URL} and {ENV_TOKEN}"
+    hint = f"run `legion cluster up --cluster {directory}`, or point {ENV_CLUSTER} (or {ENV_URL} and {ENV_TOKEN}) at one"
     if directory == CLUSTER_DIR_DEFAULT:
-        hint = f"run `legion cluster up` or set {ENV_URL} and {ENV_TOKEN}"
+        hint = f"run `legion cluster up`, or point {ENV_CLUSTER} (or {ENV_URL} and {ENV_TOKEN}) at one"
     try:
         document = jsonlib.loads(cluster_file.read_text())
     except FileNotFoundError:

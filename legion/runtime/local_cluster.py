@@ -70,7 +70,7 @@ def load(directory: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"no cluster in {directory}: run `legion cluster up --dir {directory}`") from None
+        raise ConfigError(f"no cluster in {directory}: run `legion cluster up --cluster {directory}`") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("nodes"), list):
@@ -173,7 +173,7 @@ def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | Non
     live = _running(document)
     if not live:
         raise ConfigError(
-            f"no node of the cluster in {directory} is running: start one with `legion cluster start-node ID --dir {directory}`"
+            f"no node of the cluster in {directory} is running: start one with `legion cluster start-node ID --cluster {directory}`"
         )
     node_id = f"n{max(_id_number(node['id']) for node in document['nodes']) + 1}"
     node = _node_entry(directory, node_id, _next_port(document), tls=bool(document.get("tls")))
@@ -224,7 +224,7 @@ def start_node(directory: Path, node_id: str, *, timeout_s: float = 60) -> dict[
     node = _find(document, node_id)
     if node.get("removed"):
         raise ConfigError(
-            f"node {node_id} was removed from the cluster; add a new one with `legion cluster add-node --dir {directory}`"
+            f"node {node_id} was removed from the cluster; add a new one with `legion cluster add-node --cluster {directory}`"
         )
     if _is_running(node):
         raise ConfigError(f"node {node_id} is already running (pid {node['pid']})")
@@ -255,7 +255,7 @@ def dashboard_url(directory: Path) -> str:
     directory = Path(directory).resolve()
     live = _running(load(directory))
     if not live:
-        raise ConfigError(f"no node of the cluster in {directory} is running: start it with `legion cluster start-node ID --dir {directory}`")
+        raise ConfigError(f"no node of the cluster in {directory} is running: start it with `legion cluster start-node ID --cluster {directory}`")
     return live[0]["url"] + "/ui/"
 
 
@@ -271,12 +271,12 @@ def _check_new_cluster(directory: Path, *, nodes: int, partitions: int, replicas
         raise ConfigError(f"--replicas must be between 1 and {REPLICAS_MAX}, got {replicas}")
     cluster_file = directory / CLUSTER_FILE_NAME
     if cluster_file.exists() and any(_is_running(node) for node in load(directory)["nodes"]):
-        raise ConfigError(f"a cluster is already running in {directory}; `legion cluster down --dir {directory}` first")
+        raise ConfigError(f"a cluster is already running in {directory}; `legion cluster down --cluster {directory}` first")
     stale = [path for path in (cluster_file, directory / "nodes") if path.exists()]
     if stale and not reset:
         raise ConfigError(
             f"{directory} holds a stopped cluster: restart its nodes with "
-            f"`legion cluster start-node ID --dir {directory}`, or pass --reset to delete its data"
+            f"`legion cluster start-node ID --cluster {directory}`, or pass --reset to delete its data"
         )
     for path in stale:
         if path.is_dir():

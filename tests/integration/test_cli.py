@@ -146,6 +146,24 @@ def test_kv_put_get_delete(legion_cli, workdir: Path) -> None:
     assert_one_error_line(legion_cli("kv", "get", "greeting", cwd=workdir), "not found")
 
 
+def test_every_command_finds_the_cluster_by_cluster_dir_or_legion_cluster(legion_cli, workdir: Path, tmp_path: Path) -> None:
+    cluster, elsewhere = str(workdir / ".legion"), tmp_path  # no ./.legion where these run
+    assert_ok(legion_cli("kv", "put", "where", "here", "--cluster", cluster, cwd=elsewhere))
+    assert assert_ok(legion_cli("kv", "get", "where", "--dir", cluster, cwd=elsewhere)).stdout == "here"
+    env = {"LEGION_CLUSTER": cluster}
+    assert assert_ok(legion_cli("kv", "get", "where", cwd=elsewhere, env=env)).stdout == "here"
+    status = json.loads(assert_ok(legion_cli("cluster", "status", "--json", cwd=elsewhere, env=env)).stdout)
+    assert [member["id"] for member in status["members"]] == ["n1", "n2", "n3"]
+    assert_ok(legion_cli("search", "list", cwd=elsewhere, env=env))
+    assert_ok(legion_cli("mr", "datasets", cwd=elsewhere, env=env))
+    # A command on the local cluster's files (not its HTTP API) takes the same option and variable.
+    assert "/ui/" in assert_ok(legion_cli("cluster", "dashboard", "--no-open", cwd=elsewhere, env=env)).stdout
+    assert "/ui/" in assert_ok(legion_cli("cluster", "dashboard", "--no-open", "--cluster", cluster, cwd=elsewhere)).stdout
+    # The flag wins over the variable, and without either there is no cluster here.
+    assert_one_error_line(legion_cli("kv", "get", "where", "--cluster", str(elsewhere), cwd=elsewhere, env=env), "no cluster at")
+    assert_one_error_line(legion_cli("kv", "get", "where", cwd=elsewhere), "no cluster at")
+
+
 def test_kv_reads_a_value_from_stdin_and_any_node_serves_it(legion_cli, workdir: Path) -> None:
     assert_ok(legion_cli("kv", "put", "doc:1", "-", "--content-type", "application/json", input='{"a": 1}', cwd=workdir))
     nodes = local_cluster.load(workdir / ".legion")["nodes"]
