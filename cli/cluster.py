@@ -90,6 +90,46 @@ def _show_status(client: Client) -> None:
 
 
 @app.command()
+def verify(
+    cluster: ClusterOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare every partition's replicas (operation counts and digests); exit 1 if any differ or went unchecked."""
+    with Client.connect(cluster) as client:
+        report = client.request("GET", "/v1/cluster/verify").json()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        console.print(verify_summary(report))
+    if not report["clean"]:
+        raise typer.Exit(1)
+
+
+def verify_summary(report: dict[str, Any]) -> Group:
+    """The verify report as a table of the partitions whose replicas differ, and one summary line."""
+    parts: list[Any] = []
+    if report["differing"]:
+        table = Table(show_edge=False, header_style="bold")
+        for column in ("engine", "partition", "replica", "operations", "digest"):
+            table.add_column(column)
+        for entry in report["differing"]:
+            for node_id, summary in entry["replicas"].items():
+                table.add_row(
+                    escape(entry["engine"]), str(entry["partition"]), escape(node_id),
+                    str(summary["count"]), summary["digest"][:12],
+                )  # fmt: skip
+        parts.append(table)
+    for node_id, why in report["unreachable"].items():
+        parts.append(Text(f"{node_id} not checked: {why}", style="yellow"))
+    verdict = (
+        "[green]replicas agree[/]" if report["clean"]
+        else f"[red]{len(report['differing'])} differ[/], {len(report['unverified'])} unchecked"
+    )  # fmt: skip
+    parts.append(f"{report['checked']} engine partitions checked at epoch {report['epoch']}: {verdict}")
+    return Group(*parts)
+
+
+@app.command()
 def up(
     nodes: Annotated[int, typer.Option("--nodes", help="How many node processes to start.")] = 3,
     cluster: ClusterOption = None,

@@ -36,7 +36,7 @@ from aiohttp import web
 from legion import attributes
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
-from legion.errors import BadRequest, DeadlineExceeded, Unavailable
+from legion.errors import BadRequest, DeadlineExceeded, LegionError, Unavailable
 from legion.idempotency import IDEMPOTENCY_CONTEXT, IDEMPOTENCY_HEADER, RequestKey
 from legion.limits import (
     HANDOFF_BATCH_BYTES_MAX,
@@ -44,6 +44,7 @@ from legion.limits import (
     PEER_BODY_BYTES_MAX,
     REQUEST_DEADLINE_MS,
     STREAM_BODY_BYTES_MAX,
+    VERIFY_DEADLINE_MS,
 )
 from legion.path_params import compile_route
 from legion.replication import decode_ops, encode_apply_reply, unpack
@@ -51,6 +52,7 @@ from legion.runtime import operator_api
 from legion.runtime.node import Node, _Forward, check_node_id
 from legion.runtime.tls import require_peer_certificate
 from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json, sender_digest
+from legion.verify import Summary, compare
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
@@ -78,6 +80,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     api = _Api(node)
     app.router.add_get("/v1/health", api.health)
     app.router.add_get("/v1/cluster", api.cluster)
+    app.router.add_get("/v1/cluster/verify", api.verify)
     app.router.add_post("/v1/cluster/join", api.join)
     app.router.add_post("/v1/cluster/remove", api.remove)
     app.router.add_post("/internal/gossip", api.gossip)
@@ -85,6 +88,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/read", api.read)
     app.router.add_post("/internal/coverage", api.coverage)
     app.router.add_get("/internal/fold", api.fold)
+    app.router.add_post("/internal/digest", api.digest)
     app.router.add_post("/internal/handoff-done", api.handoff_done)
     operator_api.add_routes(app, node)
     for engine in node.engines.values():
@@ -194,6 +198,40 @@ class _Api:
         return web.json_response(
             cs.status_document(self.node.state, self.node.claimant(), self.node.member_attributes())
         )
+
+    async def verify(self, request: web.Request) -> web.Response:
+        """Compare every partition's replicas (``legion.verify``): each live node summarises what it holds."""
+        node = self.node
+        state, live = node.state, node.coordinator.live()
+        held = {
+            m.id: [p for p, replicas in enumerate(state.placement) if m.id in replicas]
+            for m in state.members
+            if any(m.id in replicas for replicas in state.placement)
+        }
+        unreachable = {n: "down" for n in held if n not in live}
+        asked = [n for n in held if n in live]
+
+        async def ask(node_id: str) -> dict[tuple[str, int], Summary]:
+            if node_id == node.node_id:
+                return await node.summaries(held[node_id])
+            raw = await node.peers.call(
+                "POST",
+                state.url_of(node_id) + "/internal/digest",
+                data=msgpack.packb({"partitions": held[node_id]}, use_bin_type=True),
+                timeout_ms=VERIFY_DEADLINE_MS,
+            )
+            return {(e, p): Summary(c, d) for e, p, c, d in unpack(raw, list)}
+
+        answers: dict[str, dict[tuple[str, int], Summary]] = {}
+        for node_id, result in zip(asked, await asyncio.gather(*map(ask, asked), return_exceptions=True)):
+            if isinstance(result, LegionError):
+                unreachable[node_id] = result.message
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers[node_id] = result
+        report = compare(state.placement, sorted(node.engines), answers, unreachable)
+        return web.json_response({"epoch": state.epoch, **report.to_json()})
 
     async def join(self, request: web.Request) -> web.Response:
         body = await _json_object(request, '{"node_id": …, "url": …}')
@@ -339,6 +377,11 @@ class _Api:
         await producer
         await response.write_eof()
         return response
+
+    async def digest(self, request: web.Request) -> web.Response:
+        body = await _read_msgpack(request)
+        summaries = await self.node.summaries(_int_list(body, "partitions"))
+        return _msgpack_response([[e, p, s.count, s.digest] for (e, p), s in sorted(summaries.items())])
 
     async def handoff_done(self, request: web.Request) -> web.Response:
         body = await _json_object(request, '{"node_id": …, "partitions": [...]}')

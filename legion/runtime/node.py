@@ -62,6 +62,7 @@ from legion.runtime.handoff_receiver import HandoffReceiver
 from legion.options import check_options
 from legion.runtime.log_writer import LogWriter
 from legion.runtime.member_attributes import MemberAttributes
+from legion.verify import Summary, summarise
 from legion.runtime.node_metrics import NodeMetrics
 from legion.runtime import tls
 from legion.runtime.storage import NodeStore
@@ -410,6 +411,19 @@ class Node:
                 "install it on every node and restart them"
             )
         return impl
+
+    async def summaries(self, partitions: list[int]) -> dict[tuple[str, int], Summary]:
+        """Every engine's fold summary (``legion.verify``) of those ``partitions`` this node holds."""
+        out: dict[tuple[str, int], Summary] = {}
+        for partition in partitions:
+            for name in sorted(self.engines):
+                try:
+                    impl = self.check_holds(name, partition)
+                except LegionError:
+                    continue  # not held (any more): the caller's placement was older
+                await self.writer.ensure_open(name, partition)
+                out[(name, partition)] = await asyncio.to_thread(lambda: summarise(impl.fold(partition)))
+        return out
 
     def check_holds(self, engine: str, partition: int) -> Engine:
         self.installed(engine)
