@@ -105,6 +105,25 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def repair(
+    cluster: ClusterOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Verify, make every replica of each differing partition merge the others' copies, verify again (exit 1 unless clean)."""
+    with Client.connect(cluster) as client, console.status("repairing…"):
+        result = client.request("POST", "/v1/cluster/repair").json()
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for error in result["errors"]:
+            console.print(f"[red]{escape(error['engine'])} partition {error['partition']}:[/] {escape(error['message'])}")
+        console.print(f"repaired {len(result['repaired'])} engine partitions")
+        console.print(verify_summary(result["after"]))
+    if not result["after"]["clean"]:
+        raise typer.Exit(1)
+
+
 def verify_summary(report: dict[str, Any]) -> Group:
     """The verify report as a table of the partitions whose replicas differ, and one summary line."""
     parts: list[Any] = []

@@ -152,6 +152,13 @@ class HandoffReceiver(Rounds):
         node.metrics.handoff_partitions.inc()
         log.info("pulled partition %d from %s", partition, sources[0])
 
+    async def merge_from(self, engine: str, partition: int, sources: list[str]) -> None:
+        """Apply each source replica's fold of ``engine``'s ``partition`` here (a repair: operations
+        are idempotent and merge, so this replica ends holding what it and every source held)."""
+        for source in sources:
+            if source != self.node.node_id:
+                await self._pull_engine(source, engine, partition)
+
     async def _pull_engine(self, source: str, engine: str, partition: int) -> None:
         node = self.node
         url = f"{node.state.url_of(source)}/internal/fold?engine={engine}&partition={partition}"

@@ -52,7 +52,7 @@ from legion.runtime import operator_api
 from legion.runtime.node import Node, _Forward, check_node_id
 from legion.runtime.tls import require_peer_certificate
 from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json, sender_digest
-from legion.verify import Summary, compare
+from legion.verify import Report, Summary, compare
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
@@ -81,6 +81,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_get("/v1/health", api.health)
     app.router.add_get("/v1/cluster", api.cluster)
     app.router.add_get("/v1/cluster/verify", api.verify)
+    app.router.add_post("/v1/cluster/repair", api.repair)
     app.router.add_post("/v1/cluster/join", api.join)
     app.router.add_post("/v1/cluster/remove", api.remove)
     app.router.add_post("/internal/gossip", api.gossip)
@@ -89,6 +90,7 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/coverage", api.coverage)
     app.router.add_get("/internal/fold", api.fold)
     app.router.add_post("/internal/digest", api.digest)
+    app.router.add_post("/internal/merge", api.merge)
     app.router.add_post("/internal/handoff-done", api.handoff_done)
     operator_api.add_routes(app, node)
     for engine in node.engines.values():
@@ -201,6 +203,45 @@ class _Api:
 
     async def verify(self, request: web.Request) -> web.Response:
         """Compare every partition's replicas (``legion.verify``): each live node summarises what it holds."""
+        state, report = await self._verify()
+        return web.json_response({"epoch": state.epoch, **report.to_json()})
+
+    async def repair(self, request: web.Request) -> web.Response:
+        """Verify, then have every replica of each differing partition merge the others' folds; verify again."""
+        node = self.node
+        _, before = await self._verify()
+
+        async def merge(node_id: str, engine: str, partition: int, sources: list[str]) -> None:
+            if node_id == node.node_id:
+                await node.handoff.merge_from(engine, partition, sources)
+                return
+            body = {"engine": engine, "partition": partition, "sources": sources}
+            url = node.state.url_of(node_id) + "/internal/merge"
+            await node.peers.call("POST", url, data=msgpack.packb(body, use_bin_type=True), timeout_ms=VERIFY_DEADLINE_MS)
+
+        jobs = [
+            (d, merge(n, d.engine, d.partition, sorted(set(d.replicas) - {n})))
+            for d in before.differing
+            for n in d.replicas
+        ]
+        results = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
+        errors = []
+        for (d, _), result in zip(jobs, results):
+            if isinstance(result, LegionError):
+                errors.append({"engine": d.engine, "partition": d.partition, "message": result.message})
+            elif isinstance(result, BaseException):
+                raise result
+        state, after = await self._verify()
+        repaired = sorted({(d.engine, d.partition) for d in before.differing})
+        return web.json_response(
+            {
+                "repaired": [{"engine": e, "partition": p} for e, p in repaired],
+                "errors": errors,
+                "after": {"epoch": state.epoch, **after.to_json()},
+            }
+        )
+
+    async def _verify(self) -> tuple[cs.ClusterState, Report]:
         node = self.node
         state, live = node.state, node.coordinator.live()
         held = {
@@ -230,8 +271,7 @@ class _Api:
                 raise result
             else:
                 answers[node_id] = result
-        report = compare(state.placement, sorted(node.engines), answers, unreachable)
-        return web.json_response({"epoch": state.epoch, **report.to_json()})
+        return state, compare(state.placement, sorted(node.engines), answers, unreachable)
 
     async def join(self, request: web.Request) -> web.Response:
         body = await _json_object(request, '{"node_id": …, "url": …}')
@@ -382,6 +422,16 @@ class _Api:
         body = await _read_msgpack(request)
         summaries = await self.node.summaries(_int_list(body, "partitions"))
         return _msgpack_response([[e, p, s.count, s.digest] for (e, p), s in sorted(summaries.items())])
+
+    async def merge(self, request: web.Request) -> web.Response:
+        body = await _read_msgpack(request)
+        engine, partition = _field(body, "engine", str), _field(body, "partition", int)
+        sources = body.get("sources")
+        if not isinstance(sources, list) or not all(isinstance(n, str) for n in sources):
+            raise BadRequest("field 'sources' must be a list of node ids")
+        self.node.check_holds(engine, partition)
+        await self.node.handoff.merge_from(engine, partition, sources)
+        return _msgpack_response({"merged": len(sources)})
 
     async def handoff_done(self, request: web.Request) -> web.Response:
         body = await _json_object(request, '{"node_id": …, "partitions": [...]}')

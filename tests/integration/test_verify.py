@@ -1,4 +1,5 @@
-"""`legion cluster verify` on real nodes: clean when replicas agree, names a partition whose replica differs, and a dead node."""
+"""`legion cluster verify` and `repair` on real nodes: clean when replicas agree, a partition whose replica
+differs is named and then repaired, and a dead node is reported."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from legion.runtime import local_cluster as cluster_processes
 from tests.conftest import LocalCluster
 
 
-def test_verify_is_clean_then_names_the_partition_one_replica_holds_differently(local_cluster: LocalCluster, legion_cli):
+def test_verify_names_the_partition_one_replica_holds_differently_and_repair_merges_it(local_cluster: LocalCluster, legion_cli):
     directory = str(local_cluster.directory)
     with local_cluster.node_client("n1") as client:
         kv = KVClient(client)
@@ -41,6 +42,14 @@ def test_verify_is_clean_then_names_the_partition_one_replica_holds_differently(
     table = legion_cli("cluster", "verify", "--cluster", directory).stdout
     assert "1 differ" in table and "kv" in table and str(partition) in table
 
+    # Repair: every replica of the partition merges the others' copies; verify is clean again.
+    repaired = json.loads(assert_repair(legion_cli, directory))
+    assert repaired["repaired"] == [{"engine": "kv", "partition": partition}] and repaired["after"]["clean"]
+    for node_id in ("n1", "n2"):
+        with local_cluster.node_client(node_id) as client:
+            assert KVClient(client).get(key.decode(), r=1).value == b"y"  # from its own copy
+    assert legion_cli("cluster", "verify", "--cluster", directory).returncode == 0
+
     cluster_processes.stop_node(local_cluster.directory, "n2", kill=True)
     with local_cluster.node_client("n1") as client:
         deadline = time.monotonic() + 15
@@ -48,3 +57,9 @@ def test_verify_is_clean_then_names_the_partition_one_replica_holds_differently(
             assert time.monotonic() < deadline, report
             time.sleep(0.2)
     assert not report["clean"] and report["unreachable"]["n2"]
+
+
+def assert_repair(legion_cli, directory: str) -> str:
+    result = legion_cli("cluster", "repair", "--cluster", directory, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
