@@ -20,6 +20,7 @@ from rich.text import Text
 
 from legion.client import Client
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
+from cli.durability_option import DURABILITY_DEFAULT, DurabilityOption
 from cli.engine_options import DaskSchedulerOption, with_dask_scheduler
 from legion.options import parse_options
 from legion.runtime import local_cluster
@@ -105,6 +106,7 @@ def up(
         ),
     ] = None,
     dask_scheduler: DaskSchedulerOption = None,
+    durability: DurabilityOption = DURABILITY_DEFAULT,
 ) -> None:
     """Start a local cluster of NODES node processes on 127.0.0.1, and the services its engines ask for."""
     options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
@@ -119,6 +121,7 @@ def up(
             reset=reset,
             progress=lambda message: spinner.update(escape(message) + "…"),
             options=options,
+            durability=durability,
         )
     with Client.connect(directory) as client:
         _show_status(client)

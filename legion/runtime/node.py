@@ -41,6 +41,7 @@ from aiohttp import web
 from legion import attributes
 from legion import cluster_state as cs
 from legion.clock import HybridClock
+from legion.durability import DEFAULT as DEFAULT_DURABILITY, Durability, check_durability
 from legion.engine import Engine, NodeInfo, load_engines
 from legion.errors import BadRequest, ConfigError, EngineMissing, LegionError, NotOwner, Unavailable
 from legion.keyspace import check_partition_count, partition_of
@@ -88,6 +89,8 @@ class NodeConfig:
     replicas: int = 3
     # Node options (``--option KEY=VALUE``), handed to every engine's ``start``.
     options: Mapping[str, str] = field(default_factory=dict)
+    # What an acknowledged write survives (``legion.durability``): the node's databases and engines follow it.
+    durability: Durability = DEFAULT_DURABILITY
 
 
 def check_node_id(node_id: str) -> str:
@@ -128,7 +131,8 @@ class Node:
         self.options = MappingProxyType(check_options(config.options))
         self.url = f"http://{config.host}:{config.port}"
         self.token = load_token(config)
-        self.store = NodeStore(config.data_dir)
+        self.durability = check_durability(config.durability)
+        self.store = NodeStore(config.data_dir, self.durability)
         self.node_id = check_node_id(self.store.meta_get("node_id") or config.node_id or f"node-{uuid.uuid4().hex[:8]}")
         self.store.meta_put("node_id", self.node_id)
         incarnation = attributes.next_incarnation(self.store.meta_get("incarnation"), int(time.time()))
@@ -143,6 +147,8 @@ class Node:
         self.engines: dict[str, Engine] = {
             name: cls(config.data_dir / "engines" / name) for name, cls in sorted(load_engines().items())
         }
+        for engine in self.engines.values():
+            engine.durability = self.durability  # the contract: set before the first open
         self.writer = LogWriter(self.store, self.engines, config.data_dir)
         self.peers = PeerClient(self.token, lambda: cs.digest(self.state))
         self.coordinator = Coordinator(self)
