@@ -27,7 +27,7 @@ from pathlib import Path
 from engines.search.operations import ENGINE_NAME, KIND_CREATE, Catalog, CatalogEntry
 from legion.replication import Operation
 from legion.durability import Durability
-from legion.runtime.storage import connect  # the settings every Legion database uses
+from legion.runtime.storage import connect  # WAL, committing as durably as the node's mode asks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS catalog (
