@@ -9,16 +9,24 @@ and format the answers with rich. No HTTP, no cluster logic here.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
+import webbrowser
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from legion.client import Client
+from legion.command_line import ClusterOption, cluster_directory
+from legion.errors import Unavailable
+from legion.node_figures import Rates, Snapshot, rates, snapshot
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
 from cli.durability_option import DURABILITY_DEFAULT, DurabilityOption
 from cli.engine_options import DaskSchedulerOption, with_dask_scheduler
@@ -28,12 +36,10 @@ from legion.runtime import local_cluster
 app = typer.Typer(help="Start, inspect, resize and stop a cluster.", no_args_is_help=True)
 console = Console()
 
-DIR_DEFAULT = Path(".legion")
 TIMEOUT_S_DEFAULT = 60.0
 ATTRIBUTE_SHOWN_CHARS_MAX = 40
 STATUS_STYLES = {"up": "green", "joining": "cyan", "leaving": "yellow", "down": "red", "removed": "dim"}
 
-DirOption = Annotated[Path, typer.Option("--dir", help="The local cluster's directory.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait for the cluster to settle.")]
 
 
@@ -85,16 +91,75 @@ def _show_status(client: Client) -> None:
 
 
 @app.command()
+def verify(
+    cluster: ClusterOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare every partition's replicas (operation counts and digests); exit 1 if any differ or went unchecked."""
+    with Client.connect(cluster) as client:
+        report = client.request("GET", "/v1/cluster/verify").json()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        console.print(verify_summary(report))
+    if not report["clean"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def repair(
+    cluster: ClusterOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Verify, make every replica of each differing partition merge the others' copies, verify again (exit 1 unless clean)."""
+    with Client.connect(cluster) as client, console.status("repairing…"):
+        result = client.request("POST", "/v1/cluster/repair").json()
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        for error in result["errors"]:
+            console.print(f"[red]{escape(error['engine'])} partition {error['partition']}:[/] {escape(error['message'])}")
+        console.print(f"repaired {len(result['repaired'])} engine partitions")
+        console.print(verify_summary(result["after"]))
+    if not result["after"]["clean"]:
+        raise typer.Exit(1)
+
+
+def verify_summary(report: dict[str, Any]) -> Group:
+    """The verify report as a table of the partitions whose replicas differ, and one summary line."""
+    parts: list[Any] = []
+    if report["differing"]:
+        table = Table(show_edge=False, header_style="bold")
+        for column in ("engine", "partition", "replica", "operations", "digest"):
+            table.add_column(column)
+        for entry in report["differing"]:
+            for node_id, summary in entry["replicas"].items():
+                table.add_row(
+                    escape(entry["engine"]), str(entry["partition"]), escape(node_id),
+                    str(summary["count"]), summary["digest"][:12],
+                )  # fmt: skip
+        parts.append(table)
+    for node_id, why in report["unreachable"].items():
+        parts.append(Text(f"{node_id} not checked: {why}", style="yellow"))
+    verdict = (
+        "[green]replicas agree[/]" if report["clean"]
+        else f"[red]{len(report['differing'])} differ[/], {len(report['unverified'])} unchecked"
+    )  # fmt: skip
+    parts.append(f"{report['checked']} engine partitions checked at epoch {report['epoch']}: {verdict}")
+    return Group(*parts)
+
+
+@app.command()
 def up(
     nodes: Annotated[int, typer.Option("--nodes", help="How many node processes to start.")] = 3,
-    directory: DirOption = DIR_DEFAULT,
+    cluster: ClusterOption = None,
     partitions: Annotated[int, typer.Option("--partitions", help="Partitions (a power of two).")] = PARTITIONS_DEFAULT,
     replicas: Annotated[int, typer.Option("--replicas", help="Replicas of each partition.")] = REPLICAS_DEFAULT,
     base_port: Annotated[
         int, typer.Option("--base-port", help="First node's port; the others follow. 0 picks free ports.")
     ] = 7400,
     reset: Annotated[
-        bool, typer.Option("--reset", help="Delete the data of a stopped cluster in --dir first.")
+        bool, typer.Option("--reset", help="Delete the data of a stopped cluster in --cluster first.")
     ] = False,
     timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT,
     option: Annotated[
@@ -107,8 +172,16 @@ def up(
     ] = None,
     dask_scheduler: DaskSchedulerOption = None,
     durability: DurabilityOption = DURABILITY_DEFAULT,
+    metrics_open: Annotated[
+        bool,
+        typer.Option("--metrics-open", help="Let Prometheus on this machine scrape /metrics without the token (loopback only)."),
+    ] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Make a private CA and node certificates: HTTPS only, mutual TLS between nodes.")
+    ] = False,
 ) -> None:
     """Start a local cluster of NODES node processes on 127.0.0.1, and the services its engines ask for."""
+    directory = cluster_directory(cluster)
     options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
     with console.status(f"starting {nodes} nodes in {directory}…") as spinner:
         local_cluster.up(
@@ -122,15 +195,18 @@ def up(
             progress=lambda message: spinner.update(escape(message) + "…"),
             options=options,
             durability=durability,
+            metrics_open=metrics_open,
+            tls=tls,
         )
     with Client.connect(directory) as client:
         _show_status(client)
-    console.print(f"[green]cluster up[/] in {escape(str(directory))}; stop it with `legion cluster down --dir {escape(str(directory))}`")
+    console.print(f"[green]cluster up[/] in {escape(str(directory))}; stop it with `legion cluster down --cluster {escape(str(directory))}`")
 
 
 @app.command()
-def down(directory: DirOption = DIR_DEFAULT) -> None:
+def down(cluster: ClusterOption = None) -> None:
     """Stop every node of the local cluster (its data stays)."""
+    directory = cluster_directory(cluster)
     with console.status(f"stopping the nodes in {directory}…"):
         stopped = local_cluster.down(directory)
     console.print(f"stopped {', '.join(stopped)}" if stopped else "no node was running")
@@ -138,12 +214,7 @@ def down(directory: DirOption = DIR_DEFAULT) -> None:
 
 @app.command()
 def status(
-    cluster: Annotated[
-        Path | None,
-        typer.Option(
-            "--cluster", "--dir", help="Cluster directory (default: $LEGION_URL and $LEGION_TOKEN, else ./.legion)."
-        ),
-    ] = None,
+    cluster: ClusterOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw status document as JSON.")] = False,
 ) -> None:
     """Show the members, their partitions, and whether a rebalance is in flight."""
@@ -157,8 +228,9 @@ def status(
 
 
 @app.command("add-node")
-def add_node(directory: DirOption = DIR_DEFAULT, timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT) -> None:
+def add_node(cluster: ClusterOption = None, timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT) -> None:
     """Start one more node and wait until it holds its share of the partitions."""
+    directory = cluster_directory(cluster)
     with console.status("adding a node…") as spinner:
         node = local_cluster.add_node(
             directory, timeout_s=timeout_s, progress=lambda message: spinner.update(escape(message) + "…")
@@ -171,10 +243,11 @@ def add_node(directory: DirOption = DIR_DEFAULT, timeout_s: TimeoutOption = TIME
 @app.command("remove-node")
 def remove_node(
     node_id: Annotated[str, typer.Argument(metavar="NODE", help="The id of the node to remove, e.g. n2.")],
-    directory: DirOption = DIR_DEFAULT,
+    cluster: ClusterOption = None,
     timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT,
 ) -> None:
     """Hand NODE's partitions to the others, then stop it for good."""
+    directory = cluster_directory(cluster)
     with console.status(f"removing {node_id}…") as spinner:
         final = local_cluster.remove_node(
             directory, node_id, timeout_s=timeout_s, progress=lambda message: spinner.update(escape(message) + "…")
@@ -186,10 +259,11 @@ def remove_node(
 @app.command("start-node")
 def start_node(
     node_id: Annotated[str, typer.Argument(metavar="NODE", help="The id of a stopped node, e.g. n2.")],
-    directory: DirOption = DIR_DEFAULT,
+    cluster: ClusterOption = None,
     timeout_s: TimeoutOption = TIMEOUT_S_DEFAULT,
 ) -> None:
     """Restart a stopped (or crashed) node with its own id, port and data."""
+    directory = cluster_directory(cluster)
     with console.status(f"starting {node_id}…"):
         node = local_cluster.start_node(directory, node_id, timeout_s=timeout_s)
     console.print(f"[green]started[/] {node['id']} at {node['url']} (pid {node['pid']})")
@@ -198,9 +272,94 @@ def start_node(
 @app.command("stop-node")
 def stop_node(
     node_id: Annotated[str, typer.Argument(metavar="NODE", help="The id of the node to stop, e.g. n2.")],
-    directory: DirOption = DIR_DEFAULT,
+    cluster: ClusterOption = None,
     kill: Annotated[bool, typer.Option("--kill", help="SIGKILL at once, as a crash would.")] = False,
 ) -> None:
     """Stop one node; it stays a member (shown down) until started or removed."""
+    directory = cluster_directory(cluster)
     was_running = local_cluster.stop_node(directory, node_id, kill=kill)
     console.print(f"stopped {escape(node_id)}" if was_running else f"{escape(node_id)} was not running")
+
+
+def _can_open_a_browser() -> bool:
+    """Whether a graphical browser can open here (a text-mode one would take over the terminal)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+@app.command()
+def dashboard(
+    cluster: ClusterOption = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the page in a browser when one is available.")
+    ] = True,
+) -> None:
+    """Print the URL of the web dashboard (any node serves it) and open it in a browser if there is one."""
+    directory = cluster_directory(cluster)
+    url = local_cluster.dashboard_url(directory)
+    typer.echo(url)
+    console.print(f"sign in with the cluster token: the contents of {escape(str(Path(directory) / 'token'))}", highlight=False)
+    if open_browser and _can_open_a_browser():
+        webbrowser.open(url)
+
+
+def top_table(rows: dict[str, Rates | str]) -> Table:
+    """One row per node: its rates over the last window, or why it has none (``down``, ``starting``)."""
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("node", "requests/s", "p99 ms", "ops/s", "handoffs", "moved"):
+        table.add_column(column, justify="left" if column == "node" else "right")
+    for node_id, figures in rows.items():
+        if isinstance(figures, str):
+            table.add_row(escape(node_id), Text(figures, style="red" if figures == "down" else "dim"), "", "", "", "")
+            continue
+        p99 = "-" if figures.p99_latency_ms is None else f"{figures.p99_latency_ms:.1f}"
+        table.add_row(
+            escape(node_id), f"{figures.requests_per_s:.1f}", p99, f"{figures.ops_per_s:.1f}",
+            str(figures.handoffs_in_flight), str(figures.handoffs_done),
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+def top(
+    cluster: ClusterOption = None,
+    interval_s: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.", min=0.2)] = 1.0,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", help="Stop after this many refreshes (default: until Ctrl-C).", min=1)
+    ] = None,
+) -> None:
+    """Live per-node figures from every node's /metrics: requests/s, p99 latency, ops/s, handoffs."""
+    with Client.connect(cluster) as client:
+        members = [m for m in client.status()["members"] if m.get("status") != "removed"]
+    nodes = {m["id"]: client.for_node(m["url"]) for m in members}
+    try:
+        previous = {node_id: _scrape(node) for node_id, node in nodes.items()}
+        rows: dict[str, Rates | str] = {node_id: "starting" for node_id in nodes}
+        with Live(top_table(rows), console=console, auto_refresh=False) as live:
+            done = 0
+            while iterations is None or done < iterations:
+                time.sleep(interval_s)
+                for node_id, node in nodes.items():
+                    current = _scrape(node)
+                    before = previous[node_id]
+                    if current is None:
+                        rows[node_id] = "down"
+                    elif before is None:
+                        rows[node_id] = "starting"
+                    else:
+                        rows[node_id] = rates(before[1], current[1], max(current[0] - before[0], 1e-3))
+                    previous[node_id] = current
+                live.update(top_table(rows), refresh=True)
+                done += 1
+    finally:
+        for node in nodes.values():
+            node.close()
+
+
+def _scrape(node: Client) -> tuple[float, Snapshot] | None:
+    """When and what one node's /metrics said; None if it did not answer."""
+    try:
+        return time.monotonic(), snapshot(node.metrics())
+    except Unavailable:
+        return None

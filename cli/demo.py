@@ -241,6 +241,12 @@ def epilogue(tour: Tour) -> None:
         f"  {legion} cluster down            # stop it; its data stays until `cluster up --reset`",
         soft_wrap=True,
     )
+    tour.console.print(
+        f"\nDashboard: {local_cluster.dashboard_url(tour.directory)}  "
+        f"(sign in with the token in {_shown(tour.directory)}/token)",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def _shown(path: Path) -> str:

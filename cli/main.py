@@ -13,13 +13,17 @@ status 1 — users see what to fix, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from legion.client import ENV_CA
 from legion.engine import engine_names, load_engines
 from legion.errors import LegionError
 
@@ -40,6 +44,7 @@ def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
         # deserves the plain traceback, not a wall of rich locals.
         pretty_exceptions_enable=False,
     )
+    app.callback()(_global_options)
     engine = _engine_named(argv)
     if engine is not None:
         _mount_engines(app, [engine])
@@ -53,6 +58,18 @@ def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
     app.add_typer(engine_group.app, name="engine")
     _mount_engines(app)
     return app
+
+
+def _global_options(
+    ca: Annotated[
+        Path | None,
+        typer.Option("--ca", envvar=ENV_CA, help="The CA certificate to verify a TLS cluster's nodes with (or $LEGION_CA)."),
+    ] = None,
+) -> None:
+    """Run and use a Legion cluster: partitioned, replicated, rebalancing state."""
+    if ca is not None:
+        # Every command reaches the cluster through Client.connect, which reads it from there.
+        os.environ[ENV_CA] = str(ca)
 
 
 def _engine_named(argv: Sequence[str] | None) -> str | None:

@@ -56,6 +56,14 @@ def start(
     ] = None,
     dask_scheduler: DaskSchedulerOption = None,
     durability: DurabilityOption = DURABILITY_DEFAULT,
+    metrics_open: Annotated[
+        bool, typer.Option("--metrics-open", help="Serve GET /metrics without the token to clients on loopback.")
+    ] = False,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="This node's certificate (PEM): serve HTTPS only.")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The private key of --tls-cert (PEM).")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option("--tls-ca", help="The cluster CA's certificate (PEM): peers must present one it signed.")
+    ] = None,
 ) -> None:
     """Start a node and serve until SIGTERM or Ctrl-C."""
     host, port = parse_listen(listen)
@@ -65,6 +73,7 @@ def start(
     # Imported here: the runtime pulls in aiohttp and every engine, which
     # the other commands do not need.
     from legion.runtime.node import NodeConfig, run
+    from legion.runtime.tls import tls_files
 
     config = NodeConfig(
         data_dir=data_dir,
@@ -77,5 +86,7 @@ def start(
         replicas=replicas,
         options=options,
         durability=mode,
+        metrics_open=metrics_open,
+        tls=tls_files(tls_cert, tls_key, tls_ca),
     )
     run(config)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import http.client
 import json as jsonlib
 import os
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,10 @@ CLUSTER_FILE_NAME = "cluster.json"
 TOKEN_FILE_NAME = "token"
 ENV_URL = "LEGION_URL"
 ENV_TOKEN = "LEGION_TOKEN"
+ENV_CA = "LEGION_CA"
+ENV_CLUSTER = "LEGION_CLUSTER"
+# Where ``legion cluster up --tls`` keeps the cluster CA's certificate, in the cluster directory.
+CA_FILE_NAME = "tls/ca.pem"
 TIMEOUT_S_DEFAULT = 10.0
 # Requests that change nothing: the only ones sent without an idempotency key.
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -111,7 +116,9 @@ class Client:
     ``close()``, to release the connections.
     """
 
-    def __init__(self, urls: Sequence[str], token: str, *, timeout_s: float = TIMEOUT_S_DEFAULT) -> None:
+    def __init__(
+        self, urls: Sequence[str], token: str, *, timeout_s: float = TIMEOUT_S_DEFAULT, ca: str | Path | None = None
+    ) -> None:
         if isinstance(urls, str):
             raise ConfigError("Client(urls=...) takes a list of URLs, not one string")
         if not urls:
@@ -122,6 +129,9 @@ class Client:
             raise ConfigError(f"timeout_s must be positive, got {timeout_s}")
         self._endpoints = [_Endpoint.parse(url) for url in urls]
         self._token = token
+        # https:// nodes are verified against ``ca`` (a TLS cluster's private CA), else the system's CAs.
+        self.ca = str(ca) if ca else None
+        self._ssl: ssl.SSLContext | None = None
         self.timeout_s = timeout_s
         self._connections: dict[str, http.client.HTTPConnection] = {}
         # Index of the node that answered last: start there next time, so one
@@ -133,7 +143,7 @@ class Client:
 
         It sends its requests to node ``start_at`` (modulo the number of nodes) first,
         so that worker threads given different numbers spread their load over the nodes."""
-        other = Client(self.urls, self._token, timeout_s=timeout_s if timeout_s is not None else self.timeout_s)
+        other = Client(self.urls, self._token, timeout_s=timeout_s if timeout_s is not None else self.timeout_s, ca=self.ca)
         other._preferred = start_at % len(other._endpoints)
         return other
 
@@ -154,24 +164,34 @@ class Client:
         url: str | None = None,
         token: str | None = None,
         timeout_s: float = TIMEOUT_S_DEFAULT,
+        ca: str | Path | None = None,
     ) -> Client:
-        """A client for the cluster named by the arguments, the environment, or ./.legion."""
+        """A client for the cluster named by the arguments, the environment, or ./.legion.
+
+        In order: ``url`` (with ``token`` or ``LEGION_TOKEN``), the directory ``cluster``,
+        the directory ``LEGION_CLUSTER``, ``LEGION_URL`` with ``LEGION_TOKEN``, ./.legion.
+
+        The CA that https:// nodes are verified against: ``ca``, else ``LEGION_CA``, else a
+        cluster directory's ``tls/ca.pem`` (what ``legion cluster up --tls`` made)."""
+        ca = ca or os.environ.get(ENV_CA) or None
         if url is not None:
             token = token or os.environ.get(ENV_TOKEN)
             if not token:
                 raise ConfigError(f"a node URL was given without a token: pass the token or set {ENV_TOKEN}")
-            return cls(_split_urls(url, "the given URL"), token, timeout_s=timeout_s)
+            return cls(_split_urls(url, "the given URL"), token, timeout_s=timeout_s, ca=ca)
+        if cluster is None and os.environ.get(ENV_CLUSTER, "").strip():
+            cluster = cluster_directory()
         if cluster is not None:
             urls, dir_token = read_cluster_dir(Path(cluster))
-            return cls(urls, token or dir_token, timeout_s=timeout_s)
+            return cls(urls, token or dir_token, timeout_s=timeout_s, ca=ca or _cluster_ca(Path(cluster)))
         env_url = os.environ.get(ENV_URL, "").strip()
         if env_url:
             env_token = token or os.environ.get(ENV_TOKEN, "").strip()
             if not env_token:
                 raise ConfigError(f"{ENV_URL} is set but {ENV_TOKEN} is not: set both, or neither to use ./.legion")
-            return cls(_split_urls(env_url, ENV_URL), env_token, timeout_s=timeout_s)
+            return cls(_split_urls(env_url, ENV_URL), env_token, timeout_s=timeout_s, ca=ca)
         urls, dir_token = read_cluster_dir(CLUSTER_DIR_DEFAULT)
-        return cls(urls, token or dir_token, timeout_s=timeout_s)
+        return cls(urls, token or dir_token, timeout_s=timeout_s, ca=ca or _cluster_ca(CLUSTER_DIR_DEFAULT))
 
     # -- requests --------------------------------------------------------------
 
@@ -210,6 +230,11 @@ class Client:
             endpoint = self._endpoints[index]
             try:
                 response = self._send(endpoint, method, target, body, send_headers)
+            except ssl.SSLCertVerificationError as exc:
+                raise ConfigError(
+                    f"{endpoint.url} presented a certificate this client does not trust ({exc.verify_message}): "
+                    f"pass the cluster's CA certificate with --ca or {ENV_CA}"
+                ) from None
             except (OSError, http.client.HTTPException) as exc:
                 failures.append(f"{endpoint.url} ({_describe_failure(exc)})")
                 continue
@@ -256,10 +281,25 @@ class Client:
     def _connection(self, endpoint: _Endpoint) -> http.client.HTTPConnection:
         connection = self._connections.get(endpoint.url)
         if connection is None:
-            kind = http.client.HTTPSConnection if endpoint.scheme == "https" else http.client.HTTPConnection
-            connection = kind(endpoint.host, endpoint.port, timeout=self.timeout_s)
+            if endpoint.scheme == "https":
+                connection = http.client.HTTPSConnection(
+                    endpoint.host, endpoint.port, timeout=self.timeout_s, context=self._ssl_context()
+                )
+            else:
+                connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout_s)
             self._connections[endpoint.url] = connection
         return connection
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            if self.ca is None:
+                self._ssl = ssl.create_default_context()
+            else:
+                try:
+                    self._ssl = ssl.create_default_context(cafile=self.ca)
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConfigError(f"cannot load the CA certificate {self.ca}: {exc}") from None
+        return self._ssl
 
     def _drop(self, endpoint: _Endpoint) -> None:
         connection = self._connections.pop(endpoint.url, None)
@@ -271,6 +311,14 @@ class Client:
     def status(self) -> dict[str, Any]:
         """The cluster status document (``GET /v1/cluster``)."""
         return self.request("GET", "/v1/cluster").json()
+
+    def metrics(self) -> str:
+        """One node's Prometheus metrics, as text (``GET /metrics``; see ``legion.node_figures``)."""
+        return self.request("GET", "/metrics").body.decode("utf-8", "replace")
+
+    def for_node(self, url: str) -> Client:
+        """A new client for the node at ``url`` alone, with this client's token and timeout (the caller closes it)."""
+        return Client([url], self._token, timeout_s=self.timeout_s, ca=self.ca)
 
     def health(self) -> dict[str, Any]:
         """One node's liveness answer (``GET /v1/health``)."""
@@ -328,12 +376,26 @@ def describe_status(status: Mapping[str, Any]) -> str:
     return f"epoch {status.get('epoch')}, {rebalancing}, members: {members or 'none'}"
 
 
+def _cluster_ca(directory: Path) -> Path | None:
+    """The CA certificate ``legion cluster up --tls`` left in the cluster directory, if any."""
+    path = directory / CA_FILE_NAME
+    return path if path.is_file() else None
+
+
+def cluster_directory(explicit: Path | None = None) -> Path:
+    """The local cluster directory a command works on: ``explicit``, else ``LEGION_CLUSTER``, else ./.legion."""
+    if explicit is not None:
+        return explicit
+    env_cluster = os.environ.get(ENV_CLUSTER, "").strip()
+    return Path(env_cluster) if env_cluster else CLUSTER_DIR_DEFAULT
+
+
 def read_cluster_dir(directory: Path) -> tuple[list[str], str]:
     """The node URLs and token of the cluster a ``legion cluster up`` wrote into ``directory``."""
     cluster_file = directory / CLUSTER_FILE_NAME
-    hint = f"run `legion cluster up --dir {directory}` or set {ENV_URL} and {ENV_TOKEN}"
+    hint = f"run `legion cluster up --cluster {directory}`, or point {ENV_CLUSTER} (or {ENV_URL} and {ENV_TOKEN}) at one"
     if directory == CLUSTER_DIR_DEFAULT:
-        hint = f"run `legion cluster up` or set {ENV_URL} and {ENV_TOKEN}"
+        hint = f"run `legion cluster up`, or point {ENV_CLUSTER} (or {ENV_URL} and {ENV_TOKEN}) at one"
     try:
         document = jsonlib.loads(cluster_file.read_text())
     except FileNotFoundError:

@@ -304,4 +304,11 @@ def status_document(
         "placement": [list(nodes) for nodes in state.placement],
         "pending": None if state.pending is None else [list(n) for n in state.pending],
         "rebalancing": state.pending is not None,
+        # The copies the pending placement waits for: which node gains which partition, and whether it reported ready.
+        "transfers": [
+            {"partition": p, "to": n, "ready": (p, n) in state.ready}
+            for p, n in sorted(gained_slots(state.placement, state.pending))
+        ]
+        if state.pending is not None
+        else [],
     }

@@ -108,6 +108,14 @@ handler gets an ``HttpRequest`` and the node's ``Cluster`` (the coordinator:
 their attributes) and returns an ``HttpResponse``. Raising a
 ``LegionError`` gives the matching 4xx/5xx.
 
+Operating (optional; the defaults contribute nothing): ``metrics()`` returns
+plain figures about this engine's state on this node (``{"keys": 1200.0}``),
+from any thread, at every scrape of ``GET /metrics`` (exported as
+``legion_<engine>_<figure>``) and every refresh of the dashboard; it must be
+cheap (a count, not a scan of values). ``dashboard_panel()`` returns a
+``legion.dashboard.DashboardPanel`` declaring this engine's panel on the
+dashboard (``/ui/``): which figures to show and which lookup forms to offer.
+
 CLI: the classmethod ``cli()`` may return a typer app mounted as ``legion <name> …``; its
 commands must talk to the cluster through ``legion.Client`` only.
 
@@ -131,6 +139,7 @@ from typing import Any, ClassVar, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from legion.dashboard import DashboardPanel
 from legion.durability import DEFAULT as DEFAULT_DURABILITY, Durability
 from legion.errors import BadRequest, ConfigError, LegionError
 from legion.replication import Operation
@@ -503,6 +512,14 @@ class Engine(ABC):
         ``directory`` is this engine's directory for them (it exists); ``options``
         the ones the user passed. Return nothing for a service an option replaces."""
         return ()
+
+    def metrics(self) -> Mapping[str, float]:
+        """Figures about this engine's state on this node, by name; see the module docstring ("Operating")."""
+        return {}
+
+    def dashboard_panel(self) -> DashboardPanel | None:
+        """This engine's panel on the dashboard, or None for none."""
+        return None
 
     @classmethod
     def cli(cls) -> Any | None:

@@ -114,3 +114,6 @@ assert ATTRIBUTE_KEYS_MAX * (ATTRIBUTE_KEY_CHARS_MAX + ATTRIBUTE_VALUE_CHARS_MAX
 assert 0 < SIDECAR_RESTART_BACKOFF_MS_MIN <= SIDECAR_RESTART_BACKOFF_MS_MAX <= SIDECAR_STABLE_MS
 # Engine.stop stops its sidecars, each within SIGTERM's and SIGKILL's timeouts.
 assert SIDECAR_TERM_TIMEOUT_MS + SIDECAR_KILL_TIMEOUT_MS < ENGINE_STOP_TIMEOUT_MS
+
+# How long `legion cluster verify` waits for one node to fold and digest every partition it holds.
+VERIFY_DEADLINE_MS = 120_000

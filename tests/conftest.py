@@ -27,7 +27,7 @@ CLI_TIMEOUT_S = 120.0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "cluster(nodes=3, partitions=64, replicas=3): the shape of the local_cluster fixture's cluster"
+        "markers", "cluster(nodes=3, partitions=64, replicas=3, metrics_open=False): the shape of the local_cluster fixture's cluster"
     )
 
 
@@ -42,6 +42,7 @@ def local_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lo
         partitions=shape.get("partitions", 64),
         replicas=shape.get("replicas", 3),
         timeout_s=CLUSTER_START_TIMEOUT_S,
+        metrics_open=shape.get("metrics_open", False),
     ) as cluster:
         yield cluster
 
@@ -51,7 +52,7 @@ CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture(scope="session")
 def legion_cli(tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
-    """``run(*args, input=None, cwd=None)``: the ``legion`` command as a real subprocess.
+    """``run(*args, input=None, cwd=None, env=None)``: the ``legion`` command as a real subprocess.
 
     Session-scoped so module-scoped fixtures can use it; without ``cwd`` it
     runs in an empty directory of its own (so no stray ``./.legion`` is found).
@@ -61,14 +62,16 @@ def legion_cli(tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
     # A wide, colourless terminal: assertions read plain lines.
     environment.update({"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
 
-    def run(*args: str, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, input: str | None = None, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "cli", *args],
             input=input,
             capture_output=True,
             text=True,
             cwd=cwd or default_cwd,
-            env=environment,
+            env={**environment, **(env or {})},
             timeout=CLI_TIMEOUT_S,
         )
 

@@ -20,6 +20,7 @@ from rich.markup import escape  # a key is user data: "[red]" in it must print l
 
 from engines.kv.client import KVClient
 from legion.client import Client
+from legion.command_line import ClusterOption
 from legion.errors import ConfigError
 
 app = typer.Typer(
@@ -30,14 +31,6 @@ stderr = Console(stderr=True)
 # An import prints at most this many of its failures (the count says how many there were).
 FAILURES_SHOWN_MAX = 20
 
-ClusterOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--cluster",
-        help="Cluster directory (default: $LEGION_URL and $LEGION_TOKEN, else ./.legion).",
-        show_default=False,
-    ),
-]
 
 
 @contextmanager

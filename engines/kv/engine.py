@@ -43,6 +43,7 @@ from typing import Any
 
 from engines.kv import entries
 from engines.kv.entries import Entry
+from legion.dashboard import DashboardPanel, PanelLookup
 from legion.durability import Durability, sqlite_synchronous
 from legion.engine import Cluster, Engine, HttpRequest, HttpResponse, Route, WriteItem
 from legion.errors import BadRequest, ConfigError, NotFound, NotOwner
@@ -88,6 +89,7 @@ SELECT_PAGE = (
     "SELECT key, hlc, origin, deleted, content_type, value FROM entries"
     " WHERE partition = ? AND key > ? ORDER BY key LIMIT ?"
 )
+COUNT_ENTRIES = "SELECT SUM(deleted = 0), SUM(deleted) FROM entries"
 DELETE_PARTITION = "DELETE FROM entries WHERE partition = ?"
 # Live keys of one partition in [low, high) after a cursor, in order; tombstones are not listed.
 SELECT_KEYS = (
@@ -278,6 +280,25 @@ class KVEngine(Engine):
             if len(page) < FOLD_PAGE_ROWS:
                 return
             after = page[-1][0]
+
+    def metrics(self) -> Mapping[str, float]:
+        """Live keys and tombstones stored on this node, over every partition it holds."""
+        db = self._db
+        if db is None:
+            return {"keys": 0, "tombstones": 0}
+        try:
+            with db.reader().use() as conn:
+                live, dead = conn.execute(COUNT_ENTRIES).fetchone()
+        except NotOwner:  # closed meanwhile: the node holds nothing any more
+            return {"keys": 0, "tombstones": 0}
+        return {"keys": live or 0, "tombstones": dead or 0}
+
+    def dashboard_panel(self) -> DashboardPanel:
+        return DashboardPanel(
+            title="Key/value",
+            figures={"keys": "keys stored (all replicas)", "tombstones": "tombstones"},
+            lookups=[PanelLookup(label="Look up a key", path="/v1/kv/{key}", fields=["key"])],
+        )
 
     def routes(self) -> Sequence[Route]:
         return (

@@ -27,16 +27,13 @@ from engines.mapreduce.client import IN_FLIGHT_DEFAULT, JobError, MRClient
 from engines.mapreduce.report import JobReport, JobStatus
 from engines.mapreduce.report import Progress as JobProgress
 from legion.client import Client
+from legion.command_line import ClusterOption
 from legion.errors import ConfigError
 
 app = typer.Typer(name="mr", help="Store datasets in the cluster and run map/reduce jobs on them.", no_args_is_help=True)
 console = Console()
 stderr = Console(stderr=True)
 
-ClusterOption = Annotated[
-    Path | None,
-    typer.Option("--cluster", help="Cluster directory (default: $LEGION_URL and $LEGION_TOKEN, else ./.legion).", show_default=False),
-]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 FormatOption = Annotated[str | None, typer.Option("--format", help="parquet, csv or jsonl (default: from the extension).")]
 ROWS_SHOWN_DEFAULT = 50

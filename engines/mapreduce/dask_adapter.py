@@ -15,6 +15,13 @@ I/O. Three things:
   profiler off and the background timers slowed down (see ``QUIET_WORKER``).
 - ``scheduler_command``: how ``legion cluster up`` starts the cluster's one
   scheduler, on 127.0.0.1.
+
+On a TLS cluster (``DaskTls``: the node's ``tls.ca``/``tls.cert``/``tls.key``
+options, the same files its HTTPS uses) the scheduler listens on ``tls://``,
+and the scheduler, the workers and the job client all use Dask's own TLS
+settings (``--tls-ca-file``/``--tls-cert``/``--tls-key``, ``Security`` with
+``require_encryption``): every Dask connection is mutual TLS under the
+cluster's CA.
 """
 
 from __future__ import annotations
@@ -80,12 +87,13 @@ class DaskSession:
         self._cluster = cluster
 
     @classmethod
-    def connect(cls, address: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> DaskSession:
-        """A session with the scheduler at ``address``; Unavailable if it cannot be reached in time."""
+    def connect(cls, address: str, *, timeout_s: float = CONNECT_TIMEOUT_S, tls: DaskTls | None = None) -> DaskSession:
+        """A session with the scheduler at ``address`` (over TLS with ``tls``); Unavailable if it cannot be reached in time."""
         from distributed import Client
 
         try:
-            client = Client(address, timeout=timeout_s, set_as_default=False)
+            security = tls.security() if tls is not None else None
+            client = Client(address, timeout=timeout_s, set_as_default=False, security=security)
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         return cls(client)
@@ -162,8 +170,31 @@ class DaskSession:
                 self._cluster.close(timeout=CLOSE_TIMEOUT_S)
 
 
+@dataclass(frozen=True, slots=True)
+class DaskTls:
+    """The PEM files Dask's TLS settings take: the cluster CA, and this process's certificate and key."""
+
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str]) -> DaskTls | None:
+        """From the node options ``tls.ca``, ``tls.cert`` and ``tls.key`` (set on a TLS node); None without them."""
+        values = [options.get(key) for key in ("tls.ca", "tls.cert", "tls.key")]
+        return cls(*values) if all(values) else None  # type: ignore[arg-type]
+
+    def argv(self) -> list[str]:
+        return ["--tls-ca-file", self.ca, "--tls-cert", self.cert, "--tls-key", self.key]
+
+    def security(self) -> Any:
+        from distributed.security import Security
+
+        return Security(tls_ca_file=self.ca, tls_client_cert=self.cert, tls_client_key=self.key, require_encryption=True)
+
+
 def worker_command(
-    scheduler: str, *, node_id: str, threads: int, local_directory: str, host: str = "127.0.0.1"
+    scheduler: str, *, node_id: str, threads: int, local_directory: str, host: str = "127.0.0.1", tls: DaskTls | None = None
 ) -> list[str]:
     """The argv of a node's Dask worker sidecar (see the module docstring)."""
     if threads < 1:
@@ -180,7 +211,7 @@ def worker_command(
         "--resources", f"{resource_name(node_id)}={RESOURCE_UNITS}",
         "--local-directory", local_directory,
         "--memory-limit", "0",
-    ]  # fmt: skip
+    ] + (tls.argv() if tls is not None else [])  # fmt: skip
 
 
 def worker_environment(node_id: str) -> dict[str, str]:
@@ -190,9 +221,13 @@ def worker_environment(node_id: str) -> dict[str, str]:
     return {**QUIET_WORKER, NODE_ENVIRONMENT: node_id, "PYTHONUNBUFFERED": "1"}
 
 
-def scheduler_command(*, host: str = "127.0.0.1", port: int = 0, dashboard: bool = False) -> list[str]:
-    """The argv of the cluster's Dask scheduler, on ``host`` (loopback unless configured)."""
+def scheduler_command(
+    *, host: str = "127.0.0.1", port: int = 0, dashboard: bool = False, tls: DaskTls | None = None
+) -> list[str]:
+    """The argv of the cluster's Dask scheduler, on ``host`` (loopback unless configured; ``tls://`` with ``tls``)."""
     argv = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host, "--port", str(port)]
+    if tls is not None:
+        argv += ["--protocol", "tls", *tls.argv()]
     # The scheduler serves HTTP (health, metrics, the dashboard if asked) on every interface unless told.
     argv += ["--dashboard-address", f"{host}:0"]
     return argv + ([] if dashboard else ["--no-dashboard"])
@@ -208,5 +243,5 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 __all__: Sequence[str] = [
-    "DaskSession", "TaskRef", "resource_name", "scheduler_command", "split_address", "worker_command", "worker_environment",
+    "DaskSession", "DaskTls", "TaskRef", "resource_name", "scheduler_command", "split_address", "worker_command", "worker_environment",
 ]  # fmt: skip

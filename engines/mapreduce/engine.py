@@ -68,6 +68,7 @@ from engines.mapreduce.partition_files import (
     sweep_snapshots,
 )
 from engines.mapreduce.dask_adapter import (
+    DaskTls,
     resource_name,
     scheduler_command,
     split_address,
@@ -75,6 +76,8 @@ from engines.mapreduce.dask_adapter import (
     worker_environment,
 )
 from engines.mapreduce.planner import RESOURCE_ATTRIBUTE, THREADS_ATTRIBUTE
+from engines.mapreduce.report import STATE_FAILED, STATE_RUNNING, STATE_SUCCEEDED
+from legion.dashboard import DashboardPanel, PanelLookup
 from legion.engine import Engine, LocalService, NodeInfo, Route
 from legion.errors import BadRequest, ConfigError, NotOwner
 from legion.replication import Operation
@@ -134,7 +137,8 @@ class MapReduceEngine(Engine):
         from engines.mapreduce.job_service import JobService
 
         scheduler = node.options.get(OPTION_SCHEDULER, "")
-        self.services = JobService(node.node_id, scheduler)
+        tls = DaskTls.from_options(node.options)  # a TLS node: Dask traffic under the cluster CA too
+        self.services = JobService(node.node_id, scheduler, tls=tls)
         if not scheduler:
             log.warning("no %s option: this node runs no Dask worker and cannot run jobs", OPTION_SCHEDULER)
             return
@@ -142,7 +146,7 @@ class MapReduceEngine(Engine):
         threads = _threads(node.options.get(OPTION_WORKER_THREADS))
         argv = worker_command(
             scheduler, node_id=node.node_id, threads=threads, local_directory=str(node.root / "dask-worker"),
-            host=node.options.get(OPTION_WORKER_HOST, "127.0.0.1"),
+            host=node.options.get(OPTION_WORKER_HOST, "127.0.0.1"), tls=tls,
         )  # fmt: skip
         self._worker = Sidecar("dask-worker", argv, log_path=node.root / "dask-worker.log", env=worker_environment(node.node_id))
         self._worker.start()
@@ -160,12 +164,14 @@ class MapReduceEngine(Engine):
         if options.get(OPTION_SCHEDULER):
             return ()  # an existing Dask deployment
         port = _free_port()
+        tls = DaskTls.from_options(options)  # `legion cluster up --tls`: a certificate for the scheduler
+        protocol = "tls" if tls is not None else "tcp"
         return (
             LocalService(
                 "dask-scheduler",
-                scheduler_command(host="127.0.0.1", port=port),
+                scheduler_command(host="127.0.0.1", port=port, tls=tls),
                 ready_address=f"127.0.0.1:{port}",
-                options_to_nodes={OPTION_SCHEDULER: f"tcp://127.0.0.1:{port}"},
+                options_to_nodes={OPTION_SCHEDULER: f"{protocol}://127.0.0.1:{port}"},
                 env={"DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning"},
             ),
         )
@@ -282,6 +288,30 @@ class MapReduceEngine(Engine):
             rows, size, _count = files.stats(incarnation)
             out[str(p)] = {"paths": [str(link) for link in links], "rows": rows, "bytes": size}
         return out
+
+    # --- operating ---------------------------------------------------------------
+
+    def metrics(self) -> Mapping[str, float]:
+        """Datasets known here, and this node's jobs (running, finished, failed) and their map/reduce tasks."""
+        with self._lock:
+            datasets = len(self._catalog.live_datasets())
+        jobs = self.services.board.all() if self.services is not None else []
+        return {
+            "datasets": datasets,
+            "jobs_running": sum(job.state == STATE_RUNNING for job in jobs),
+            "jobs_succeeded": sum(job.state == STATE_SUCCEEDED for job in jobs),
+            "jobs_failed": sum(job.state == STATE_FAILED for job in jobs),
+            "map_tasks_done": sum(job.progress.map_done for job in jobs),
+            "reduce_tasks_done": sum(job.progress.reduce_done for job in jobs),
+        }
+
+    def dashboard_panel(self) -> DashboardPanel:
+        return DashboardPanel(
+            title="Map/reduce",
+            figures={"datasets": "datasets", "jobs_running": "jobs running", "jobs_succeeded": "jobs succeeded",
+                     "jobs_failed": "jobs failed", "map_tasks_done": "map tasks done", "reduce_tasks_done": "reduce tasks done"},
+            lookups=[PanelLookup(label="Job status", path="/v1/mr/jobs/{job}", fields=["job"])],
+        )  # fmt: skip
 
     def fold(self, partition: int) -> Iterator[Operation]:
         files = self._require_held(partition)

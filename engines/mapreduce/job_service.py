@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from engines.mapreduce.dask_adapter import DaskSession
+from engines.mapreduce.dask_adapter import DaskSession, DaskTls
 from engines.mapreduce.datasets import ENGINE_NAME
 from engines.mapreduce.job_runner import JOB_TIMEOUT_S_DEFAULT, JobFailed, JobRunner, PlannedTask
 from engines.mapreduce.planner import RESOURCE_ATTRIBUTE, choose_replicas, group_tasks, tasks_per_node
@@ -167,9 +167,10 @@ class ClusterInputs:
 class JobService:
     """Runs and remembers this node's jobs (see the module docstring)."""
 
-    def __init__(self, node_id: str, scheduler: str) -> None:
+    def __init__(self, node_id: str, scheduler: str, *, tls: DaskTls | None = None) -> None:
         self.node_id = node_id
         self.scheduler = scheduler
+        self.tls = tls
         self.board = JobBoard()
         self._session: DaskSession | None = None
         self._session_lock = threading.Lock()
@@ -179,7 +180,7 @@ class JobService:
             raise ConfigError("no Dask scheduler is configured: start the node with --option mr.scheduler=tcp://HOST:PORT")
         with self._session_lock:
             if self._session is None:
-                self._session = DaskSession.connect(self.scheduler)
+                self._session = DaskSession.connect(self.scheduler, tls=self.tls)
             return self._session
 
     def submit(self, cluster: Cluster, loop: asyncio.AbstractEventLoop, job_id: str, request: JobRequest) -> JobStatus:

@@ -24,16 +24,13 @@ from rich.table import Table
 
 from engines.search.client import BATCH_DOCS_DEFAULT, IN_FLIGHT_DEFAULT, SearchClient
 from legion.client import Client
+from legion.command_line import ClusterOption
 from legion.errors import ConfigError
 
 app = typer.Typer(name="search", help="Create indexes, ingest documents and search them.", no_args_is_help=True)
 console = Console()
 stderr = Console(stderr=True)
 
-ClusterOption = Annotated[
-    Path | None,
-    typer.Option("--cluster", help="Cluster directory (default: $LEGION_URL and $LEGION_TOKEN, else ./.legion).", show_default=False),
-]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's answer as JSON.")]
 
 

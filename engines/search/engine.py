@@ -45,6 +45,7 @@ from engines.search.operations import (
     decode,
 )
 from engines.search.schema import parse_schema
+from legion.dashboard import DashboardPanel, PanelLookup
 from legion.engine import Engine, Route
 from legion.errors import BadRequest, NotOwner
 from legion.replication import Operation
@@ -71,6 +72,7 @@ class SearchEngine(Engine):
         self._catalog = Catalog()
         self._shards: dict[str, Shard] = {}  # live incarnation → its shard
         self._unparked: set[str] = set()  # parked operations applied, to forget once flushed
+        self._commits = 0  # shard commits since the node started (for metrics)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -172,6 +174,7 @@ class SearchEngine(Engine):
         # One commit per shard covers every partition: there is no cheaper partial flush.
         for shard in list(self._shards.values()):
             shard.commit()
+            self._commits += 1
         if self._unparked and self._store is not None:
             self._store.unpark(self._unparked)
             self._unparked.clear()
@@ -230,6 +233,28 @@ class SearchEngine(Engine):
 
         shard = self.shard(query.get("incarnation"))
         return local_search.answer(shard, list(partitions), query)
+
+    # --- operating ---------------------------------------------------------------
+
+    def metrics(self) -> Mapping[str, float]:
+        """Indexes, documents in their committed searchers (all replicas here), commits and searcher reloads."""
+        with self._lock:
+            shards = list(self._shards.values())
+            indexes = len(self._catalog.live_indexes())
+        return {
+            "indexes": indexes,
+            "documents": sum(shard.view().searcher.num_docs for shard in shards),
+            "commits": self._commits,
+            "searcher_reloads": sum(shard.reloads for shard in shards),
+        }
+
+    def dashboard_panel(self) -> DashboardPanel:
+        return DashboardPanel(
+            title="Search",
+            figures={"indexes": "indexes", "documents": "documents (all replicas)", "commits": "commits",
+                     "searcher_reloads": "searcher reloads"},
+            lookups=[PanelLookup(label="Search an index", path="/v1/search/{index}?q={query}&limit=5", fields=["index", "query"])],
+        )  # fmt: skip
 
     def fold(self, partition: int) -> Iterator[Operation]:
         self._require_held(partition)

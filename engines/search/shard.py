@@ -145,6 +145,7 @@ class Shard:
         self._builder = DocumentBuilder(index, schema, self.tantivy_schema)
         self.index.reload()
         self._view = SearcherView(self.index.searcher(), self.fields)
+        self.reloads = 0  # searcher reloads since the shard opened (for the engine's metrics)
 
     # --- the writer thread ----------------------------------------------------
 
@@ -197,6 +198,7 @@ class Shard:
         """Point readers at what was just committed: a new searcher, and a new view of it."""
         self.index.reload()
         self._view = SearcherView(self.index.searcher(), self.fields)
+        self.reloads += 1
 
     def drop_partition(self, partition: int) -> None:
         """Delete every document and tombstone of ``partition`` from this node's index, durably."""

@@ -48,6 +48,7 @@ class Gossiper(Rounds):
         self.wake()
 
     async def run_round(self) -> None:
+        self.node.metrics.gossip_rounds.inc()
         await self.round()
         self.claimant_duties()
 

@@ -67,6 +67,8 @@ class HandoffReceiver(Rounds):
         self._pulled_for: object = None
         self.resyncing: set[int] = set()
         self._published = ""
+        # Partitions being copied in right now (for the metrics and the dashboard).
+        self.in_flight: set[int] = set()
 
     def resync_all(self) -> None:
         """Re-copy every partition this node holds before serving reads of it again."""
@@ -140,19 +142,33 @@ class HandoffReceiver(Rounds):
             if missing_source_ok:
                 return
             raise Unavailable(f"no live replica to pull partition {partition} from")
-        for engine in node.engines:
-            await node.writer.ensure_open(engine, partition)
-            await self._pull_engine(sources[0], engine, partition)
+        self.in_flight.add(partition)
+        try:
+            for engine in node.engines:
+                await node.writer.ensure_open(engine, partition)
+                await self._pull_engine(sources[0], engine, partition)
+        finally:
+            self.in_flight.discard(partition)
+        node.metrics.handoff_partitions.inc()
         log.info("pulled partition %d from %s", partition, sources[0])
+
+    async def merge_from(self, engine: str, partition: int, sources: list[str]) -> None:
+        """Apply each source replica's fold of ``engine``'s ``partition`` here (a repair: operations
+        are idempotent and merge, so this replica ends holding what it and every source held)."""
+        for source in sources:
+            if source != self.node.node_id:
+                await self._pull_engine(source, engine, partition)
 
     async def _pull_engine(self, source: str, engine: str, partition: int) -> None:
         node = self.node
         url = f"{node.state.url_of(source)}/internal/fold?engine={engine}&partition={partition}"
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=PEER_BODY_BYTES_MAX)
         async for chunk in node.peers.stream(url):
+            node.metrics.handoff_bytes.inc(len(chunk))
             unpacker.feed(chunk)
             for batch in unpacker:
                 await node.writer.submit([Operation.from_wire(raw) for raw in batch])
+                node.metrics.handoff_ops.inc(len(batch))
         # Served from here once reported ready: what was copied must be visible, not just logged.
         await node.writer.flush(engine, [partition])
 

@@ -7,8 +7,10 @@ encodes the answer. Errors become responses in ``transport`` only.
 Client API (JSON): ``GET /v1/health``, ``GET /v1/cluster`` (the status
 document, each member with its gossiped ``attributes``),
 ``POST /v1/cluster/join``, ``POST /v1/cluster/remove``, plus every engine's
-routes. An engine route's ``Idempotency-Key`` header names the writes its
-handler makes (``legion.idempotency``). Peer API (msgpack bodies, same token): ``/internal/gossip``,
+routes (an engine route's ``Idempotency-Key`` header names the writes its
+handler makes: ``legion.idempotency``), and the operators' endpoints
+(``operator_api``: ``/metrics``, the dashboard at ``/ui/``). Peer API
+(msgpack bodies, same token): ``/internal/gossip``,
 ``/internal/apply`` (``?refresh=1``: flush what it touched before answering),
 ``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed) and
 ``/internal/handoff-done``.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,7 +38,7 @@ from aiohttp import web
 from legion import attributes
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
-from legion.errors import BadRequest, DeadlineExceeded, Unavailable
+from legion.errors import BadRequest, DeadlineExceeded, LegionError, Unavailable
 from legion.idempotency import IDEMPOTENCY_CONTEXT, IDEMPOTENCY_HEADER, RequestKey
 from legion.limits import (
     HANDOFF_BATCH_BYTES_MAX,
@@ -43,11 +46,15 @@ from legion.limits import (
     PEER_BODY_BYTES_MAX,
     REQUEST_DEADLINE_MS,
     STREAM_BODY_BYTES_MAX,
+    VERIFY_DEADLINE_MS,
 )
 from legion.path_params import compile_route
 from legion.replication import decode_ops, encode_apply_reply, unpack
+from legion.runtime import operator_api
 from legion.runtime.node import Node, _Forward, check_node_id
+from legion.runtime.tls import require_peer_certificate
 from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json, sender_digest
+from legion.verify import Report, Summary, compare
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
@@ -55,9 +62,16 @@ FOLD_STALL_S = 60
 
 
 def admission(node: Node) -> Callable[[web.Request], None]:
-    """Until a joining node has the cluster state, it can only take gossip (which brings the state)."""
+    """Until a joining node has the cluster state, it can only take gossip (which brings the state).
+
+    On a TLS cluster, the peer API also wants the caller's certificate (mutual TLS)."""
+
+    peers_need_certificates = node.config.tls is not None
 
     def admit(request: web.Request) -> None:
+        if peers_need_certificates:
+            transport = request.transport
+            require_peer_certificate(request.path, transport.get_extra_info("peercert") if transport else None)
         if node.state is None and request.path != "/internal/gossip":
             raise Unavailable(f"node {node.node_id} is still joining the cluster; retry shortly")
 
@@ -68,6 +82,8 @@ def add_routes(app: web.Application, node: Node) -> None:
     api = _Api(node)
     app.router.add_get("/v1/health", api.health)
     app.router.add_get("/v1/cluster", api.cluster)
+    app.router.add_get("/v1/cluster/verify", api.verify)
+    app.router.add_post("/v1/cluster/repair", api.repair)
     app.router.add_post("/v1/cluster/join", api.join)
     app.router.add_post("/v1/cluster/remove", api.remove)
     app.router.add_post("/internal/gossip", api.gossip)
@@ -75,7 +91,10 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/read", api.read)
     app.router.add_post("/internal/coverage", api.coverage)
     app.router.add_get("/internal/fold", api.fold)
+    app.router.add_post("/internal/digest", api.digest)
+    app.router.add_post("/internal/merge", api.merge)
     app.router.add_post("/internal/handoff-done", api.handoff_done)
+    operator_api.add_routes(app, node)
     for engine in node.engines.values():
         for route in engine.routes():
             if not is_engine_path(engine.name, route.path):
@@ -185,12 +204,89 @@ class _Api:
             cs.status_document(self.node.state, self.node.claimant(), self.node.member_attributes())
         )
 
+    async def verify(self, request: web.Request) -> web.Response:
+        """Compare every partition's replicas (``legion.verify``): each live node summarises what it holds."""
+        state, report = await self._verify()
+        return web.json_response({"epoch": state.epoch, **report.to_json()})
+
+    async def repair(self, request: web.Request) -> web.Response:
+        """Verify, then have every replica of each differing partition merge the others' folds; verify again."""
+        node = self.node
+        _, before = await self._verify()
+
+        async def merge(node_id: str, engine: str, partition: int, sources: list[str]) -> None:
+            if node_id == node.node_id:
+                await node.handoff.merge_from(engine, partition, sources)
+                return
+            body = {"engine": engine, "partition": partition, "sources": sources}
+            url = node.state.url_of(node_id) + "/internal/merge"
+            await node.peers.call("POST", url, data=msgpack.packb(body, use_bin_type=True), timeout_ms=VERIFY_DEADLINE_MS)
+
+        jobs = [
+            (d, merge(n, d.engine, d.partition, sorted(set(d.replicas) - {n})))
+            for d in before.differing
+            for n in d.replicas
+        ]
+        results = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
+        errors = []
+        for (d, _), result in zip(jobs, results):
+            if isinstance(result, LegionError):
+                errors.append({"engine": d.engine, "partition": d.partition, "message": result.message})
+            elif isinstance(result, BaseException):
+                raise result
+        state, after = await self._verify()
+        repaired = sorted({(d.engine, d.partition) for d in before.differing})
+        return web.json_response(
+            {
+                "repaired": [{"engine": e, "partition": p} for e, p in repaired],
+                "errors": errors,
+                "after": {"epoch": state.epoch, **after.to_json()},
+            }
+        )
+
+    async def _verify(self) -> tuple[cs.ClusterState, Report]:
+        node = self.node
+        state, live = node.state, node.coordinator.live()
+        held = {
+            m.id: [p for p, replicas in enumerate(state.placement) if m.id in replicas]
+            for m in state.members
+            if any(m.id in replicas for replicas in state.placement)
+        }
+        unreachable = {n: "down" for n in held if n not in live}
+        asked = [n for n in held if n in live]
+
+        async def ask(node_id: str) -> dict[tuple[str, int], Summary]:
+            if node_id == node.node_id:
+                return await node.summaries(held[node_id])
+            raw = await node.peers.call(
+                "POST",
+                state.url_of(node_id) + "/internal/digest",
+                data=msgpack.packb({"partitions": held[node_id]}, use_bin_type=True),
+                timeout_ms=VERIFY_DEADLINE_MS,
+            )
+            return {(e, p): Summary(c, d) for e, p, c, d in unpack(raw, list)}
+
+        answers: dict[str, dict[tuple[str, int], Summary]] = {}
+        for node_id, result in zip(asked, await asyncio.gather(*map(ask, asked), return_exceptions=True)):
+            if isinstance(result, LegionError):
+                unreachable[node_id] = result.message
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers[node_id] = result
+        return state, compare(state.placement, sorted(node.engines), answers, unreachable)
+
     async def join(self, request: web.Request) -> web.Response:
         body = await _json_object(request, '{"node_id": …, "url": …}')
         node_id = check_node_id(body.get("node_id"))  # type: ignore[arg-type]
         url = body.get("url")
         if not isinstance(url, str) or not URL_PATTERN.match(url):
             raise BadRequest(f"url must look like http://HOST:PORT, got {url!r}")
+        if urlsplit(url).scheme != urlsplit(self.node.url).scheme:
+            raise BadRequest(
+                f"this cluster serves {urlsplit(self.node.url).scheme.upper()} and node {node_id} {urlsplit(url).scheme.upper()}: "
+                "every node of a cluster uses TLS (--tls-cert, --tls-key, --tls-ca) or none does"
+            )
         self.node.heard_from(node_id)
         return await self._claimant_change(request, body, lambda s: cs.add_member(s, node_id, url))
 
@@ -324,6 +420,21 @@ class _Api:
         await producer
         await response.write_eof()
         return response
+
+    async def digest(self, request: web.Request) -> web.Response:
+        body = await _read_msgpack(request)
+        summaries = await self.node.summaries(_int_list(body, "partitions"))
+        return _msgpack_response([[e, p, s.count, s.digest] for (e, p), s in sorted(summaries.items())])
+
+    async def merge(self, request: web.Request) -> web.Response:
+        body = await _read_msgpack(request)
+        engine, partition = _field(body, "engine", str), _field(body, "partition", int)
+        sources = body.get("sources")
+        if not isinstance(sources, list) or not all(isinstance(n, str) for n in sources):
+            raise BadRequest("field 'sources' must be a list of node ids")
+        self.node.check_holds(engine, partition)
+        await self.node.handoff.merge_from(engine, partition, sources)
+        return _msgpack_response({"merged": len(sources)})
 
     async def handoff_done(self, request: web.Request) -> web.Response:
         body = await _json_object(request, '{"node_id": …, "partitions": [...]}')

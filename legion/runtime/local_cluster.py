@@ -7,8 +7,11 @@ what ``legion cluster up`` and the test fixtures use to get a cluster of real
 
 A cluster directory ``DIR`` holds::
 
-    DIR/cluster.json        {"partitions", "replicas", "durability", "options", "services", "nodes": [node, ...]}
+    DIR/cluster.json        {"partitions", "replicas", "durability", "options", "services", "metrics_open", "tls",
+                            "nodes": [node, ...]}
     DIR/token               the cluster token (mode 0600)
+    DIR/tls/ca.pem, ca.key  the private CA of a ``--tls`` cluster (the key mode 0600)
+    DIR/nodes/<id>/tls/     that node's certificate and key, signed by the CA
     DIR/nodes/<id>/         one node's data directory
     DIR/nodes/<id>/node.log that node's stdout and stderr
     DIR/services/<engine>/  the local services an engine asked for (``local_services``)
@@ -42,17 +45,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from legion.client import CLUSTER_FILE_NAME, TOKEN_FILE_NAME, Client
+from legion.client import CA_FILE_NAME, CLUSTER_FILE_NAME, TOKEN_FILE_NAME, Client
 from legion.durability import DEFAULT as DEFAULT_DURABILITY, check_durability
 from legion.errors import ConfigError, DeadlineExceeded, NotFound, Unavailable
 from legion.keyspace import check_partition_count
 from legion.limits import REPLICAS_MAX
 from legion.options import check_options, to_argv
 from legion.runtime import local_processes as processes
-from legion.runtime import local_services
+from legion.runtime import certificates, local_services
+from legion.runtime.tls import TlsFiles
 from legion.runtime.local_processes import POLL_INTERVAL_S, is_running as _is_running
 
 HOST = "127.0.0.1"
+TLS_DIR = "tls"  # the cluster CA of a --tls cluster (its certificate is CA_FILE_NAME)
 NODES_MAX = 64
 # How often a long wait on the cluster checks that its node processes live.
 LIVENESS_CHECK_INTERVAL_S = 1.0
@@ -67,7 +72,7 @@ def load(directory: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"no cluster in {directory}: run `legion cluster up --dir {directory}`") from None
+        raise ConfigError(f"no cluster in {directory}: run `legion cluster up --cluster {directory}`") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("nodes"), list):
@@ -87,6 +92,8 @@ def up(
     progress: Progress | None = None,
     options: Mapping[str, str] | None = None,
     durability: str = DEFAULT_DURABILITY,
+    metrics_open: bool = False,
+    tls: bool = False,
 ) -> dict[str, Any]:
     """Start a new cluster of ``nodes`` processes in ``directory``; its ``cluster.json`` once all are up.
 
@@ -94,7 +101,10 @@ def up(
     stopped cluster in ``directory`` first; without it such a directory is
     refused. ``options`` go to every node (``--option``), and so does
     ``durability`` (``--durability``); the engines' local
-    services are started first and add theirs. If start-up fails, the nodes
+    services are started first and add theirs. ``metrics_open`` serves ``/metrics``
+    to loopback clients without the token (``--metrics-open``). ``tls`` makes a private
+    CA in ``DIR/tls`` and a certificate per node: nodes serve HTTPS only and talk to
+    each other with mutual TLS (``legion.runtime.tls``). If start-up fails, the nodes
     and services already started are stopped again.
     """
     directory = Path(directory).resolve()
@@ -105,6 +115,8 @@ def up(
     try:
         directory.mkdir(parents=True, exist_ok=True)
         _write_token(directory)
+        if tls:
+            certificates.make_ca(directory / TLS_DIR)
     except OSError as exc:
         raise ConfigError(f"cannot create the cluster directory {directory}: {exc.strerror}") from None
     document: dict[str, Any] = {
@@ -113,14 +125,20 @@ def up(
         "durability": durability,
         "options": user_options,
         "services": [],
-        "nodes": [_node_entry(directory, f"n{index + 1}", port) for index, port in enumerate(ports)],
+        "metrics_open": metrics_open,
+        "tls": tls,
+        "nodes": [_node_entry(directory, f"n{index + 1}", port, tls=tls) for index, port in enumerate(ports)],
     }
     _save(directory, document)
     deadline = time.monotonic() + timeout_s
     try:
-        document["options"] = local_services.start_all(
-            directory, document, user_options, deadline=deadline, save=lambda: _save(directory, document), progress=progress
+        # On a TLS cluster the local services (a Dask scheduler) get a certificate of their own from the CA,
+        # through the same tls.* options a node hands its engines; the nodes get theirs from --tls-*.
+        service_options = {**user_options, **_services_tls(directory).as_options()} if tls else user_options
+        node_options = local_services.start_all(
+            directory, document, service_options, deadline=deadline, save=lambda: _save(directory, document), progress=progress
         )
+        document["options"] = {key: value for key, value in node_options.items() if key not in service_options or key in user_options}
         _save(directory, document)
         first, rest = document["nodes"][0], document["nodes"][1:]
         _start(directory, document, first, join=None, progress=progress)
@@ -161,10 +179,10 @@ def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | Non
     live = _running(document)
     if not live:
         raise ConfigError(
-            f"no node of the cluster in {directory} is running: start one with `legion cluster start-node ID --dir {directory}`"
+            f"no node of the cluster in {directory} is running: start one with `legion cluster start-node ID --cluster {directory}`"
         )
     node_id = f"n{max(_id_number(node['id']) for node in document['nodes']) + 1}"
-    node = _node_entry(directory, node_id, _next_port(document))
+    node = _node_entry(directory, node_id, _next_port(document), tls=bool(document.get("tls")))
     document["nodes"].append(node)
     deadline = time.monotonic() + timeout_s
     _ensure_services(directory, document, deadline, progress)
@@ -212,7 +230,7 @@ def start_node(directory: Path, node_id: str, *, timeout_s: float = 60) -> dict[
     node = _find(document, node_id)
     if node.get("removed"):
         raise ConfigError(
-            f"node {node_id} was removed from the cluster; add a new one with `legion cluster add-node --dir {directory}`"
+            f"node {node_id} was removed from the cluster; add a new one with `legion cluster add-node --cluster {directory}`"
         )
     if _is_running(node):
         raise ConfigError(f"node {node_id} is already running (pid {node['pid']})")
@@ -238,6 +256,15 @@ def stop_node(directory: Path, node_id: str, *, kill: bool = False) -> bool:
     return bool(stopped)
 
 
+def dashboard_url(directory: Path) -> str:
+    """The dashboard's URL on a running node of the cluster in ``directory`` (every node serves it)."""
+    directory = Path(directory).resolve()
+    live = _running(load(directory))
+    if not live:
+        raise ConfigError(f"no node of the cluster in {directory} is running: start it with `legion cluster start-node ID --cluster {directory}`")
+    return live[0]["url"] + "/ui/"
+
+
 # -- checks and files --------------------------------------------------------------
 
 
@@ -250,12 +277,12 @@ def _check_new_cluster(directory: Path, *, nodes: int, partitions: int, replicas
         raise ConfigError(f"--replicas must be between 1 and {REPLICAS_MAX}, got {replicas}")
     cluster_file = directory / CLUSTER_FILE_NAME
     if cluster_file.exists() and any(_is_running(node) for node in load(directory)["nodes"]):
-        raise ConfigError(f"a cluster is already running in {directory}; `legion cluster down --dir {directory}` first")
+        raise ConfigError(f"a cluster is already running in {directory}; `legion cluster down --cluster {directory}` first")
     stale = [path for path in (cluster_file, directory / "nodes") if path.exists()]
     if stale and not reset:
         raise ConfigError(
             f"{directory} holds a stopped cluster: restart its nodes with "
-            f"`legion cluster start-node ID --dir {directory}`, or pass --reset to delete its data"
+            f"`legion cluster start-node ID --cluster {directory}`, or pass --reset to delete its data"
         )
     for path in stale:
         if path.is_dir():
@@ -284,11 +311,11 @@ def _save(directory: Path, document: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def _node_entry(directory: Path, node_id: str, port: int) -> dict[str, Any]:
+def _node_entry(directory: Path, node_id: str, port: int, *, tls: bool = False) -> dict[str, Any]:
     data_dir = directory / "nodes" / node_id
     return {
         "id": node_id,
-        "url": f"http://{HOST}:{port}",
+        "url": f"{'https' if tls else 'http'}://{HOST}:{port}",
         "data_dir": str(data_dir),
         "pid": None,
         "log": str(data_dir / "node.log"),
@@ -399,6 +426,11 @@ def _start(
         argv += ["--join", join]
     argv += ["--durability", document.get("durability", DEFAULT_DURABILITY)]
     argv += to_argv(document.get("options", {}))
+    if document.get("metrics_open"):
+        argv.append("--metrics-open")
+    if document.get("tls"):
+        files = _node_tls(directory, node)
+        argv += ["--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca)]
     child = processes.spawn(argv, log_path=Path(node["log"]))
     node["pid"] = child.pid
     node["join"] = node["join"] or join
@@ -414,9 +446,27 @@ def _ensure_services(directory: Path, document: dict[str, Any], deadline: float,
     local_services.ensure_running(document, deadline=deadline, save=lambda: _save(directory, document), progress=progress)
 
 
+def _node_tls(directory: Path, node: dict[str, Any]) -> TlsFiles:
+    """The node's certificate, signed by the cluster CA (made the first time the node starts)."""
+    ca_dir = directory / TLS_DIR
+    node_dir = Path(node["data_dir"]) / "tls"
+    files = TlsFiles(node_dir / certificates.NODE_CERT_FILE, node_dir / certificates.NODE_KEY_FILE, ca_dir / certificates.CA_CERT_FILE)
+    if files.cert.exists() and files.key.exists():
+        return files
+    return certificates.make_node_certificate(
+        ca_dir / certificates.CA_CERT_FILE, ca_dir / certificates.CA_KEY_FILE, node_dir, node["id"], hosts=(HOST, "localhost")
+    )
+
+
+def _services_tls(directory: Path) -> TlsFiles:
+    """The certificate of the cluster's local services, signed by the cluster CA."""
+    return _node_tls(directory, {"id": "legion-services", "data_dir": str(directory / "services")})
+
+
 def _client(directory: Path, nodes: Sequence[dict[str, Any]]) -> Client:
     token = (directory / TOKEN_FILE_NAME).read_text().strip()
-    return Client([node["url"] for node in nodes], token, timeout_s=CLIENT_TIMEOUT_S)
+    ca = directory / CA_FILE_NAME
+    return Client([node["url"] for node in nodes], token, timeout_s=CLIENT_TIMEOUT_S, ca=ca if ca.is_file() else None)
 
 
 def _wait_healthy(directory: Path, node: dict[str, Any], deadline: float, timeout_s: float) -> None:

@@ -55,6 +55,7 @@ from legion.engine import Engine
 from legion.errors import BadRequest, LegionError, Overloaded
 from legion.limits import COMPACT_BATCH_OPS_MAX, WRITE_BATCH_OPS_MAX, WRITE_QUEUE_OPS_MAX
 from legion.replication import Operation
+from legion.runtime.node_metrics import NodeMetrics
 from legion.runtime.storage import NodeStore
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,11 @@ class _Stop:
 class LogWriter:
     """Owns the open partitions of every engine on this node and the path writes take into them."""
 
-    def __init__(self, store: NodeStore, engines: dict[str, Engine], data_dir: Path) -> None:
+    def __init__(
+        self, store: NodeStore, engines: dict[str, Engine], data_dir: Path, metrics: NodeMetrics | None = None
+    ) -> None:
         self.store = store
+        self.metrics = metrics
         self.engines = engines
         self.data_dir = data_dir
         self._queue: queue.Queue[_Writes | _Control | _Stop] = queue.Queue(maxsize=WRITE_QUEUE_OPS_MAX)
@@ -276,6 +280,7 @@ class LogWriter:
             self._resolve(item.future, None, exc)
 
     def _write_batch(self, writes: list[_Write]) -> None:
+        started = time.perf_counter()
         failures = self._open_for(writes)
         ops = [op for w in writes for op in w.ops]
         if failures:
@@ -299,6 +304,9 @@ class LogWriter:
         for engine, batch in by_engine.items():
             self._apply(engine, batch, last_seq, now_ms, failures)
         flush_failures = self._flush_for(writes, failures, now_ms)
+        if self.metrics is not None:
+            logged = {engine: sum(map(len, batch.values())) for engine, batch in by_engine.items()}
+            self.metrics.observe_group_commit(logged, time.perf_counter() - started)
         for w in writes:
             error = None
             if failures or flush_failures:
@@ -334,6 +342,8 @@ class LogWriter:
                 failures[(engine, p)] = exc
                 self._checkpoints.failed((engine, p), now_ms)
             return
+        if self.metrics is not None:
+            self.metrics.observe_applied(engine, sum(map(len, batch.values())))
         deferred = not impl.durable_on_apply
         for p, ops in batch.items():
             self._checkpoints.applied((engine, p), last_seq[(engine, p)], len(ops), deferred=deferred, now_ms=now_ms)
@@ -421,6 +431,8 @@ class LogWriter:
             self._checkpoints.failed(key, now_ms)
             return exc
         self._checkpoints.reapplied(key, last, count)
+        if self.metrics is not None and count:
+            self.metrics.observe_applied(engine, count)
         return None
 
     def _drop_partition(self, engine: str, partition: int) -> None:

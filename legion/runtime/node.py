@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import urlsplit
 from typing import Any
 
 from aiohttp import web
@@ -62,7 +63,11 @@ from legion.runtime.handoff_receiver import HandoffReceiver
 from legion.options import check_options
 from legion.runtime.log_writer import LogWriter
 from legion.runtime.member_attributes import MemberAttributes
+from legion.verify import Summary, summarise
+from legion.runtime.node_metrics import NodeMetrics
+from legion.runtime import tls
 from legion.runtime.storage import NodeStore
+from legion.runtime.tls import TlsFiles
 from legion.runtime.transport import PeerClient, make_middlewares, quiet_parser_errors
 
 log = logging.getLogger(__name__)
@@ -91,6 +96,10 @@ class NodeConfig:
     options: Mapping[str, str] = field(default_factory=dict)
     # What an acknowledged write survives (``legion.durability``): the node's databases and engines follow it.
     durability: Durability = DEFAULT_DURABILITY
+    # Serve GET /metrics without the token to loopback clients (a Prometheus on the same machine).
+    metrics_open: bool = False
+    # Serve HTTPS only and talk to peers with mutual TLS (``legion.runtime.tls``); None: plain HTTP.
+    tls: TlsFiles | None = None
 
 
 def check_node_id(node_id: str) -> str:
@@ -128,8 +137,10 @@ class Node:
         if not 1 <= config.replicas <= REPLICAS_MAX:
             raise ConfigError(f"replicas must be between 1 and {REPLICAS_MAX}, got {config.replicas}")
         self.config = config
-        self.options = MappingProxyType(check_options(config.options))
-        self.url = f"http://{config.host}:{config.port}"
+        # A TLS node hands its files to the engines too (the map/reduce engine's Dask traffic uses them).
+        tls_options = config.tls.as_options() if config.tls is not None else {}
+        self.options = MappingProxyType(check_options({**config.options, **tls_options}))
+        self.url = f"{'https' if config.tls is not None else 'http'}://{config.host}:{config.port}"
         self.token = load_token(config)
         self.durability = check_durability(config.durability)
         self.store = NodeStore(config.data_dir, self.durability)
@@ -149,12 +160,16 @@ class Node:
         }
         for engine in self.engines.values():
             engine.durability = self.durability  # the contract: set before the first open
-        self.writer = LogWriter(self.store, self.engines, config.data_dir)
-        self.peers = PeerClient(self.token, lambda: cs.digest(self.state))
+        self.metrics = NodeMetrics()
+        self.writer = LogWriter(self.store, self.engines, config.data_dir, self.metrics)
+        self.peers = PeerClient(
+            self.token, lambda: cs.digest(self.state), tls.peer_context(config.tls) if config.tls is not None else None
+        )
         self.coordinator = Coordinator(self)
         self.gossiper = Gossiper(self)
         self.handoff = HandoffReceiver(self)
         self.writer.on_missed = self.handoff.take_missed
+        self.metrics.watch(self)
         self.started_ms = self.now_ms()
         self.last_heard_ms: dict[str, int] = {}
         self._was_down = False
@@ -172,14 +187,18 @@ class Node:
         self.writer.start(asyncio.get_running_loop())
         await self.peers.start()
         from legion.runtime.http_api import add_routes, admission
+        from legion.runtime.operator_api import observer, public_requests
 
         quiet_parser_errors()
-        middlewares = make_middlewares(self.token, admission(self))
+        middlewares = make_middlewares(
+            self.token, admission(self), public=public_requests(self), observe=observer(self)
+        )
         app = web.Application(client_max_size=PEER_BODY_BYTES_MAX, middlewares=middlewares)
         add_routes(app, self)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024).start()
+        server_ssl = tls.server_context(self.config.tls) if self.config.tls is not None else None
+        await web.TCPSite(self._runner, self.config.host, self.config.port, backlog=1024, ssl_context=server_ssl).start()
         restarted = self.state is not None
         if restarted:
             # Its persisted state may be stale: hear the cluster before deciding anything for it.
@@ -212,6 +231,14 @@ class Node:
             await self.peers.close()
             await asyncio.to_thread(self.writer.stop)
             self.store.close()
+
+    # --- what the metrics read (``legion.runtime.node_metrics.MetricsSource``) ---
+
+    def handoffs_in_flight(self) -> int:
+        return len(self.handoff.in_flight)
+
+    def log_figures(self) -> tuple[int, int, int | None]:
+        return self.store.log_figures()
 
     # --- engine services -----------------------------------------------------
 
@@ -274,6 +301,7 @@ class Node:
 
     async def _join(self, seed: str) -> None:
         """Ask a seed (which forwards to the claimant) to admit this node; adopt the answer."""
+        await self._check_seed_scheme(seed)
         last_error: LegionError | None = None
         for _attempt in range(JOIN_ATTEMPTS_MAX):
             if self.state is not None:
@@ -290,6 +318,17 @@ class Node:
                 last_error = exc
                 await asyncio.sleep(JOIN_RETRY_INTERVAL_S)
         raise ConfigError(f"could not join through {seed}: {last_error}")
+
+    async def _check_seed_scheme(self, seed: str) -> None:
+        """ConfigError when this node and the cluster it joins do not both use TLS, or both not."""
+        parts = urlsplit(seed)
+        if self.config.tls is None and (parts.scheme == "https" or await tls.speaks_tls(parts.hostname, parts.port)):
+            raise ConfigError(
+                f"the cluster at {seed} uses TLS and this node serves plain HTTP: start it with "
+                "--tls-cert, --tls-key and --tls-ca (a certificate from the cluster's CA), and join through https://"
+            )
+        if self.config.tls is not None and parts.scheme != "https":
+            raise ConfigError(f"this node serves HTTPS: join the cluster through its https:// URL, not {seed}")
 
     # --- the cluster state ---------------------------------------------------
 
@@ -378,6 +417,19 @@ class Node:
                 "install it on every node and restart them"
             )
         return impl
+
+    async def summaries(self, partitions: list[int]) -> dict[tuple[str, int], Summary]:
+        """Every engine's fold summary (``legion.verify``) of those ``partitions`` this node holds."""
+        out: dict[tuple[str, int], Summary] = {}
+        for partition in partitions:
+            for name in sorted(self.engines):
+                try:
+                    impl = self.check_holds(name, partition)
+                except LegionError:
+                    continue  # not held (any more): the caller's placement was older
+                await self.writer.ensure_open(name, partition)
+                out[(name, partition)] = await asyncio.to_thread(lambda: summarise(impl.fold(partition)))
+        return out
 
     def check_holds(self, engine: str, partition: int) -> Engine:
         self.installed(engine)

@@ -137,6 +137,19 @@ class NodeStore:
         ).fetchone()
         return 0 if row is None else int(row[0])
 
+    def log_figures(self) -> tuple[int, int, int | None]:
+        """Rows in the log, the newest seq ever logged, and the oldest row above its partition's checkpoint.
+
+        For the node's metrics; the last is None when every row is checkpointed."""
+        conn = self.reader()
+        rows = conn.execute("SELECT COUNT(*) FROM oplog").fetchone()[0]
+        newest = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'oplog'").fetchone()
+        oldest = conn.execute(
+            "SELECT MIN(o.seq) FROM oplog o LEFT JOIN checkpoint c ON c.engine = o.engine AND c.partition = o.partition"
+            " WHERE o.seq > COALESCE(c.seq, 0)"
+        ).fetchone()[0]
+        return int(rows), int(newest[0]) if newest else 0, None if oldest is None else int(oldest)
+
     def ops_after(self, engine: str, partition: int, seq: int, limit: int) -> list[tuple[int, Operation]]:
         """Up to ``limit`` logged operations of one partition with a seq above ``seq``, oldest first.
 

@@ -8,13 +8,17 @@ I/O. Every request, from a client or a peer, passes the same chain:
    handler starts, and every worker thread it hands work to, sees it), and
    ``PeerClient`` sends it on every peer call made on the request's behalf;
 2. authentication: ``Authorization: Bearer <cluster token>``, compared in
-   constant time; anything else is 401 before a handler runs;
+   constant time; anything else is 401 before a handler runs (except what
+   the node declares ``public``: the dashboard's static files, and
+   ``/metrics`` from loopback on a ``--metrics-open`` node);
 3. error mapping — the one place a ``LegionError`` becomes an HTTP status and
    a JSON body saying what to fix. aiohttp's own HTTP errors (unknown route,
    wrong method, oversized body) get the same JSON shape. Anything else is a
-   bug: logged with its traceback, answered 500 without one.
+   bug: logged with its traceback, answered 500 without one;
+4. ``observe``: how each request ended (status, seconds), for the metrics.
 
-``PeerClient`` is how a node talks to other nodes: one pooled aiohttp session,
+``PeerClient`` is how a node talks to other nodes (over mutual TLS on a TLS
+cluster, ``legion.runtime.tls``): one pooled aiohttp session,
 every call bounded by a deadline, connection failures raised as
 ``Unavailable`` and peer errors rebuilt as the typed error the peer raised.
 """
@@ -27,6 +31,8 @@ import itertools
 import json
 import logging
 import secrets
+import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -123,41 +129,53 @@ def sender_digest(request: web.Request) -> tuple[int, str] | None:
     return int(epoch), committed_by
 
 
-def make_middlewares(token: str, admit: Callable[[web.Request], None] | None = None) -> list[Callable[..., Any]]:
+def make_middlewares(
+    token: str,
+    admit: Callable[[web.Request], None] | None = None,
+    *,
+    public: Callable[[web.Request], bool] | None = None,
+    observe: Callable[[web.Request, int, float], None] | None = None,
+) -> list[Callable[..., Any]]:
     """Request id, authentication, admission and error mapping, in one middleware (each layer
     of middleware costs a coroutine per request). ``admit`` raises a LegionError for an
-    authenticated request the node cannot serve yet."""
+    authenticated request the node cannot serve yet. ``public`` says which requests need no
+    token (static dashboard files, which hold no data); ``observe(request, status, seconds)``
+    learns how every request ended, for the node's metrics."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
         request_id = request.headers.get(REQUEST_ID_HEADER) or next_request_id()
         request["request_id"] = request_id
         # Tasks copy the context they are created in, so work this request starts keeps its id
         # (a long-lived task serving many requests must start in an empty context instead).
         context_token = REQUEST_ID_CONTEXT.set(request_id)
         try:
-            supplied = request.headers.get("Authorization", "").encode("utf-8", "replace")
-            if not hmac.compare_digest(supplied, expected):
-                raise Unauthorized("missing or wrong cluster token: send 'Authorization: Bearer <token>'")
-            if admit is not None:
-                admit(request)
+            if public is None or not public(request):
+                supplied = request.headers.get("Authorization", "").encode("utf-8", "replace")
+                if not hmac.compare_digest(supplied, expected):
+                    raise Unauthorized("missing or wrong cluster token: send 'Authorization: Bearer <token>'")
+                if admit is not None:
+                    admit(request)
             response = await handler(request)
+            response.headers.setdefault(REQUEST_ID_HEADER, request_id)
         except LegionError as exc:
-            return error_response(exc, request_id)
+            response = error_response(exc, request_id)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error_response(_from_http_exception(exc), request_id)
+            response = error_response(_from_http_exception(exc), request_id)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
             err = LegionError("internal error; the node's log has the details", request_id=request_id)
-            return error_response(err, request_id)
+            response = error_response(err, request_id)
         finally:
             REQUEST_ID_CONTEXT.reset(context_token)
-        response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+        if observe is not None:
+            observe(request, response.status, time.perf_counter() - started)
         return response
 
     return [errors]
@@ -200,13 +218,20 @@ def _peer_error(status: int, body: bytes) -> LegionError:
 class PeerClient:
     """Calls to other nodes: pooled connections, deadlines, typed errors."""
 
-    def __init__(self, token: str, state_digest: Callable[[], tuple[int, str]] | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        state_digest: Callable[[], tuple[int, str]] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._token = token
+        # On a TLS cluster: peers' certificates checked against the CA, this node's own presented.
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._session: aiohttp.ClientSession | None = None
         self._state_digest = state_digest
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"Authorization": f"Bearer {self._token}"},

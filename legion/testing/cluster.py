@@ -93,13 +93,16 @@ def running_cluster(
     options: Mapping[str, str] | None = None,
     timeout_s: float = CLUSTER_START_TIMEOUT_S,
     durability: str = DEFAULT_DURABILITY,
+    metrics_open: bool = False,
 ) -> Iterator[LocalCluster]:
-    """A fresh cluster of real node processes on loopback, serving ``engines``; stopped on the way out."""
+    """A fresh cluster of real node processes on loopback, serving ``engines``; stopped on the way out.
+
+    ``metrics_open`` serves ``/metrics`` to loopback scrapers without the token (``legion cluster up --metrics-open``)."""
     directory = Path(directory)
     with _engines_installed(directory.parent / f"{directory.name}-site", engines):
         local_cluster.up(
             directory, nodes=nodes, partitions=partitions, replicas=replicas, base_port=0, timeout_s=timeout_s,
-            options=options, durability=durability,
+            options=options, durability=durability, metrics_open=metrics_open,
         )  # fmt: skip
         client = Client.connect(directory)
         try:

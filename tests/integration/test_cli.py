@@ -9,6 +9,9 @@ exit status 1 — never a traceback.
 from __future__ import annotations
 
 import json
+import threading
+import time
+import urllib.request
 import socket
 import subprocess
 import sys
@@ -87,6 +90,68 @@ def test_status_table_names_members_and_the_claimant(legion_cli, workdir: Path) 
         assert word in table
 
 
+def test_dashboard_prints_the_url_of_a_page_a_node_serves_without_the_token(legion_cli, workdir: Path) -> None:
+    out = assert_ok(legion_cli("cluster", "dashboard", "--no-open", cwd=workdir)).stdout
+    url = out.splitlines()[0].strip()
+    nodes = json.loads((workdir / ".legion" / "cluster.json").read_text())["nodes"]
+    assert url in [node["url"] + "/ui/" for node in nodes]
+    assert "token" in out
+    with urllib.request.urlopen(url, timeout=5) as page:
+        assert page.status == 200
+        assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+        assert b"dashboard.js" in page.read()
+
+
+def test_the_demo_ends_with_the_dashboard_url_of_the_cluster_it_leaves_running(workdir: Path) -> None:
+    from rich.console import Console
+
+    from cli import demo
+
+    console = Console(record=True, width=200)
+    demo.epilogue(demo.Tour(console=console, directory=workdir / ".legion"))
+    last = console.export_text().strip().splitlines()[-1]
+    nodes = json.loads((workdir / ".legion" / "cluster.json").read_text())["nodes"]
+    assert last.startswith(f"Dashboard: {nodes[0]['url']}/ui/"), last
+
+
+def test_top_shows_each_nodes_request_and_op_rates_from_metrics(legion_cli, workdir: Path) -> None:
+    from engines.kv import KVClient
+    from legion.client import Client
+
+    stop = threading.Event()
+    put_times: list[float] = []
+
+    def write() -> None:
+        with Client.connect(workdir / ".legion") as client:
+            n1 = client.for_node(client.status()["members"][0]["url"])
+            with n1:
+                while not stop.is_set():
+                    KVClient(n1).put(f"top:{len(put_times)}", b"x")
+                    put_times.append(time.monotonic())
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        out = assert_ok(legion_cli("cluster", "top", "--iterations", "3", "--interval", "1", cwd=workdir)).stdout
+    finally:
+        stop.set()
+        writer.join()
+    cells_of = [line.replace("│", " ").split() for line in out.splitlines()]
+    rows = {cells[0]: cells[1:] for cells in cells_of if cells[:1] in (["n1"], ["n2"], ["n3"])}
+    assert set(rows) == {"n1", "n2", "n3"}, out
+    requests = {node: float(cells[0]) for node, cells in rows.items()}
+    ops = {node: float(cells[2]) for node, cells in rows.items()}
+    # The writer's own rate over the last seconds before top ended (top's figures are per window, and the load varies).
+    recent = [t for t in put_times if t >= put_times[-1] - 3.0]
+    rate = len(recent) / (recent[-1] - recent[0])
+    # n1 answers every put; the others only replicate them (peer calls are not client requests).
+    assert 0.5 * rate <= requests["n1"] <= 2.0 * rate, (requests, rate)
+    assert requests["n2"] == requests["n3"] == 0.0
+    # Every node holds every partition: each logs what n1 took in, in the same window.
+    assert all(0.5 * requests["n1"] <= ops[node] <= 2.0 * requests["n1"] for node in rows), (ops, requests)
+    assert rows["n1"][1] != "-" and float(rows["n1"][1]) > 0  # a p99 latency in ms
+
+
 def test_kv_put_get_delete(legion_cli, workdir: Path) -> None:
     put = assert_ok(legion_cli("kv", "put", "greeting", "hello, world", cwd=workdir))
     assert "partition" in put.stdout
@@ -96,6 +161,24 @@ def test_kv_put_get_delete(legion_cli, workdir: Path) -> None:
     assert described["content_type"].startswith("text/plain")
     assert_ok(legion_cli("kv", "delete", "greeting", cwd=workdir))
     assert_one_error_line(legion_cli("kv", "get", "greeting", cwd=workdir), "not found")
+
+
+def test_every_command_finds_the_cluster_by_cluster_dir_or_legion_cluster(legion_cli, workdir: Path, tmp_path: Path) -> None:
+    cluster, elsewhere = str(workdir / ".legion"), tmp_path  # no ./.legion where these run
+    assert_ok(legion_cli("kv", "put", "where", "here", "--cluster", cluster, cwd=elsewhere))
+    assert assert_ok(legion_cli("kv", "get", "where", "--dir", cluster, cwd=elsewhere)).stdout == "here"
+    env = {"LEGION_CLUSTER": cluster}
+    assert assert_ok(legion_cli("kv", "get", "where", cwd=elsewhere, env=env)).stdout == "here"
+    status = json.loads(assert_ok(legion_cli("cluster", "status", "--json", cwd=elsewhere, env=env)).stdout)
+    assert [member["id"] for member in status["members"]] == ["n1", "n2", "n3"]
+    assert_ok(legion_cli("search", "list", cwd=elsewhere, env=env))
+    assert_ok(legion_cli("mr", "datasets", cwd=elsewhere, env=env))
+    # A command on the local cluster's files (not its HTTP API) takes the same option and variable.
+    assert "/ui/" in assert_ok(legion_cli("cluster", "dashboard", "--no-open", cwd=elsewhere, env=env)).stdout
+    assert "/ui/" in assert_ok(legion_cli("cluster", "dashboard", "--no-open", "--cluster", cluster, cwd=elsewhere)).stdout
+    # The flag wins over the variable, and without either there is no cluster here.
+    assert_one_error_line(legion_cli("kv", "get", "where", "--cluster", str(elsewhere), cwd=elsewhere, env=env), "no cluster at")
+    assert_one_error_line(legion_cli("kv", "get", "where", cwd=elsewhere), "no cluster at")
 
 
 def test_kv_reads_a_value_from_stdin_and_any_node_serves_it(legion_cli, workdir: Path) -> None:

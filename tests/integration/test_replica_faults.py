@@ -10,7 +10,6 @@ to let it write again.
 from __future__ import annotations
 
 import resource
-import time
 
 from engines.kv import KVClient
 from legion.errors import NotFound

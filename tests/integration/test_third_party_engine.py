@@ -58,6 +58,7 @@ import sys
 import threading
 from pathlib import Path
 
+from legion.dashboard import DashboardPanel, PanelLookup
 from legion.engine import Engine, HttpResponse, LocalService, Route, WriteItem, WriteResult, current_request_id
 from legion.errors import BadRequest, NotFound
 from legion.replication import Operation
@@ -201,6 +202,17 @@ class CounterEngine(Engine):
         for key, amount, hlc, origin in increments:
             yield Operation("counter", partition, key, hlc, origin, "add", json.dumps([amount]).encode())
 
+    def metrics(self):
+        with self.lock:
+            return {"increments": sum(len(held) for held in self.increments.values())}
+
+    def dashboard_panel(self):
+        return DashboardPanel(
+            title="Counters",
+            figures={"increments": "increments held"},
+            lookups=[PanelLookup(label="Total of a key", path="/v1/counter/{key}", fields=["key"])],
+        )
+
     def start(self, node):
         self.sidecar = Sidecar("sleeper", [sys.executable, "-c", SLEEP], log_path=node.root / "sleeper.log")
         self.sidecar.start()
@@ -276,6 +288,10 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
             listing = client.request("GET", "/v1/counter").json()
             assert listing["counters"] == {"apples": 10, "pears": 6, "plums": 1, "quinces": 2}
             assert listing["partitions"] == 16
+            # Its figures (Engine.metrics) reach /metrics and the dashboard; its panel is declared there.
+            dashboard = _dashboard_when_settled(client)
+            assert dashboard["panels"]["counter"]["lookups"][0]["path"] == "/v1/counter/{key}"
+            assert "legion_counter_increments 9.0" in client.request("GET", "/metrics").body.decode()
         with Client([local_cluster.load(directory)["nodes"][0]["url"]], token) as n1:
             # Asked of n1 but answered by n2 (prefer): the client's request id reaches the engine on n2.
             traced = n1.request("GET", "/v1/counter", params={"via": "n2"}, headers={"X-Request-Id": "trace-me"})
@@ -291,6 +307,21 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
             assert c4.request("GET", "/v1/counter").json()["counters"]["apples"] == 10
     finally:
         local_cluster.down(directory)
+
+
+FIGURES_TIMEOUT_S = 15.0
+
+
+def _dashboard_when_settled(client: Client) -> dict:
+    """GET /v1/dashboard until every node reports the 9 increments (the third replica may lag the acks)."""
+    deadline = time.monotonic() + FIGURES_TIMEOUT_S
+    while True:
+        dashboard = client.request("GET", "/v1/dashboard").json()
+        figures = [(dashboard["nodes"].get(n) or {}).get("engines", {}).get("counter") for n in ("n1", "n2", "n3")]
+        if figures == [{"increments": 9.0}] * 3 or time.monotonic() > deadline:
+            assert figures == [{"increments": 9.0}] * 3, figures
+            return dashboard
+        time.sleep(0.2)
 
 
 def test_a_write_acknowledged_before_any_flush_survives_kill_9_of_every_replica(plugin_path: Path, tmp_path: Path):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from legion.client import Client, describe_status
+from legion.client import Client, cluster_directory, describe_status
 from legion.errors import (
     BadRequest,
     ConfigError,
@@ -169,8 +169,8 @@ def write_cluster_dir(directory: Path, urls: list[str], token: str = TOKEN, **ex
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No LEGION_* variables and an empty working directory (so no ./.legion)."""
-    monkeypatch.delenv("LEGION_URL", raising=False)
-    monkeypatch.delenv("LEGION_TOKEN", raising=False)
+    for name in ("LEGION_URL", "LEGION_TOKEN", "LEGION_CLUSTER", "LEGION_CA"):
+        monkeypatch.delenv(name, raising=False)
     workdir = tmp_path / "work"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
@@ -216,14 +216,32 @@ def test_connect_falls_back_to_dot_legion_and_skips_removed_nodes(clean_env: Pat
     assert Client.connect().urls == ["http://127.0.0.1:2"]
 
 
+def test_legion_cluster_names_the_directory_after_an_explicit_one_and_before_legion_url(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    named = write_cluster_dir(tmp_path / "named", ["http://127.0.0.1:3"])
+    write_cluster_dir(clean_env / ".legion", ["http://127.0.0.1:4"])
+    monkeypatch.setenv("LEGION_CLUSTER", str(named))
+    monkeypatch.setenv("LEGION_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LEGION_TOKEN", "t")
+    assert Client.connect().urls == ["http://127.0.0.1:3"]
+    assert Client.connect(clean_env / ".legion").urls == ["http://127.0.0.1:4"]
+    assert cluster_directory() == named and cluster_directory(Path("x")) == Path("x")
+    monkeypatch.delenv("LEGION_CLUSTER")
+    assert Client.connect().urls == ["http://127.0.0.1:9"]
+    assert cluster_directory() == Path(".legion")
+
+
 def test_connect_without_any_cluster_says_what_to_do(clean_env: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         Client.connect()
-    assert caught.value.message == "no cluster at ./.legion: run `legion cluster up` or set LEGION_URL and LEGION_TOKEN"
+    assert caught.value.message == (
+        "no cluster at ./.legion: run `legion cluster up`, or point LEGION_CLUSTER (or LEGION_URL and LEGION_TOKEN) at one"
+    )
 
 
 def test_connect_to_a_missing_dir_names_it(clean_env: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"no cluster at .*nowhere: run `legion cluster up --dir .*nowhere`"):
+    with pytest.raises(ConfigError, match=r"no cluster at .*nowhere: run `legion cluster up --cluster .*nowhere`"):
         Client.connect(tmp_path / "nowhere")
 
 
