@@ -11,9 +11,16 @@ flight, keep-alive connections, the bearer token on every request):
   ``PUT/GET /v1/kv/{key}`` that checks the token — the same HTTP round trip
   with no routing, no replication and no storage;
 - **legion**: a local 3-node cluster (N=3, default W=2, R=2), requests spread
-  round-robin over the nodes, so most of them are forwarded to replicas.
+  round-robin over the nodes, so most of them are forwarded to replicas —
+  twice, both clusters up for the whole run: one in the default durability
+  mode (``--durability fsync``: a write is acknowledged once fsynced on ``w``
+  replicas) and one with ``--durability async`` (acknowledged once handed to
+  the OS), so the price of fsync is measured under the same conditions.
 
-It prints the median of ``--runs`` runs for each, and the ratio legion/bare.
+It prints the median of ``--runs`` runs for each, the ratio legion/bare, and
+PUT fsync/async. The machine may be shared: each run line and the table say
+the load average. The clusters' data goes under ``$TMPDIR``; on a tmpfs an
+fsync costs nothing, so point ``TMPDIR`` at a real disk.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -38,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from legion.runtime import local_cluster  # noqa: E402
 
 TOKEN = "bench-token"
+# The two clusters measured against the bare server, by their durability mode.
+LEGION_SIDES = {"legion": "fsync", "legion-async": "async"}
 
 
 def bare_server(port: int) -> None:
@@ -114,6 +124,21 @@ def measure(urls: list[str], token: str, args: argparse.Namespace) -> dict[str, 
     return rates
 
 
+def fsync_latency_ms(directory: Path, writes: int = 200) -> float:
+    """Mean time of a 4 KiB write plus fsync in ``directory``: what the fsync mode pays per commit there."""
+    path = directory / "fsync-probe"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        start = time.perf_counter()
+        for _ in range(writes):
+            os.write(descriptor, b"x" * 4096)
+            os.fsync(descriptor)
+        return (time.perf_counter() - start) / writes * 1000
+    finally:
+        os.close(descriptor)
+        path.unlink()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,31 +160,56 @@ def main() -> None:
     port = free_port()
     bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(port)])
     workdir = Path(tempfile.mkdtemp(prefix="legion-bench-"))
+    clusters = {side: workdir / side for side in LEGION_SIDES}
     try:
-        local_cluster.up(workdir / "cluster", nodes=3, partitions=64, replicas=3, base_port=0)
-        doc = local_cluster.load(workdir / "cluster")
-        cluster_urls = [n["url"] for n in doc["nodes"]]
-        token = (workdir / "cluster" / "token").read_text().strip()
+        urls: dict[str, list[str]] = {"bare": [f"http://127.0.0.1:{port}"]}
+        tokens = {"bare": TOKEN}
+        for side, durability in LEGION_SIDES.items():
+            local_cluster.up(clusters[side], nodes=3, partitions=64, replicas=3, base_port=0, durability=durability)
+            urls[side] = [n["url"] for n in local_cluster.load(clusters[side])["nodes"]]
+            tokens[side] = (clusters[side] / "token").read_text().strip()
         time.sleep(0.5)
-        results: dict[str, list[dict[str, float]]] = {"bare": [], "legion": []}
+        results: dict[str, list[dict[str, float]]] = {side: [] for side in urls}
+        loads: list[float] = []
         for run in range(args.runs):
-            results["bare"].append(measure([f"http://127.0.0.1:{port}"], TOKEN, args))
-            results["legion"].append(measure(cluster_urls, token, args))
-            print(f"run {run + 1}/{args.runs}: bare {results['bare'][-1]}  legion {results['legion'][-1]}", flush=True)
+            loads.append(os.getloadavg()[0])  # other work on the machine skews every figure: say how much there was
+            # The two clusters take turns going first: what the machine does meanwhile changes over a run.
+            sides = ["bare", *list(LEGION_SIDES)[run % 2 :], *list(LEGION_SIDES)[: run % 2]]
+            for side in sides:
+                results[side].append(measure(urls[side], tokens[side], args))
+            line = "  ".join(f"{side} {results[side][-1]}" for side in results)
+            print(f"run {run + 1}/{args.runs} (load {loads[-1]:.1f}): {line}", flush=True)
     finally:
         bare.terminate()
-        try:
-            local_cluster.down(workdir / "cluster")
-        except Exception as exc:  # the bench must not leave nodes behind, and must say why
-            print(f"cleanup: {exc}", file=sys.stderr)
+        for directory in clusters.values():
+            try:
+                local_cluster.down(directory)
+            except Exception as exc:  # the bench must not leave nodes behind, and must say why
+                print(f"cleanup: {exc}", file=sys.stderr)
+    print_table(results, loads, args)
+    print(f"(a 4 KiB write + fsync takes {fsync_latency_ms(workdir):.2f} ms in {workdir}; on a tmpfs it costs nothing)")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_table(results: dict[str, list[dict[str, float]]], loads: list[float], args: argparse.Namespace) -> None:
+    def median(side: str, method: str) -> float:
+        return statistics.median(r[method] for r in results[side])
 
     print(f"\nKV single-key throughput, median of {args.runs} runs x {args.seconds:.0f} s, "
-          f"concurrency {args.concurrency}, {os.cpu_count()} cores")
-    print(f"{'op':<5}{'bare aiohttp req/s':>20}{'legion req/s':>16}{'ratio':>8}{'target':>8}")
-    for method, target in (("GET", 0.5), ("PUT", 0.25)):
-        b = statistics.median(r[method] for r in results["bare"])
-        lg = statistics.median(r[method] for r in results["legion"])
-        print(f"{method:<5}{b:>20.0f}{lg:>16.0f}{lg / b:>8.2f}{target:>8.2f}")
+          f"concurrency {args.concurrency}, {os.cpu_count()} cores, "
+          f"load average {min(loads):.1f}-{max(loads):.1f}")  # fmt: skip
+    print(f"{'op':<11}{'bare aiohttp req/s':>20}{'legion req/s':>16}{'ratio':>8}{'target':>8}")
+    # The first two rows are the default (fsync) cluster's, as before durability could be chosen.
+    rows = [("GET", "legion", "GET", 0.5), ("PUT", "legion", "PUT", 0.25),
+            ("GET async", "legion-async", "GET", None), ("PUT async", "legion-async", "PUT", None)]  # fmt: skip
+    for label, side, method, target in rows:
+        bare, legion = median("bare", method), median(side, method)
+        target_text = "" if target is None else f"{target:.2f}"
+        print(f"{label:<11}{bare:>20.0f}{legion:>16.0f}{legion / bare:>8.2f}{target_text:>8}")
+    # Per run, the two clusters ran back to back under the same load: compare them run by run.
+    paired = [f["PUT"] / a["PUT"] for f, a in zip(results["legion"], results["legion-async"])]
+    print(f"PUT fsync/async: {statistics.median(paired):.2f}, median of the runs' "
+          f"{', '.join(f'{ratio:.2f}' for ratio in paired)} (the throughput a write keeps when it is fsynced)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from legion.command_line import ClusterOption, cluster_directory
 from legion.errors import Unavailable
 from legion.node_figures import Rates, Snapshot, rates, snapshot
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
+from cli.durability_option import DURABILITY_DEFAULT, DurabilityOption
 from cli.engine_options import DaskSchedulerOption, with_dask_scheduler
 from legion.options import parse_options
 from legion.runtime import local_cluster
@@ -170,6 +171,7 @@ def up(
         ),
     ] = None,
     dask_scheduler: DaskSchedulerOption = None,
+    durability: DurabilityOption = DURABILITY_DEFAULT,
     metrics_open: Annotated[
         bool,
         typer.Option("--metrics-open", help="Let Prometheus on this machine scrape /metrics without the token (loopback only)."),
@@ -192,6 +194,7 @@ def up(
             reset=reset,
             progress=lambda message: spinner.update(escape(message) + "…"),
             options=options,
+            durability=durability,
             metrics_open=metrics_open,
             tls=tls,
         )

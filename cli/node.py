@@ -12,9 +12,11 @@ from typing import Annotated
 
 import typer
 
+from legion.durability import check_durability
 from legion.errors import ConfigError
 from legion.keyspace import check_partition_count
 from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
+from cli.durability_option import DURABILITY_DEFAULT, DurabilityOption
 from cli.engine_options import DaskSchedulerOption, with_dask_scheduler
 from legion.options import parse_options
 
@@ -53,6 +55,7 @@ def start(
         typer.Option("--option", metavar="KEY=VALUE", help="A setting for the engines (repeatable), e.g. mr.scheduler=tcp://HOST:PORT."),
     ] = None,
     dask_scheduler: DaskSchedulerOption = None,
+    durability: DurabilityOption = DURABILITY_DEFAULT,
     metrics_open: Annotated[
         bool, typer.Option("--metrics-open", help="Serve GET /metrics without the token to clients on loopback.")
     ] = False,
@@ -64,6 +67,7 @@ def start(
 ) -> None:
     """Start a node and serve until SIGTERM or Ctrl-C."""
     host, port = parse_listen(listen)
+    mode = check_durability(durability)
     check_partition_count(partitions)
     options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
     # Imported here: the runtime pulls in aiohttp and every engine, which
@@ -81,6 +85,7 @@ def start(
         partitions=partitions,
         replicas=replicas,
         options=options,
+        durability=mode,
         metrics_open=metrics_open,
         tls=tls_files(tls_cert, tls_key, tls_ca),
     )

@@ -39,6 +39,8 @@ Architecture — a pure core and an I/O shell:
 - ``attributes``    member attributes: small strings a node publishes about
                     itself, merged by gossip (newest version wins)
 - ``options``       node options (``--option KEY=VALUE``) handed to engines
+- ``durability``    what an acknowledged write survives: ``fsync`` (default)
+                    or ``async``, and the SQLite setting each means
 - ``errors``        one typed error tree, each with its HTTP status
 - ``limits``        every bound, with units
 - ``client``        the Python client the CLI is built on

@@ -9,7 +9,8 @@ partitions between nodes. It is Riak Core's vnode behaviour in Python.
 Lifecycle, per node process (the *runtime* is the caller of every method):
 
 1. ``__init__(root)`` once, with a directory that belongs to this engine on
-   this node.
+   this node. Then the core sets ``durability`` (``legion.durability``: the
+   node's mode, ``"fsync"`` or ``"async"``) before any other call.
 2. ``open(partition, directory)`` for every partition this node holds or is
    about to receive, before any other call names that partition. After a
    restart the core opens the partition again and replays, through ``apply``,
@@ -42,6 +43,13 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    contiguous prefix: when ``apply_batch`` raises, its operations stay in the
    log, the checkpoint stops below them, and the core re-applies the log from
    there until it succeeds.
+   *Durable* means what the node's ``durability`` says: in ``fsync`` mode
+   (the default) on stable storage — fsynced, surviving power loss (SQLite
+   with ``synchronous=FULL``, ``os.fsync`` of files and their directory); in
+   ``async`` mode handed to the OS — surviving ``kill -9`` of the process
+   only. An engine with its own store must honour it: the log rows below its
+   checkpoint are deleted, so a state that is less durable than the log
+   would lose acknowledged writes on power loss.
 5. ``read(partition, query)`` from worker threads (on the event loop if the
    engine sets ``inline_reads``), possibly while ``apply`` runs on the same
    partition. ``coverage_many(partitions, query)`` answers one node's share
@@ -132,6 +140,7 @@ from typing import Any, ClassVar, Protocol
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from legion.dashboard import DashboardPanel
+from legion.durability import DEFAULT as DEFAULT_DURABILITY, Durability
 from legion.errors import BadRequest, ConfigError, LegionError
 from legion.replication import Operation
 
@@ -418,6 +427,9 @@ class Engine(ABC):
     inline_reads: ClassVar[bool] = False
     # False when ``apply`` defers durability to ``flush`` (the translog model; see the module docstring).
     durable_on_apply: ClassVar[bool] = True
+    # The node's durability mode, set by the core after ``__init__`` and before the first ``open``:
+    # what ``apply`` (or ``flush``) must make durable means (module docstring, item 4).
+    durability: Durability = DEFAULT_DURABILITY
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -9,10 +9,14 @@ On disk, all partitions a node holds share one database,
 per (partition, key), the newest entry this replica has seen, tombstones
 included. One file rather than one per partition because a batch of writes
 spans many partitions, and one file lets ``apply_batch`` commit them all in
-one transaction instead of one commit per partition. WAL mode with ``synchronous=NORMAL``: a committed
-``apply`` survives the process being killed (``kill -9``), the durability bar
-DESIGN.md sets; an OS crash or power loss may roll back the last commits
-(``synchronous=FULL`` would prevent that at one fsync per ``apply``).
+one transaction instead of one commit per partition. WAL mode, with the
+node's durability mode (``Engine.durability``): KV is durable on apply, so
+the core compacts the operation log right below what ``apply`` committed, and
+the database must be at least as durable as that log. In ``fsync`` mode
+``synchronous=FULL``: each ``apply_batch`` commit fsyncs, so an applied write
+survives power loss (one fsync per group commit, beside the log's own); in
+``async`` mode ``synchronous=NORMAL``: it survives ``kill -9`` of the
+process, and an OS crash or power loss may roll back the last commits.
 
 Threads, as the contract in ``legion.engine`` promises: ``apply`` comes from
 the node's single writer thread, so the database has one writer
@@ -40,6 +44,7 @@ from typing import Any
 from engines.kv import entries
 from engines.kv.entries import Entry
 from legion.dashboard import DashboardPanel, PanelLookup
+from legion.durability import Durability, sqlite_synchronous
 from legion.engine import Cluster, Engine, HttpRequest, HttpResponse, Route, WriteItem
 from legion.errors import BadRequest, ConfigError, NotFound, NotOwner
 from legion.limits import REQUEST_DEADLINE_MS, WRITE_MANY_ITEMS_MAX
@@ -129,7 +134,7 @@ class _Connection:
 class _Store:
     """The node's kv database: a writer connection and per-thread readers."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, durability: Durability) -> None:
         self.label = f"the database {directory / DATABASE_FILE}"
         self.path = directory / DATABASE_FILE
         directory.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,7 @@ class _Store:
             writer.close()
             raise ConfigError(f"{self.path} has kv schema version {version}; this code knows {SCHEMA_VERSION}")
         writer.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
-        writer.execute("PRAGMA synchronous=NORMAL")  # per connection
+        writer.execute(f"PRAGMA synchronous={sqlite_synchronous(durability)}")  # per connection
         writer.execute(SCHEMA)
         writer.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.writer = _Connection(writer, self.label)
@@ -189,7 +194,7 @@ class KVEngine(Engine):
     def open(self, partition: int, directory: Path) -> None:
         with self._lock:
             if self._db is None:
-                self._db = _Store(self.root)
+                self._db = _Store(self.root, self.durability)
             self._open.add(partition)
 
     def close(self, partition: int) -> None:

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from engines.mapreduce.datasets import KIND_CREATE, Catalog, CatalogEntry
+from legion.durability import Durability
 from legion.runtime.storage import connect
 
 SCHEMA = """
@@ -28,11 +29,12 @@ CREATE TABLE IF NOT EXISTS catalog (
 class CatalogStore:
     """Durable catalog entries of one node's map/reduce engine."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durability: Durability) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / "catalog.sqlite"
+        self.durability = durability
         self._lock = threading.Lock()
-        self._conn = connect(self.path)
+        self._conn = connect(self.path, self.durability)
         self._conn.executescript(SCHEMA)
 
     def load(self) -> Catalog:

@@ -113,7 +113,7 @@ class MapReduceEngine(Engine):
     def open(self, partition: int, directory: Path) -> None:
         with self._lock:
             if self._store is None:
-                self._store = CatalogStore(self.root)
+                self._store = CatalogStore(self.root, self.durability)
                 self._catalog = self._store.load()
                 sweep_snapshots(self.root)
             if partition not in self._held:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from engines.search.operations import ENGINE_NAME, KIND_CREATE, Catalog, CatalogEntry
 from legion.replication import Operation
-from legion.runtime.storage import connect  # the settings every Legion database uses
+from legion.durability import Durability
+from legion.runtime.storage import connect  # WAL, committing as durably as the node's mode asks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS catalog (
@@ -45,10 +46,11 @@ CREATE TABLE IF NOT EXISTS parked (
 class CatalogStore:
     """Durable catalog entries and parked operations of one node's search engine."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durability: Durability) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.path = root / "catalog.sqlite"
-        self._writer = connect(self.path)
+        self.durability = durability
+        self._writer = connect(self.path, self.durability)
         self._writer.executescript(SCHEMA)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -57,7 +59,7 @@ class CatalogStore:
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = connect(self.path)
+            conn = self._local.conn = connect(self.path, self.durability)
             with self._readers_lock:
                 self._readers.append(conn)
         return conn

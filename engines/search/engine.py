@@ -94,7 +94,7 @@ class SearchEngine(Engine):
         store.close()
 
     def _load(self) -> None:
-        self._store = CatalogStore(self.root)
+        self._store = CatalogStore(self.root, self.durability)
         self._catalog = self._store.load()
         self._reconcile_shards()
 

@@ -19,6 +19,8 @@ handler makes: ``legion.idempotency``), and the operators' endpoints
 requests this node has answered since it started. It is the one way to see from
 outside how many round trips replication took (batching is the point of
 ``write_many``), and costs one integer.
+It also reports the node's ``durability`` mode (``legion.durability``):
+what a write this node acknowledged survives.
 """
 
 from __future__ import annotations
@@ -193,6 +195,7 @@ class _Api:
                 "epoch": self.node.state.epoch,
                 "status": "ok",
                 "apply_requests": self.apply_requests,
+                "durability": self.node.durability,
             }
         )
 

@@ -7,7 +7,7 @@ what ``legion cluster up`` and the test fixtures use to get a cluster of real
 
 A cluster directory ``DIR`` holds::
 
-    DIR/cluster.json        {"partitions", "replicas", "options", "services", "metrics_open", "tls",
+    DIR/cluster.json        {"partitions", "replicas", "durability", "options", "services", "metrics_open", "tls",
                             "nodes": [node, ...]}
     DIR/token               the cluster token (mode 0600)
     DIR/tls/ca.pem, ca.key  the private CA of a ``--tls`` cluster (the key mode 0600)
@@ -21,7 +21,8 @@ where each node is ``{"id", "url", "data_dir", "pid", "log", "join", "removed"}`
 started with, ``removed`` true once it has left the cluster for good (its
 entry stays so that its id is never reused). ``options`` are what every node
 is started with (``--option KEY=VALUE``: the user's, plus what the local
-services yield), kept so that restarted and added nodes get the same.
+services yield), kept so that restarted and added nodes get the same; so is
+``durability``, every node's ``--durability`` (``legion.durability``).
 ``legion.client.Client.connect`` reads the same file.
 
 Node processes run in their own session, so they outlive the command that
@@ -45,6 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from legion.client import CA_FILE_NAME, CLUSTER_FILE_NAME, TOKEN_FILE_NAME, Client
+from legion.durability import DEFAULT as DEFAULT_DURABILITY, check_durability
 from legion.errors import ConfigError, DeadlineExceeded, NotFound, Unavailable
 from legion.keyspace import check_partition_count
 from legion.limits import REPLICAS_MAX
@@ -89,6 +91,7 @@ def up(
     reset: bool = False,
     progress: Progress | None = None,
     options: Mapping[str, str] | None = None,
+    durability: str = DEFAULT_DURABILITY,
     metrics_open: bool = False,
     tls: bool = False,
 ) -> dict[str, Any]:
@@ -96,7 +99,8 @@ def up(
 
     ``base_port=0`` picks free ports. ``reset=True`` deletes the data of a
     stopped cluster in ``directory`` first; without it such a directory is
-    refused. ``options`` go to every node (``--option``); the engines' local
+    refused. ``options`` go to every node (``--option``), and so does
+    ``durability`` (``--durability``); the engines' local
     services are started first and add theirs. ``metrics_open`` serves ``/metrics``
     to loopback clients without the token (``--metrics-open``). ``tls`` makes a private
     CA in ``DIR/tls`` and a certificate per node: nodes serve HTTPS only and talk to
@@ -105,6 +109,7 @@ def up(
     """
     directory = Path(directory).resolve()
     user_options = check_options(options or {})
+    durability = check_durability(durability)
     _check_new_cluster(directory, nodes=nodes, partitions=partitions, replicas=replicas, reset=reset)
     ports = _choose_ports(nodes, base_port)
     try:
@@ -117,6 +122,7 @@ def up(
     document: dict[str, Any] = {
         "partitions": partitions,
         "replicas": replicas,
+        "durability": durability,
         "options": user_options,
         "services": [],
         "metrics_open": metrics_open,
@@ -418,6 +424,7 @@ def _start(
     ]  # fmt: skip
     if join:
         argv += ["--join", join]
+    argv += ["--durability", document.get("durability", DEFAULT_DURABILITY)]
     argv += to_argv(document.get("options", {}))
     if document.get("metrics_open"):
         argv.append("--metrics-open")

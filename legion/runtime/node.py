@@ -42,6 +42,7 @@ from aiohttp import web
 from legion import attributes
 from legion import cluster_state as cs
 from legion.clock import HybridClock
+from legion.durability import DEFAULT as DEFAULT_DURABILITY, Durability, check_durability
 from legion.engine import Engine, NodeInfo, load_engines
 from legion.errors import BadRequest, ConfigError, EngineMissing, LegionError, NotOwner, Unavailable
 from legion.keyspace import check_partition_count, partition_of
@@ -93,6 +94,8 @@ class NodeConfig:
     replicas: int = 3
     # Node options (``--option KEY=VALUE``), handed to every engine's ``start``.
     options: Mapping[str, str] = field(default_factory=dict)
+    # What an acknowledged write survives (``legion.durability``): the node's databases and engines follow it.
+    durability: Durability = DEFAULT_DURABILITY
     # Serve GET /metrics without the token to loopback clients (a Prometheus on the same machine).
     metrics_open: bool = False
     # Serve HTTPS only and talk to peers with mutual TLS (``legion.runtime.tls``); None: plain HTTP.
@@ -139,7 +142,8 @@ class Node:
         self.options = MappingProxyType(check_options({**config.options, **tls_options}))
         self.url = f"{'https' if config.tls is not None else 'http'}://{config.host}:{config.port}"
         self.token = load_token(config)
-        self.store = NodeStore(config.data_dir)
+        self.durability = check_durability(config.durability)
+        self.store = NodeStore(config.data_dir, self.durability)
         self.node_id = check_node_id(self.store.meta_get("node_id") or config.node_id or f"node-{uuid.uuid4().hex[:8]}")
         self.store.meta_put("node_id", self.node_id)
         incarnation = attributes.next_incarnation(self.store.meta_get("incarnation"), int(time.time()))
@@ -154,6 +158,8 @@ class Node:
         self.engines: dict[str, Engine] = {
             name: cls(config.data_dir / "engines" / name) for name, cls in sorted(load_engines().items())
         }
+        for engine in self.engines.values():
+            engine.durability = self.durability  # the contract: set before the first open
         self.metrics = NodeMetrics()
         self.writer = LogWriter(self.store, self.engines, config.data_dir, self.metrics)
         self.peers = PeerClient(

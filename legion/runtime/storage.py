@@ -7,9 +7,11 @@ I/O. ``node.sqlite`` in the node's data directory holds:
   knew;
 - ``oplog``: every operation this node accepted, per engine and partition,
   in arrival order (``seq``). An operation is acknowledged only after the
-  transaction holding it commits, so acknowledged writes survive ``kill -9``
-  (WAL + ``synchronous=NORMAL`` is durable against a process crash; only an
-  OS crash or power loss can take the last transactions);
+  transaction holding it commits, so acknowledged writes survive ``kill -9``;
+  in the ``fsync`` durability mode (the default, ``legion.durability``) the
+  commit fsyncs (``synchronous=FULL``), so they survive an OS crash or power
+  loss too; in ``async`` mode (``synchronous=NORMAL``) those can take the
+  last transactions;
 - ``checkpoint``: per (engine, partition), the engine's checkpoint — the
   ``seq`` at or below which every logged operation of the partition is
   durable in the engine (a contiguous prefix; see ``legion.checkpoints``).
@@ -38,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from legion.durability import DEFAULT, Durability, sqlite_synchronous
 from legion.replication import Operation
 
 SCHEMA = """
@@ -67,21 +70,22 @@ COMPACT = (
 )
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection in WAL mode with the durability settings every Legion database uses."""
+def connect(path: Path, durability: Durability) -> sqlite3.Connection:
+    """A connection in WAL mode whose commits are as durable as the node's ``durability`` mode asks."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={sqlite_synchronous(durability)}")
     return conn
 
 
 class NodeStore:
     """The node database: metadata, operation log and engine checkpoints."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, durability: Durability = DEFAULT) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "node.sqlite"
-        self._writer = connect(self.path)
+        self.durability = durability
+        self._writer = connect(self.path, durability)
         self._writer.executescript(SCHEMA)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -89,7 +93,7 @@ class NodeStore:
     def reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = connect(self.path)
+            conn = self._local.conn = connect(self.path, self.durability)
         return conn
 
     def meta_get(self, key: str) -> Any | None:

@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from legion.client import TOKEN_FILE_NAME, Client
+from legion.durability import DEFAULT as DEFAULT_DURABILITY
 from legion.engine import ENTRY_POINT_GROUP, Engine, load_engines
 from legion.errors import ConfigError, Unavailable
 from legion.runtime import local_cluster
@@ -91,6 +92,7 @@ def running_cluster(
     replicas: int = 3,
     options: Mapping[str, str] | None = None,
     timeout_s: float = CLUSTER_START_TIMEOUT_S,
+    durability: str = DEFAULT_DURABILITY,
     metrics_open: bool = False,
 ) -> Iterator[LocalCluster]:
     """A fresh cluster of real node processes on loopback, serving ``engines``; stopped on the way out.
@@ -100,7 +102,7 @@ def running_cluster(
     with _engines_installed(directory.parent / f"{directory.name}-site", engines):
         local_cluster.up(
             directory, nodes=nodes, partitions=partitions, replicas=replicas, base_port=0, timeout_s=timeout_s,
-            options=options, metrics_open=metrics_open,
+            options=options, durability=durability, metrics_open=metrics_open,
         )  # fmt: skip
         client = Client.connect(directory)
         try:

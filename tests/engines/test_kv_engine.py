@@ -183,6 +183,19 @@ os.kill(os.getpid(), signal.SIGKILL)
     engine.close(0)
 
 
+@pytest.mark.parametrize(("mode", "expected"), [("fsync", 2), ("async", 1)])
+def test_the_database_commits_as_durably_as_the_node_s_mode_asks(tmp_path: Path, mode: str, expected: int) -> None:
+    # KV is durable on apply and the core compacts the log below what it applied: in fsync mode its
+    # commits must fsync (FULL = 2) too, or power loss could take writes the log no longer holds.
+    # PRAGMA synchronous belongs to the connection, not the file, so the writer connection is asked.
+    engine = KVEngine(tmp_path)
+    engine.durability = mode  # as the core sets it, before the first open
+    engine.open(0, tmp_path / "p0")
+    with engine._store(0).writer.use() as conn:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == expected
+    engine.close(0)
+
+
 def test_a_malformed_batch_applies_nothing(engine: KVEngine) -> None:
     with pytest.raises(BadRequest):
         engine.apply(0, [put(b"a", 1), Operation("kv", 0, b"b", 2, "n1", "put", b"\xc1")])

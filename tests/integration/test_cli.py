@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from legion.client import Client
 from legion.errors import ConfigError
 from legion.runtime import local_cluster
 
@@ -65,6 +66,22 @@ def test_status_json_shows_three_settled_members(legion_cli, workdir: Path) -> N
     # The bundled engines publish no attributes; the field is there all the same.
     # Attributes are what the installed engines publish (the map/reduce engine: its Dask worker's resource).
     assert all(all(isinstance(v, str) for v in member["attributes"].values()) for member in status["members"])
+
+
+def durability_of_running_nodes(directory: Path) -> dict[str, str]:
+    """Each running node's durability mode, as its ``/v1/health`` reports it."""
+    token = (directory / "token").read_text().strip()
+    modes = {}
+    for node in local_cluster.load(directory)["nodes"]:
+        if node["pid"] is not None:
+            with Client([node["url"]], token) as client:
+                modes[node["id"]] = client.health()["durability"]
+    return modes
+
+
+def test_nodes_fsync_acknowledged_writes_unless_told_otherwise(workdir: Path) -> None:
+    assert durability_of_running_nodes(workdir / ".legion") == {"n1": "fsync", "n2": "fsync", "n3": "fsync"}
+    assert local_cluster.load(workdir / ".legion")["durability"] == "fsync"
 
 
 def test_status_table_names_members_and_the_claimant(legion_cli, workdir: Path) -> None:
@@ -206,6 +223,8 @@ def test_kv_import_then_list(legion_cli, workdir: Path) -> None:
         (["node", "start", "--data-dir", "d", "--listen", "nonsense"], "--listen must be HOST:PORT"),
         (["node", "start", "--data-dir", "d", "--option", "mapreduce.scheduler"], "--option must be KEY=VALUE"),
         (["cluster", "up", "--dir", "other", "--base-port", "0", "--option", "oops"], "--option must be KEY=VALUE"),
+        (["node", "start", "--data-dir", "d", "--durability", "eventually"], "--durability must be fsync or async"),
+        (["cluster", "up", "--dir", "other", "--base-port", "0", "--durability", "FULL"], "--durability must be fsync or async"),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_1(legion_cli, workdir: Path, args: list[str], expected: str) -> None:
@@ -261,17 +280,24 @@ def test_an_engine_command_imports_that_engine_alone() -> None:
     assert result.stdout.strip() == "['cluster', 'engine', 'kv', 'mr', 'node', 'search']"
 
 
-def test_a_cluster_grows_shrinks_restarts_and_stops_through_the_cli(legion_cli, tmp_path: Path) -> None:
+def test_a_cluster_grows_shrinks_restarts_and_stops_through_the_cli_in_the_durability_it_was_started_with(
+    legion_cli, tmp_path: Path
+) -> None:
     run = lambda *args: legion_cli(*args, cwd=tmp_path)  # noqa: E731
     directory = tmp_path / ".legion"
     try:
-        assert_ok(run("cluster", "up", "--nodes", "2", "--partitions", "16", "--replicas", "2", "--base-port", "0"))
+        assert_ok(run(
+            "cluster", "up", "--nodes", "2", "--partitions", "16", "--replicas", "2", "--base-port", "0",
+            "--durability", "async",
+        ))  # fmt: skip
         assert "added n3" in assert_ok(run("cluster", "add-node")).stdout
         assert_ok(run("kv", "put", "survivor", "still here"))
 
         assert_ok(run("cluster", "stop-node", "n2", "--kill"))
         assert_ok(run("cluster", "start-node", "n2"))
         assert run("kv", "get", "survivor").stdout == "still here"
+        # The added node and the restarted one run in the mode the cluster was started with.
+        assert durability_of_running_nodes(directory) == {"n1": "async", "n2": "async", "n3": "async"}
 
         assert "removed n1" in assert_ok(run("cluster", "remove-node", "n1")).stdout
         status = json.loads(assert_ok(run("cluster", "status", "--json")).stdout)

@@ -49,7 +49,9 @@ idempotent (a set of increment ids) and commutative (the sum does not depend on 
 Durability is deferred (durable_on_apply = False), as a search index's would be: applied
 increments live in memory, visible at once, and reach the partition's counter.json only
 in flush. What is not flushed yet is in the core's operation log, which the core replays
-into apply after a crash."""
+into apply after a crash. After flush the core deletes that log, so in the node's "fsync"
+durability mode flush fsyncs the file and its directory: the counter must survive power
+loss as the log would have."""
 import json
 import os
 import sys
@@ -167,8 +169,19 @@ class CounterEngine(Engine):
             with self.lock:
                 rows = [[inc, key.hex(), amount, hlc, origin] for inc, (key, amount, hlc, origin) in self.increments[partition].items()]
                 path = self.files[partition]
-            path.with_suffix(".tmp").write_text(json.dumps(rows))
-            os.replace(path.with_suffix(".tmp"), path)  # a crash leaves the old file or the new one
+            temporary = path.with_suffix(".tmp")
+            with open(temporary, "w") as file:
+                file.write(json.dumps(rows))
+                if self.durability == "fsync":
+                    file.flush()
+                    os.fsync(file.fileno())
+            os.replace(temporary, path)  # a crash leaves the old file or the new one
+            if self.durability == "fsync":  # the rename itself is durable once the directory is
+                descriptor = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
 
     def read(self, partition, query):
         with self.lock:
@@ -206,6 +219,7 @@ class CounterEngine(Engine):
         node.publish({
             "counter.sidecar": str(self.sidecar.pid),
             "counter.beacon": node.options.get("counter.beacon", "unset"),
+            "counter.durability": self.durability,  # the node's mode, which the core set before any open
         })
 
     def stop(self):
@@ -363,7 +377,8 @@ def attributes_everywhere(
 
 def test_services_attributes_sidecars_and_placement_beside_real_nodes(plugin_path: Path, tmp_path: Path):
     directory = tmp_path / "cluster"
-    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0)
+    # async, not the default: the engine learns the node's mode (not the class default).
+    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, durability="async")
     token = (directory / "token").read_text().strip()
     document = local_cluster.load(directory)
     nodes = document["nodes"]
@@ -379,6 +394,7 @@ def test_services_attributes_sidecars_and_placement_beside_real_nodes(plugin_pat
             lambda found: set(found) == {"n1", "n2", "n3"}
             and all(a.get("counter.beacon") == "lit by the local service" and a.get("counter.sidecar") for a in found.values()),
         )
+        assert {found["counter.durability"] for found in seen.values()} == {"async"}
         sidecars = {node_id: int(found["counter.sidecar"]) for node_id, found in seen.items()}
         for node in nodes:
             # Each node's sidecar runs in that node's process group (the node leads its own).

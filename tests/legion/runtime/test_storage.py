@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from legion.replication import Operation
 from legion.runtime.storage import NodeStore
 
@@ -20,4 +22,17 @@ def test_appends_return_each_operation_s_seq_in_order_and_never_reuse_one(tmp_pa
     second = store.append([_op(i, 1) for i in range(5, 8)], {})
     assert second == [6, 7, 8]
     assert [(seq, op) for seq, op in store.ops_after("kv", 1, 0, 10)] == [(s, _op(i, 1)) for s, i in zip(second, range(5, 8))]
+    store.close()
+
+
+# PRAGMA synchronous is a setting of each connection, not of the file: only the connection can say.
+SQLITE_SYNCHRONOUS = {1: "NORMAL", 2: "FULL"}
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("fsync", "FULL"), ("async", "NORMAL")])
+def test_the_log_s_writer_and_readers_run_with_the_durability_mode_s_setting(tmp_path, mode, expected):
+    store = NodeStore(tmp_path, mode)
+    reader_level = store.reader().execute("PRAGMA synchronous").fetchone()[0]
+    writer_level = store._writer.execute("PRAGMA synchronous").fetchone()[0]
+    assert (SQLITE_SYNCHRONOUS[writer_level], SQLITE_SYNCHRONOUS[reader_level]) == (expected, expected)
     store.close()
