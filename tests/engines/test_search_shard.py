@@ -28,6 +28,22 @@ PARTITIONS = 8
 _dirs = itertools.count()
 
 
+def _in_order_and_shuffled(tmp: Path, ops_list: list[Operation], rnd, cut: int) -> tuple[Shard, Shard]:
+    """Two shards: one given ``ops_list`` in order; the other the same shuffled, half of it twice, in
+    chunks of ``cut``, committing after a chunk at random."""
+    shuffled = ops_list + rnd.sample(ops_list, k=len(ops_list) // 2)
+    rnd.shuffle(shuffled)
+    a, b = _shard(tmp), _shard(tmp)
+    _apply(a, ops_list)
+    a.commit()
+    for start in range(0, len(shuffled), cut):
+        _apply(b, shuffled[start : start + cut])
+        if rnd.random() < 0.5:
+            b.commit()
+    b.commit()
+    return a, b
+
+
 def _shard(tmp: Path) -> Shard:
     return Shard(tmp / f"shard{next(_dirs)}", "docs", INC, SCHEMA)
 
@@ -140,16 +156,7 @@ def test_any_order_duplicates_and_batching_reach_the_same_state(tmp_path, histor
     # A version names exactly one operation (each node's clock strictly increases): keep the first per version.
     unique = {(h, o): (i, h, o, d, n) for i, h, o, d, n in reversed(history)}
     ops_list = [(_delete(i, h, o) if d else _index(i, f"v{h}{o}", h, o, lengths=n)) for i, h, o, d, n in unique.values()]
-    shuffled = ops_list + rnd.sample(ops_list, k=len(ops_list) // 2)
-    rnd.shuffle(shuffled)
-    a, b = _shard(tmp_path), _shard(tmp_path)
-    _apply(a, ops_list)
-    a.commit()
-    for start in range(0, len(shuffled), cut):
-        _apply(b, shuffled[start : start + cut])
-        if rnd.random() < 0.5:
-            b.commit()
-    b.commit()
+    a, b = _in_order_and_shuffled(tmp_path, ops_list, rnd, cut)
     assert _state(a) == _state(b)
     # The model: per id, the greatest (hlc, origin) wins.
     model = {}
@@ -277,16 +284,8 @@ def _write_ops(history: list[tuple]) -> list[Operation]:
 @given(writes, st.randoms(use_true_random=False), st.integers(1, 4))
 def test_batches_and_single_writes_in_any_order_with_duplicates_and_refolding_reach_the_same_state(tmp_path, history, rnd, cut):
     ops_list = _write_ops(history)
-    shuffled = ops_list + rnd.sample(ops_list, k=len(ops_list) // 2)
-    rnd.shuffle(shuffled)
-    a, b, c = _shard(tmp_path), _shard(tmp_path), _shard(tmp_path)
-    _apply(a, ops_list)
-    a.commit()
-    for start in range(0, len(shuffled), cut):
-        _apply(b, shuffled[start : start + cut])
-        if rnd.random() < 0.5:
-            b.commit()
-    b.commit()
+    a, b = _in_order_and_shuffled(tmp_path, ops_list, rnd, cut)
+    c = _shard(tmp_path)
     assert _versions(a) == _versions(b)
     # Re-batched: b's state as per-document operations (a handoff's fold), with the original batches, in any order.
     refolded = [op for p in range(PARTITIONS) for op in b.fold(p)] + rnd.sample(ops_list, k=len(ops_list) // 2)
