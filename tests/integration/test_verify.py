@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from engines.kv import KVClient
 from engines.kv.entries import ENGINE_NAME, KIND_PUT, encode_put
 from legion.clock import pack
@@ -63,3 +65,22 @@ def assert_repair(legion_cli, directory: str) -> str:
     result = legion_cli("cluster", "repair", "--cluster", directory, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+@pytest.mark.cluster(nodes=4, partitions=16, replicas=3)
+def test_removing_a_dead_node_re_replicates_its_partitions_from_the_survivors(local_cluster: LocalCluster):
+    keys = [f"dead:{i}" for i in range(200)]
+    with local_cluster.node_client("n1") as client:
+        kv = KVClient(client)
+        for key in keys:
+            kv.put(key, key.encode(), w=3)
+    cluster_processes.stop_node(local_cluster.directory, "n4", kill=True)
+    final = cluster_processes.remove_node(local_cluster.directory, "n4", timeout_s=120)
+    assert {m["id"]: m["status"] for m in final["members"]}["n4"] == "removed"
+    with local_cluster.node_client("n1") as client:
+        report = client.request("GET", "/v1/cluster/verify").json()
+    assert report["clean"] and report["checked"] == 16 * 3, report  # three full replicas again, all agreeing
+    for node_id in ("n1", "n2", "n3"):  # N=3 on three nodes: every survivor holds every key itself
+        with local_cluster.node_client(node_id) as client:
+            kv = KVClient(client)
+            assert all(kv.get(key, r=1).value == key.encode() for key in keys)
