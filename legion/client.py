@@ -39,18 +39,23 @@ import http.client
 import json as jsonlib
 import os
 import ssl
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from legion.errors import ConfigError, DeadlineExceeded, Unavailable, from_json
 from legion.idempotency import IDEMPOTENCY_HEADER
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 CLUSTER_DIR_DEFAULT = Path(".legion")
 CLUSTER_FILE_NAME = "cluster.json"
@@ -146,6 +151,39 @@ class Client:
         other = Client(self.urls, self._token, timeout_s=timeout_s if timeout_s is not None else self.timeout_s, ca=self.ca)
         other._preferred = start_at % len(other._endpoints)
         return other
+
+    def pipelined(
+        self, items: Iterable[T], send: Callable[[Client, T], R], *, in_flight: int, timeout_s: float, thread_name: str
+    ) -> Iterator[R]:
+        """``send(client, item)`` for every item on ``in_flight`` worker threads, at most that many at a time;
+        each result as it arrives (an exception ``send`` raises propagates).
+
+        Each worker has its own ``copy`` of this client, starting at another node, so every node
+        coordinates a share of the requests; the copies are closed at the end."""
+        local = threading.local()
+        copies: list[Client] = []
+        lock = threading.Lock()
+
+        def run(item: T) -> R:
+            own = getattr(local, "client", None)
+            if own is None:
+                with lock:
+                    own = local.client = self.copy(timeout_s=timeout_s, start_at=len(copies))
+                    copies.append(own)
+            return send(own, item)
+
+        try:
+            with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix=thread_name) as pool:
+                running: set[Future[R]] = set()
+                for item in items:
+                    running.add(pool.submit(run, item))
+                    if len(running) >= in_flight:
+                        done, running = wait(running, return_when=FIRST_COMPLETED)
+                        yield from (future.result() for future in done)
+                yield from (future.result() for future in wait(running).done)
+        finally:
+            for own in copies:
+                own.close()
 
     @property
     def urls(self) -> list[str]:

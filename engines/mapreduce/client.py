@@ -12,10 +12,8 @@ progress through a callback) and its result fetched as an Arrow table.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,32 +116,14 @@ class MRClient:
         if first is None:
             return report
         self._send_first(name, first, key, report, progress)
-        local = threading.local()
-        clients: list[Client] = []
-        lock = threading.Lock()
-
-        def send(body: _Body) -> tuple[_Body, dict[str, Any]]:
-            own = getattr(local, "client", None)
-            if own is None:
-                own = local.client = self.client.copy(timeout_s=BULK_TIMEOUT_S)
-                with lock:
-                    clients.append(own)
-            answer = own.request("POST", _dataset_path(name), body=body.data, headers={"Content-Type": body.content_type}).json()
+        def send(client: Client, body: _Body) -> tuple[_Body, dict[str, Any]]:
+            answer = client.request("POST", _dataset_path(name), body=body.data, headers={"Content-Type": body.content_type}).json()
             return body, answer
 
-        try:
-            with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="legion-mr-ingest") as pool:
-                running: set[Future[tuple[_Body, dict[str, Any]]]] = set()
-                for body in bodies:
-                    running.add(pool.submit(send, body))
-                    if len(running) >= in_flight:
-                        done, running = wait(running, return_when=FIRST_COMPLETED)
-                        _collect(done, report, progress)
-                done, _ = wait(running)
-                _collect(done, report, progress)
-        finally:
-            for c in clients:
-                c.close()
+        for body, answer in self.client.pipelined(
+            bodies, send, in_flight=in_flight, timeout_s=BULK_TIMEOUT_S, thread_name="legion-mr-ingest"
+        ):
+            _collect(body, answer, report, progress)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -159,9 +139,7 @@ class MRClient:
             answer = copy.request("POST", _dataset_path(name), body=body.data, params=params, headers={"Content-Type": body.content_type}).json()
         finally:
             copy.close()
-        future: Future[tuple[_Body, dict[str, Any]]] = Future()
-        future.set_result((body, answer))
-        _collect([future], report, progress)
+        _collect(body, answer, report, progress)
 
     # --- jobs ------------------------------------------------------------------------
 
@@ -301,14 +279,12 @@ def _ipc_stream(tables: Iterable[pa.Table]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _collect(done: Iterable[Future[tuple[_Body, dict[str, Any]]]], report: IngestReport, progress: Callable[[int, int], None] | None) -> None:
-    for future in done:
-        body, answer = future.result()
-        report.rows += int(answer.get("rows", 0))
-        report.batches += int(answer.get("batches", 0))
-        report.bytes_sent += len(body.data)
-        if progress is not None:
-            progress(int(answer.get("rows", 0)), len(body.data))
+def _collect(body: _Body, answer: dict[str, Any], report: IngestReport, progress: Callable[[int, int], None] | None) -> None:
+    report.rows += int(answer.get("rows", 0))
+    report.batches += int(answer.get("batches", 0))
+    report.bytes_sent += len(body.data)
+    if progress is not None:
+        progress(int(answer.get("rows", 0)), len(body.data))
 
 
 def _dataset_path(name: str) -> str:

@@ -9,9 +9,7 @@ through a callback so that the CLI can draw a progress bar.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -103,36 +101,14 @@ class SearchClient:
         if batch_docs < 1 or in_flight < 1:
             raise ConfigError("batch_docs and in_flight must be at least 1")
         report = IngestReport()
-        local = threading.local()
-        clients: list[Client] = []
-        clients_lock = threading.Lock()
 
-        def client() -> SearchClient:
-            own = getattr(local, "client", None)
-            if own is None:
-                with clients_lock:
-                    # Each worker starts at another node: every node coordinates a share of the batches.
-                    own = local.client = self.client.copy(timeout_s=BULK_TIMEOUT_S, start_at=len(clients))
-                    clients.append(own)
-            return SearchClient(own)
+        def send(client: Client, batch: _Batch) -> tuple[_Batch, dict[str, Any]]:
+            return batch, SearchClient(client).bulk(index, batch.body)
 
-        def send(batch: _Batch) -> tuple[_Batch, dict[str, Any]]:
-            return batch, client().bulk(index, batch.body)
-
-        batches = _batches(lines, batch_docs)
-        try:
-            with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="legion-ingest") as pool:
-                running: set[Future[tuple[_Batch, dict[str, Any]]]] = set()
-                for batch in batches:
-                    running.add(pool.submit(send, batch))
-                    if len(running) >= in_flight:
-                        done, running = wait(running, return_when=FIRST_COMPLETED)
-                        _collect(done, report, progress)
-                done, _ = wait(running)
-                _collect(done, report, progress)
-        finally:
-            for c in clients:
-                c.close()
+        for batch, answer in self.client.pipelined(
+            _batches(lines, batch_docs), send, in_flight=in_flight, timeout_s=BULK_TIMEOUT_S, thread_name="legion-ingest"
+        ):
+            _collect(batch, answer, report, progress)
         # All batches are acknowledged: one refresh makes all of them searchable.
         self.refresh(index)
         return report
@@ -182,16 +158,14 @@ def _batches(lines: Iterable[bytes], batch_docs: int) -> Iterator[_Batch]:
         yield _Batch(b"".join(chunk), len(chunk), first)
 
 
-def _collect(done: Iterable[Future[tuple[_Batch, dict[str, Any]]]], report: IngestReport, progress: Callable[[int, int], None] | None) -> None:
-    for future in done:
-        batch, answer = future.result()
-        report.indexed += int(answer.get("indexed", 0))
-        report.failed += int(answer.get("failed", 0))
-        report.bytes_sent += len(batch.body)
-        for error in answer.get("errors", ()):
-            report.errors.append({**error, "line": batch.first_line + int(error["line"]) - 1})
-        if progress is not None:
-            progress(batch.docs, len(batch.body))
+def _collect(batch: _Batch, answer: dict[str, Any], report: IngestReport, progress: Callable[[int, int], None] | None) -> None:
+    report.indexed += int(answer.get("indexed", 0))
+    report.failed += int(answer.get("failed", 0))
+    report.bytes_sent += len(batch.body)
+    for error in answer.get("errors", ()):
+        report.errors.append({**error, "line": batch.first_line + int(error["line"]) - 1})
+    if progress is not None:
+        progress(batch.docs, len(batch.body))
 
 
 def _index_path(index: str) -> str:
