@@ -38,7 +38,8 @@ import pytest
 
 from legion.client import Client
 from legion.errors import NotFound, Unavailable
-from legion.runtime import local_cluster, local_processes
+from legion.runtime import local_cluster
+from legion.runtime.local_cluster import processes as local_processes
 from legion.testing.cluster import read_when_served, wait_until_listenable
 from tests.legion.runtime.test_sidecar import is_alive, wait_until
 
