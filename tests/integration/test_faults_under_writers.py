@@ -192,8 +192,10 @@ def test_no_acknowledged_write_is_lost_through_kill_9_full_disk_join_and_leave(l
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(JOIN_LOOP_RUNS * 150)
 def test_no_acknowledged_write_is_lost_during_a_join_20_times(tmp_path):
     for run in range(JOIN_LOOP_RUNS):
+        print(f"join run {run + 1} of {JOIN_LOOP_RUNS}", flush=True)
         with running_cluster(tmp_path / f"run{run}", partitions=64) as cluster:
             with Writers(cluster.client) as writers:
                 run_fault(writers, join(cluster))
