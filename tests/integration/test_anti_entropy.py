@@ -16,6 +16,8 @@ import time
 import pytest
 
 from engines.kv import KVClient
+from engines.search import operations as search_ops
+from engines.search.client import SearchClient
 from engines.kv.entries import ENGINE_NAME, KIND_DELETE, KIND_PUT, encode_put
 from legion.clock import pack
 from legion.errors import NotFound
@@ -59,13 +61,7 @@ def test_replicas_made_to_differ_converge_without_any_command(fast_anti_entropy:
     apply_on(local_cluster, "n2", [kv_op(f"base:{i}", "n2", b"new") for i in range(10)])  # newer, on n2 alone
     apply_on(local_cluster, "n3", [kv_op(f"base:{i}", "n3", None) for i in range(10, 15)])  # deleted, on n3 alone
 
-    with local_cluster.node_client("n1") as client:
-        started = time.monotonic()
-        while not (report := client.request("GET", "/v1/cluster/verify").json())["clean"]:
-            assert time.monotonic() - started < CONVERGENCE_TIMEOUT_S, report
-            time.sleep(0.5)
-        converged_s = time.monotonic() - started
-    assert report["checked"] == PARTITIONS * 3
+    converged_s = wait_until_clean(local_cluster)
     print(f"anti-entropy: verify clean {converged_s:.1f} s after the divergence")
 
     expected = {key: node_id.encode() for node_id, keys in only.items() for key in keys}
@@ -91,3 +87,46 @@ def test_replicas_made_to_differ_converge_without_any_command(fast_anti_entropy:
     shown = {m["id"]: m["attributes"].get("anti-entropy.repaired", "") for m in statuses["members"]}
     assert all(re.match(r"^\d+ keys in \d+ rounds$", text) for text in shown.values()), shown
     assert sum(int(text.split()[0]) for text in shown.values()) >= 1, shown
+
+
+def wait_until_clean(local_cluster: LocalCluster) -> float:
+    """Seconds until ``cluster verify`` is clean, polled through n1 (fails after CONVERGENCE_TIMEOUT_S)."""
+    with local_cluster.node_client("n1") as client:
+        started = time.monotonic()
+        while not (report := client.request("GET", "/v1/cluster/verify").json())["clean"]:
+            assert time.monotonic() - started < CONVERGENCE_TIMEOUT_S, report
+            time.sleep(0.5)
+        return time.monotonic() - started
+
+
+@pytest.mark.cluster(nodes=3, partitions=PARTITIONS, replicas=3)
+def test_search_replicas_made_to_differ_converge_without_any_command(fast_anti_entropy: None, local_cluster: LocalCluster):
+    with local_cluster.node_client("n1") as client:
+        search = SearchClient(client)
+        incarnation = search.create("notes", {"fields": {"id": {"type": "keyword"}, "t": {"type": "text"}}})["incarnation"]
+        for i in range(30):
+            search.put("notes", {"id": f"d{i}", "t": "common words"}, refresh=True)
+    wait_until_clean(local_cluster)
+
+    def doc_op(doc_id: str, origin: str, text: str | None) -> Operation:
+        key = doc_id.encode()
+        hlc = pack(int(time.time() * 1000), 0)
+        if text is None:
+            kind, body = search_ops.KIND_DELETE, search_ops.delete_body("notes", incarnation)
+        else:
+            source = search_ops.encode_source({"id": doc_id, "t": text})
+            kind, body = search_ops.KIND_INDEX, search_ops.index_body("notes", incarnation, source)
+        return Operation(search_ops.ENGINE_NAME, partition_of(key, PARTITIONS), key, hlc, origin, kind, body)
+
+    apply_on(local_cluster, "n3", [doc_op(f"only-n3-{i}", "n3", "rare words") for i in range(5)])
+    apply_on(local_cluster, "n2", [doc_op("d0", "n2", None), doc_op("d1", "n2", "rewritten rare")])
+    converged_s = wait_until_clean(local_cluster)
+    print(f"anti-entropy (search): verify clean {converged_s:.1f} s after the divergence")
+
+    for node_id in ("n1", "n2", "n3"):
+        with local_cluster.node_client(node_id) as client:
+            search = SearchClient(client)
+            search.refresh("notes")
+            found = sorted(hit["id"] for hit in search.search("notes", "rare", limit=50, snippets=False)["hits"])
+            assert found == ["d1", *(f"only-n3-{i}" for i in range(5))], (node_id, found)
+            assert search.search("notes", "*", limit=1)["total"] == 34  # 30 - d0 + 5 (d1 rewritten)
