@@ -121,6 +121,10 @@ assert SIDECAR_TERM_TIMEOUT_MS + SIDECAR_KILL_TIMEOUT_MS < ENGINE_STOP_TIMEOUT_M
 ANTI_ENTROPY_INTERVAL_MS = 5_000
 ANTI_ENTROPY_PAIR_PAUSE_MS = 20
 ANTI_ENTROPY_SEGMENTS_PER_REQUEST = 64
+# Keys found differing are compared again this much later (writes in flight settle) before they are shipped.
+ANTI_ENTROPY_SETTLE_MS = 500
+
+assert 0 < ANTI_ENTROPY_SETTLE_MS < REQUEST_DEADLINE_MS
 
 # How long `legion cluster verify` waits for one node to fold and digest every partition it holds.
 VERIFY_DEADLINE_MS = 120_000

@@ -15,8 +15,10 @@ I/O. Two parts:
   its two nodes), for every engine, one *exchange*, then a short pause; one
   partition pair at a time. An exchange walks the two trees down where they
   differ (``/internal/tree``: buckets, then segments, then items — three
-  round trips, one when the replicas agree), then ships the differing keys
-  both ways: it pulls the peer's ``fold_keys`` (``/internal/fold-keys``,
+  round trips, one when the replicas agree), asks for the items again
+  ``ANTI_ENTROPY_SETTLE_MS`` later (a write still in flight to one replica
+  differs for a moment; only keys that differ both times are repaired), then
+  ships the differing keys both ways: it pulls the peer's ``fold_keys`` (``/internal/fold-keys``,
   streamed) into its own log writer and pushes its own to the peer's
   ``/internal/apply``. Engines merge what arrives as they merge any write
   (last-writer-wins by ``Operation.version``, insert-once by id), so after an
@@ -41,11 +43,12 @@ import msgpack
 
 from legion.engine import Engine
 from legion.errors import BadRequest, LegionError
-from legion.hash_tree import SEGMENTS_DEFAULT, HashTree, differing_indexes, differing_keys
+from legion.hash_tree import FANOUT_DEFAULT, SEGMENTS_DEFAULT, HashTree, differing_indexes, differing_keys
 from legion.limits import (
     ANTI_ENTROPY_INTERVAL_MS,
     ANTI_ENTROPY_PAIR_PAUSE_MS,
     ANTI_ENTROPY_SEGMENTS_PER_REQUEST,
+    ANTI_ENTROPY_SETTLE_MS,
     HANDOFF_BATCH_BYTES_MAX,
     HANDOFF_BATCH_OPS_MAX,
     PEER_BODY_BYTES_MAX,
@@ -211,12 +214,14 @@ class AntiEntropy(Rounds):
             segments = differing_indexes(mine_segments, theirs_segments)
             step = ANTI_ENTROPY_SEGMENTS_PER_REQUEST
             for chunk in (segments[i : i + step] for i in range(0, len(segments), step)):
-                mine_items = await node.trees.view(engine, partition, lambda t: t.items_in(chunk))
-                theirs_items = dict(await self._ask(peer, engine, partition, {"level": "items", "segments": chunk}))
-                keys = sorted(differing_keys(mine_items, theirs_items))
+                keys = await self._differing(peer, engine, partition, chunk)
                 if keys:
-                    await self._pull(peer, engine, partition, keys)
-                    await self._push(peer, engine, partition, keys)
+                    # A write in flight differs for a moment: ship only what still differs a little later.
+                    await asyncio.sleep(ANTI_ENTROPY_SETTLE_MS / 1000)
+                    keys &= await self._differing(peer, engine, partition, chunk)
+                if keys:
+                    await self._pull(peer, engine, partition, sorted(keys))
+                    await self._push(peer, engine, partition, sorted(keys))
                     repaired += len(keys)
         outcome = "repaired" if repaired else "same"
         node.metrics.anti_entropy_exchanges.labels(engine, outcome).inc()
@@ -225,6 +230,11 @@ class AntiEntropy(Rounds):
             self.keys_repaired += repaired
             log.info("anti-entropy repaired %d keys of %s/%d with %s", repaired, engine, partition, peer)
         return repaired
+
+    async def _differing(self, peer: str, engine: str, partition: int, segments: list[int]) -> set[bytes]:
+        mine = await self.node.trees.view(engine, partition, lambda t: t.items_in(segments))
+        theirs = dict(await self._ask(peer, engine, partition, {"level": "items", "segments": segments}))
+        return differing_keys(mine, theirs)
 
     async def _ask(self, peer: str, engine: str, partition: int, question: dict[str, Any]) -> Any:
         body = msgpack.packb({"engine": engine, "partition": partition, **question}, use_bin_type=True)
@@ -256,17 +266,17 @@ async def answer_tree(node: Node, engine: str, partition: int, question: Mapping
     if level == "buckets":
         return await trees.view(engine, partition, lambda t: t.bucket_hashes())
     if level == "segments":
-        buckets = _ints(question.get("buckets"), "buckets")
+        buckets = _ints(question.get("buckets"), "buckets", SEGMENTS_DEFAULT // FANOUT_DEFAULT)
         return [[s, h] for s, h in (await trees.view(engine, partition, lambda t: t.segment_hashes(buckets))).items()]
     if level == "items":
-        segments = _ints(question.get("segments"), "segments")
+        segments = _ints(question.get("segments"), "segments", SEGMENTS_DEFAULT)
         if len(segments) > ANTI_ENTROPY_SEGMENTS_PER_REQUEST:
             raise BadRequest(f"ask for the items of at most {ANTI_ENTROPY_SEGMENTS_PER_REQUEST} segments at once")
         return [[k, v] for k, v in (await trees.view(engine, partition, lambda t: t.items_in(segments))).items()]
     raise BadRequest("field 'level' must be 'buckets', 'segments' or 'items'")
 
 
-def _ints(value: object, name: str) -> list[int]:
-    if not isinstance(value, list) or not all(type(i) is int and 0 <= i < SEGMENTS_DEFAULT for i in value):
-        raise BadRequest(f"field {name!r} must be a list of segment or bucket numbers")
+def _ints(value: object, name: str, below: int) -> list[int]:
+    if not isinstance(value, list) or not all(type(i) is int and 0 <= i < below for i in value):
+        raise BadRequest(f"field {name!r} must be a list of numbers from 0 to {below - 1}")
     return value

@@ -452,6 +452,8 @@ class _Api:
         engine, partition = _field(body, "engine", str), _field(body, "partition", int)
         peer = check_node_id(_field(body, "peer", str))
         self.node.check_holds(engine, partition)
+        if peer == self.node.node_id or peer not in self.node.state.placement[partition]:
+            raise BadRequest(f"node {peer!r} is not another replica of partition {partition}")
         return _msgpack_response({"keys": await self.node.anti_entropy.exchange(engine, partition, peer)})
 
     async def handoff_done(self, request: web.Request) -> web.Response:

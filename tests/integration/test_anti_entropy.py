@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 
+import msgpack
 import pytest
 
 from engines.kv import KVClient
@@ -20,19 +21,13 @@ from engines.search import operations as search_ops
 from engines.search.client import SearchClient
 from engines.kv.entries import ENGINE_NAME, KIND_DELETE, KIND_PUT, encode_put
 from legion.clock import pack
-from legion.errors import NotFound
+from legion.errors import BadRequest, NotFound
 from legion.keyspace import partition_of
 from legion.replication import Operation, encode_ops
 from tests.conftest import LocalCluster
 
 PARTITIONS = 16
 CONVERGENCE_TIMEOUT_S = 30
-
-
-@pytest.fixture
-def fast_anti_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nodes started after this run a background round every second (the default is every 5 s)."""
-    monkeypatch.setenv("LEGION_ANTI_ENTROPY_INTERVAL_MS", "1000")
 
 
 def apply_on(local_cluster: LocalCluster, node_id: str, ops: list[Operation]) -> None:
@@ -87,6 +82,20 @@ def test_replicas_made_to_differ_converge_without_any_command(fast_anti_entropy:
     shown = {m["id"]: m["attributes"].get("anti-entropy.repaired", "") for m in statuses["members"]}
     assert all(re.match(r"^\d+ keys in \d+ rounds$", text) for text in shown.values()), shown
     assert sum(int(text.split()[0]) for text in shown.values()) >= 1, shown
+
+    # The peer endpoints refuse bad input with a 400 that names what to fix.
+    bad = [
+        ("/internal/tree", {"engine": "kv", "partition": 0, "level": "roots"}, "'level' must be"),
+        ("/internal/tree", {"engine": "kv", "partition": 0, "level": "segments", "buckets": [32]}, "from 0 to 31"),
+        ("/internal/tree", {"engine": "kv", "partition": 0, "level": "items", "segments": ["x"]}, "from 0 to 1023"),
+        ("/internal/fold-keys", {"engine": "kv", "partition": 0, "keys": "a"}, "list of byte strings"),
+        ("/internal/exchange", {"engine": "kv", "partition": 0, "peer": "n1"}, "not another replica"),
+        ("/internal/exchange", {"engine": "kv", "partition": 0, "peer": "n9"}, "not another replica"),
+    ]
+    with local_cluster.node_client("n1") as client:
+        for path, body, message in bad:
+            with pytest.raises(BadRequest, match=message):
+                client.request("POST", path, body=msgpack.packb(body), headers={"Content-Type": "application/msgpack"})
 
 
 def wait_until_clean(local_cluster: LocalCluster) -> float:

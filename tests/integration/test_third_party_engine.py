@@ -37,7 +37,10 @@ from typing import Any
 import pytest
 
 from legion.client import Client
+from legion.clock import pack
 from legion.errors import NotFound, Unavailable
+from legion.keyspace import partition_of
+from legion.replication import Operation, encode_ops
 from legion.runtime import local_cluster, local_processes
 from legion.testing.cluster import read_when_served, wait_until_listenable
 from tests.legion.runtime.test_sidecar import is_alive, wait_until
@@ -61,9 +64,7 @@ from pathlib import Path
 from legion.dashboard import DashboardPanel, PanelLookup
 from legion.engine import Engine, HttpResponse, LocalService, Route, WriteItem, WriteResult, current_request_id
 from legion.errors import BadRequest, NotFound
-from legion.clock import pack
-from legion.keyspace import partition_of
-from legion.replication import Operation, encode_ops
+from legion.replication import Operation
 from legion.runtime.sidecar import Sidecar
 
 FILE_NAME = "counter.json"
@@ -301,14 +302,14 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
             assert traced.json()["counters"]["apples"] == 10
             # An increment that reached n1 alone: anti-entropy, through the contract's defaults (derived
             # from fold), brings it to the other replicas with no command.
-            key = b"apples"
+            key = b"figs"
             op = Operation("counter", partition_of(key, 16), key, pack(int(time.time() * 1000), 0), "n1", "add", b"[5]")
             n1.request("POST", "/internal/apply", body=encode_ops([op]), headers={"Content-Type": "application/msgpack"})
             deadline = time.monotonic() + 30
             while not (report := n1.request("GET", "/v1/cluster/verify").json())["clean"]:
                 assert time.monotonic() < deadline, report
                 time.sleep(0.5)
-            assert n1.request("GET", "/v1/counter/apples").json() == {"total": 11, "increments": 4}  # r=3
+            assert n1.request("GET", "/v1/counter/figs").json() == {"total": 5, "increments": 1}  # r=3
         local_cluster.add_node(directory)
         doc = local_cluster.load(directory)
         newcomer = next(n for n in doc["nodes"] if n["id"] == "n4")

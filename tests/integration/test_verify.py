@@ -17,12 +17,6 @@ from legion.runtime import local_cluster as cluster_processes
 from tests.conftest import LocalCluster
 
 
-@pytest.fixture
-def no_background_anti_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nodes started after this run no background anti-entropy rounds (so a divergence stays until repair)."""
-    monkeypatch.setenv("LEGION_ANTI_ENTROPY_INTERVAL_MS", "0")
-
-
 def test_verify_names_the_partition_one_replica_holds_differently_and_repair_merges_it(
     no_background_anti_entropy: None, local_cluster: LocalCluster, legion_cli
 ):
