@@ -395,7 +395,12 @@ class _Api:
 
     async def read(self, request: web.Request) -> web.Response:
         body = await _read_msgpack(request)
-        reply = await self.node.local_read(_field(body, "engine", str), _field(body, "partition", int), body.get("query"))
+        version_of = body.get("version_of")
+        if version_of is not None and not isinstance(version_of, bytes):
+            raise BadRequest("field 'version_of' must be a key (bytes) or absent")
+        reply = await self.node.local_read(
+            _field(body, "engine", str), _field(body, "partition", int), body.get("query"), version_of=version_of
+        )
         return _msgpack_response(reply)
 
     async def coverage(self, request: web.Request) -> web.Response:

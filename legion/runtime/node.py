@@ -487,10 +487,20 @@ class Node:
             )
         return impl
 
-    async def local_read(self, engine: str, partition: int, query: Any) -> Any:
+    async def local_read(self, engine: str, partition: int, query: Any, *, version_of: bytes | None = None) -> Any:
+        """This replica's answer to a read; with ``version_of``, ``[answer, its version of that key or None]``
+        (``Engine.versions``: the coordinator of a read with r > 1 compares them, for read repair)."""
         impl = self.check_serves(engine, partition)
         if not self.writer.is_open(engine, partition):
             await self.writer.ensure_open(engine, partition)
+        if version_of is not None:
+            key = version_of
+
+            def read_with_version() -> list[Any]:
+                answer = impl.read(partition, query)
+                return [answer, dict(impl.versions(partition, [key])).get(key)]
+
+            return await asyncio.to_thread(read_with_version)
         if impl.inline_reads:
             return impl.read(partition, query)
         return await asyncio.to_thread(impl.read, partition, query)

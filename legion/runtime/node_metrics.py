@@ -93,6 +93,10 @@ class NodeMetrics:
             "legion_handoff_partitions", "Partitions copied in from another replica (handoffs and re-syncs).", registry=r
         )
         self.handoff_ops = Counter("legion_handoff_ops", "Operations received by handoff.", registry=r)
+        self.read_repairs = Counter(
+            "legion_read_repairs", "Keys this node repaired after replicas answered a read with different versions.",
+            ["engine"], registry=r,
+        )  # fmt: skip
         self.handoff_bytes = Counter("legion_handoff_bytes", "Bytes received by handoff.", registry=r)
         self.anti_entropy_exchanges = Counter(
             "legion_anti_entropy_exchanges", "Anti-entropy exchanges this node ran with a peer (one engine's partition each).",
