@@ -97,6 +97,9 @@ class NodeMetrics:
             "legion_read_repairs", "Keys this node repaired after replicas answered a read with different versions.",
             ["engine"], registry=r,
         )  # fmt: skip
+        self.handoff_snapshots = Counter(
+            "legion_handoff_snapshots", "Engine partitions copied in as snapshots of their files (not folds).", registry=r
+        )
         self.handoff_bytes = Counter("legion_handoff_bytes", "Bytes received by handoff.", registry=r)
         self.anti_entropy_exchanges = Counter(
             "legion_anti_entropy_exchanges", "Anti-entropy exchanges this node ran with a peer (one engine's partition each).",
