@@ -15,7 +15,7 @@ import typer
 from legion.durability import check_durability
 from legion.errors import ConfigError
 from legion.keyspace import check_partition_count
-from legion.limits import PARTITIONS_DEFAULT, REPLICAS_DEFAULT
+from legion.limits import ANTI_ENTROPY_INTERVAL_MS, PARTITIONS_DEFAULT, REPLICAS_DEFAULT
 from cli.durability_option import DURABILITY_DEFAULT, DurabilityOption
 from cli.engine_options import DaskSchedulerOption, with_dask_scheduler
 from legion.options import parse_options
@@ -64,6 +64,13 @@ def start(
     tls_ca: Annotated[
         Path | None, typer.Option("--tls-ca", help="The cluster CA's certificate (PEM): peers must present one it signed.")
     ] = None,
+    anti_entropy_interval_ms: Annotated[
+        int,
+        typer.Option(
+            "--anti-entropy-interval-ms", envvar="LEGION_ANTI_ENTROPY_INTERVAL_MS", min=0,
+            help="Milliseconds between background anti-entropy rounds (0: none; `legion cluster repair` still runs exchanges).",
+        ),
+    ] = ANTI_ENTROPY_INTERVAL_MS,
 ) -> None:
     """Start a node and serve until SIGTERM or Ctrl-C."""
     host, port = parse_listen(listen)
@@ -88,5 +95,6 @@ def start(
         durability=mode,
         metrics_open=metrics_open,
         tls=tls_files(tls_cert, tls_key, tls_ca),
+        anti_entropy_interval_ms=anti_entropy_interval_ms,
     )
     run(config)

@@ -134,6 +134,17 @@ assert 0 < SIDECAR_RESTART_BACKOFF_MS_MIN <= SIDECAR_RESTART_BACKOFF_MS_MAX <= S
 # Engine.stop stops its sidecars, each within SIGTERM's and SIGKILL's timeouts.
 assert SIDECAR_TERM_TIMEOUT_MS + SIDECAR_KILL_TIMEOUT_MS < ENGINE_STOP_TIMEOUT_MS
 
+# Active anti-entropy (``legion.runtime.anti_entropy``): a round compares every partition pair a
+# node starts, one at a time with a pause between pairs; rounds start this often. An exchange asks
+# for the items of at most this many differing segments per request (and ships their keys).
+ANTI_ENTROPY_INTERVAL_MS = 5_000
+ANTI_ENTROPY_PAIR_PAUSE_MS = 20
+ANTI_ENTROPY_SEGMENTS_PER_REQUEST = 64
+# Keys found differing are compared again this much later (writes in flight settle) before they are shipped.
+ANTI_ENTROPY_SETTLE_MS = 500
+
+assert 0 < ANTI_ENTROPY_SETTLE_MS < REQUEST_DEADLINE_MS
+
 # How long `legion cluster verify` waits for one node to fold and digest every partition it holds.
 VERIFY_DEADLINE_MS = 120_000
 # A replay round sends whole chunks of hints.

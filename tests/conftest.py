@@ -32,6 +32,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
+def no_background_anti_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes started after this (list it before ``local_cluster``) run no background anti-entropy rounds:
+    for tests that keep a divergence until ``repair``, or count every operation and peer request."""
+    monkeypatch.setenv("LEGION_ANTI_ENTROPY_INTERVAL_MS", "0")
+
+
+@pytest.fixture
+def fast_anti_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes started after this (list it before ``local_cluster``) run a background round every second."""
+    monkeypatch.setenv("LEGION_ANTI_ENTROPY_INTERVAL_MS", "1000")
+
+
+@pytest.fixture
 def local_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
     """A fresh cluster of real node processes on loopback, stopped after the test."""
     marker = request.node.get_closest_marker("cluster")

@@ -269,10 +269,12 @@ class Coordinator:
         order = list(read_order(state, partition, self.live(), self.node_id))
         need = read_quorum(r, len(state.placement[partition]))
         deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
-        request = {"engine": engine, "partition": partition, "query": query}
+        request: dict[str, Any] = {"engine": engine, "partition": partition, "query": query}
+        if need > 1:
+            request["version_of"] = key  # each replica also names its version of the key: read repair
 
-        def ask(node_id: str) -> Awaitable[Any]:
-            return self._read_one(node_id, request, deadline)
+        async def ask(node_id: str) -> tuple[str, Any]:
+            return node_id, await self._read_one(node_id, request, deadline)
 
         replies, errors = await self._gather_first(order, need, ask)
         if len(replies) < need:
@@ -281,7 +283,46 @@ class Coordinator:
                 f"({'; '.join(errors) or 'no live replica'})",
                 partition=partition,
             )
-        return replies
+        if need == 1:
+            return [reply for _, reply in replies]
+        versions = {node_id: version for node_id, (_, version) in replies}
+        if len(set(versions.values())) > 1:
+            self.keep(asyncio.ensure_future(self._read_repair(engine, partition, key, sorted(versions))))
+        return [value for _, (value, _) in replies]
+
+    async def _read_repair(self, engine: str, partition: int, key: bytes, replicas: list[str]) -> None:
+        """Replicas answered a read with different versions of ``key``: give each the operations every one
+        of them holds for it (engines merge them as any write: the newest wins, increments are kept once)."""
+        deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
+        held = await asyncio.gather(*(self._fold_key(n, engine, partition, key, deadline) for n in replicas))
+        ops = sorted({op for found in held for op in found})
+        if not ops:
+            return
+        body = encode_ops(ops)
+
+        async def give(node_id: str) -> None:
+            if node_id == self.node_id:
+                refused = await self.node.accept_ops(ops)
+            else:
+                refused = decode_apply_errors(await self._peer(node_id, "POST", "/internal/apply", deadline, data=body))
+            if refused:
+                raise next(iter(refused.values()))
+
+        await asyncio.gather(*(give(n) for n in replicas))
+        self.node.metrics.read_repairs.labels(engine).inc()
+        log.info("read repair of %s/%d key %r on %s", engine, partition, key[:64], ", ".join(replicas))
+
+    async def _fold_key(self, node_id: str, engine: str, partition: int, key: bytes, deadline: float) -> list[Operation]:
+        """The operations ``node_id``'s replica holds for ``key`` (``Engine.fold_keys``)."""
+        if node_id == self.node_id:
+            impl = self.node.check_holds(engine, partition)
+            return await asyncio.to_thread(lambda: list(impl.fold_keys(partition, [key])))
+        body = msgpack.packb({"engine": engine, "partition": partition, "keys": [key]}, use_bin_type=True)
+        unpacker = msgpack.Unpacker(raw=False)
+        url = self.node.state.url_of(node_id) + "/internal/fold-keys"
+        async for chunk in self.node.peers.stream(url, data=body, read_timeout_ms=max(1, int((deadline - time.monotonic()) * 1000))):
+            unpacker.feed(chunk)
+        return [Operation.from_wire(raw) for batch in unpacker for raw in batch]
 
     async def _gather_first(
         self, order: list[str], need: int, ask: Callable[[str], Awaitable[Any]]
@@ -309,7 +350,9 @@ class Coordinator:
 
     async def _read_one(self, node_id: str, request: dict[str, Any], deadline: float) -> Any:
         if node_id == self.node_id:
-            return await self.node.local_read(request["engine"], request["partition"], request["query"])
+            return await self.node.local_read(
+                request["engine"], request["partition"], request["query"], version_of=request.get("version_of")
+            )
         body = msgpack.packb(request, use_bin_type=True)
         raw = await self._peer(node_id, "POST", "/internal/read", deadline, data=body)
         return msgpack.unpackb(raw, raw=False)

@@ -18,7 +18,9 @@ restart, or after the cluster marked this node down while it was running.
 Until a partition has re-synced, this node refuses to serve reads of it
 (``Unavailable``), so the coordinator asks the next replica instead. A
 restarted node re-syncs only the partitions whose hints a peer lost
-(``legion.runtime.hinted_handoff``); the rest it catches up on from hints.
+(``legion.runtime.hinted_handoff``); the rest it catches up on from hints,
+and anti-entropy (``legion.runtime.anti_entropy``) repairs replicas key by
+key in the background.
 """
 
 from __future__ import annotations
@@ -163,13 +165,6 @@ class HandoffReceiver(Rounds):
             self.in_flight.discard(partition)
         node.metrics.handoff_partitions.inc()
         log.info("pulled partition %d from %s", partition, sources[0])
-
-    async def merge_from(self, engine: str, partition: int, sources: list[str]) -> None:
-        """Apply each source replica's fold of ``engine``'s ``partition`` here (a repair: operations
-        are idempotent and merge, so this replica ends holding what it and every source held)."""
-        for source in sources:
-            if source != self.node.node_id:
-                await self._pull_engine(source, engine, partition)
 
     async def _pull_engine(self, source: str, engine: str, partition: int) -> None:
         """Copy as a snapshot of the engine's files if it offers one, else as its fold."""

@@ -15,9 +15,11 @@ handler makes: ``legion.idempotency``), and the operators' endpoints
 ``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed),
 ``/internal/snapshot`` (``POST``: take one; ``DELETE ?id=``: release it),
 ``/internal/snapshot/file?id=&name=&offset=`` (streamed; ``snapshot_shelf``),
-``/internal/handoff-done`` and hinted handoff's ``/internal/hints`` (POST:
+``/internal/handoff-done``, hinted handoff's ``/internal/hints`` (POST:
 keep operations as hints for ``?owner=``; GET: what this node holds for
-``?owner=``) and ``/internal/hints/lost`` (forget lost-hint marks).
+``?owner=``) and ``/internal/hints/lost`` (forget lost-hint marks), and
+anti-entropy's ``/internal/tree``, ``/internal/fold-keys`` (streamed) and
+``/internal/exchange`` (``legion.runtime.anti_entropy``).
 
 ``/v1/health`` also reports ``apply_requests``: how many ``/internal/apply``
 requests this node has answered since it started. It is the one way to see from
@@ -33,7 +35,7 @@ import asyncio
 import re
 import time
 from urllib.parse import urlsplit
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -45,15 +47,14 @@ from legion.engine import HttpRequest, Route, parse_flag
 from legion.errors import BadRequest, DeadlineExceeded, LegionError, Unavailable
 from legion.idempotency import IDEMPOTENCY_CONTEXT, IDEMPOTENCY_HEADER, RequestKey
 from legion.limits import (
-    HANDOFF_BATCH_BYTES_MAX,
-    HANDOFF_BATCH_OPS_MAX,
     PEER_BODY_BYTES_MAX,
     REQUEST_DEADLINE_MS,
     STREAM_BODY_BYTES_MAX,
     VERIFY_DEADLINE_MS,
 )
 from legion.path_params import compile_route
-from legion.replication import decode_ops, encode_apply_reply, unpack
+from legion.replication import Operation, decode_ops, encode_apply_reply, unpack
+from legion.runtime.anti_entropy import answer_tree, op_batches
 from legion.runtime import operator_api
 from legion.runtime.node import Node, _Forward, check_node_id
 from legion.runtime.tls import require_peer_certificate
@@ -99,7 +100,9 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_get("/internal/snapshot/file", api.snapshot_file)
     app.router.add_delete("/internal/snapshot", api.release_snapshot)
     app.router.add_post("/internal/digest", api.digest)
-    app.router.add_post("/internal/merge", api.merge)
+    app.router.add_post("/internal/tree", api.tree)
+    app.router.add_post("/internal/fold-keys", api.fold_keys)
+    app.router.add_post("/internal/exchange", api.exchange)
     app.router.add_post("/internal/handoff-done", api.handoff_done)
     app.router.add_post("/internal/hints", api.keep_hints)
     app.router.add_get("/internal/hints", api.hints_for)
@@ -191,6 +194,30 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> An
     return value
 
 
+async def _stream_ops(request: web.Request, operations: Callable[[], Iterator[Operation]]) -> web.StreamResponse:
+    """Stream ``operations()`` (run in a worker thread) as consecutive msgpack batches of operations."""
+    response = web.StreamResponse(headers={"Content-Type": MSGPACK})
+    await response.prepare(request)
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+    loop = asyncio.get_running_loop()
+
+    def put(item: bytes | None) -> None:
+        # Bounded: a receiver that stopped reading ends the fold instead of parking the thread.
+        asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=FOLD_STALL_S)
+
+    def produce() -> None:
+        for batch in op_batches(operations()):
+            put(msgpack.packb([op.to_wire() for op in batch], use_bin_type=True))
+        put(None)
+
+    producer = loop.run_in_executor(None, produce)
+    while (chunk := await queue.get()) is not None:
+        await response.write(chunk)
+    await producer
+    await response.write_eof()
+    return response
+
+
 class _Api:
     """Handlers bound to one node."""
 
@@ -220,35 +247,37 @@ class _Api:
         return web.json_response({"epoch": state.epoch, **report.to_json()})
 
     async def repair(self, request: web.Request) -> web.Response:
-        """Verify, then have every replica of each differing partition merge the others' folds; verify again."""
+        """Verify, then run an anti-entropy exchange between every two live replicas of each differing partition; verify again."""
         node = self.node
         _, before = await self._verify()
+        live = node.coordinator.live()
 
-        async def merge(node_id: str, engine: str, partition: int, sources: list[str]) -> None:
-            if node_id == node.node_id:
-                await node.handoff.merge_from(engine, partition, sources)
-                return
-            body = {"engine": engine, "partition": partition, "sources": sources}
-            url = node.state.url_of(node_id) + "/internal/merge"
-            await node.peers.call("POST", url, data=msgpack.packb(body, use_bin_type=True), timeout_ms=VERIFY_DEADLINE_MS)
+        async def exchange(first: str, second: str, engine: str, partition: int) -> int:
+            if first == node.node_id:
+                return await node.anti_entropy.exchange(engine, partition, second)
+            body = {"engine": engine, "partition": partition, "peer": second}
+            raw = await node.peers.call(
+                "POST", node.state.url_of(first) + "/internal/exchange",
+                data=msgpack.packb(body, use_bin_type=True), timeout_ms=VERIFY_DEADLINE_MS,
+            )  # fmt: skip
+            return int(unpack(raw, dict).get("keys", 0))
 
-        jobs = [
-            (d, merge(n, d.engine, d.partition, sorted(set(d.replicas) - {n})))
-            for d in before.differing
-            for n in d.replicas
-        ]
-        results = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
-        errors = []
-        for (d, _), result in zip(jobs, results):
-            if isinstance(result, LegionError):
-                errors.append({"engine": d.engine, "partition": d.partition, "message": result.message})
-            elif isinstance(result, BaseException):
-                raise result
+        errors, keys = [], 0
+        for d in before.differing:
+            replicas = sorted(n for n in d.replicas if n in live)
+            pairs = [(a, b) for i, a in enumerate(replicas) for b in replicas[i + 1 :]]
+            # One pair after another: the first exchange's repairs are what the next one compares.
+            for a, b in pairs:
+                try:
+                    keys += await exchange(a, b, d.engine, d.partition)
+                except LegionError as exc:
+                    errors.append({"engine": d.engine, "partition": d.partition, "message": exc.message})
         state, after = await self._verify()
         repaired = sorted({(d.engine, d.partition) for d in before.differing})
         return web.json_response(
             {
                 "repaired": [{"engine": e, "partition": p} for e, p in repaired],
+                "keys": keys,
                 "errors": errors,
                 "after": {"epoch": state.epoch, **after.to_json()},
             }
@@ -400,7 +429,12 @@ class _Api:
 
     async def read(self, request: web.Request) -> web.Response:
         body = await _read_msgpack(request)
-        reply = await self.node.local_read(_field(body, "engine", str), _field(body, "partition", int), body.get("query"))
+        version_of = body.get("version_of")
+        if version_of is not None and not isinstance(version_of, bytes):
+            raise BadRequest("field 'version_of' must be a key (bytes) or absent")
+        reply = await self.node.local_read(
+            _field(body, "engine", str), _field(body, "partition", int), body.get("query"), version_of=version_of
+        )
         return _msgpack_response(reply)
 
     async def coverage(self, request: web.Request) -> web.Response:
@@ -418,34 +452,7 @@ class _Api:
         impl = self.node.check_holds(engine, partition)
         self._check_knows_move(request)
         await self.node.writer.ensure_open(engine, partition)
-        response = web.StreamResponse(headers={"Content-Type": MSGPACK})
-        await response.prepare(request)
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
-        loop = asyncio.get_running_loop()
-
-        def put(item: bytes | None) -> None:
-            # Bounded: a receiver that stopped reading ends the fold instead of parking the thread.
-            asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=FOLD_STALL_S)
-
-        def produce() -> None:
-            batch: list[Any] = []
-            size = 0
-            for op in impl.fold(partition):
-                batch.append(op.to_wire())
-                size += len(op.body) + len(op.key)
-                if len(batch) >= HANDOFF_BATCH_OPS_MAX or size >= HANDOFF_BATCH_BYTES_MAX:
-                    put(msgpack.packb(batch, use_bin_type=True))
-                    batch, size = [], 0
-            if batch:
-                put(msgpack.packb(batch, use_bin_type=True))
-            put(None)
-
-        producer = loop.run_in_executor(None, produce)
-        while (chunk := await queue.get()) is not None:
-            await response.write(chunk)
-        await producer
-        await response.write_eof()
-        return response
+        return await _stream_ops(request, lambda: impl.fold(partition))
 
     async def take_snapshot(self, request: web.Request) -> web.Response:
         """A snapshot of a partition for the puller (``{"manifest": …}``, or null: pull the fold instead)."""
@@ -494,15 +501,34 @@ class _Api:
         summaries = await self.node.summaries(_int_list(body, "partitions"))
         return _msgpack_response([[e, p, s.count, s.digest] for (e, p), s in sorted(summaries.items())])
 
-    async def merge(self, request: web.Request) -> web.Response:
+    async def tree(self, request: web.Request) -> web.Response:
+        """Anti-entropy: this replica's bucket hashes, some segments' hashes, or their items."""
         body = await _read_msgpack(request)
         engine, partition = _field(body, "engine", str), _field(body, "partition", int)
-        sources = body.get("sources")
-        if not isinstance(sources, list) or not all(isinstance(n, str) for n in sources):
-            raise BadRequest("field 'sources' must be a list of node ids")
         self.node.check_holds(engine, partition)
-        await self.node.handoff.merge_from(engine, partition, sources)
-        return _msgpack_response({"merged": len(sources)})
+        await self.node.writer.ensure_open(engine, partition)
+        return _msgpack_response(await answer_tree(self.node, engine, partition, body))
+
+    async def fold_keys(self, request: web.Request) -> web.StreamResponse:
+        """Anti-entropy: stream the operations that rebuild the named keys, as ``/internal/fold`` streams a fold."""
+        body = await _read_msgpack(request)
+        engine, partition = _field(body, "engine", str), _field(body, "partition", int)
+        keys = body.get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, bytes) for k in keys):
+            raise BadRequest("field 'keys' must be a list of byte strings")
+        impl = self.node.check_holds(engine, partition)
+        await self.node.writer.ensure_open(engine, partition)
+        return await _stream_ops(request, lambda: impl.fold_keys(partition, keys))
+
+    async def exchange(self, request: web.Request) -> web.Response:
+        """Run one anti-entropy exchange from here with ``peer`` (``legion cluster repair`` asks)."""
+        body = await _read_msgpack(request)
+        engine, partition = _field(body, "engine", str), _field(body, "partition", int)
+        peer = check_node_id(_field(body, "peer", str))
+        self.node.check_holds(engine, partition)
+        if peer == self.node.node_id or peer not in self.node.state.placement[partition]:
+            raise BadRequest(f"node {peer!r} is not another replica of partition {partition}")
+        return _msgpack_response({"keys": await self.node.anti_entropy.exchange(engine, partition, peer)})
 
     async def handoff_done(self, request: web.Request) -> web.Response:
         body = await _json_object(request, '{"node_id": …, "partitions": [...]}')

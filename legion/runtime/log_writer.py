@@ -109,6 +109,10 @@ class LogWriter:
         self._missed: set[int] = set()
         self._missed_lock = threading.Lock()
         self.on_missed: Callable[[], None] | None = None
+        # Anti-entropy's hash trees (``legion.runtime.anti_entropy.ReplicaTrees``): told, on this
+        # thread, what each apply touched and which partitions were opened or dropped.
+        self.on_applied: Callable[[str, dict[int, list[Operation]]], None] | None = None
+        self.on_reset: Callable[[str, int], None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -211,6 +215,8 @@ class LogWriter:
             self._open_partition(engine, partition)
             impl = self.engines[engine]
             impl.install(partition, directory, snapshot)
+            if self.on_reset is not None:  # the files changed its keys without an apply: rebuild its tree
+                self.on_reset(engine, partition)
             if not impl.durable_on_apply and (error := self._flush(engine, [partition], _now_ms())) is not None:
                 raise error
 
@@ -372,6 +378,8 @@ class LogWriter:
                 failures[(engine, p)] = exc
                 self._checkpoints.failed((engine, p), now_ms)
             return
+        if self.on_applied is not None:
+            self.on_applied(engine, batch)
         if self.metrics is not None:
             self.metrics.observe_applied(engine, sum(map(len, batch.values())))
         deferred = not impl.durable_on_apply
@@ -435,6 +443,8 @@ class LogWriter:
         directory.mkdir(parents=True, exist_ok=True)
         self.engines[engine].open(partition, directory)
         self._open.add((engine, partition))
+        if self.on_reset is not None:
+            self.on_reset(engine, partition)
         self._checkpoints.opened((engine, partition), checkpoint)
         # The replay: re-apply what the engine may not hold durably. If it fails, the
         # partition is open but broken, and the writer retries later (see _reapply).
@@ -452,7 +462,10 @@ class LogWriter:
         count = 0
         try:
             while page := self.store.ops_after(engine, partition, last, REPLAY_BATCH_OPS):
-                impl.apply(partition, [op for _, op in page])
+                ops = [op for _, op in page]
+                impl.apply(partition, ops)
+                if self.on_applied is not None:
+                    self.on_applied(engine, {partition: ops})
                 last, count = page[-1][0], count + len(page)
             if last > start and not impl.durable_on_apply:
                 impl.flush([partition])
@@ -473,6 +486,8 @@ class LogWriter:
             self.engines[engine].close(partition)
             self._open.discard((engine, partition))
         self._checkpoints.forget((engine, partition))
+        if self.on_reset is not None:
+            self.on_reset(engine, partition)
         self.store.drop_partition(engine, partition)
         shutil.rmtree(self.partition_dir(engine, partition), ignore_errors=True)
 

@@ -14,7 +14,7 @@ node forwards the request to it.
 
 Start-up order: HTTP server, cluster state (join or create), open the
 partitions held (``reconcile``), ``Engine.start`` for every engine, then the
-gossip and handoff loops. Shutdown: those loops, the HTTP server,
+gossip, handoff and anti-entropy loops. Shutdown: those loops, the HTTP server,
 ``Engine.stop`` for every started engine, then the partitions and the log.
 """
 
@@ -47,6 +47,7 @@ from legion.engine import Engine, NodeInfo, load_engines
 from legion.errors import BadRequest, ConfigError, EngineMissing, LegionError, NotOwner, Unavailable
 from legion.keyspace import check_partition_count, partition_of
 from legion.limits import (
+    ANTI_ENTROPY_INTERVAL_MS,
     ENGINE_START_TIMEOUT_MS,
     ENGINE_STOP_TIMEOUT_MS,
     FAILURE_TIMEOUT_MS,
@@ -57,6 +58,7 @@ from legion.limits import (
 from legion import membership
 from legion.membership import alive_ids, claimant
 from legion.replication import Operation
+from legion.runtime.anti_entropy import AntiEntropy, ReplicaTrees
 from legion.runtime.coordinator import Coordinator
 from legion.runtime.gossiper import Gossiper
 from legion.runtime.handoff_receiver import HandoffReceiver
@@ -104,6 +106,8 @@ class NodeConfig:
     metrics_open: bool = False
     # Serve HTTPS only and talk to peers with mutual TLS (``legion.runtime.tls``); None: plain HTTP.
     tls: TlsFiles | None = None
+    # Between background anti-entropy rounds (``legion.runtime.anti_entropy``); 0: no background rounds.
+    anti_entropy_interval_ms: int = ANTI_ENTROPY_INTERVAL_MS
 
 
 def check_node_id(node_id: str) -> str:
@@ -182,6 +186,9 @@ class Node:
             self.handoff.resync_partitions,
         )
         self.writer.on_missed = self.handoff.take_missed
+        self.trees = ReplicaTrees(self.engines)
+        self.writer.on_applied, self.writer.on_reset = self.trees.applied, self.trees.reset
+        self.anti_entropy = AntiEntropy(self)
         self.metrics.watch(self)
         self.started_ms = self.now_ms()
         self.last_heard_ms: dict[str, int] = {}
@@ -232,12 +239,16 @@ class Node:
         self.gossiper.start()
         self.handoff.start()
         self.hinted.start()
+        if self.config.anti_entropy_interval_ms > 0:
+            self.anti_entropy.interval_ms = self.config.anti_entropy_interval_ms
+            self.anti_entropy.start()
         log.info("node %s serving %s (cluster %s, epoch %d)", self.node_id, self.url, self.state.cluster_id, self.state.epoch)
 
     async def stop(self) -> None:
         await self.gossiper.stop()
         await self.handoff.stop()
         await self.hinted.stop()
+        await self.anti_entropy.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         try:
@@ -505,10 +516,20 @@ class Node:
             )
         return impl
 
-    async def local_read(self, engine: str, partition: int, query: Any) -> Any:
+    async def local_read(self, engine: str, partition: int, query: Any, *, version_of: bytes | None = None) -> Any:
+        """This replica's answer to a read; with ``version_of``, ``[answer, its version of that key or None]``
+        (``Engine.versions``: the coordinator of a read with r > 1 compares them, for read repair)."""
         impl = self.check_serves(engine, partition)
         if not self.writer.is_open(engine, partition):
             await self.writer.ensure_open(engine, partition)
+        if version_of is not None:
+            key = version_of
+
+            def read_with_version() -> list[Any]:
+                answer = impl.read(partition, query)
+                return [answer, dict(impl.versions(partition, [key])).get(key)]
+
+            return await asyncio.to_thread(read_with_version)
         if impl.inline_reads:
             return impl.read(partition, query)
         return await asyncio.to_thread(impl.read, partition, query)

@@ -3,8 +3,9 @@
 I/O-free bookkeeping plus a scrape-time collector; the runtime parts record
 into it where the work happens — the transport middleware (HTTP requests),
 the log writer (operations logged and applied, group commits), the gossiper
-(rounds), the handoff receiver (partitions, operations and bytes pulled) and
-hinted handoff (hints kept, lost, replayed).
+(rounds), the handoff receiver (partitions, operations and bytes pulled),
+hinted handoff (hints kept, lost, replayed) and anti-entropy (rounds,
+exchanges, keys repaired).
 Figures that are a picture of *now* (partitions held, members by status, the
 epoch, the operation log, each engine's ``Engine.metrics()``) are read when
 scraped, from the ``MetricsSource`` the node hands over.
@@ -101,6 +102,10 @@ class NodeMetrics:
             "legion_handoff_partitions", "Partitions copied in from another replica (handoffs and re-syncs).", registry=r
         )
         self.handoff_ops = Counter("legion_handoff_ops", "Operations received by handoff.", registry=r)
+        self.read_repairs = Counter(
+            "legion_read_repairs", "Keys this node repaired after replicas answered a read with different versions.",
+            ["engine"], registry=r,
+        )  # fmt: skip
         self.handoff_snapshots = Counter(
             "legion_handoff_snapshots", "Engine partitions copied in as snapshots of their files (not folds).", registry=r
         )
@@ -110,6 +115,18 @@ class NodeMetrics:
             "legion_hints_lost", "Hints not kept because the hint store was full (their owners re-sync).", registry=r
         )
         self.hints_replayed = Counter("legion_hints_replayed", "Hints replayed and acknowledged by their owner.", registry=r)
+        self.anti_entropy_exchanges = Counter(
+            "legion_anti_entropy_exchanges", "Anti-entropy exchanges this node ran with a peer (one engine's partition each).",
+            ["engine", "outcome"], registry=r,
+        )  # fmt: skip
+        self.anti_entropy_keys = Counter(
+            "legion_anti_entropy_keys_repaired", "Keys anti-entropy found differing and shipped both ways.",
+            ["engine"], registry=r,
+        )  # fmt: skip
+        self.anti_entropy_rounds = Counter(
+            "legion_anti_entropy_rounds", "Anti-entropy rounds completed: every partition pair this node starts, once.",
+            registry=r,
+        )  # fmt: skip
         # Labelled children by label values, looked up once: ``labels()`` costs a few microseconds per
         # request, three times what counting does. Bounded: routes are templates, statuses a handful.
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}

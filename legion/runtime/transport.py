@@ -282,13 +282,20 @@ class PeerClient:
         epoch, committed_by = self._state_digest()
         return {EPOCH_HEADER: f"{epoch}:{committed_by}"}
 
-    async def stream(self, url: str, *, read_timeout_ms: int = 30_000) -> AsyncIterator[bytes]:
-        """GET ``url`` and yield its body in chunks as they arrive (for long transfers: no total deadline,
-        but each read must arrive within ``read_timeout_ms``)."""
+    async def stream(
+        self, url: str, *, data: bytes | None = None, read_timeout_ms: int = 30_000
+    ) -> AsyncIterator[bytes]:
+        """GET ``url`` (POST ``data``, msgpack, if given) and yield the body in chunks as they arrive (for
+        long transfers: no total deadline, but each read must arrive within ``read_timeout_ms``)."""
         assert self._session is not None, "PeerClient.start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=read_timeout_ms / 1000, connect=PEER_CONNECT_TIMEOUT_MS / 1000)
+        headers = self._epoch_header()
+        if data is not None:
+            headers["Content-Type"] = "application/msgpack"
         try:
-            async with self._session.get(url, timeout=timeout, headers=self._epoch_header()) as resp:
+            async with self._session.request(
+                "GET" if data is None else "POST", url, data=data, timeout=timeout, headers=headers
+            ) as resp:
                 if resp.status >= 400:
                     raise _peer_error(resp.status, await resp.read())
                 async for chunk in resp.content.iter_any():

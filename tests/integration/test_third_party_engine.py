@@ -37,7 +37,10 @@ from typing import Any
 import pytest
 
 from legion.client import Client
+from legion.clock import pack
 from legion.errors import NotFound, Unavailable
+from legion.keyspace import partition_of
+from legion.replication import Operation, encode_ops
 from legion.runtime import local_cluster
 from legion.runtime.local_cluster import processes as local_processes
 from legion.testing.cluster import node_metric, read_when_served, wait_until_listenable
@@ -314,6 +317,16 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
             traced = n1.request("GET", "/v1/counter", params={"via": "n2"}, headers={"X-Request-Id": "trace-me"})
             assert traced.json()["served_by"] == ["n2"] and traced.json()["request_ids"] == ["trace-me"]
             assert traced.json()["counters"]["apples"] == 10
+            # An increment that reached n1 alone: anti-entropy, through the contract's defaults (derived
+            # from fold), brings it to the other replicas with no command.
+            key = b"figs"
+            op = Operation("counter", partition_of(key, 16), key, pack(int(time.time() * 1000), 0), "n1", "add", b"[5]")
+            n1.request("POST", "/internal/apply", body=encode_ops([op]), headers={"Content-Type": "application/msgpack"})
+            deadline = time.monotonic() + 30
+            while not (report := n1.request("GET", "/v1/cluster/verify").json())["clean"]:
+                assert time.monotonic() < deadline, report
+                time.sleep(0.5)
+            assert n1.request("GET", "/v1/counter/figs").json() == {"total": 5, "increments": 1}  # r=3
         local_cluster.add_node(directory)
         assert node_metric(directory, "n4", "legion_handoff_snapshots_total") > 0  # counter.json moved as a file
         doc = local_cluster.load(directory)

@@ -17,7 +17,9 @@ from legion.runtime import local_cluster as cluster_processes
 from tests.conftest import LocalCluster
 
 
-def test_verify_names_the_partition_one_replica_holds_differently_and_repair_merges_it(local_cluster: LocalCluster, legion_cli):
+def test_verify_names_the_partition_one_replica_holds_differently_and_repair_merges_it(
+    no_background_anti_entropy: None, local_cluster: LocalCluster, legion_cli
+):
     directory = str(local_cluster.directory)
     with local_cluster.node_client("n1") as client:
         kv = KVClient(client)
@@ -44,9 +46,10 @@ def test_verify_names_the_partition_one_replica_holds_differently_and_repair_mer
     table = legion_cli("cluster", "verify", "--cluster", directory).stdout
     assert "1 differ" in table and "kv" in table and str(partition) in table
 
-    # Repair: every replica of the partition merges the others' copies; verify is clean again.
+    # Repair: anti-entropy exchanges between the partition's replicas ship the one differing key; verify is clean again.
     repaired = json.loads(assert_repair(legion_cli, directory))
     assert repaired["repaired"] == [{"engine": "kv", "partition": partition}] and repaired["after"]["clean"]
+    assert repaired["keys"] == 2, repaired  # n1-n3 and n2-n3 each found the key; n1-n2 then agreed
     for node_id in ("n1", "n2"):
         with local_cluster.node_client(node_id) as client:
             assert KVClient(client).get(key.decode(), r=1).value == b"y"  # from its own copy
