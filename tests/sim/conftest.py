@@ -1,5 +1,8 @@
 """Seeds for the simulation tests: ``--seed N`` replays one, ``--sim-seeds K`` sweeps K.
 
+``--data-sim-seeds K`` sizes the sweep of the data-path simulator
+(``test_data_path.py``), which loops over its seeds in one test.
+
 Every test here that takes a ``seed`` argument is run once per seed: the
 random sweep over ``range(--sim-seeds)`` (default 300), the hand-written
 scenarios over a handful. ``pytest tests/sim --seed N`` runs every such test
@@ -17,6 +20,8 @@ from tests.sim.support import SimReport
 
 SWEEP_SEEDS_DEFAULT = 300
 SCENARIO_SEEDS_DEFAULT = 5
+# The data-path simulator runs about 50 seeds a second on one core (tests/sim/test_data_path.py).
+DATA_SWEEP_SEEDS_DEFAULT = 2000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,6 +32,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=SWEEP_SEEDS_DEFAULT,
         help=f"how many seeds the random sweep runs (default {SWEEP_SEEDS_DEFAULT})",
+    )
+    group.addoption(
+        "--data-sim-seeds",
+        type=int,
+        default=DATA_SWEEP_SEEDS_DEFAULT,
+        help=f"how many seeds the data-path sweep runs (default {DATA_SWEEP_SEEDS_DEFAULT})",
     )
 
 
