@@ -158,7 +158,8 @@ class DataNode(Endpoint):
         """Start this incarnation's background loops."""
         kernel = self.sim.kernel
         kernel.spawn(self, self._hint_loop())
-        kernel.spawn(self, self._anti_entropy_loop())
+        if self.sim.anti_entropy:
+            kernel.spawn(self, self._anti_entropy_loop())
         kernel.spawn(self, self._handoff_loop())
         kernel.spawn(self, self._hand_over_loop())
         if self.sim.mutations.ack_before_durable:
@@ -550,8 +551,11 @@ class DataSimulation:
         delay_ms_max: int = 20,
         mutations: Mutations = Mutations(),
         observers: Iterable[DataObserver] = (),
+        anti_entropy: bool = True,
     ) -> None:
         self.seed = seed
+        # Off only to show that another path (hints) repairs a replica on its own.
+        self.anti_entropy = anti_entropy
         self.rng = random.Random(seed)
         self.kernel = DataKernel(self.rng, loss, duplicate, delay_ms_max)
         self.mutations = mutations
