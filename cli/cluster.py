@@ -46,12 +46,17 @@ TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait
 def status_table(status: dict[str, Any]) -> Group:
     """The status document as a rich table of members plus one summary line.
 
-    An ``attributes`` column appears when any member has published some;
+    ``hints`` shows the hints a member keeps, per owner they are for;
+    ``unhealthy`` the partitions it does not serve reads of, and why. An
+    ``attributes`` column appears when any member has published some;
     long values are shortened (``--json`` shows them whole)."""
     table = Table(show_edge=False, header_style="bold")
     members = status.get("members", ())
     with_attributes = any(member.get("attributes") for member in members)
-    columns = [("id", "left"), ("url", "left"), ("status", "left"), ("primary", "right"), ("replica", "right")]
+    columns = [
+        ("id", "left"), ("url", "left"), ("status", "left"), ("primary", "right"), ("replica", "right"),
+        ("hints", "left"), ("unhealthy", "left"),
+    ]  # fmt: skip
     for column, justify in columns + ([("attributes", "left")] if with_attributes else []):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for member in members:
@@ -62,15 +67,21 @@ def status_table(status: dict[str, Any]) -> Group:
             Text(state, style=STATUS_STYLES.get(state, "")),
             str(member.get("primary", "")),
             str(member.get("replica", "")),
+            escape(", ".join(f"{owner}: {n}" for owner, n in sorted((member.get("hints_pending") or {}).items()))),
+            Text(str(member.get("unhealthy") or ""), style="red"),
         ]
         if with_attributes:
             row.append(Text(_short_attributes(member.get("attributes") or {})))
         table.add_row(*row)
     rebalancing = Text("rebalancing", style="yellow") if status.get("rebalancing") else Text("settled", style="green")
+    transfers = status.get("transfers") or []
+    hints = sum((status.get("hints_pending") or {}).values())
     summary = Text.assemble(
         f"epoch {status.get('epoch')} · claimant {status.get('claimant')} · "
         f"{status.get('partitions')} partitions × {status.get('replicas')} replicas · ",
         rebalancing,
+        f" · transfers {sum(1 for t in transfers if t.get('ready'))}/{len(transfers)} ready" if transfers else "",
+        f" · {hints} hints pending" if hints else "",
     )
     return Group(table, summary)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from legion.errors import BadRequest, Conflict, NotFound
+from legion.hints import PENDING_ATTRIBUTE, parse_pending_summary, unhealthy_summary
 from legion.placement import Placement, place
 from legion.primaries import balance_primaries
 
@@ -270,13 +271,25 @@ def from_dict(raw: Any) -> ClusterState:
     return state
 
 
+def _hints_by_owner(attributes: Mapping[str, Mapping[str, str]]) -> dict[str, int]:
+    """Hints pending for each owner, summed over the members that keep them."""
+    total: dict[str, int] = {}
+    for values in attributes.values():
+        for owner, count in parse_pending_summary(values.get(PENDING_ATTRIBUTE, "")).items():
+            total[owner] = total.get(owner, 0) + count
+    return dict(sorted(total.items()))
+
+
 def status_document(
     state: ClusterState, claimant: str | None, attributes: Mapping[str, Mapping[str, str]] | None = None
 ) -> dict[str, Any]:
     """What ``GET /v1/cluster`` answers: members with their partition counts and attributes, placement, epoch.
 
     ``attributes`` are the members' gossiped attributes as the answering node
-    knows them (``legion.attributes``): not part of the state, shown beside it."""
+    knows them (``legion.attributes``): not part of the state, shown beside it.
+    From them come each member's ``hints_pending`` (hints it keeps, per owner
+    they are for) and ``unhealthy`` (the partitions it does not serve reads
+    of, and why), and the cluster's ``hints_pending`` per owner."""
     attributes = attributes or {}
     primary: dict[str, int] = {}
     replica: dict[str, int] = {}
@@ -298,9 +311,12 @@ def status_document(
                 "primary": primary.get(m.id, 0),
                 "replica": replica.get(m.id, 0),
                 "attributes": dict(attributes.get(m.id, {})),
+                "hints_pending": parse_pending_summary(attributes.get(m.id, {}).get(PENDING_ATTRIBUTE, "")),
+                "unhealthy": unhealthy_summary(attributes.get(m.id, {})),
             }
             for m in state.members
         ],
+        "hints_pending": _hints_by_owner(attributes),
         "placement": [list(nodes) for nodes in state.placement],
         "pending": None if state.pending is None else [list(n) for n in state.pending],
         "rebalancing": state.pending is not None,

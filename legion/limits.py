@@ -36,6 +36,18 @@ HANDOFF_BATCH_BYTES_MAX = 16 * 1024 * 1024
 HANDOFF_RETRY_INTERVAL_MS = 500
 
 WRITE_QUEUE_OPS_MAX = 10_000
+
+# Hinted handoff (``legion.hints``): a node keeps at most this many hints
+# (rows and bytes of bodies) for owners that are down; beyond that it records
+# the partition as lost for the owner, which then re-copies it whole. Hints
+# waiting for the store's next group commit are bounded like a write queue.
+# The replay loop runs this often (and at once after a round that hit its
+# budget), sending at most this many hints per round.
+HINTS_OPS_MAX = 1_000_000
+HINTS_BYTES_MAX = 1024 * 1024 * 1024
+HINT_QUEUE_OPS_MAX = WRITE_QUEUE_OPS_MAX
+HINT_REPLAY_INTERVAL_MS = 500
+HINT_REPLAY_OPS_PER_ROUND_MAX = 20_000
 WRITE_BATCH_OPS_MAX = 1_000
 
 # Batch writes (Cluster.write_many): one operation's body, one chunk of
@@ -100,6 +112,8 @@ assert KEY_BYTES_MAX + VALUE_BYTES_MAX < REQUEST_BODY_BYTES_MAX <= PEER_BODY_BYT
 assert HEARTBEAT_INTERVAL_MS * 3 <= FAILURE_TIMEOUT_MS
 assert PEER_CONNECT_TIMEOUT_MS < REQUEST_DEADLINE_MS
 assert WRITE_BATCH_OPS_MAX <= WRITE_QUEUE_OPS_MAX
+assert HINT_QUEUE_OPS_MAX <= HINTS_OPS_MAX
+assert 0 < HINT_REPLAY_INTERVAL_MS <= REQUEST_DEADLINE_MS
 assert KEY_BYTES_MAX + OP_BODY_BYTES_MAX < PEER_BATCH_BYTES_MAX <= PEER_BODY_BYTES_MAX
 assert PEER_BATCH_OPS_MAX <= WRITE_QUEUE_OPS_MAX
 assert KEY_BYTES_MAX + OP_BODY_BYTES_MAX < HANDOFF_BATCH_BYTES_MAX < PEER_BODY_BYTES_MAX
@@ -117,3 +131,5 @@ assert SIDECAR_TERM_TIMEOUT_MS + SIDECAR_KILL_TIMEOUT_MS < ENGINE_STOP_TIMEOUT_M
 
 # How long `legion cluster verify` waits for one node to fold and digest every partition it holds.
 VERIFY_DEADLINE_MS = 120_000
+# A replay round sends whole chunks of hints.
+assert PEER_BATCH_OPS_MAX <= HINT_REPLAY_OPS_PER_ROUND_MAX

@@ -6,7 +6,10 @@ them out — forwarding with a deadline and retrying the next candidate.
 
 - A write goes to every live owner of the key's partition: the current
   preference list plus, during a rebalance, the nodes gaining the partition.
-  Only acknowledgements from the current preference list count towards ``W``.
+  Only acknowledgements from the current preference list count towards ``W``
+  — and, for an owner that is down, its fallback's: the write goes to the
+  next live member outside the preference list, which keeps it as a hint
+  (sloppy quorum, ``legion.hints``; ``WritePlan.hinted``).
 - A read asks live replicas of the current preference list; the deciding node
   puts itself first when it holds one (it saves a network hop), the rest keep
   preference order.
@@ -32,16 +35,33 @@ from dataclasses import dataclass
 
 from legion.cluster_state import REMOVED, ClusterState, owners
 from legion.engine import PlacementView
+from legion.hints import counts_towards_quorum, fallback_order, hint_holders
 
 
 @dataclass(frozen=True, slots=True)
 class WritePlan:
-    """Who receives a write and who counts towards its quorum."""
+    """Who receives a write and who counts towards its quorum.
+
+    ``hinted`` pairs each owner that is down with the node keeping its hint;
+    ``quorum`` is who counts towards ``W``: the live owners, then the hint
+    holders that hold no replica themselves."""
 
     partition: int
     counted: tuple[str, ...]
     extra: tuple[str, ...]
     replicas: int
+    hinted: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def counted_holders(self) -> tuple[str, ...]:
+        """The hint holders whose acknowledgement counts towards ``W`` (they hold no replica themselves)."""
+        owners_now = self.counted + self.extra
+        # A holder keeping hints for two owners is still one node: it counts once.
+        return tuple(dict.fromkeys(h for _owner, h in self.hinted if counts_towards_quorum(h, owners_now)))
+
+    @property
+    def quorum(self) -> tuple[str, ...]:
+        return self.counted + self.counted_holders
 
 
 def live_nodes(state: ClusterState, suspects: frozenset[str] | set[str] = frozenset()) -> set[str]:
@@ -49,14 +69,22 @@ def live_nodes(state: ClusterState, suspects: frozenset[str] | set[str] = frozen
     return {m.id for m in state.members if not m.down and m.status != REMOVED} - set(suspects)
 
 
-def write_plan(state: ClusterState, partition: int, live: set[str]) -> WritePlan:
+def write_plan(state: ClusterState, partition: int, live: set[str], coordinator: str | None = None) -> WritePlan:
+    """The write's targets; with a ``coordinator`` id, hints for the owners that are down (sloppy quorum)."""
     current = state.placement[partition]
-    gaining = tuple(n for n in owners(state, partition) if n not in current)
+    everyone = owners(state, partition)
+    gaining = tuple(n for n in everyone if n not in current)
+    hinted: tuple[tuple[str, str], ...] = ()
+    if coordinator is not None:
+        members = [m.id for m in state.members if m.status != REMOVED]
+        holders = hint_holders(current, fallback_order(members, everyone, partition), live, coordinator)
+        hinted = tuple(holders.items())
     return WritePlan(
         partition=partition,
         counted=tuple(n for n in current if n in live),
         extra=tuple(n for n in gaining if n in live),
         replicas=len(current),
+        hinted=hinted,
     )
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from legion.engine import WriteItem, WriteResult
-from legion.errors import BadRequest, LegionError, PayloadTooLarge, Unavailable
+from legion.errors import BadRequest, DeadlineExceeded, LegionError, Overloaded, PayloadTooLarge, Unavailable
 from legion.idempotency import check_key
 from legion.keyspace import key_bytes
 from legion.limits import OP_BODY_BYTES_MAX
@@ -76,6 +76,13 @@ def chunk_ranges(sizes: Sequence[int], *, ops_max: int, bytes_max: int) -> list[
     if start < len(sizes):
         chunks.append(range(start, len(sizes)))
     return chunks
+
+
+def is_owner_failure(error: LegionError) -> bool:
+    """True if a send to an owner failed for the owner's sake (down, slow, overloaded, broken): worth a hint.
+
+    Not a refusal of the operation, nor a disagreement about who owns it."""
+    return isinstance(error, (Unavailable, DeadlineExceeded, Overloaded)) or error.http_status >= 500
 
 
 def is_refusal(error: LegionError) -> bool:

@@ -11,13 +11,16 @@ own path:
    alone (``legion.write_batch``);
 2. the operations are grouped by replica node — each partition's live
    current replicas, which count towards ``w``, and the nodes gaining it in a
-   rebalance, which receive it but do not count;
+   rebalance, which receive it but do not count — and, for each owner that
+   is down, by the node keeping its hints (``legion.hints``; it counts
+   towards ``w`` when it holds no replica itself);
 3. each node's share is cut into chunks bounded by ``PEER_BATCH_OPS_MAX``
    operations and ``PEER_BATCH_BYTES_MAX`` bytes, and sent with at most
    ``PEER_CHUNKS_IN_FLIGHT_MAX`` chunks in flight per node — one
    ``/internal/apply`` request per chunk, or ``accept_ops`` for this node's
    own share. A node that cannot be reached fails its remaining chunks at once
-   instead of timing out on each;
+   instead of timing out on each, and this node keeps what it failed to
+   take as hints for it (not counted towards ``w``);
 4. the peer answers per operation, and each answer goes to its item's tally.
    The call returns as soon as every item is decided; chunks still in flight
    finish in the background, bounded by the batch deadline.
@@ -51,6 +54,7 @@ from legion.limits import (
 )
 from legion.replication import Operation, write_quorum
 from legion.routing import WritePlan, write_plan
+from legion.write_batch import is_owner_failure
 from legion.write_batch import BatchTally, ItemTally, check_item, chunk_ranges, op_wire_bytes
 
 
@@ -68,9 +72,14 @@ class BatchHost(Protocol):
         ...
 
     async def apply_chunk(
-        self, node_id: str, ops: Sequence[Operation], *, refresh: bool, timeout_ms: int
+        self, node_id: str, ops: Sequence[Operation], *, refresh: bool, timeout_ms: int, hint_for: str | None = None
     ) -> dict[int, LegionError]:
-        """Log ``ops`` on ``node_id``; the refused ones by index. Raises if the whole chunk failed."""
+        """Log ``ops`` on ``node_id`` (or, with ``hint_for``, have it keep them as hints for that owner);
+        the refused ones by index. Raises if the whole chunk failed."""
+        ...
+
+    async def keep_hints_after_failure(self, owner: str, ops: Sequence[Operation]) -> None:
+        """Keep ``ops`` as hints for ``owner``, whose chunk failed (logged, not raised, if that fails too)."""
         ...
 
     def keep(self, task: asyncio.Future[Any]) -> None:
@@ -80,11 +89,16 @@ class BatchHost(Protocol):
 
 @dataclass
 class _Share:
-    """One node's part of a batch: the indexes of its items, in order, and its chunks of them."""
+    """One node's part of a batch: the indexes of its items, in order, and its chunks of them.
+
+    ``hint_for`` names the owner when the node keeps them as hints; ``tally_as`` is the name its
+    answers count under (a hint holder that also holds a replica answers under a name that counts for nothing)."""
 
     node_id: str
     indexes: list[int]
     chunks: list[range]
+    hint_for: str | None = None
+    tally_as: str = ""
 
 
 class BatchWriter:
@@ -128,18 +142,21 @@ class BatchWriter:
         plans: dict[int, WritePlan] = {}
         ops: list[Operation | None] = [None] * len(items)
         sizes = [0] * len(items)
-        by_node: dict[str, list[int]] = defaultdict(list)
+        # (node, the owner it keeps hints for or None, the name its answers count under) -> item indexes
+        by_node: dict[tuple[str, str | None, str], list[int]] = defaultdict(list)
         tally = BatchTally(len(items))
         for index, item in enumerate(items):
             try:
                 key = check_item(item)
                 partition = partition_of(key, state.partitions)
-                plan = plans.get(partition) or plans.setdefault(partition, write_plan(state, partition, live))
+                plan = plans.get(partition) or plans.setdefault(
+                    partition, write_plan(state, partition, live, self.host.node_id)
+                )
                 need = write_quorum(w, plan.replicas)
-                if len(plan.counted) < need:
+                if len(plan.quorum) < need:
                     raise Unavailable(
-                        f"partition {partition}: {len(plan.counted)} of {plan.replicas} replicas are live; "
-                        f"the write needs {need}",
+                        f"partition {partition}: {len(plan.counted)} of {plan.replicas} replicas are live "
+                        f"and {len(plan.quorum) - len(plan.counted)} fallbacks can keep hints; the write needs {need}",
                         partition=partition,
                     )
             except LegionError as exc:
@@ -148,10 +165,18 @@ class BatchWriter:
             origin = origin_for(engine, key, item.idempotency_key) or self.host.node_id
             op = ops[index] = Operation(engine, partition, key, self.host.stamp(), origin, item.kind, item.body)
             sizes[index] = op_wire_bytes(op)
-            tally.track(index, ItemTally(partition, op.hlc, plan.counted, need, plan.replicas, wait_all=refresh))
+            tally.track(index, ItemTally(partition, op.hlc, plan.quorum, need, plan.replicas, wait_all=refresh))
             for node_id in plan.counted + plan.extra:
-                by_node[node_id].append(index)
-        shares = [_Share(node_id, indexes, _chunks(indexes, sizes)) for node_id, indexes in by_node.items()]
+                by_node[(node_id, None, node_id)].append(index)
+            counted_holders = plan.counted_holders
+            for owner, holder in plan.hinted:
+                # A holder that also holds a replica answers under a name no tally counts.
+                name = holder if holder in counted_holders else f"hint:{owner}@{holder}"
+                by_node[(holder, owner, name)].append(index)
+        shares = [
+            _Share(node_id, indexes, _chunks(indexes, sizes), owner, name)
+            for (node_id, owner, name), indexes in by_node.items()
+        ]
         return tally, ops, shares
 
     async def _send_share(
@@ -179,14 +204,17 @@ class BatchWriter:
                     try:
                         refused = await self.host.apply_chunk(
                             share.node_id, [ops[i] for i in indexes], refresh=refresh,  # type: ignore[misc]
-                            timeout_ms=min(REQUEST_DEADLINE_MS, remaining_ms),
+                            timeout_ms=min(REQUEST_DEADLINE_MS, remaining_ms), hint_for=share.hint_for,
                         )  # fmt: skip
                     except (Unavailable, DeadlineExceeded) as exc:
                         unreachable.append(exc)  # the node is gone: fail its other chunks without waiting
                         error = exc
                     except LegionError as exc:
                         error = exc
-                _settle(tally, share.node_id, indexes, refused, error)
+                if error is not None and share.hint_for is None and share.node_id != self.host.node_id:
+                    if is_owner_failure(error):
+                        await self.host.keep_hints_after_failure(share.node_id, [ops[i] for i in indexes])  # type: ignore[misc]
+                _settle(tally, share.tally_as, indexes, refused, error)
                 if tally.undecided == 0:
                     decided.set()
 
@@ -197,7 +225,7 @@ class BatchWriter:
         finally:
             if not finished:  # cancelled, or a bug: never leave the caller waiting on this node
                 stopped = LegionError(f"the batch writer stopped before {share.node_id} answered")
-                _settle(tally, share.node_id, share.indexes, {}, stopped)
+                _settle(tally, share.tally_as, share.indexes, {}, stopped)
                 if tally.undecided == 0:
                     decided.set()
 
@@ -225,4 +253,4 @@ def _settle(
 def _expire(tally: BatchTally, shares: Sequence[_Share]) -> None:
     expired = DeadlineExceeded("the batch deadline passed before the replicas answered")
     for share in shares:
-        _settle(tally, share.node_id, share.indexes, {}, expired)
+        _settle(tally, share.tally_as, share.indexes, {}, expired)

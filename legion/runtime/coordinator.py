@@ -9,6 +9,11 @@ I/O. Implements the ``legion.engine.Cluster`` protocol engines' handlers use:
   soon as ``W`` replicas of the current preference list have made it
   durable. Slower replicas keep going in the background, each bounded by the
   request deadline. A write with ``refresh`` takes the batch path instead.
+  An owner that is down gets its copy as a hint (sloppy quorum,
+  ``legion.hints``): the plan names a fallback that keeps it — counted
+  towards ``W`` when it holds no replica itself — and a send to an owner
+  that fails leaves a hint on this node (not counted). Every such hint is
+  durable before the write is answered.
 - ``write_many`` hands the batch to a ``BatchWriter``: chunks of operations
   per replica node straight to ``/internal/apply``, per-item results.
 - ``read`` asks ``R`` replicas (itself first when it holds one), and when one
@@ -34,18 +39,22 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import json
+
 import msgpack
 
 from legion import cluster_state as cs
 from legion.cluster_state import ClusterState
 from legion.engine import CoverageResult, NodeReply, PlacementView, WriteItem, WriteResult
 from legion.errors import BadRequest, Conflict, DeadlineExceeded, LegionError, NotOwner, Overloaded, Unavailable
+from legion.hints import hint_after_failure
 from legion.idempotency import origin_for
 from legion.keyspace import key_bytes, partition_of
 from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
 from legion.replication import Operation, decode_apply_errors, encode_ops, read_quorum, write_quorum
 from legion.runtime.batch_writer import BatchWriter
 from legion.runtime.replica_sender import ReplicaSender
+from legion.write_batch import is_owner_failure
 from legion.routing import coverage_plan, forward_targets, live_nodes, placement_view, read_order, write_plan
 
 if TYPE_CHECKING:
@@ -111,20 +120,36 @@ class Coordinator:
         key = key_bytes(key)
         partition = self.partition_of(key)
         state = self.node.state
-        plan = write_plan(state, partition, self.live())
+        plan = write_plan(state, partition, self.live(), self.node_id)
         need = write_quorum(w, plan.replicas)
-        if len(plan.counted) < need:
+        quorum = plan.quorum
+        if len(quorum) < need:
             raise Unavailable(
-                f"partition {partition}: {len(plan.counted)} of {plan.replicas} replicas are live; the write needs {need}",
+                f"partition {partition}: {len(plan.counted)} of {plan.replicas} replicas are live "
+                f"and {len(quorum) - len(plan.counted)} fallbacks can keep hints; the write needs {need}",
                 partition=partition,
             )
         origin = origin_for(engine, key) or self.node_id  # the request's idempotency key names the write
         op = Operation(engine, partition, key, self.node.clock.now(), origin, kind, body)
         deadline = time.monotonic() + REQUEST_DEADLINE_MS / 1000
-        counted = {n: asyncio.ensure_future(self._send_op(n, op, deadline)) for n in plan.counted}
+        counted = {n: asyncio.ensure_future(self._send_or_hint(n, op, deadline)) for n in plan.counted}
+        uncounted: list[asyncio.Future[None]] = []
+        counted_holders = plan.counted_holders
+        for owner, holder in plan.hinted:
+            task = asyncio.ensure_future(self.send_hints(holder, owner, [op], deadline))
+            if holder in counted_holders and holder not in counted:
+                counted[holder] = task
+            else:
+                uncounted.append(task)
         for n in plan.extra:
-            self.keep(asyncio.ensure_future(self._send_op(n, op, deadline)))
+            self.keep(asyncio.ensure_future(self._send_or_hint(n, op, deadline)))
         acks, errors = await self._await_quorum(counted, need)
+        if uncounted:
+            # Not counted, but kept before answering: a restarted owner asks holders what it missed.
+            await asyncio.wait(uncounted)
+            for task in uncounted:
+                if task.exception() is not None:
+                    log.warning("keeping a hint for partition %d failed: %s", partition, task.exception())
         if acks < need:
             raise Unavailable(
                 f"partition {partition}: only {acks} of {need} required replicas acknowledged the write "
@@ -139,9 +164,14 @@ class Coordinator:
         return await self._batches.write_many(engine, items, w=w, refresh=refresh)
 
     async def apply_chunk(
-        self, node_id: str, ops: Sequence[Operation], *, refresh: bool, timeout_ms: int
+        self, node_id: str, ops: Sequence[Operation], *, refresh: bool, timeout_ms: int, hint_for: str | None = None
     ) -> dict[int, LegionError]:
-        """Log a chunk of a batch on one replica: this node's log writer, or a peer's ``/internal/apply``."""
+        """Log a chunk of a batch on one replica: this node's log writer, or a peer's ``/internal/apply``.
+
+        With ``hint_for``, ``node_id`` keeps the chunk as hints for that owner instead."""
+        if hint_for is not None:
+            await self.send_hints(node_id, hint_for, ops, time.monotonic() + timeout_ms / 1000)
+            return {}
         if node_id == self.node_id:
             try:
                 return await asyncio.wait_for(self.node.accept_ops(list(ops), flush=refresh), timeout_ms / 1000)
@@ -184,9 +214,39 @@ class Coordinator:
 
     async def _forward_one(self, node_id: str, op: Operation, deadline: float) -> None:
         try:
-            await self._send_op(node_id, op, deadline)
+            await self._send_or_hint(node_id, op, deadline)
         except LegionError as exc:
             log.info("forwarding a write of partition %d to %s failed: %s", op.partition, node_id, exc)
+
+    async def _send_or_hint(self, node_id: str, op: Operation, deadline: float) -> None:
+        """``_send_op``; when the owner could not take it, keep it as a hint here, then raise its failure."""
+        try:
+            await self._send_op(node_id, op, deadline)
+        except LegionError as exc:
+            if node_id != self.node_id and is_owner_failure(exc):
+                await self.keep_hints_after_failure(node_id, [op])
+            raise
+
+    async def keep_hints_after_failure(self, owner: str, ops: Sequence[Operation]) -> None:
+        """Keep ``ops`` for ``owner``, whose send failed, on ``hint_after_failure``'s holder (this node)."""
+        holder = hint_after_failure(self.node_id)
+        try:
+            await self.send_hints(holder, owner, ops, time.monotonic() + REQUEST_DEADLINE_MS / 1000)
+        except LegionError as exc:
+            log.warning("could not keep %d hints for %s: %s", len(ops), owner, exc)
+
+    async def send_hints(self, holder: str, owner: str, ops: Sequence[Operation], deadline: float) -> None:
+        """Have ``holder`` durably keep ``ops`` as hints for ``owner`` (this node's store, or a peer's ``/internal/hints``)."""
+        if holder == self.node_id:
+            await self.node.hinted.keep([(owner, op) for op in ops])
+            return
+        await self._peer(holder, "POST", f"/internal/hints?owner={owner}", deadline, data=encode_ops(ops))
+
+    async def peer_json(self, node_id: str, method: str, path: str, body: Any = None) -> Any:
+        """A JSON call to a peer within the request deadline; its decoded answer."""
+        url = self.node.state.url_of(node_id) + path
+        raw = await self._watch(node_id, self.node.peers.call(method, url, json_body=body, timeout_ms=REQUEST_DEADLINE_MS))
+        return json.loads(raw)
 
     async def _send_op(self, node_id: str, op: Operation, deadline: float) -> None:
         if node_id == self.node_id:

@@ -13,8 +13,9 @@ reported; the receiver then drops the partitions this node no longer holds.
 The same pull re-syncs a replica that may have missed writes: after a
 restart, or after the cluster marked this node down while it was running.
 Until a partition has re-synced, this node refuses to serve reads of it
-(``Unavailable``), so the coordinator asks the next replica instead. (Until
-incremental anti-entropy lands, a re-sync copies the whole partition.)
+(``Unavailable``), so the coordinator asks the next replica instead. A
+restarted node re-syncs only the partitions whose hints a peer lost
+(``legion.runtime.hinted_handoff``); the rest it catches up on from hints.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import msgpack
 
 from legion import cluster_state as cs
 from legion.errors import LegionError, Unavailable
+from legion.hints import RESYNCING_ATTRIBUTE
 from legion.limits import HANDOFF_RETRY_INTERVAL_MS, PEER_BODY_BYTES_MAX
 from legion.replication import Operation
 from legion.routing import read_order
@@ -70,10 +72,9 @@ class HandoffReceiver(Rounds):
         # Partitions being copied in right now (for the metrics and the dashboard).
         self.in_flight: set[int] = set()
 
-    def resync_all(self) -> None:
-        """Re-copy every partition this node holds before serving reads of it again."""
-        state = self.node.state
-        self.resyncing = {p for p, nodes in enumerate(state.placement) if self.node.node_id in nodes}
+    def resync_partitions(self, partitions: set[int]) -> None:
+        """Re-copy ``partitions`` before serving reads of them again."""
+        self.resyncing |= partitions
         self.wake()
 
     async def resync(self) -> None:
@@ -105,7 +106,7 @@ class HandoffReceiver(Rounds):
         """Show the partitions this node does not serve reads of in ``cluster status`` (a member attribute)."""
         summary = partitions_summary(self.resyncing)
         if summary != self._published:
-            self.node.attributes.publish(STATUS_PREFIX, {f"{STATUS_PREFIX}.resyncing": summary} if summary else {})
+            self.node.attributes.publish(STATUS_PREFIX, {RESYNCING_ATTRIBUTE: summary} if summary else {})
             self._published = summary
 
     def wanted(self) -> list[int]:

@@ -12,8 +12,10 @@ handler makes: ``legion.idempotency``), and the operators' endpoints
 (``operator_api``: ``/metrics``, the dashboard at ``/ui/``). Peer API
 (msgpack bodies, same token): ``/internal/gossip``,
 ``/internal/apply`` (``?refresh=1``: flush what it touched before answering),
-``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed) and
-``/internal/handoff-done``.
+``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed),
+``/internal/handoff-done`` and hinted handoff's ``/internal/hints`` (POST:
+keep operations as hints for ``?owner=``; GET: what this node holds for
+``?owner=``) and ``/internal/hints/lost`` (forget lost-hint marks).
 
 ``/v1/health`` also reports ``apply_requests``: how many ``/internal/apply``
 requests this node has answered since it started. It is the one way to see from
@@ -94,6 +96,9 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/digest", api.digest)
     app.router.add_post("/internal/merge", api.merge)
     app.router.add_post("/internal/handoff-done", api.handoff_done)
+    app.router.add_post("/internal/hints", api.keep_hints)
+    app.router.add_get("/internal/hints", api.hints_for)
+    app.router.add_post("/internal/hints/lost", api.clear_lost_hints)
     operator_api.add_routes(app, node)
     for engine in node.engines.values():
         for route in engine.routes():
@@ -364,6 +369,29 @@ class _Api:
             return web.Response(body=encode_apply_reply(len(ops), refused), content_type=MSGPACK)
         finally:
             self.apply_requests += 1  # once answered: a settled count means nothing is left in flight
+
+    def _hint_owner(self, request: web.Request) -> str:
+        owner = request.query.get("owner", "")
+        if not any(m.id == owner and m.status != cs.REMOVED for m in self.node.state.members):
+            raise BadRequest(f"?owner= must name a member of this cluster, got {owner!r:.80}")
+        return owner
+
+    async def keep_hints(self, request: web.Request) -> web.Response:
+        """Keep a batch of operations durably as hints for ``?owner=`` (a fallback of a sloppy quorum)."""
+        owner = self._hint_owner(request)
+        ops = decode_ops(await read_body(request, PEER_BODY_BYTES_MAX))
+        await self.node.hinted.keep([(owner, op) for op in ops])
+        return web.json_response({"kept": len(ops)})
+
+    async def hints_for(self, request: web.Request) -> web.Response:
+        """What this node holds for ``?owner=``: hints pending per partition, and partitions whose hints it lost."""
+        return web.json_response(await self.node.hinted.report_for(self._hint_owner(request)))
+
+    async def clear_lost_hints(self, request: web.Request) -> web.Response:
+        body = await _json_object(request, 'like {"owner": "n2", "partitions": [3, 7]}')
+        owner, partitions = _field(body, "owner", str), _int_list(body, "partitions")
+        await asyncio.to_thread(self.node.hint_store.clear_lost, owner, partitions)
+        return web.json_response({"cleared": len(partitions)})
 
     async def read(self, request: web.Request) -> web.Response:
         body = await _read_msgpack(request)

@@ -60,6 +60,9 @@ from legion.replication import Operation
 from legion.runtime.coordinator import Coordinator
 from legion.runtime.gossiper import Gossiper
 from legion.runtime.handoff_receiver import HandoffReceiver
+from legion.runtime.hint_store import HintStore
+from legion.hints import ATTRIBUTE_PREFIX as HINTS_ATTRIBUTE_PREFIX
+from legion.runtime.hinted_handoff import HintedHandoff
 from legion.options import check_options
 from legion.runtime.log_writer import LogWriter
 from legion.runtime.member_attributes import MemberAttributes
@@ -168,6 +171,14 @@ class Node:
         self.coordinator = Coordinator(self)
         self.gossiper = Gossiper(self)
         self.handoff = HandoffReceiver(self)
+        self.hint_store = HintStore(config.data_dir, self.durability)
+        self.hinted = HintedHandoff(
+            self.coordinator,
+            self.hint_store,
+            self.metrics,
+            lambda values: self.attributes.publish(HINTS_ATTRIBUTE_PREFIX, values),
+            self.handoff.resync_partitions,
+        )
         self.writer.on_missed = self.handoff.take_missed
         self.metrics.watch(self)
         self.started_ms = self.now_ms()
@@ -213,15 +224,18 @@ class Node:
             self.last_heard_ms.setdefault(member.id, self.started_ms)
         await self.reconcile()
         if restarted:
-            self.handoff.resync_all()
+            # It may have missed writes while it was down: those are hints on its peers.
+            self.hinted.start_catch_up()
         await self._start_engines()
         self.gossiper.start()
         self.handoff.start()
+        self.hinted.start()
         log.info("node %s serving %s (cluster %s, epoch %d)", self.node_id, self.url, self.state.cluster_id, self.state.epoch)
 
     async def stop(self) -> None:
         await self.gossiper.stop()
         await self.handoff.stop()
+        await self.hinted.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         try:
@@ -231,6 +245,7 @@ class Node:
             await self.peers.close()
             await asyncio.to_thread(self.writer.stop)
             self.store.close()
+            self.hint_store.close()
 
     # --- what the metrics read (``legion.runtime.node_metrics.MetricsSource``) ---
 
@@ -239,6 +254,12 @@ class Node:
 
     def log_figures(self) -> tuple[int, int, int | None]:
         return self.store.log_figures()
+
+    def hints_pending(self) -> dict[str, int]:
+        return self.hint_store.pending()
+
+    def partitions_catching_up(self) -> int:
+        return len(self.hinted.catching_up)
 
     # --- engine services -----------------------------------------------------
 
@@ -341,6 +362,7 @@ class Node:
         self.state = state
         self._remember(state)
         self.handoff.wake()
+        self.hinted.wake()  # an owner may be back up
         return True
 
     def _remember(self, state: cs.ClusterState) -> None:
@@ -353,14 +375,15 @@ class Node:
         return self._recent_states.get(digest)
 
     def _note_own_liveness(self, state: cs.ClusterState) -> None:
-        """Once the cluster has thought this node down, it may have skipped it: re-sync when back up."""
+        """Once the cluster has thought this node down, it skipped it (writes left hints for it on
+        peers): catch up on those when back up, serving no read meanwhile."""
         if not state.has_member(self.node_id):
             return
         if state.member(self.node_id).down:
             self._was_down = True
         elif self._was_down:
             self._was_down = False
-            self.handoff.resync_all()
+            self.hinted.start_catch_up()
 
     def alive(self) -> set[str]:
         return alive_ids(self.state, self.node_id, self.last_heard_ms, self.now_ms())
@@ -470,6 +493,10 @@ class Node:
         impl = self.check_holds(engine, partition)
         if partition in self.handoff.resyncing:
             raise Unavailable(f"node {self.node_id} is re-syncing partition {partition}; ask another replica")
+        if partition in self.hinted.catching_up:
+            raise Unavailable(
+                f"node {self.node_id} is receiving the writes it missed of partition {partition}; ask another replica"
+            )
         if self.writer.is_behind(engine, partition):
             raise Unavailable(
                 f"node {self.node_id} could not apply writes of partition {partition} yet; ask another replica"

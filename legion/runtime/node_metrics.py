@@ -3,7 +3,8 @@
 I/O-free bookkeeping plus a scrape-time collector; the runtime parts record
 into it where the work happens — the transport middleware (HTTP requests),
 the log writer (operations logged and applied, group commits), the gossiper
-(rounds) and the handoff receiver (partitions, operations and bytes pulled).
+(rounds), the handoff receiver (partitions, operations and bytes pulled) and
+hinted handoff (hints kept, lost, replayed).
 Figures that are a picture of *now* (partitions held, members by status, the
 epoch, the operation log, each engine's ``Engine.metrics()``) are read when
 scraped, from the ``MetricsSource`` the node hands over.
@@ -53,6 +54,14 @@ class MetricsSource(Protocol):
 
     def handoffs_in_flight(self) -> int: ...
 
+    def hints_pending(self) -> Mapping[str, int]:
+        """Hints this node keeps, per owner they are for."""
+        ...
+
+    def partitions_catching_up(self) -> int:
+        """Partitions this node does not serve reads of until the hints peers hold for it arrived."""
+        ...
+
     def log_figures(self) -> tuple[int, int, int | None]:
         """Operation log rows, the newest seq, and the oldest seq above its partition's checkpoint (None: none)."""
         ...
@@ -93,6 +102,11 @@ class NodeMetrics:
         )
         self.handoff_ops = Counter("legion_handoff_ops", "Operations received by handoff.", registry=r)
         self.handoff_bytes = Counter("legion_handoff_bytes", "Bytes received by handoff.", registry=r)
+        self.hints_kept = Counter("legion_hints_kept", "Operations kept as hints for owners that were down.", registry=r)
+        self.hints_lost = Counter(
+            "legion_hints_lost", "Hints not kept because the hint store was full (their owners re-sync).", registry=r
+        )
+        self.hints_replayed = Counter("legion_hints_replayed", "Hints replayed and acknowledged by their owner.", registry=r)
         # Labelled children by label values, looked up once: ``labels()`` costs a few microseconds per
         # request, three times what counting does. Bounded: routes are templates, statuses a handful.
         self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
@@ -116,6 +130,11 @@ class NodeMetrics:
             self.ops_logged.labels(engine).inc(count)
         self.group_commit_ops.observe(sum(logged.values()))
         self.group_commit_seconds.observe(seconds)
+
+    def observe_hints(self, *, kept: int = 0, lost: int = 0, replayed: int = 0) -> None:
+        self.hints_kept.inc(kept)
+        self.hints_lost.inc(lost)
+        self.hints_replayed.inc(replayed)
 
     def observe_applied(self, engine: str, count: int) -> None:
         self.ops_applied.labels(engine).inc(count)
@@ -141,6 +160,15 @@ class _StateCollector(Collector):
         handoffs = GaugeMetricFamily("legion_handoffs_in_flight", "Partitions this node is pulling right now.")
         handoffs.add_metric([], source.handoffs_in_flight())
         yield handoffs
+        hints = GaugeMetricFamily("legion_hints_pending", "Hints this node keeps, by the owner they are for.", labels=["owner"])
+        for owner, count in sorted(source.hints_pending().items()):
+            hints.add_metric([owner], count)
+        yield hints
+        catching_up = GaugeMetricFamily(
+            "legion_partitions_catching_up", "Partitions this node does not serve reads of until its hints arrived."
+        )
+        catching_up.add_metric([], source.partitions_catching_up())
+        yield catching_up
         rows, newest, oldest = source.log_figures()
         log_rows = GaugeMetricFamily("legion_oplog_rows", "Rows in the operation log (not yet compacted).")
         log_rows.add_metric([], rows)

@@ -43,6 +43,8 @@ class FakeHost:
         self.in_flight_max: Counter[str] = Counter()
         self.received: dict[str, list[Operation]] = defaultdict(list)
         self.kept: list[asyncio.Future[Any]] = []
+        self.hints: dict[tuple[str, str], list[Operation]] = defaultdict(list)  # (holder, owner) -> ops
+        self.hinted_after_failure: dict[str, list[Operation]] = defaultdict(list)  # owner -> ops
 
     def current_state(self) -> ClusterState:
         return self.state
@@ -55,9 +57,14 @@ class FakeHost:
         return self.clock
 
     async def apply_chunk(
-        self, node_id: str, ops: Sequence[Operation], *, refresh: bool, timeout_ms: int
+        self, node_id: str, ops: Sequence[Operation], *, refresh: bool, timeout_ms: int, hint_for: str | None = None
     ) -> dict[int, LegionError]:
         assert 0 < timeout_ms
+        if hint_for is not None:
+            if node_id in self.down:
+                raise Unavailable(f"http://{node_id} is unreachable: ClientConnectorError")
+            self.hints[(node_id, hint_for)].extend(ops)
+            return {}
         self.calls.append((node_id, len(ops), refresh))
         self.in_flight[node_id] += 1
         self.in_flight_max[node_id] = max(self.in_flight_max[node_id], self.in_flight[node_id])
@@ -74,6 +81,9 @@ class FakeHost:
 
     def keep(self, task: asyncio.Future[Any]) -> None:
         self.kept.append(task)
+
+    async def keep_hints_after_failure(self, owner: str, ops: Sequence[Operation]) -> None:
+        self.hinted_after_failure[owner].extend(ops)
 
 
 def items(count: int, body: bytes = b"v") -> list[WriteItem]:
@@ -145,6 +155,37 @@ def test_a_dead_replica_does_not_stop_a_quorum_and_fails_its_chunks_without_retr
     assert all(isinstance(r, WriteResult) and r.acks == 2 for r in results)
     # The first failure marks n3 unreachable for this batch: its other chunks are not sent.
     assert sum(1 for node, _, _ in host.calls if node == "n3") <= PEER_CHUNKS_IN_FLIGHT_MAX
+    # ...and what n3 did not take is kept as hints for it, every operation once.
+    assert sorted(op.key for op in host.hinted_after_failure["n3"]) == [item.key for item in items(10 * PEER_BATCH_OPS_MAX)]
+
+
+def test_an_owner_known_down_gets_hints_on_the_coordinator_which_do_not_count_when_it_holds_a_replica():
+    host = FakeHost()
+    host.live_nodes = {"n1", "n2"}
+    results = write_many(host, items(30))
+    assert all(isinstance(r, WriteResult) and r.acks == 2 for r in results)
+    assert sorted(op.key for op in host.hints[("n1", "n3")]) == [item.key for item in items(30)]
+    assert "n3" not in {node for node, _, _ in host.calls}
+    refused = write_many(host, items(3), w=3)  # n1's hint is not a second copy: no third acknowledgement
+    assert all(isinstance(r, Unavailable) and "0 fallbacks" in r.message for r in refused)
+
+
+def test_a_fallback_outside_the_preference_list_keeps_the_hint_and_counts_towards_w():
+    from legion import cluster_state as cs
+
+    four = cs.add_member(three_nodes(16, 3), "n4", "http://127.0.0.1:4")
+    four = cs.try_commit(cs.mark_ready(four, "n4", [p for p, n in cs.gained_slots(four.placement, four.pending) if n == "n4"]))
+    assert four.pending is None and all(len(nodes) == 3 for nodes in four.placement)
+    host = FakeHost(four)
+    host.live_nodes = {"n1", "n2", "n4"}  # n3 is down
+    batch = items(200)
+    results = write_many(host, batch, w=3)
+    assert all(isinstance(r, WriteResult) and r.acks == 3 for r in results)
+    for item, result in zip(batch, results):
+        preference = four.placement[result.partition]
+        if "n3" in preference:
+            (fallback,) = {"n1", "n2", "n4"} - set(preference)
+            assert item.key in {op.key for op in host.hints[(fallback, "n3")]}
 
 
 def test_an_item_that_misses_its_quorum_names_the_replicas_that_failed():

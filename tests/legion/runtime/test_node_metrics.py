@@ -30,6 +30,12 @@ class _Source:
     def log_figures(self):
         return 7, 40, None
 
+    def hints_pending(self):
+        return {"n2": 5, "n3": 1}
+
+    def partitions_catching_up(self):
+        return 4
+
 
 def samples(metrics: NodeMetrics) -> dict[tuple[str, tuple], float]:
     out = {}
@@ -65,6 +71,19 @@ def test_scrape_reads_placement_log_and_engine_figures_and_survives_a_broken_eng
     # Nothing above a checkpoint: the oldest un-checkpointed position is one past the newest.
     assert got[("legion_oplog_oldest_uncheckpointed_seq", ())] == 41
     assert got[("legion_kv_keys", ())] == 12
+    assert got[("legion_hints_pending", (("owner", "n2"),))] == 5
+    assert got[("legion_hints_pending", (("owner", "n3"),))] == 1
+    assert got[("legion_partitions_catching_up", ())] == 4
+
+
+def test_hints_kept_lost_and_replayed_are_counted():
+    metrics = NodeMetrics()
+    metrics.observe_hints(kept=10, lost=2)
+    metrics.observe_hints(replayed=7)
+    got = samples(metrics)
+    assert got[("legion_hints_kept_total", ())] == 10
+    assert got[("legion_hints_lost_total", ())] == 2
+    assert got[("legion_hints_replayed_total", ())] == 7
 
 
 def test_engine_of_a_path():
