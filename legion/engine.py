@@ -63,6 +63,27 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
 6. ``fold(partition)`` when another node takes a copy of the partition
    (handoff): yields operations which, applied to an empty partition, rebuild
    this partition's state exactly — tombstones included.
+   Active anti-entropy (``legion.runtime.anti_entropy``) compares replicas
+   key by key through three more methods, from worker threads (like
+   ``read``), possibly while ``apply`` runs. ``versions(partition)`` lists
+   ``(key, version)`` — both bytes — for every key the partition holds state
+   for, tombstones included; ``versions(partition, keys)`` only for those of
+   ``keys`` it holds. A version is opaque: two replicas must list the same
+   version for a key exactly when they hold the same state for it (KV:
+   ``b"<hlc>@<origin>"`` of the winning entry). ``fold_keys(partition,
+   keys)`` yields the operations of ``fold`` that rebuild those keys' state
+   (unknown keys are skipped). ``digest_keys(op)`` names the keys of
+   ``op.partition`` whose version applying ``op`` may change — or None when
+   it may change any key of any partition (a catalog change shared by every
+   partition: the core then lists them all again); the core calls it from
+   the writer thread after each ``apply``, so it must be cheap. The defaults derive all
+   three from ``fold``, with keys being the keys of the folded operations
+   and a key's version the digest of its folded operations
+   (``legion.hash_tree.ops_version``): correct for any engine whose ``fold``
+   keys its operations like the ones it is sent, but each call folds the
+   whole partition, so an engine with more than a few thousand keys per
+   partition implements them over its store. An engine may choose other
+   keys (a map/reduce batch id), as long as the three methods agree.
 7. ``drop(partition)`` then ``close(partition)`` when the partition moved
    away for good (the core then deletes its directory); ``close`` alone at
    shutdown.
@@ -142,6 +163,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from legion.dashboard import DashboardPanel
 from legion.durability import DEFAULT as DEFAULT_DURABILITY, Durability
 from legion.errors import BadRequest, ConfigError, LegionError
+from legion.hash_tree import ops_version
 from legion.replication import Operation
 
 ENTRY_POINT_GROUP = "legion.engines"
@@ -492,6 +514,33 @@ class Engine(ABC):
     @abstractmethod
     def fold(self, partition: int) -> Iterator[Operation]:
         """Yield operations that rebuild this partition's state on an empty replica."""
+
+    def versions(self, partition: int, keys: Collection[bytes] | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, version)`` for every key held (or every one of ``keys`` held); see the module docstring, item 6.
+
+        The default groups ``fold`` by operation key; a key's version is the digest of its operations."""
+        wanted = None if keys is None else set(keys)
+        grouped: dict[bytes, list[list[object]]] = {}
+        for op in self.fold(partition):
+            if wanted is None or op.key in wanted:
+                grouped.setdefault(op.key, []).append(op.to_wire())
+        for key, wires in grouped.items():
+            yield key, ops_version(wires)
+
+    def fold_keys(self, partition: int, keys: Collection[bytes]) -> Iterator[Operation]:
+        """The operations of ``fold`` that rebuild the state of ``keys`` (as ``versions`` names them).
+
+        The default filters ``fold``."""
+        wanted = set(keys)
+        return (op for op in self.fold(partition) if op.key in wanted)
+
+    def digest_keys(self, op: Operation) -> Collection[bytes] | None:
+        """The keys of ``op.partition`` (as ``versions`` names them) whose version applying ``op`` may change.
+
+        None: any key of any partition may change. Cheap: called on the writer thread.
+        The default is the operation's key: override it when ``fold`` keys the state
+        otherwise than the operations written (a batch holding many documents)."""
+        return (op.key,)
 
     def routes(self) -> Sequence[Route]:
         """The HTTP endpoints this engine serves."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +89,10 @@ SELECT_PAGE = (
     "SELECT key, hlc, origin, deleted, content_type, value FROM entries"
     " WHERE partition = ? AND key > ? ORDER BY key LIMIT ?"
 )
+SELECT_VERSIONS = (
+    "SELECT key, hlc, origin FROM entries WHERE partition = ? AND key > ? ORDER BY key LIMIT ?"
+)
+SELECT_VERSION = "SELECT hlc, origin FROM entries WHERE partition = ? AND key = ?"
 COUNT_ENTRIES = "SELECT SUM(deleted = 0), SUM(deleted) FROM entries"
 DELETE_PARTITION = "DELETE FROM entries WHERE partition = ?"
 # Live keys of one partition in [low, high) after a cursor, in order; tombstones are not listed.
@@ -280,6 +284,35 @@ class KVEngine(Engine):
             if len(page) < FOLD_PAGE_ROWS:
                 return
             after = page[-1][0]
+
+    def versions(self, partition: int, keys: Collection[bytes] | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Each key's winning ``hlc@origin`` (tombstones too): paged like ``fold``, or one lookup per key."""
+        store = self._store(partition)
+        if keys is not None:
+            for key in keys:
+                with store.reader().use() as conn:
+                    row = conn.execute(SELECT_VERSION, (partition, key)).fetchone()
+                if row is not None:
+                    yield key, entries.digest_version(*row)
+            return
+        after = b""
+        while True:
+            with store.reader().use() as conn:
+                page = conn.execute(SELECT_VERSIONS, (partition, after, FOLD_PAGE_ROWS * 8)).fetchall()
+            for key, hlc, origin in page:
+                yield key, entries.digest_version(hlc, origin)
+            if len(page) < FOLD_PAGE_ROWS * 8:
+                return
+            after = page[-1][0]
+
+    def fold_keys(self, partition: int, keys: Collection[bytes]) -> Iterator[Operation]:
+        """The entries of ``keys`` this partition holds, as operations: one lookup per key."""
+        store = self._store(partition)
+        for key in keys:
+            with store.reader().use() as conn:
+                row = conn.execute(SELECT_ONE, (partition, key)).fetchone()
+            if row is not None:
+                yield entries.operation_of(partition, key, _entry(row))
 
     def metrics(self) -> Mapping[str, float]:
         """Live keys and tombstones stored on this node, over every partition it holds."""

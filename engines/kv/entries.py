@@ -173,6 +173,13 @@ def operation_of(partition: int, key: bytes, entry: Entry) -> Operation:
     return Operation(ENGINE_NAME, partition, key, entry.hlc, entry.origin, KIND_PUT, body)
 
 
+def digest_version(hlc: int, origin: str) -> bytes:
+    """A key's version as anti-entropy compares it (``Engine.versions``): the winning entry's ``hlc@origin``.
+
+    Enough to tell two replicas' states of the key apart: one version names one operation."""
+    return b"%d@%s" % (hlc, origin.encode())
+
+
 def newest(replies: Iterable[object]) -> Entry | None:
     """The last-writer-wins entry among several replicas' read replies (None = never seen)."""
     best: Entry | None = None

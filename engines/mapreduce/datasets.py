@@ -119,6 +119,26 @@ def _check_id(value: object, what: str) -> None:
         raise BadRequest(f"a map/reduce operation carries a bad {what}")
 
 
+# A batch's key as anti-entropy names it (``MapReduceEngine.versions``): prefix, incarnation, NUL, batch id.
+BATCH_KEY_PREFIX = b"\x00mr\x00batch\x00"
+
+
+def batch_key(incarnation: str, batch_id: str) -> bytes:
+    return BATCH_KEY_PREFIX + incarnation.encode() + b"\x00" + batch_id.encode()
+
+
+def parse_batch_key(key: bytes) -> tuple[str, str] | None:
+    """``(incarnation, batch id)`` of a ``batch_key``; None for any other key or a malformed one."""
+    if not key.startswith(BATCH_KEY_PREFIX):
+        return None
+    incarnation, _, batch_id = key[len(BATCH_KEY_PREFIX) :].partition(b"\x00")
+    try:
+        parsed = incarnation.decode(), batch_id.decode()
+    except UnicodeDecodeError:
+        return None
+    return parsed if all(ID_PATTERN.match(part) for part in parsed) else None
+
+
 @lru_cache(maxsize=512)
 def partition_keys(role: str, name: str, partitions: int) -> tuple[bytes, ...]:
     """One key per partition (``keys[p]`` hashes to partition ``p``) for ``role`` operations of ``name``.

@@ -57,7 +57,9 @@ from engines.mapreduce.datasets import (
     Catalog,
     Decoded,
     batch_body,
+    batch_key,
     decode,
+    parse_batch_key,
 )
 from engines.mapreduce.partition_files import (
     PartitionFiles,
@@ -66,6 +68,7 @@ from engines.mapreduce.partition_files import (
     release_snapshot,
     snapshot_dir,
     sweep_snapshots,
+    version_of,
 )
 from engines.mapreduce.dask_adapter import (
     DaskTls,
@@ -80,6 +83,7 @@ from engines.mapreduce.report import STATE_FAILED, STATE_RUNNING, STATE_SUCCEEDE
 from legion.dashboard import DashboardPanel, PanelLookup
 from legion.engine import Engine, LocalService, NodeInfo, Route
 from legion.errors import BadRequest, ConfigError, NotOwner
+from legion.hash_tree import ops_version
 from legion.replication import Operation
 from legion.runtime.sidecar import Sidecar
 
@@ -315,20 +319,86 @@ class MapReduceEngine(Engine):
 
     def fold(self, partition: int) -> Iterator[Operation]:
         files = self._require_held(partition)
-        with self._lock:
-            catalog_ops = self._catalog.operations(partition)
-            live = set(self._catalog.live_datasets().values())
-        yield from catalog_ops
-        for incarnation in files.incarnations():
-            if incarnation not in live and incarnation in self._catalog.created:
-                continue  # dead: the catalog operations above tell the receiver so
-            for path in files.batches(incarnation):
+        yield from self._catalog_ops(partition)
+        for incarnation, path in self._batch_files(partition, files):
+            try:
+                yield self._batch_operation(partition, incarnation, path)
+            except FileNotFoundError:
+                continue  # dropped while we folded
+
+    # Anti-entropy (``Engine.versions``): a partition's keys are its catalog operations' keys and one
+    # key per batch file, ``BATCH_KEY_PREFIX + incarnation + NUL + batch id``, so a batch missing on one
+    # replica ships alone. A batch's version is its operation's ``hlc@origin`` read from the file's
+    # metadata (no rows read); a catalog key's is the digest of its operations, as the default does.
+
+    def versions(self, partition: int, keys: Collection[bytes] | None = None) -> Iterator[tuple[bytes, bytes]]:
+        files = self._require_held(partition)
+        wanted = None if keys is None else set(keys)
+        grouped: dict[bytes, list[list[object]]] = {}
+        for op in self._catalog_ops(partition):
+            if wanted is None or op.key in wanted:
+                grouped.setdefault(op.key, []).append(op.to_wire())
+        for key, wires in grouped.items():
+            yield key, ops_version(wires)
+        if wanted is None:
+            found = self._batch_files(partition, files)
+        else:
+            found = [item for key in wanted if (item := self._batch_file(partition, files, key)) is not None]
+        for incarnation, path in found:
+            try:
+                hlc, origin, _key = version_of(path)
+            except FileNotFoundError:
+                continue
+            yield batch_key(incarnation, path.stem), b"%d@%s" % (hlc, origin.encode())
+
+    def fold_keys(self, partition: int, keys: Collection[bytes]) -> Iterator[Operation]:
+        files = self._require_held(partition)
+        wanted = set(keys)
+        yield from (op for op in self._catalog_ops(partition) if op.key in wanted)
+        for key in sorted(wanted):
+            item = self._batch_file(partition, files, key)
+            if item is not None:
                 try:
-                    table, (hlc, origin, key) = read_batch(path)
+                    yield self._batch_operation(partition, *item)
                 except FileNotFoundError:
-                    continue  # dropped while we folded
-                body = batch_body(incarnation, path.stem, table.num_rows, arrow_rows.encode_payload(table))
-                yield Operation(ENGINE_NAME, partition, key, hlc, origin, KIND_BATCH, body)
+                    continue
+
+    def digest_keys(self, op: Operation) -> Collection[bytes] | None:
+        if op.kind != KIND_BATCH:
+            return None  # the catalog is every partition's: a create or drop changes them all
+        d = decode(op)
+        return (batch_key(d.incarnation, d.batch_id),)
+
+    def _catalog_ops(self, partition: int) -> list[Operation]:
+        with self._lock:
+            return self._catalog.operations(partition)
+
+    def _batch_files(self, partition: int, files: PartitionFiles) -> list[tuple[str, Path]]:
+        """The batch files ``fold`` yields: those of live incarnations and of ones this node has no create of."""
+        with self._lock:
+            live = set(self._catalog.live_datasets().values())
+            created = set(self._catalog.created)
+        return [
+            (incarnation, path)
+            for incarnation in files.incarnations()
+            if incarnation in live or incarnation not in created  # dead ones: the catalog tells the receiver
+            for path in files.batches(incarnation)
+        ]
+
+    def _batch_file(self, partition: int, files: PartitionFiles, key: bytes) -> tuple[str, Path] | None:
+        parsed = parse_batch_key(key)
+        if parsed is None:
+            return None
+        incarnation, batch_id = parsed
+        path = files.path(incarnation, batch_id)
+        with self._lock:
+            dead = incarnation in self._catalog.created and incarnation not in self._catalog.live_datasets().values()
+        return None if dead or not path.exists() else (incarnation, path)
+
+    def _batch_operation(self, partition: int, incarnation: str, path: Path) -> Operation:
+        table, (hlc, origin, key) = read_batch(path)
+        body = batch_body(incarnation, path.stem, table.num_rows, arrow_rows.encode_payload(table))
+        return Operation(ENGINE_NAME, partition, key, hlc, origin, KIND_BATCH, body)
 
     # --- HTTP and CLI -----------------------------------------------------------------
 

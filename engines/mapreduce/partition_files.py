@@ -124,12 +124,26 @@ def rows_of(path: Path) -> int:
     return int(metadata.get(META_ROWS, b"0"))
 
 
+def version_of(path: Path) -> tuple[int, str, bytes]:
+    """A batch file's operation ``(hlc, origin, key)``, from its metadata alone (no rows read)."""
+    with pa.memory_map(str(path)) as source:
+        metadata = ipc.open_file(source).schema.metadata or {}
+    return _version(metadata)
+
+
+def _version(metadata: dict[bytes, bytes]) -> tuple[int, str, bytes]:
+    return (
+        int(metadata.get(META_HLC, b"0")),
+        metadata.get(META_ORIGIN, b"").decode(),
+        bytes.fromhex(metadata.get(META_KEY, b"").decode()),
+    )
+
+
 def read_batch(path: Path) -> tuple[pa.Table, tuple[int, str, bytes]]:
     """A batch file's table (memory-mapped, metadata removed) and its operation's ``(hlc, origin, key)``."""
     table = ipc.open_file(pa.memory_map(str(path))).read_all()
     metadata = table.schema.metadata or {}
-    version = (int(metadata.get(META_HLC, b"0")), metadata.get(META_ORIGIN, b"").decode(), bytes.fromhex(metadata.get(META_KEY, b"").decode()))
-    return table.replace_schema_metadata(None), version
+    return table.replace_schema_metadata(None), _version(metadata)
 
 
 def snapshot_dir(root: Path, job_id: str) -> Path:

@@ -48,6 +48,7 @@ from engines.search.schema import parse_schema
 from legion.dashboard import DashboardPanel, PanelLookup
 from legion.engine import Engine, Route
 from legion.errors import BadRequest, NotOwner
+from legion.hash_tree import ops_version
 from legion.replication import Operation
 
 if TYPE_CHECKING:
@@ -264,7 +265,57 @@ class SearchEngine(Engine):
         yield from catalog_ops
         for shard in shards:
             yield from shard.fold(partition)
-        yield from self._require_store().parked_in(partition)
+        yield from self._parked(partition)
+
+    # Anti-entropy (``Engine.versions``): a key is a document id (its version: what every index holds for
+    # it — incarnation, hlc, origin, position, tombstone — as one digest), a catalog operation's key, or a
+    # parked operation's key; the documents are found by the partition's fast field and their ids' terms.
+
+    def versions(self, partition: int, keys: Collection[bytes] | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._require_held(partition)
+        wanted = None if keys is None else set(keys)
+        with self._lock:
+            catalog_ops = self._catalog.operations(partition)
+            shards = list(self._shards.values())
+        held: dict[bytes, list[list[object]]] = defaultdict(list)
+        for op in [*catalog_ops, *self._parked(partition)]:
+            if wanted is None or op.key in wanted:
+                held[op.key].append(op.to_wire())
+        ids = None if wanted is None else [k.decode("utf-8", "surrogatepass") for k in wanted]
+        for shard in shards:
+            for doc_id, v in shard.held(partition, ids):
+                held[doc_id.encode("utf-8", "surrogatepass")].append(
+                    ["doc", shard.incarnation, v.hlc, v.origin, v.position, v.source is None]
+                )
+        for key, items in held.items():
+            yield key, ops_version(items)
+
+    def fold_keys(self, partition: int, keys: Collection[bytes]) -> Iterator[Operation]:
+        self._require_held(partition)
+        wanted = set(keys)
+        with self._lock:
+            catalog_ops = self._catalog.operations(partition)
+            shards = list(self._shards.values())
+        yield from (op for op in catalog_ops if op.key in wanted)
+        ids = [k.decode("utf-8", "surrogatepass") for k in wanted]
+        for shard in shards:
+            yield from shard.fold(partition, ids)
+        yield from (op for op in self._parked(partition) if op.key in wanted)
+
+    def digest_keys(self, op: Operation) -> Collection[bytes] | None:
+        if op.kind in CATALOG_KINDS:
+            return None  # the catalog is every partition's, and a create applies what was parked
+        if op.kind != KIND_BATCH:
+            return (op.key,)
+        ids = decode(op).ids or []
+        return (op.key, *(doc_id.encode("utf-8", "surrogatepass") for doc_id in ids))  # op.key: if parked
+
+    def _parked(self, partition: int) -> list[Operation]:
+        """Operations parked for an index not created here yet; not those a create applied (gone at the next flush)."""
+        with self._lock:
+            unparked = set(self._unparked)
+        parked = self._require_store().parked_in(partition)
+        return [op for op in parked if not unparked or decode(op).incarnation not in unparked]
 
     # --- HTTP and CLI -----------------------------------------------------------
 

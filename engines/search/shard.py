@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 import tantivy
 
@@ -270,21 +270,36 @@ class Shard:
             return None
         return _version(searcher.doc(hits[0][1]))
 
-    def fold(self, partition: int) -> Iterator[Operation]:
-        """Operations rebuilding this shard's share of ``partition``: documents and tombstones."""
+    def fold(self, partition: int, ids: Collection[str] | None = None) -> Iterator[Operation]:
+        """Operations rebuilding this shard's share of ``partition`` (or of its documents ``ids``): documents and tombstones."""
+        for doc_id, version in self.held(partition, ids):
+            yield self._operation(doc_id, version)
+
+    def held(self, partition: int, ids: Collection[str] | None = None) -> Iterator[tuple[str, Version]]:
+        """Each document and tombstone of ``partition`` (or those of ``ids``) with its version: pending first, then committed.
+
+        With ``ids``, one query filters the partition's documents by the ``_partition`` fast
+        field and the ids' terms, so only those are loaded."""
+        wanted = None if ids is None else set(ids)
         with self._lock:
-            pending = {k: v for k, v in self._pending.items() if v.partition == partition}
+            pending = {
+                k: v for k, v in self._pending.items() if v.partition == partition and (wanted is None or k in wanted)
+            }
+        yield from pending.items()
+        if wanted is not None and not wanted:
+            return
         searcher = self.index.searcher()
         query = tantivy.Query.term_query(self.tantivy_schema, PARTITION, partition)
+        if wanted is not None:
+            by_id = tantivy.Query.term_set_query(self.tantivy_schema, ID, sorted(wanted))
+            query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), (tantivy.Occur.Must, by_id)])
         total = searcher.search(query, limit=1, count=True).count
         if total:
             for _score, address in searcher.search(query, limit=total, count=False).hits:
                 doc = searcher.doc(address)
                 doc_id = doc.get_first(ID)
                 if doc_id not in pending:
-                    yield self._operation(doc_id, _version(doc))
-        for doc_id, version in pending.items():
-            yield self._operation(doc_id, version)
+                    yield doc_id, _version(doc)
 
     def _operation(self, doc_id: str, version: Version) -> Operation:
         key = doc_id.encode("utf-8", "surrogatepass")

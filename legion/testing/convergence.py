@@ -20,7 +20,14 @@ a seeded ``random.Random`` and:
    ``fold`` shuffled and applied in batches, then a *log tail* — a random
    sample of the operations the fold already covers, because a handoff's
    tail overlaps its snapshot;
-3. compares every replica's ``state(engine, partition)`` (default: the
+3. repairs two replicas by anti-entropy the way the core does
+   (``legion.runtime.anti_entropy``): each is fed its own share of the
+   operations (together, all of them), keeping a ``legion.hash_tree`` current
+   through ``digest_keys`` and ``versions(partition, keys)`` after every
+   batch — which must equal a tree rebuilt from ``versions(partition)``;
+   the trees' ``diff`` names the keys to ship, ``fold_keys`` ships them both
+   ways, and then both replicas must list the same versions;
+4. compares every replica's ``state(engine, partition)`` (default: the
    sorted ``fold``; pass your own, e.g. reads of every key) and, when given,
    ``expected(ops_of_the_partition)``, a model computed from the operations
    alone — two replicas that are wrong the same way still agree.
@@ -50,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from legion.engine import Engine
+from legion.hash_tree import HashTree, diff
 from legion.replication import Operation
 
 State = Callable[[Engine, int], Any]
@@ -140,6 +148,9 @@ def assert_converges(
             for replica in group:
                 replica.flush()
             _compare(group, partitions, ops, state, expected)
+            repaired = _repaired(engine_class, ops, Path(root, "repaired"), partitions, rng)
+            group.extend(repaired)
+            _compare([group[0], *repaired], partitions, ops, state, None)
         finally:
             for replica in group:
                 replica.close()
@@ -189,6 +200,71 @@ def _handed_off(source: _Replica, ops: Sequence[Operation], directory: Path, rng
     return target
 
 
+def _repaired(
+    engine_class: type[Engine], ops: Sequence[Operation], directory: Path, partitions: list[int], rng: random.Random
+) -> list[_Replica]:
+    """Two replicas fed complementary shares of ``ops``, then repaired by a hash-tree exchange (step 3)."""
+    pair = [_Replica.open(engine_class, directory / side, partitions) for side in ("a", "b")]
+    try:
+        _exchange(pair, ops, partitions, rng)
+    except BaseException:
+        for replica in pair:
+            replica.close()
+        raise
+    return pair
+
+
+def _exchange(pair: list[_Replica], ops: Sequence[Operation], partitions: list[int], rng: random.Random) -> None:
+    shares: list[list[Operation]] = [[], []]
+    for op in ops:
+        for side in {0: (0,), 1: (1,), 2: (0, 1)}[rng.randrange(3)]:
+            shares[side].append(op)
+    trees = []
+    for replica, share in zip(pair, shares):
+        trees.append({p: HashTree.build(replica.engine.versions(p)) for p in partitions})
+        for batch in deliver(share, rng):
+            replica.apply(batch)
+            _update_trees(replica.engine, trees[-1], batch)
+        replica.flush()
+        replica.story.append(f"{len(share)} of the operations, then an anti-entropy exchange")
+        for p in partitions:
+            rebuilt = HashTree.build(replica.engine.versions(p))
+            if trees[-1][p].items() != rebuilt.items():
+                raise ConvergenceError(
+                    f"partition {p}: the hash tree kept current through digest_keys and versions(partition, keys) "
+                    f"holds {_shown(trees[-1][p].items())}, versions(partition) lists {_shown(rebuilt.items())}"
+                )
+    a, b = pair
+    for p in partitions:
+        keys = sorted(diff(trees[0][p], trees[1][p]))
+        to_b, to_a = list(a.engine.fold_keys(p, keys)), list(b.engine.fold_keys(p, keys))
+        b.apply(to_b)
+        a.apply(to_a)
+    a.flush()
+    b.flush()
+    for p in partitions:
+        versions_a, versions_b = dict(a.engine.versions(p)), dict(b.engine.versions(p))
+        if versions_a != versions_b:
+            raise ConvergenceError(
+                f"partition {p}: after shipping fold_keys of the differing keys both ways, one replica lists "
+                f"{_shown(versions_a)}, the other {_shown(versions_b)}"
+            )
+
+
+def _update_trees(engine: Engine, trees: dict[int, HashTree], batch: Sequence[Operation]) -> None:
+    touched: dict[int, set[bytes]] = defaultdict(set)
+    for op in batch:
+        keys = engine.digest_keys(op)
+        if keys is None:  # any key of any partition may have changed: list them again
+            trees.update({p: HashTree.build(engine.versions(p)) for p in trees})
+            return
+        touched[op.partition].update(keys)
+    for p, keys in touched.items():
+        now = dict(engine.versions(p, keys))
+        for key in keys:
+            trees[p].set(key, now.get(key))
+
+
 def _compare(
     group: list[_Replica], partitions: list[int], ops: Sequence[Operation], state: State, expected: Expected | None
 ) -> None:
@@ -204,7 +280,7 @@ def _compare(
         for index, replica in enumerate(group[1:], start=1):
             other = state(replica.engine, partition)
             if other != reference:
-                name = "the handed-off replica" if index == len(group) - 1 else f"replica {index}"
+                name = "the handed-off replica" if "fold of replica 0" in replica.story[0] else f"replica {index}"
                 raise ConvergenceError(
                     f"partition {partition}: {name} ({', '.join(replica.story)}) holds {_shown(other)}, "
                     f"replica 0 ({', '.join(group[0].story)}) holds {_shown(reference)}"

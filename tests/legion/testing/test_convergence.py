@@ -135,3 +135,26 @@ def test_a_delivery_holds_every_operation_at_least_once_and_nothing_else(values,
     batches = deliver(ops, rng)
     delivered = [op for batch in batches for op in batch]
     assert set(delivered) == set(ops) and len(batches) <= 5
+
+
+def test_anti_entropy_methods_that_miss_keys_are_caught():
+    # The defaults (derived from fold) pass above; each of these breaks one of the three methods.
+    class ForgetfulDigestKeys(Counters):
+        def digest_keys(self, op: Operation) -> tuple[bytes, ...]:
+            return ()  # the hash tree is never told what apply changed
+
+    class EmptyFoldKeys(Counters):
+        def fold_keys(self, partition: int, keys) -> Iterator[Operation]:
+            return iter(())  # the exchange finds the differing keys and ships nothing
+
+    class BlindVersions(Counters):
+        def versions(self, partition: int, keys=None) -> Iterator[tuple[bytes, bytes]]:
+            for key, version in super().versions(partition, keys):
+                yield key, b"same"  # every replica looks alike: nothing is repaired
+
+    with pytest.raises(ConvergenceError, match="kept current through digest_keys"):
+        check_convergence(ForgetfulDigestKeys, increments, seeds=range(10))
+    with pytest.raises(ConvergenceError, match="after shipping fold_keys"):
+        check_convergence(EmptyFoldKeys, increments, seeds=range(10))
+    with pytest.raises(ConvergenceError, match="anti-entropy exchange"):
+        check_convergence(BlindVersions, increments, seeds=range(10), state=read_totals)
