@@ -34,12 +34,13 @@ The data-path simulator, on the same kernel (writes with W=2 of N=3, hinted
 handoff, anti-entropy, partition handoff; messages lost, duplicated and
 reordered, nodes crashed and restarted, the network split):
 
-- ``data_sim``       ``DataSimulation``: 3-5 nodes with durable replicas and
-                     hint stores over the core's pure routing, replication and
-                     cluster-state code; its docstring says what is real and
-                     what is modelled; ``Mutations`` break it on purpose;
-- ``data_standins``  the sloppy-quorum and hash-tree decisions the core has no
-                     pure module for yet;
+- ``data_sim``       ``DataSimulation``: 3-5 nodes, clients, a membership
+                     oracle; its docstring says what is real (routing,
+                     replication, hints, hash_tree, cluster_state) and what is
+                     modelled; ``Mutations`` break it on purpose;
+- ``data_node``      one node: durable replica and hint store, the coordinator,
+                     hint replay, anti-entropy exchanges, pulling and handing
+                     over partitions;
 - ``data_checkers``  the invariants: durable before acknowledged, hints and
                      copies dropped only once held elsewhere, and after healing
                      identical replicas holding every acknowledged write;

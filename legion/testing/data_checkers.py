@@ -10,9 +10,12 @@ At every step:
 (a) durable before acknowledged: when a coordinator acknowledges a write, at
     least ``W`` distinct nodes hold it durably — in their replica (or a write
     that wins over it) or in their hint store;
-(b) a hint is dropped only once its owner holds the write durably, or once it
-    has been re-aimed at every current owner of the partition (each holding it,
-    or a hint for it kept by the same node);
+(b) a hint is dropped only once its owner holds the write durably (or has
+    since handed the partition over, which (c) judges), or once it has been
+    re-aimed at every current owner of the partition (each holding it, or a
+    hint for it kept by the same node); a hint orphaned by its owner's removal
+    (``hints.replay_owners``) is dropped only while some node still holds the
+    write, if it was acknowledged;
 (c) a node drops its copy of a partition only if every acknowledged write the
     copy holds is also held by another node (replica or hint) — dropping must
     never lose the last copy.
@@ -32,7 +35,8 @@ from __future__ import annotations
 
 from legion import cluster_state as cs
 from legion.replication import Operation
-from legion.testing.data_sim import W, DataNode, DataObserver, DataSimulation, describe
+from legion.testing.data_node import W, DataNode
+from legion.testing.data_sim import DataObserver, DataSimulation, describe
 
 
 class DataChecker(DataObserver):
@@ -52,6 +56,16 @@ class DataChecker(DataObserver):
             assert owner.holds(op) or op.partition not in owner.replica, (
                 f"hint dropped before its owner acknowledged it: {holder.id} dropped its hint of {_shown(op)} "
                 f"for {target}, which does not hold it"
+            )
+            return
+        if why == "orphaned":
+            # Its owner was removed (``hints.replay_owners``): an acknowledged write must not go with the hint.
+            if op not in sim.acknowledged:
+                return
+            others = [n.id for n in sim.nodes.values() if n.holds(op) or (n is not holder and n.keeps_hint(op))]
+            assert others, (
+                f"last copy dropped: {holder.id} dropped its hint of {_shown(op)} for removed {target}, "
+                f"and no node holds the write"
             )
             return
         for owner in cs.owners(holder.state, op.partition):
