@@ -17,8 +17,8 @@ At every step:
     (``hints.replay_owners``) is dropped only while some node still holds the
     write, if it was acknowledged;
 (c) a node drops its copy of a partition only if every acknowledged write the
-    copy holds is also held by another node (replica or hint) — dropping must
-    never lose the last copy.
+    copy holds is also held elsewhere (another node's replica, or any node's
+    hint store) — dropping must never lose the last copy.
 
 After healing and a quiet period (``check_converged``, then
 ``check_acknowledged``):
@@ -79,7 +79,7 @@ class DataChecker(DataObserver):
         for op in last_acknowledged(sim).values():
             if op.partition != partition or not node.holds(op):
                 continue
-            others = [n.id for n in sim.nodes.values() if n is not node and (n.holds(op) or n.keeps_hint(op))]
+            others = [n.id for n in sim.nodes.values() if (n is not node and n.holds(op)) or n.keeps_hint(op)]
             assert others, (
                 f"last copy dropped: {node.id} drops p{partition}, the only copy of acknowledged {_shown(op)}; "
                 f"state {describe(node.state)}"
