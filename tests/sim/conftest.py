@@ -1,8 +1,5 @@
 """Seeds for the simulation tests: ``--seed N`` replays one, ``--sim-seeds K`` sweeps K.
 
-``--data-sim-seeds K`` sizes the sweep of the data-path simulator
-(``test_data_path.py``), which loops over its seeds in one test.
-
 Every test here that takes a ``seed`` argument is run once per seed: the
 random sweep over ``range(--sim-seeds)`` (default 300), the hand-written
 scenarios over a handful. ``pytest tests/sim --seed N`` runs every such test
