@@ -4,7 +4,7 @@ Pure. ``generate(seed)`` draws a bounded scenario: 3 or 4 nodes (at most 5
 with joins), 4 or 8 partitions, N=3, 2-4 writers with W=2 over a handful of
 keys (so writes to one key race), a loss rate up to 20% and a duplication
 rate up to 10%, and 2-7 faults among crash, restart, split (healed later),
-join and leave. ``run`` runs it under ``DataChecker``: the writes stop at
+join and remove. ``run`` runs it under ``DataChecker``: the writes stop at
 ``WRITES_MS``; then the quiet period — network healed and lossless, every
 crashed node restarted — lasts until the cluster has converged
 (``check_converged``) within ``QUIET_MS_MAX``, and ``check_acknowledged``
@@ -20,28 +20,14 @@ from dataclasses import dataclass, field
 from legion import cluster_state as cs
 from legion.testing.data_checkers import DataChecker, check_acknowledged, check_converged
 from legion.testing.data_sim import DataObserver, DataSimulation, Mutations
+from legion.testing.scenario import Action
 
 NODE_IDS = ("n1", "n2", "n3", "n4", "n5")
 WRITES_MS = 3_000
 QUIET_MS_MAX = 30_000
 QUIET_STEP_MS = 250
 TRACE_TAIL_LINES = 60
-KINDS = ("crash", "restart", "split", "heal", "join", "leave")
 REPLAY = "pytest tests/sim/test_data_path.py --seed {seed}"
-
-
-@dataclass(frozen=True, slots=True)
-class DataAction:
-    """One fault at ``at_ms``: ``node`` for most kinds, ``side`` for a split."""
-
-    at_ms: int
-    kind: str
-    node: str = ""
-    side: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        target = self.node or (f"{list(self.side)} from the rest" if self.side else "")
-        return f"t={self.at_ms} {self.kind} {target}".rstrip()
 
 
 @dataclass(frozen=True)
@@ -55,7 +41,7 @@ class DataScenario:
     duplicate: float
     writers: int
     keys: tuple[bytes, ...]
-    actions: tuple[DataAction, ...]
+    actions: tuple[Action, ...]
     observers: tuple[DataObserver, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:
@@ -72,7 +58,7 @@ def generate(seed: int) -> DataScenario:
     initial = rng.choice((3, 3, 4))
     members, waiting = list(NODE_IDS[:initial]), list(NODE_IDS[initial:])
     crashed: set[str] = set()
-    actions: list[DataAction] = []
+    actions: list[Action] = []
     split_until_ms = 0
     t = 0
     for _ in range(rng.randint(2, 7)):
@@ -81,15 +67,15 @@ def generate(seed: int) -> DataScenario:
             break
         running = sorted(set(members) - crashed)
         choices = ["crash"] * (len(running) >= 2) + ["restart"] * bool(crashed) + ["join"] * bool(waiting)
-        choices += ["leave"] * (len(members) >= 4) + ["split"] * (t > split_until_ms and len(running) >= 2)
+        choices += ["remove"] * (len(members) >= 4) + ["split"] * (t > split_until_ms and len(running) >= 2)
         kind = rng.choice(choices)
         if kind == "split":
             side = tuple(sorted(rng.sample(running, rng.randint(1, len(running) - 1))))
             split_until_ms = t + rng.randint(100, 1_500)
-            actions += [DataAction(t, "split", side=side), DataAction(split_until_ms, "heal")]
+            actions += [Action(t, "split", side=side), Action(split_until_ms, "heal")]
             continue
         node = {"crash": lambda: rng.choice(running), "restart": lambda: rng.choice(sorted(crashed)),
-                "join": lambda: waiting.pop(0), "leave": lambda: rng.choice(members)}[kind]()
+                "join": lambda: waiting.pop(0), "remove": lambda: rng.choice(members)}[kind]()
         if kind == "crash":
             crashed.add(node)
         elif kind == "restart":
@@ -98,7 +84,7 @@ def generate(seed: int) -> DataScenario:
             members.append(node)
         else:
             members.remove(node)
-        actions.append(DataAction(t, kind, node))
+        actions.append(Action(t, kind, node))
     return DataScenario(
         seed=seed,
         nodes=tuple(NODE_IDS[:initial]),
@@ -149,7 +135,7 @@ def run(
     return sim
 
 
-def apply(sim: DataSimulation, action: DataAction) -> None:
+def apply(sim: DataSimulation, action: Action) -> None:
     """Carry out one fault, skipping (and logging) one that no longer makes sense."""
     node = sim.nodes.get(action.node)
     if action.kind == "crash" and node is not None and node.running:
@@ -162,13 +148,13 @@ def apply(sim: DataSimulation, action: DataAction) -> None:
         sim.heal()
     elif action.kind == "join" and node is None:
         sim.join(action.node)
-    elif action.kind == "leave" and node is not None and _may_leave(sim, action.node):
-        sim.leave(action.node)
+    elif action.kind == "remove" and node is not None and _may_remove(sim, action.node):
+        sim.remove(action.node)
     else:
         sim.log(f"operator: skipped {action}")
 
 
-def _may_leave(sim: DataSimulation, node_id: str) -> bool:
+def _may_remove(sim: DataSimulation, node_id: str) -> bool:
     """The operator keeps N=3 data holders (so W=2 stays possible)."""
     return len([n for n in cs.data_holders(sim.committed) if n != node_id]) >= 3
 

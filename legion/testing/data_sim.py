@@ -247,9 +247,10 @@ class DataSimulation:
         self.decide(lambda s: cs.add_member(s, node_id, f"sim://{node_id}"))
         self._launch(node_id)
 
-    def leave(self, node_id: str) -> None:
-        self.stats["leaves"] += 1
-        self.log(f"operator: leave {node_id}")
+    def remove(self, node_id: str) -> None:
+        """``remove-node``: the node leaves once its partitions have moved."""
+        self.stats["removes"] += 1
+        self.log(f"operator: remove {node_id}")
         self.decide(lambda s: cs.remove_member(s, node_id))
 
     def crash(self, node_id: str) -> None:

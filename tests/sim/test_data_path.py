@@ -23,8 +23,9 @@ import pytest
 
 from legion.testing import data_scenario
 from legion.testing.data_checkers import DataChecker, check_acknowledged, last_acknowledged
-from legion.testing.data_scenario import DataAction, DataScenario, DataSimulationFailed, settle
+from legion.testing.data_scenario import DataScenario, DataSimulationFailed, settle
 from legion.testing.data_sim import DataSimulation, Mutations
+from legion.testing.scenario import Action
 
 MUTATION_SEEDS_MAX = 400
 FAILURES_SHOWN_MAX = 10
@@ -144,7 +145,7 @@ def test_a_seed_replays_the_same_run() -> None:
 def test_a_failure_names_its_seed_and_replay_command() -> None:
     scenario = DataScenario(
         seed=3, nodes=("n1", "n2", "n3"), partitions=4, loss=0.0, duplicate=0.0, writers=2, keys=KEYS,
-        actions=(DataAction(300, "crash", "n2"), DataAction(900, "restart", "n2")),
+        actions=(Action(300, "crash", "n2"), Action(900, "restart", "n2")),
     )
     with pytest.raises(DataSimulationFailed) as caught:
         data_scenario.run(scenario, Mutations(ack_before_durable=True))
