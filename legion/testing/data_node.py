@@ -93,7 +93,6 @@ class DataNode(Endpoint):
         if sim.anti_entropy:
             kernel.spawn(self, self._anti_entropy_loop())
         kernel.spawn(self, self._handoff_loop())
-        kernel.spawn(self, self._hand_over_loop())
         if sim.mutations.ack_before_durable:
             kernel.spawn(self, self._flush_loop())
 
@@ -402,17 +401,23 @@ class DataNode(Endpoint):
     def _handoff_loop(self) -> Process:
         while True:
             yield Sleep(HANDOFF_INTERVAL_MS)
-            state = self.state
-            wanted = sorted(p for p, n in cs.gained_slots(state.placement, state.pending) - state.ready if n == self.id)
-            done = []
-            for partition in wanted:
-                if (yield from self._pull(partition)):
-                    done.append(partition)
-            if done:
-                try:
-                    yield Call("claimant", "handoff-done", {"node": self.id, "partitions": done}, PEER_TIMEOUT_MS)
-                except LegionError:
-                    pass
+            yield from self._pull_gained()
+            for partition in self.leaving():
+                yield from self._hand_over(partition)
+
+    def _pull_gained(self) -> Process:
+        """Pull every partition this node gains and has not reported ready; report those it copied."""
+        state = self.state
+        wanted = sorted(p for p, n in cs.gained_slots(state.placement, state.pending) - state.ready if n == self.id)
+        done = []
+        for partition in wanted:
+            if (yield from self._pull(partition)):
+                done.append(partition)
+        if done:
+            try:
+                yield Call("claimant", "handoff-done", {"node": self.id, "partitions": done}, PEER_TIMEOUT_MS)
+            except LegionError:
+                pass
 
     def _pull(self, partition: int) -> Process:
         """Copy ``partition`` from the first live current replica (the fold); the tail arrives as writes."""
@@ -429,12 +434,6 @@ class DataNode(Endpoint):
         self.sim.stats["partitions pulled"] += 1
         self.sim.log(f"{self.id} pulled p{partition} from {sources[0]}: {len(ops)} keys")
         return True
-
-    def _hand_over_loop(self) -> Process:
-        while True:
-            yield Sleep(HANDOFF_INTERVAL_MS)
-            for partition in self.leaving():
-                yield from self._hand_over(partition)
 
     def _hand_over(self, partition: int) -> Process:
         """Ship a copy this node no longer owns to each of the partition's owners; drop it once all took it all."""

@@ -57,8 +57,9 @@ def test_generated_schedules_converge_with_every_acknowledged_write(request: pyt
         )
     if chosen is None:
         # A sweep that never took a path proves nothing about it.
-        for path in ("hints delivered", "hints re-aimed", "anti-entropy repairs", "partitions pulled",
-                     "partitions handed over", "writes forwarded", "crashes", "messages duplicated"):
+        paths = ("hints delivered", "hints re-aimed", "hints orphaned", "anti-entropy repairs", "partitions pulled",
+                 "partitions handed over", "writes forwarded", "crashes", "removes", "messages duplicated")
+        for path in paths:
             assert exercised[path] > 0, f"the sweep never exercised {path}: {dict(exercised)}"
 
 
