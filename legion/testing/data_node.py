@@ -303,8 +303,12 @@ class DataNode(Endpoint):
             members = {m.id: m.status for m in self.state.members}
             replay, orphaned = replay_owners(pending, self.live(), members, self.id)
             for owner in orphaned:
-                for op in [op for o, op in self.hints if o == owner]:
-                    self._drop_hint(owner, op, "orphaned")
+                ops = [op for o, op in self.hints if o == owner]
+                if self.sim.mutations.drop_orphaned_hints:
+                    for op in ops:
+                        self._drop_hint(owner, op, "orphaned")
+                else:
+                    self._reaim(owner, ops)
             for owner in replay:
                 ops = [op for o, op in self.hints if o == owner]
                 sizes = [op_wire_bytes(op) for op in ops]
@@ -330,9 +334,10 @@ class DataNode(Endpoint):
             self._reaim(owner, [ops[i] for i in keep if not failed])
         return not failed
 
-    def _reaim(self, owner: str, refused: list[Operation]) -> None:
-        """Hints ``owner`` refused because it no longer owns their partition go to the partition's owners now."""
-        for op in refused:
+    def _reaim(self, owner: str, ops: list[Operation]) -> None:
+        """Hints for an owner that no longer owns their partition (it refused them, or was removed) go to the
+        partition's owners now, as this node knows them."""
+        for op in ops:
             owners = cs.owners(self.state, op.partition)
             if owner in owners:
                 continue  # this node's state is behind the owner's: try again later

@@ -51,7 +51,7 @@ Modelled — the plumbing the runtime does with I/O:
 - the loops (hint replay, one anti-entropy exchange with a random replica of a
   random partition, pulling gained partitions) run on fixed short intervals.
 
-Two behaviours go beyond the runtime as it stands, because the simulator found
+Three behaviours go beyond the runtime as it stands, because the simulator found
 the runtime's way breaks a rule; each is a ``Mutations`` flag that restores the
 runtime's way, and a test shows the checkers catch it:
 
@@ -61,7 +61,13 @@ runtime's way, and a test shows the checkers catch it:
   the copy a coordinator with an older state still counted towards W;
 - *re-aim refused hints* (``keep_refused_hints`` is the runtime's way): a hint
   its owner refuses because the owner no longer owns the partition goes to the
-  partition's current owners. Kept, it is retried forever and never delivered.
+  partition's current owners. Kept, it is retried forever and never delivered;
+- *re-aim orphaned hints* (``drop_orphaned_hints`` is the runtime's way): a
+  hint for an owner that was removed (``hints.replay_owners`` names it) goes to
+  the partition's current owners too. Dropped, it can take with it a copy that
+  counted towards W: a coordinator that has not yet heard of the removal picks
+  a fallback for the removed owner, the fallback (which has) drops the hint at
+  once, and the write is acknowledged held by one node (seed 5380).
 
 The other ``Mutations`` are bugs put in on purpose (a hint dropped before its
 owner acknowledged it, anti-entropy moving data one way only, an
@@ -96,7 +102,8 @@ EVENTS_PER_SIMULATED_SECOND_MAX = 50_000
 class Mutations:
     """Changes that break a rule of the data path, to show the checkers catch them. All off: as designed.
 
-    ``drop_at_commit`` and ``keep_refused_hints`` are what the runtime does today (module docstring)."""
+    ``drop_at_commit``, ``keep_refused_hints`` and ``drop_orphaned_hints`` are what the runtime does
+    today (module docstring)."""
 
     drop_hint_before_ack: bool = False
     # Anti-entropy moves data from the lower node id of a pair to the higher one only.
@@ -104,6 +111,7 @@ class Mutations:
     ack_before_durable: bool = False
     drop_at_commit: bool = False
     keep_refused_hints: bool = False
+    drop_orphaned_hints: bool = False
 
 
 class DataObserver:

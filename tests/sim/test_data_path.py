@@ -57,7 +57,7 @@ def test_generated_schedules_converge_with_every_acknowledged_write(request: pyt
         )
     if chosen is None:
         # A sweep that never took a path proves nothing about it.
-        paths = ("hints delivered", "hints re-aimed", "hints orphaned", "anti-entropy repairs", "partitions pulled",
+        paths = ("hints delivered", "hints re-aimed", "anti-entropy repairs", "partitions pulled",
                  "partitions handed over", "writes forwarded", "crashes", "removes", "messages duplicated")
         for path in paths:
             assert exercised[path] > 0, f"the sweep never exercised {path}: {dict(exercised)}"
@@ -86,6 +86,22 @@ def test_the_sweep_finds_each_broken_rule(mutation: str, symptom: str) -> None:
             assert re.search(symptom, str(failure.error)), str(failure)
             return
     pytest.fail(f"{MUTATION_SEEDS_MAX} seeds with {mutation} found nothing: the checkers have no teeth for it")
+
+
+# Seeds a 10,000-seed sweep found failing while hints for a removed owner were dropped (as
+# ``hints.replay_owners`` has the runtime do): too rare for the default sweep to meet, so pinned.
+ORPHANED_HINT_SEEDS = (5380, 7985, 10604)
+
+
+@pytest.mark.parametrize("found", ORPHANED_HINT_SEEDS)
+def test_dropping_a_removed_owners_hints_loses_a_counted_copy(found: int) -> None:
+    """A coordinator that has not heard of a removal picks a fallback for the removed owner; the fallback,
+    which has, drops the hint at once, and the write is acknowledged held by one node."""
+    scenario = data_scenario.generate(found)
+    with pytest.raises(DataSimulationFailed, match="durable before acknowledged"):
+        data_scenario.run(scenario, Mutations(drop_orphaned_hints=True))
+    sim = data_scenario.run(scenario)  # re-aimed at the partition's owners instead, nothing is lost
+    assert sim.stats["hints orphaned"] == 0 and sim.stats["hints re-aimed"] > 0
 
 
 def _seeds(request: pytest.FixtureRequest, count: int = 5) -> list[int]:
