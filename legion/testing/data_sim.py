@@ -51,6 +51,11 @@ Modelled — the plumbing the runtime does with I/O:
 - the loops (hint replay, one anti-entropy exchange with a random replica of a
   random partition, pulling gained partitions) run on fixed short intervals.
 
+Not modelled: reads (read quorum, read repair, the catch-up that keeps a
+restarted owner from serving reads until its hints arrived), snapshot files
+(a partition moves as a fold of its operations), engines other than one
+last-writer-wins key/value map, and disks that fill.
+
 Three behaviours go beyond the runtime as it stands, because the simulator found
 the runtime's way breaks a rule; each is a ``Mutations`` flag that restores the
 runtime's way, and a test shows the checkers catch it:
