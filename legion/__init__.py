@@ -31,6 +31,9 @@ Architecture — a pure core and an I/O shell:
 - ``checkpoints``   how much of each partition's log its engine holds durably
                     (the translog model): what to re-apply, flush, compact
 - ``routing``       which replicas a write, read or coverage request goes to
+- ``hints``         hinted handoff: which node keeps a write for an owner that
+                    is down (sloppy quorum), what to replay and drop, when a
+                    restarted owner has caught up
 - ``write_batch``   batch writes: per-item checks, chunks bounded by count and
                     bytes, when each item of a ``write_many`` is decided
 - ``engine``        the engine contract (open/apply/read/coverage/fold, services
@@ -51,7 +54,9 @@ process), ``http_api`` and ``transport`` (aiohttp server, auth, error mapping,
 peer client), ``coordinator`` (fan-out, quorum, retries), ``log_writer`` and
 ``storage`` (SQLite WAL operation log with group commit), ``gossiper``
 (heartbeats, state dissemination, claimant duties), ``handoff_receiver``
-(pulling partitions on rebalance and re-sync) — both built on ``rounds`` —
+(pulling partitions on rebalance and re-sync), ``hinted_handoff`` (keeping,
+replaying and catching up on hints, stored by ``hint_store``) — all built
+on ``rounds`` —
 ``replica_sender`` (batched replication of single writes),
 ``batch_writer`` (``write_many``: chunks per replica node),
 ``member_attributes`` (the attributes a node knows), ``sidecar`` (child
