@@ -14,11 +14,12 @@ At every step:
     since handed the partition over, which (c) judges), or once it has been
     re-aimed at every current owner of the partition (each holding it, or a
     hint for it kept by the same node); a hint orphaned by its owner's removal
-    (``hints.replay_owners``) is dropped only while some node still holds the
+    (``hints.replay_owners``) is dropped only while ``W`` nodes still hold the
     write, if it was acknowledged;
 (c) a node drops its copy of a partition only if every acknowledged write the
-    copy holds is also held elsewhere (another node's replica, or any node's
-    hint store) — dropping must never lose the last copy.
+    copy holds is still held by ``W`` nodes without it (their replicas, or any
+    node's hint store) — dropping must never take an acknowledged write below
+    the copies its acknowledgement promised.
 
 After healing and a quiet period (``check_converged``, then
 ``check_acknowledged``):
@@ -59,14 +60,9 @@ class DataChecker(DataObserver):
             )
             return
         if why == "orphaned":
-            # Its owner was removed (``hints.replay_owners``): an acknowledged write must not go with the hint.
-            if op not in sim.acknowledged:
-                return
-            others = [n.id for n in sim.nodes.values() if n.holds(op) or (n is not holder and n.keeps_hint(op))]
-            assert others, (
-                f"last copy dropped: {holder.id} dropped its hint of {_shown(op)} for removed {target}, "
-                f"and no node holds the write"
-            )
+            # Its owner was removed (``hints.replay_owners``): an acknowledged write keeps its W copies.
+            if op in sim.acks:
+                _assert_copies(sim, op, f"{holder.id} dropped its hint of {_shown(op)} for removed {target}")
             return
         for owner in cs.owners(holder.state, op.partition):
             kept = holder.holds(op) if owner == holder.id else (owner, op) in holder.hints
@@ -76,14 +72,17 @@ class DataChecker(DataObserver):
             )
 
     def on_drop(self, sim: DataSimulation, node: DataNode, partition: int) -> None:
-        for op in last_acknowledged(sim).values():
-            if op.partition != partition or not node.holds(op):
-                continue
-            others = [n.id for n in sim.nodes.values() if (n is not node and n.holds(op)) or n.keeps_hint(op)]
-            assert others, (
-                f"last copy dropped: {node.id} drops p{partition}, the only copy of acknowledged {_shown(op)}; "
-                f"state {describe(node.state)}"
-            )
+        for op in sim.acks:
+            if op.partition == partition and node.holds(op):
+                _assert_copies(sim, op, f"{node.id} drops p{partition} ({describe(node.state)})", without=node)
+
+
+def _assert_copies(sim: DataSimulation, op: Operation, event: str, without: DataNode | None = None) -> None:
+    """An acknowledged write is still held durably by ``W`` nodes (replica or hint), ``without``'s replica aside."""
+    holders = sorted(n.id for n in sim.nodes.values() if (n is not without and n.holds(op)) or n.keeps_hint(op))
+    assert len(holders) >= W, (
+        f"fewer than W copies left: {event}; acknowledged {_shown(op)} is held by {holders} alone, W={W}"
+    )
 
 
 def last_acknowledged(sim: DataSimulation) -> dict[bytes, Operation]:

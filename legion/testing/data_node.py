@@ -45,6 +45,8 @@ PEER_TIMEOUT_MS = 150
 SUSPECT_MS = 400
 HINT_INTERVAL_MS = 100
 AAE_INTERVAL_MS = 120
+# The runtime's ANTI_ENTROPY_SETTLE_MS, scaled to the simulated network's delays.
+AAE_SETTLE_MS = 50
 HANDOFF_INTERVAL_MS = 100
 # Only with Mutations.ack_before_durable: how long an acknowledged write may sit in memory.
 FLUSH_INTERVAL_MS = 30
@@ -266,6 +268,7 @@ class DataNode(Endpoint):
             raise Unavailable(f"partition {partition}: only {len(acks)} of {need} required acknowledged")
         for observer in self.sim.observers:
             observer.on_ack(self.sim, self, op, acks)
+        self.sim.acks.add(op)
         self.sim.stats["writes acknowledged"] += 1
         self.sim.log(f"{self.id} acks {_op(op)} held by {sorted(acks)}")
         return op
@@ -358,6 +361,7 @@ class DataNode(Endpoint):
     # --- active anti-entropy -----------------------------------------------------
 
     def _anti_entropy_loop(self) -> Process:
+        """Like the runtime's rounds: each pair of replicas is compared by its lower id, partition by partition."""
         rng = self.sim.rng
         while True:
             yield Sleep(AAE_INTERVAL_MS + rng.randrange(AAE_INTERVAL_MS))
@@ -366,15 +370,15 @@ class DataNode(Endpoint):
             if not mine:
                 continue
             partition = rng.choice(mine)
-            peers = [n for n in state.placement[partition] if n != self.id and n in live]
-            if peers:
+            for peer in sorted(n for n in state.placement[partition] if n > self.id and n in live):
                 try:
-                    yield from self._exchange(rng.choice(peers), partition)
+                    yield from self._exchange(peer, partition)
                 except LegionError:
                     pass
 
     def _exchange(self, peer: str, partition: int) -> Process:
-        """One exchange with ``peer`` over ``partition`` (``hash_tree``'s walk): each side gets what the other had newer."""
+        """One exchange with ``peer`` over ``partition``: walk the trees down where they differ (three round
+        trips), look again ``AAE_SETTLE_MS`` later (a write in flight differs for a moment), ship both ways."""
         theirs = yield from self._call(peer, "buckets", {"partition": partition})
         if partition not in self.replica:
             return
@@ -386,20 +390,31 @@ class DataNode(Endpoint):
         if partition not in self.replica:
             return
         segments = hash_tree.differing_indexes(self.tree(partition).segment_hashes(buckets), their_segments)
-        their_ops = yield from self._call(peer, "items", {"partition": partition, "segments": segments})
-        if partition not in self.replica:
+        first, _ = yield from self._differing_keys(peer, partition, segments)
+        if not first:
             return
-        theirs_items = {op.key: _version(op) for op in their_ops}
-        keys = hash_tree.differing_keys(self.tree(partition).items_in(segments), theirs_items)
+        yield Sleep(AAE_SETTLE_MS)
+        again, their_ops = yield from self._differing_keys(peer, partition, segments)
+        keys = first & again
+        if not keys or partition not in self.replica:
+            return
         take = [op for op in their_ops if op.key in keys]
         give = [op for key, op in sorted(self.replica[partition].items()) if key in keys]
-        if self.sim.mutations.aae_one_direction:  # data flows from the lower node id to the higher only
-            take, give = (take, []) if peer < self.id else ([], give)
+        if self.sim.mutations.aae_one_direction:
+            take = []
         self.store(take)
         self.sim.stats["anti-entropy repairs"] += 1
         self.sim.log(f"{self.id} anti-entropy p{partition} with {peer}: {len(keys)} keys differ")
         if give:
             yield from self._call(peer, "apply", {"ops": give})
+
+    def _differing_keys(self, peer: str, partition: int, segments: list[int]) -> Process:
+        """The keys of ``segments`` on which this replica and ``peer``'s differ, and the peer's operations there."""
+        their_ops = yield from self._call(peer, "items", {"partition": partition, "segments": segments})
+        if partition not in self.replica:
+            return set(), []
+        theirs = {op.key: _version(op) for op in their_ops}
+        return hash_tree.differing_keys(self.tree(partition).items_in(segments), theirs), their_ops
 
     # --- handoff: pulling what this node gains, handing over what it loses ---------
 

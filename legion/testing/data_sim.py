@@ -30,8 +30,9 @@ call, not a copy:
 - anti-entropy, ``legion.hash_tree``: each replica keeps a ``HashTree`` per
   partition, updated write by write, over the default ``Engine.versions``
   (``ops_version``); an exchange walks it with ``root_of``,
-  ``differing_indexes`` and ``differing_keys`` in three round trips, and ships
-  the differing keys both ways;
+  ``differing_indexes`` and ``differing_keys`` in three round trips, looks at
+  the differing items again a moment later, and ships the keys that still
+  differ both ways — each pair compared by its lower id, as the runtime does;
 - membership and handoff, ``cluster_state``: ``add_member`` / ``remove_member``
   plan a move over ``placement.place``, ``gained_slots`` say what to pull,
   ``mark_ready`` / ``try_commit`` / ``commit`` finish it, ``owners`` /
@@ -72,7 +73,8 @@ runtime's way, and a test shows the checkers catch it:
   the partition's current owners too. Dropped, it can take with it a copy that
   counted towards W: a coordinator that has not yet heard of the removal picks
   a fallback for the removed owner, the fallback (which has) drops the hint at
-  once, and the write is acknowledged held by one node (seed 5380).
+  once, and the write is acknowledged held by one node
+  (``tests/sim/test_data_path.py::test_a_hint_for_a_removed_owner_keeps_its_copy``).
 
 The other ``Mutations`` are bugs put in on purpose (a hint dropped before its
 owner acknowledged it, anti-entropy moving data one way only, an
@@ -111,7 +113,7 @@ class Mutations:
     today (module docstring)."""
 
     drop_hint_before_ack: bool = False
-    # Anti-entropy moves data from the lower node id of a pair to the higher one only.
+    # An anti-entropy exchange pushes what its peer lacks but never pulls what it lacks itself.
     aae_one_direction: bool = False
     ack_before_durable: bool = False
     drop_at_commit: bool = False
@@ -183,12 +185,15 @@ class Client(Endpoint):
             if not entries:
                 continue
             count += 1
-            body = {"key": rng.choice(keys), "value": f"{name}-{count}".encode()}
-            try:
-                op = yield Call(rng.choice(entries), "write", body, CLIENT_TIMEOUT_MS)
-            except LegionError:
-                continue
-            sim.acknowledged.append(op)
+            yield from self.write_once(rng.choice(entries), rng.choice(keys), f"{name}-{count}".encode())
+
+    def write_once(self, coordinator: str, key: bytes, value: bytes) -> Process:
+        """One write through ``coordinator``; recorded if it was acknowledged."""
+        try:
+            op = yield Call(coordinator, "write", {"key": key, "value": value}, CLIENT_TIMEOUT_MS)
+        except LegionError:
+            return
+        self.sim.acknowledged.append(op)
 
 
 class DataSimulation:
@@ -217,6 +222,8 @@ class DataSimulation:
         self.trace: list[str] = []
         self.stats: Counter[str] = Counter()
         self.written: set[Operation] = set()
+        # What coordinators acknowledged, and what of that reached the client (a reply may be lost).
+        self.acks: set[Operation] = set()
         self.acknowledged: list[Operation] = []
         ids = sorted(nodes)
         members = tuple(cs.Member(n, f"sim://{n}", cs.UP) for n in ids)
@@ -253,6 +260,12 @@ class DataSimulation:
         assert isinstance(client, Client)
         for i in range(writers):
             self.kernel.spawn(client, client.writer(f"w{i}", until_ms, keys))
+
+    def write_through(self, coordinator: str, key: bytes, value: bytes) -> None:
+        """One client write through ``coordinator``, now."""
+        client = self.kernel.endpoints["client"]
+        assert isinstance(client, Client)
+        self.kernel.spawn(client, client.write_once(coordinator, key, value))
 
     def join(self, node_id: str) -> None:
         self.stats["joins"] += 1
