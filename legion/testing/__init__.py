@@ -30,10 +30,28 @@ the wall clock):
 - ``scenario``    scenarios generated from a seed, run with a quiet period and
                   reported with the command that replays them.
 
+The data-path simulator, on the same kernel (writes with W=2 of N=3, hinted
+handoff, anti-entropy, partition handoff; messages lost, duplicated and
+reordered, nodes crashed and restarted, the network split):
+
+- ``data_sim``       ``DataSimulation``: 3-5 nodes, clients, a membership
+                     oracle; its docstring says what is real (routing,
+                     replication, hints, hash_tree, cluster_state) and what is
+                     modelled; ``Mutations`` break it on purpose;
+- ``data_node``      one node: durable replica and hint store, the coordinator,
+                     hint replay, anti-entropy exchanges, pulling and handing
+                     over partitions;
+- ``data_checkers``  the invariants: durable before acknowledged, hints and
+                     copies dropped only once held elsewhere, and after healing
+                     identical replicas holding every acknowledged write;
+- ``data_scenario``  scenarios generated from a seed, healed, judged, and
+                     reported with the command that replays them.
+
 Quickstart::
 
     from legion.testing import scenario
     scenario.run(scenario.generate(seed=42))   # SimulationFailed (an AssertionError) names the seed
 
-``tests/sim`` runs many seeds; ``pytest tests/sim --seed N`` replays one.
+``tests/sim`` runs many seeds; ``pytest tests/sim --seed N`` replays one
+(``pytest tests/sim/test_data_path.py --seed N`` a data-path seed).
 """

@@ -17,6 +17,8 @@ from tests.sim.support import SimReport
 
 SWEEP_SEEDS_DEFAULT = 300
 SCENARIO_SEEDS_DEFAULT = 5
+# The data-path simulator runs about 50 seeds a second on one core (tests/sim/test_data_path.py).
+DATA_SWEEP_SEEDS_DEFAULT = 2000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,6 +29,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=SWEEP_SEEDS_DEFAULT,
         help=f"how many seeds the random sweep runs (default {SWEEP_SEEDS_DEFAULT})",
+    )
+    group.addoption(
+        "--data-sim-seeds",
+        type=int,
+        default=DATA_SWEEP_SEEDS_DEFAULT,
+        help=f"how many seeds the data-path sweep runs (default {DATA_SWEEP_SEEDS_DEFAULT})",
     )
 
 
