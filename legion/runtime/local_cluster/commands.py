@@ -24,6 +24,8 @@ from legion.runtime.local_cluster.directory import TLS_DIR
 from legion.runtime.local_cluster.ports import HOST
 
 Progress = Callable[[str], None]
+# Ports tried for a new node whose chosen port another process took first.
+PORT_ATTEMPTS = 3
 
 
 def up(
@@ -132,8 +134,18 @@ def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | Non
     document["nodes"].append(node)
     deadline = time.monotonic() + timeout_s
     _ensure_services(directory, document, deadline, progress)
-    _start(directory, document, node, join=live[0]["url"], progress=progress)
-    readiness.wait_healthy(directory, node, deadline, timeout_s)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        _start(directory, document, node, join=live[0]["url"], progress=progress)
+        try:
+            readiness.wait_healthy(directory, node, deadline, timeout_s)
+            break
+        except ConfigError as exc:
+            # The port was free when chosen, but it lies in the kernel's ephemeral range: a client's
+            # socket may take it before the node binds it. The node never joined: try another port.
+            if "address already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
+                raise
+            node["url"] = cluster_directory.node_entry(directory, node_id, ports.free_ports(1)[0], tls=bool(document.get("tls")))["url"]
+            _report(progress, f"port taken before {node_id} could listen; trying {node['url']}")
     _report(progress, f"waiting for {node_id} to be up and partitions to move")
     with cluster_directory.client(directory, live + [node]) as client:
         readiness.wait_settled(client, [node], readiness.all_up([node_id]), deadline, timeout_s, f"{node_id} to join")
