@@ -55,9 +55,9 @@ peer client), ``coordinator`` (fan-out, quorum, retries), ``log_writer`` and
 ``replica_sender`` (batched replication of single writes),
 ``batch_writer`` (``write_many``: chunks per replica node),
 ``member_attributes`` (the attributes a node knows), ``sidecar`` (child
-processes engines run beside a node), ``local_cluster`` (starting real node
-processes locally) with ``local_services`` (processes engines ask for beside
-a local cluster) and ``local_processes`` (spawning, recognising, stopping them).
+processes engines run beside a node), ``local_cluster`` (a package: starting real node
+processes locally, the processes engines ask for beside them, the cluster
+directory, ports, and waiting for the cluster to settle).
 
 Read ``docs/writing-an-engine.md`` to build an engine of your own.
 """

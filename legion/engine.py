@@ -63,6 +63,15 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
 6. ``fold(partition)`` when another node takes a copy of the partition
    (handoff): yields operations which, applied to an empty partition, rebuild
    this partition's state exactly — tombstones included.
+   Optionally, an engine whose partition lives in immutable files moves it as
+   a **snapshot** instead: ``snapshot(partition, into)`` (writer thread, right
+   after a flush) hard-links those files under ``into`` and returns a
+   ``PartitionSnapshot`` naming them, plus any operations not in files; the
+   gaining node fetches the files (resumable per file) and calls
+   ``install(partition, directory, snapshot)`` (writer thread), which merges
+   them into what the partition holds, as applying the fold would (the
+   core then lists the partition's ``versions`` again). The default
+   ``snapshot`` returns None: the fold is used.
    Active anti-entropy (``legion.runtime.anti_entropy``) compares replicas
    key by key through three more methods, from worker threads (like
    ``read``), possibly while ``apply`` runs. ``versions(partition)`` lists
@@ -243,6 +252,18 @@ class HttpResponse:
     @classmethod
     def json(cls, value: Any, status: int = 200) -> HttpResponse:
         return cls(status=status, body=json.dumps(value).encode(), content_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionSnapshot:
+    """A partition as an engine's immutable files, for handoff: what ``Engine.snapshot`` returns.
+
+    ``files`` are paths relative to the snapshot directory (``/``-separated, no
+    ``..``); ``operations`` carry what is not in files (a catalog, say), applied
+    through the log on the gaining node like a fold's."""
+
+    files: Sequence[str]
+    operations: Sequence[Operation] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,6 +562,23 @@ class Engine(ABC):
         The default is the operation's key: override it when ``fold`` keys the state
         otherwise than the operations written (a batch holding many documents)."""
         return (op.key,)
+
+    def snapshot(self, partition: int, into: Path) -> PartitionSnapshot | None:
+        """Hard-link the immutable files holding ``partition`` under ``into`` (which exists, empty) and name them.
+
+        Called from the writer thread right after ``flush(partition)``, so what
+        the files hold is complete and durable. The default returns None: the
+        partition moves by ``fold``."""
+        return None
+
+    def install(self, partition: int, directory: Path, snapshot: PartitionSnapshot) -> None:
+        """Merge a received snapshot's files (under ``directory``) into ``partition``, as applying its fold would.
+
+        Called from the writer thread of the gaining node, on top of what the
+        partition may already hold; may move the files (they are this node's
+        own copies). The core calls ``flush`` next. Only called on engines whose
+        ``snapshot`` returns one."""
+        raise NotImplementedError(f"engine {self.name!r} returns snapshots but does not install them")
 
     def routes(self) -> Sequence[Route]:
         """The HTTP endpoints this engine serves."""

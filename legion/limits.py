@@ -34,6 +34,11 @@ HANDOFF_BATCH_OPS_MAX = 2_000
 # (map/reduce batches), and the receiver buffers one batch (at most PEER_BODY_BYTES_MAX).
 HANDOFF_BATCH_BYTES_MAX = 16 * 1024 * 1024
 HANDOFF_RETRY_INTERVAL_MS = 500
+# A node pulls this many partitions at once (handoff and re-sync). Each pull holds at most one
+# fold batch (HANDOFF_BATCH_BYTES_MAX) and reads no more until its log writer took it, and the
+# source's producer waits on a short queue: memory stays bounded by bytes, and TCP carries the
+# backpressure to the source. A snapshot's files stream to disk.
+HANDOFF_PULLS_MAX = 3
 
 WRITE_QUEUE_OPS_MAX = 10_000
 WRITE_BATCH_OPS_MAX = 1_000

@@ -52,6 +52,7 @@ from engines.mapreduce.catalog_store import CatalogStore
 from engines.mapreduce.datasets import (
     CATALOG_KINDS,
     ENGINE_NAME,
+    ID_PATTERN,
     KIND_BATCH,
     KIND_CREATE,
     Catalog,
@@ -62,6 +63,7 @@ from engines.mapreduce.datasets import (
     parse_batch_key,
 )
 from engines.mapreduce.partition_files import (
+    FILE_SUFFIX,
     PartitionFiles,
     link_snapshot,
     read_batch,
@@ -81,7 +83,7 @@ from engines.mapreduce.dask_adapter import (
 from engines.mapreduce.planner import RESOURCE_ATTRIBUTE, THREADS_ATTRIBUTE
 from engines.mapreduce.report import STATE_FAILED, STATE_RUNNING, STATE_SUCCEEDED
 from legion.dashboard import DashboardPanel, PanelLookup
-from legion.engine import Engine, LocalService, NodeInfo, Route
+from legion.engine import Engine, LocalService, NodeInfo, PartitionSnapshot, Route
 from legion.errors import BadRequest, ConfigError, NotOwner
 from legion.hash_tree import ops_version
 from legion.replication import Operation
@@ -400,6 +402,28 @@ class MapReduceEngine(Engine):
         body = batch_body(incarnation, path.stem, table.num_rows, arrow_rows.encode_payload(table))
         return Operation(ENGINE_NAME, partition, key, hlc, origin, KIND_BATCH, body)
 
+    def snapshot(self, partition: int, into: Path) -> PartitionSnapshot:
+        """The live incarnations' batch files, hard-linked as ``<incarnation>/<batch id>.arrow``, and the catalog."""
+        files = self._require_held(partition)
+        with self._lock:
+            catalog_ops = self._catalog.operations(partition)
+        names = []
+        for incarnation in files.incarnations():
+            if self._catalog.is_dead(incarnation):
+                continue
+            for link in link_snapshot(files, incarnation, into / incarnation):
+                names.append(f"{incarnation}/{link.name}")
+        return PartitionSnapshot(files=names, operations=catalog_ops)
+
+    def install(self, partition: int, directory: Path, snapshot: PartitionSnapshot) -> None:
+        """Move in each received batch file this partition lacks (the catalog operations came through the log first)."""
+        files = self._require_held(partition)
+        for name in snapshot.files:
+            incarnation, batch_id = _batch_file_name(name)
+            if self._catalog.is_dead(incarnation):
+                continue
+            files.adopt(incarnation, batch_id, directory / name)
+
     # --- HTTP and CLI -----------------------------------------------------------------
 
     def routes(self) -> Sequence[Route]:
@@ -442,6 +466,15 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _batch_file_name(name: str) -> tuple[str, str]:
+    """``(incarnation, batch id)`` of a snapshot file named ``<incarnation>/<batch id>.arrow``; BadRequest otherwise."""
+    incarnation, _, file_name = name.partition("/")
+    batch_id = file_name.removesuffix(FILE_SUFFIX)
+    if not (ID_PATTERN.fullmatch(incarnation) and ID_PATTERN.fullmatch(batch_id) and file_name.endswith(FILE_SUFFIX)):
+        raise BadRequest(f"snapshot file {name!r} is not <incarnation>/<batch id>{FILE_SUFFIX}")
+    return incarnation, batch_id
 
 
 def _job_id(query: Mapping[str, Any]) -> str:

@@ -79,6 +79,16 @@ class PartitionFiles:
         self._unsynced.add(target)
         return True
 
+    def adopt(self, incarnation: str, batch_id: str, source: Path) -> bool:
+        """Move a batch file received whole (a snapshot handoff) into place unless already stored; True if moved."""
+        target = self.path(incarnation, batch_id)
+        if target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        self._unsynced.add(target)
+        return True
+
     def sync(self) -> None:
         """Make every batch written since the last sync durable (files, then their directories)."""
         files, self._unsynced = self._unsynced, set()

@@ -2,8 +2,11 @@
 
 I/O. Whenever the cluster state changes, the receiver compares the pending
 placement with the current one: for every partition this node gains, it
-streams a fold of the partition from a live current replica (``/internal/
-fold``), applies it through the log writer like any other write, flushes it
+copies each engine's share from a live current replica — up to
+``HANDOFF_PULLS_MAX`` partitions at once — as a snapshot of the engine's
+files when the engine offers one (``snapshot_fetcher``), else as a stream of
+its fold (``/internal/fold``) applied through the log writer like any other
+write; it flushes it
 (an engine that defers durability makes the copy visible), and reports the
 partition ready to the claimant. Writes that arrive during the pull are
 applied too; operations are idempotent and commutative, so the order does not
@@ -20,6 +23,7 @@ anti_entropy``, repairs replicas key by key in the background.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING
@@ -28,10 +32,11 @@ import msgpack
 
 from legion import cluster_state as cs
 from legion.errors import LegionError, Unavailable
-from legion.limits import HANDOFF_RETRY_INTERVAL_MS, PEER_BODY_BYTES_MAX
+from legion.limits import HANDOFF_PULLS_MAX, HANDOFF_RETRY_INTERVAL_MS, PEER_BODY_BYTES_MAX
 from legion.replication import Operation
 from legion.routing import read_order
 from legion.runtime.rounds import Rounds
+from legion.runtime.snapshot_fetcher import SnapshotFetcher
 
 if TYPE_CHECKING:
     from legion.runtime.node import Node
@@ -70,6 +75,7 @@ class HandoffReceiver(Rounds):
         self._published = ""
         # Partitions being copied in right now (for the metrics and the dashboard).
         self.in_flight: set[int] = set()
+        self.snapshots = SnapshotFetcher(node)
 
     def resync_all(self) -> None:
         """Re-copy every partition this node holds before serving reads of it again."""
@@ -120,15 +126,20 @@ class HandoffReceiver(Rounds):
             self._pulled, self._pulled_for = set(), self.node.state.pending
         if not wanted:
             return
-        for p in wanted:
-            # The plan may change while we copy (a node joined or left): copy only what is still wanted.
-            if p in self._pulled or p not in self.wanted():
-                continue
-            try:
-                await self.pull(p)
-                self._pulled.add(p)
-            except LegionError as exc:
-                log.warning("pulling partition %d failed, will retry: %s", p, exc)
+        slots = asyncio.Semaphore(HANDOFF_PULLS_MAX)
+
+        async def pull_one(p: int) -> None:
+            async with slots:
+                # The plan may change while we copy (a node joined or left): copy only what is still wanted.
+                if p in self._pulled or p not in self.wanted():
+                    return
+                try:
+                    await self.pull(p)
+                    self._pulled.add(p)
+                except LegionError as exc:
+                    log.warning("pulling partition %d failed, will retry: %s", p, exc)
+
+        await asyncio.gather(*(pull_one(p) for p in wanted))
         done = [p for p in self.wanted() if p in self._pulled]
         if done:
             await self.report(done)
@@ -154,6 +165,9 @@ class HandoffReceiver(Rounds):
         log.info("pulled partition %d from %s", partition, sources[0])
 
     async def _pull_engine(self, source: str, engine: str, partition: int) -> None:
+        """Copy as a snapshot of the engine's files if it offers one, else as its fold."""
+        if await self.snapshots.pull(source, engine, partition):
+            return
         node = self.node
         url = f"{node.state.url_of(source)}/internal/fold?engine={engine}&partition={partition}"
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=PEER_BODY_BYTES_MAX)

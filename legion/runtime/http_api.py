@@ -13,6 +13,8 @@ handler makes: ``legion.idempotency``), and the operators' endpoints
 (msgpack bodies, same token): ``/internal/gossip``,
 ``/internal/apply`` (``?refresh=1``: flush what it touched before answering),
 ``/internal/read``, ``/internal/coverage``, ``/internal/fold`` (streamed),
+``/internal/snapshot`` (``POST``: take one; ``DELETE ?id=``: release it),
+``/internal/snapshot/file?id=&name=&offset=`` (streamed; ``snapshot_shelf``),
 ``/internal/handoff-done``, and anti-entropy's ``/internal/tree``,
 ``/internal/fold-keys`` (streamed) and ``/internal/exchange`` (``legion.runtime.anti_entropy``).
 
@@ -91,6 +93,9 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/read", api.read)
     app.router.add_post("/internal/coverage", api.coverage)
     app.router.add_get("/internal/fold", api.fold)
+    app.router.add_post("/internal/snapshot", api.take_snapshot)
+    app.router.add_get("/internal/snapshot/file", api.snapshot_file)
+    app.router.add_delete("/internal/snapshot", api.release_snapshot)
     app.router.add_post("/internal/digest", api.digest)
     app.router.add_post("/internal/tree", api.tree)
     app.router.add_post("/internal/fold-keys", api.fold_keys)
@@ -411,16 +416,51 @@ class _Api:
         except ValueError:
             raise BadRequest("query parameter 'partition' must be an integer") from None
         impl = self.node.check_holds(engine, partition)
+        self._check_knows_move(request)
+        await self.node.writer.ensure_open(engine, partition)
+        return await _stream_ops(request, lambda: impl.fold(partition))
+
+    async def take_snapshot(self, request: web.Request) -> web.Response:
+        """A snapshot of a partition for the puller (``{"manifest": …}``, or null: pull the fold instead)."""
+        body = await _read_msgpack(request)
+        engine, partition = _field(body, "engine", str), _field(body, "partition", int)
+        self.node.check_holds(engine, partition)
+        self._check_knows_move(request)
+        manifest = await self.node.shelf.take(engine, partition)
+        return _msgpack_response({"manifest": manifest.to_wire() if manifest is not None else None})
+
+    async def snapshot_file(self, request: web.Request) -> web.StreamResponse:
+        """One file of a snapshot on the shelf, from ``offset`` on."""
+        snapshot_id, name = request.query.get("id", ""), request.query.get("name", "")
+        try:
+            offset = int(request.query.get("offset", "0"))
+        except ValueError:
+            raise BadRequest("query parameter 'offset' must be an integer") from None
+        if offset < 0:
+            raise BadRequest("query parameter 'offset' must be 0 or more")
+        chunks = self.node.shelf.read(snapshot_id, name, offset)  # checks id and name before anything is sent
+        first = await anext(chunks, b"")
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def release_snapshot(self, request: web.Request) -> web.Response:
+        self.node.shelf.release(request.query.get("id", ""))
+        return _msgpack_response({"released": True})
+
+    def _check_knows_move(self, request: web.Request) -> None:
+        """Copy a partition out only once this node knows the move the puller knows: then every write
+        it logs from now on is forwarded to the puller, whoever coordinated it (see apply)."""
         puller = sender_digest(request)
         if puller is not None and cs.digest_newer(puller, cs.digest(self.node.state)):
-            # Fold only once this node knows the move: then every write it logs after the fold
-            # began is forwarded to the puller, whoever coordinated it (see apply).
             self.node.request_gossip()
             raise Unavailable(
                 f"node {self.node.node_id} has not yet seen cluster state {puller[0]}:{puller[1]}; retry shortly"
             )
-        await self.node.writer.ensure_open(engine, partition)
-        return await _stream_ops(request, lambda: impl.fold(partition))
 
     async def digest(self, request: web.Request) -> web.Response:
         body = await _read_msgpack(request)

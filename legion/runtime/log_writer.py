@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from legion.checkpoints import Checkpoints, Key
-from legion.engine import Engine
-from legion.errors import BadRequest, LegionError, Overloaded
+from legion.engine import Engine, PartitionSnapshot
+from legion.errors import BadRequest, LegionError, Overloaded, Unavailable
 from legion.limits import COMPACT_BATCH_OPS_MAX, WRITE_BATCH_OPS_MAX, WRITE_QUEUE_OPS_MAX
 from legion.replication import Operation
 from legion.runtime.node_metrics import NodeMetrics
@@ -189,6 +189,38 @@ class LogWriter:
                 raise error
 
         await self._control(flush_now)
+
+    async def snapshot(self, engine: str, partition: int, into: Path) -> PartitionSnapshot | None:
+        """Flush ``partition``, then have ``engine`` hard-link its files under ``into`` (``Engine.snapshot``).
+
+        On the writer thread, so no apply runs between the flush and the links:
+        the snapshot holds every operation applied before it."""
+
+        def take() -> PartitionSnapshot | None:
+            self._open_partition(engine, partition)
+            if self.is_behind(engine, partition):
+                raise Unavailable(f"partition {partition} of {engine} lags its log here (an apply failed); retry shortly")
+            impl = self.engines[engine]
+            if not impl.durable_on_apply and (error := self._flush(engine, [partition], _now_ms())) is not None:
+                raise error
+            into.mkdir(parents=True)
+            return impl.snapshot(partition, into)
+
+        return await self._control(take)
+
+    async def install(self, engine: str, partition: int, directory: Path, snapshot: PartitionSnapshot) -> None:
+        """Have ``engine`` merge a received snapshot's files into ``partition`` (``Engine.install``), then flush it."""
+
+        def put_in() -> None:
+            self._open_partition(engine, partition)
+            impl = self.engines[engine]
+            impl.install(partition, directory, snapshot)
+            if self.on_reset is not None:
+                self.on_reset(engine, partition)  # the files came in without apply: list the partition again
+            if not impl.durable_on_apply and (error := self._flush(engine, [partition], _now_ms())) is not None:
+                raise error
+
+        await self._control(put_in)
 
     async def drop(self, engine: str, partition: int) -> None:
         """Close a partition and delete its state and log (it now lives on other nodes)."""

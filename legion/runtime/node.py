@@ -69,6 +69,7 @@ from legion.verify import Summary, summarise
 from legion.runtime.node_metrics import NodeMetrics
 from legion.runtime import tls
 from legion.runtime.storage import NodeStore
+from legion.runtime.snapshot_shelf import SnapshotShelf
 from legion.runtime.tls import TlsFiles
 from legion.runtime.transport import PeerClient, make_middlewares, quiet_parser_errors
 
@@ -172,6 +173,7 @@ class Node:
         self.coordinator = Coordinator(self)
         self.gossiper = Gossiper(self)
         self.handoff = HandoffReceiver(self)
+        self.shelf = SnapshotShelf(config.data_dir, self.writer)
         self.writer.on_missed = self.handoff.take_missed
         self.trees = ReplicaTrees(self.engines)
         self.writer.on_applied, self.writer.on_reset = self.trees.applied, self.trees.reset

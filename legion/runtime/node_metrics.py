@@ -93,6 +93,9 @@ class NodeMetrics:
             "legion_handoff_partitions", "Partitions copied in from another replica (handoffs and re-syncs).", registry=r
         )
         self.handoff_ops = Counter("legion_handoff_ops", "Operations received by handoff.", registry=r)
+        self.handoff_snapshots = Counter(
+            "legion_handoff_snapshots", "Engine partitions copied in as snapshots of their files (not folds).", registry=r
+        )
         self.handoff_bytes = Counter("legion_handoff_bytes", "Bytes received by handoff.", registry=r)
         self.anti_entropy_exchanges = Counter(
             "legion_anti_entropy_exchanges", "Anti-entropy exchanges this node ran with a peer (one engine's partition each).",

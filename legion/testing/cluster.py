@@ -112,6 +112,16 @@ def running_cluster(
             local_cluster.down(directory)
 
 
+def node_metric(directory: Path, node_id: str, sample: str) -> float:
+    """The sum of ``sample`` (a sample name, e.g. ``legion_handoff_snapshots_total``) over one node's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    node = next(n for n in local_cluster.load(directory)["nodes"] if n["id"] == node_id)
+    with Client.connect(directory) as client:
+        exposition = client.for_node(node["url"]).metrics()
+    return sum(s.value for family in text_string_to_metric_families(exposition) for s in family.samples if s.name == sample)
+
+
 def read_when_served(client: Client, method: str, path: str, **request: Any) -> Any:
     """``client.request(...)`` retried while the cluster answers ``Unavailable`` (restarted replicas re-syncing)."""
     deadline = time.monotonic() + SERVED_TIMEOUT_S

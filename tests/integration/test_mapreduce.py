@@ -27,6 +27,7 @@ from engines.mapreduce.testing import lineitem_parquet, q1_differences, q1_refer
 from legion.client import Client
 from legion.errors import BadRequest, Conflict, NotFound
 from legion.runtime import local_cluster
+from legion.testing.cluster import node_metric
 from tests.conftest import CLUSTER_START_TIMEOUT_S
 
 SCALE = 0.01
@@ -126,6 +127,8 @@ def test_tpch_q1_q6_and_word_count_equal_the_references_all_map_tasks_local_also
     assert set(q1_on_f["l_linestatus"].to_pylist()) == {"F"}
 
     local_cluster.add_node(directory, timeout_s=120)
+    # n4 took its map/reduce partitions as snapshots of their Arrow files, not as folds.
+    assert node_metric(directory, "n4", "legion_handoff_snapshots_total") > 0
     wait_for_workers(mr, directory, 4)
     status, q1_after = mr.run(source("tpch_q1"), "lineitem")
     assert q1_differences(q1_after, q1_reference(lineitem)) == []

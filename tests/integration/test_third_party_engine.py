@@ -41,8 +41,9 @@ from legion.clock import pack
 from legion.errors import NotFound, Unavailable
 from legion.keyspace import partition_of
 from legion.replication import Operation, encode_ops
-from legion.runtime import local_cluster, local_processes
-from legion.testing.cluster import read_when_served, wait_until_listenable
+from legion.runtime import local_cluster
+from legion.runtime.local_cluster import processes as local_processes
+from legion.testing.cluster import node_metric, read_when_served, wait_until_listenable
 from tests.legion.runtime.test_sidecar import is_alive, wait_until
 
 ENGINE_SOURCE = '''
@@ -62,7 +63,7 @@ import threading
 from pathlib import Path
 
 from legion.dashboard import DashboardPanel, PanelLookup
-from legion.engine import Engine, HttpResponse, LocalService, Route, WriteItem, WriteResult, current_request_id
+from legion.engine import Engine, HttpResponse, LocalService, PartitionSnapshot, Route, WriteItem, WriteResult, current_request_id
 from legion.errors import BadRequest, NotFound
 from legion.replication import Operation
 from legion.runtime.sidecar import Sidecar
@@ -205,6 +206,22 @@ class CounterEngine(Engine):
         for key, amount, hlc, origin in increments:
             yield Operation("counter", partition, key, hlc, origin, "add", json.dumps([amount]).encode())
 
+    def snapshot(self, partition, into):
+        # Right after a flush: counter.json holds the partition. A later flush replaces the file
+        # (a new inode), so this hard link stays the snapshot's own, unchanged.
+        path = self.files[partition]
+        if not path.exists():
+            return PartitionSnapshot(files=[])
+        os.link(path, into / FILE_NAME)
+        return PartitionSnapshot(files=[FILE_NAME])
+
+    def install(self, partition, directory, snapshot):
+        # Merged, not replaced: the partition may hold increments already (writes during the pull).
+        rows = json.loads((directory / FILE_NAME).read_text()) if snapshot.files else []
+        with self.lock:
+            for inc, key, amount, hlc, origin in rows:
+                self.increments[partition].setdefault(inc, (bytes.fromhex(key), amount, hlc, origin))
+
     def metrics(self):
         with self.lock:
             return {"increments": sum(len(held) for held in self.increments.values())}
@@ -311,6 +328,7 @@ def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plug
                 time.sleep(0.5)
             assert n1.request("GET", "/v1/counter/figs").json() == {"total": 5, "increments": 1}  # r=3
         local_cluster.add_node(directory)
+        assert node_metric(directory, "n4", "legion_handoff_snapshots_total") > 0  # counter.json moved as a file
         doc = local_cluster.load(directory)
         newcomer = next(n for n in doc["nodes"] if n["id"] == "n4")
         with Client([newcomer["url"]], token) as c4:

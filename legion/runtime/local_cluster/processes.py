@@ -1,7 +1,7 @@
 """The processes of a local cluster: spawned detached, recognised later, stopped with escalation.
 
-I/O (processes, signals, /proc, log files). ``local_cluster`` runs node
-processes and ``local_services`` the processes engines ask for beside them
+I/O (processes, signals, /proc, log files). ``commands`` runs node
+processes and ``services`` the processes engines ask for beside them
 (a Dask scheduler); both record each one in ``cluster.json`` as an *entry*,
 a dict with at least ``id``, ``pid`` and ``log``, and use these functions on
 it. An entry is recognised as still the same process (a pid recorded before a

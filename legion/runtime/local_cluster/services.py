@@ -35,7 +35,7 @@ from typing import Any
 from legion.engine import LocalService, load_engines
 from legion.errors import ConfigError, DeadlineExceeded
 from legion.options import check_options
-from legion.runtime import local_processes as processes
+from legion.runtime.local_cluster import processes
 
 SERVICES_DIR_NAME = "services"
 # A TCP readiness probe gives up on one attempt after this long.

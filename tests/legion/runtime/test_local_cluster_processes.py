@@ -1,4 +1,4 @@
-"""``local_processes``: how a local cluster recognises its own node and service processes."""
+"""``local_cluster.processes``: how a local cluster recognises its own node and service processes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from legion.runtime import local_processes
+from legion.runtime.local_cluster import processes as local_processes
 
 
 def test_a_child_it_spawned_is_running_while_poll_says_so_whatever_proc_shows(monkeypatch: pytest.MonkeyPatch):

@@ -13,7 +13,7 @@ import pytest
 
 from legion.engine import Engine, LocalService
 from legion.errors import ConfigError, DeadlineExceeded
-from legion.runtime import local_processes, local_services
+from legion.runtime.local_cluster import processes as local_processes, services as local_services
 
 # Writes "ready" to the file it is given, then waits to be stopped.
 READY_WHEN_WRITTEN = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).write_text('ready'); time.sleep(600)"

@@ -1,0 +1,80 @@
+"""Waiting for a local cluster: until a node answers, or the cluster settles, failing fast if a node dies.
+
+I/O (polls nodes over HTTP, checks their processes). A wait that times out
+names what it waited for, the last status seen and where the node logs are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from legion.client import Client
+from legion.errors import DeadlineExceeded, Unavailable
+from legion.runtime.local_cluster import directory as cluster_directory, processes
+from legion.runtime.local_cluster.processes import POLL_INTERVAL_S
+
+# How often a long wait on the cluster checks that its node processes live.
+LIVENESS_CHECK_INTERVAL_S = 1.0
+
+
+def wait_healthy(directory: Path, node: dict[str, Any], deadline: float, timeout_s: float) -> None:
+    """Wait until the node answers ``/v1/health``; ConfigError with its log if it dies first."""
+    with cluster_directory.client(directory, [node]) as client:
+        while True:
+            if not processes.is_running(node):
+                raise processes.exited_error(node, f"node {node['id']}")
+            try:
+                client.health()
+                return
+            except Unavailable:
+                pass
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"node {node['id']} did not answer at {node['url']} within {timeout_s:g}s; see {node['log']}"
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+
+def wait_settled(
+    client: Client,
+    watched: Sequence[dict[str, Any]],
+    predicate: Callable[[dict[str, Any]], bool],
+    deadline: float,
+    timeout_s: float,
+    what: str,
+) -> dict[str, Any]:
+    """``client.wait_for(predicate)`` in short slices, failing fast if a watched node dies."""
+    while True:
+        for node in watched:
+            if not processes.is_running(node):
+                raise processes.exited_error(node, f"node {node['id']}")
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            return client.wait_for(predicate, timeout_s=min(remaining, LIVENESS_CHECK_INTERVAL_S))
+        except DeadlineExceeded as exc:
+            if time.monotonic() >= deadline:
+                logs = Path(watched[0]["log"]).parent.parent if watched else "the node directories"
+                last = exc.details.get("last_status", "none")
+                raise DeadlineExceeded(
+                    f"timed out after {timeout_s:g}s waiting for {what}; last status: {last}; node logs are under {logs}"
+                ) from None
+
+
+def all_up(node_ids: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
+    """Predicate: every named node is a member with status ``up`` and no rebalance is in flight."""
+
+    def check(status: dict[str, Any]) -> bool:
+        members = [member(status, node_id) for node_id in node_ids]
+        return all(m is not None and m.get("status") == "up" for m in members) and not status.get("rebalancing")
+
+    return check
+
+
+def member(status: dict[str, Any], node_id: str) -> dict[str, Any] | None:
+    for member in status.get("members", ()):
+        if member.get("id") == node_id:
+            return member
+    return None
