@@ -122,7 +122,7 @@ def repair(
     cluster: ClusterOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Verify, make every replica of each differing partition merge the others' copies, verify again (exit 1 unless clean)."""
+    """Verify, run an anti-entropy exchange between every two replicas of each differing partition, verify again (exit 1 unless clean)."""
     with Client.connect(cluster) as client, console.status("repairing…"):
         result = client.request("POST", "/v1/cluster/repair").json()
     if as_json:
@@ -130,7 +130,7 @@ def repair(
     else:
         for error in result["errors"]:
             console.print(f"[red]{escape(error['engine'])} partition {error['partition']}:[/] {escape(error['message'])}")
-        console.print(f"repaired {len(result['repaired'])} engine partitions")
+        console.print(f"repaired {len(result['repaired'])} engine partitions ({result.get('keys', 0)} keys shipped)")
         console.print(verify_summary(result["after"]))
     if not result["after"]["clean"]:
         raise typer.Exit(1)

@@ -63,6 +63,15 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
 6. ``fold(partition)`` when another node takes a copy of the partition
    (handoff): yields operations which, applied to an empty partition, rebuild
    this partition's state exactly — tombstones included.
+   Optionally, an engine whose partition lives in immutable files moves it as
+   a **snapshot** instead: ``snapshot(partition, into)`` (writer thread, right
+   after a flush) hard-links those files under ``into`` and returns a
+   ``PartitionSnapshot`` naming them, plus any operations not in files; the
+   gaining node fetches the files (resumable per file) and calls
+   ``install(partition, directory, snapshot)`` (writer thread), which merges
+   them into what the partition holds, as applying the fold would (the
+   core then lists the partition's ``versions`` again). The default
+   ``snapshot`` returns None: the fold is used.
    Active anti-entropy (``legion.runtime.anti_entropy``) compares replicas
    key by key through three more methods, from worker threads (like
    ``read``), possibly while ``apply`` runs. ``versions(partition)`` lists
@@ -84,14 +93,6 @@ Lifecycle, per node process (the *runtime* is the caller of every method):
    whole partition, so an engine with more than a few thousand keys per
    partition implements them over its store. An engine may choose other
    keys (a map/reduce batch id), as long as the three methods agree.
-   Optionally, an engine whose partition lives in immutable files moves it as
-   a **snapshot** instead: ``snapshot(partition, into)`` (writer thread, right
-   after a flush) hard-links those files under ``into`` and returns a
-   ``PartitionSnapshot`` naming them, plus any operations not in files; the
-   gaining node fetches the files (resumable per file) and calls
-   ``install(partition, directory, snapshot)`` (writer thread), which merges
-   them into what the partition holds, as applying the fold would. The
-   default ``snapshot`` returns None: the fold is used.
 7. ``drop(partition)`` then ``close(partition)`` when the partition moved
    away for good (the core then deletes its directory); ``close`` alone at
    shutdown.
@@ -561,6 +562,7 @@ class Engine(ABC):
         The default is the operation's key: override it when ``fold`` keys the state
         otherwise than the operations written (a batch holding many documents)."""
         return (op.key,)
+
     def snapshot(self, partition: int, into: Path) -> PartitionSnapshot | None:
         """Hard-link the immutable files holding ``partition`` under ``into`` (which exists, empty) and name them.
 

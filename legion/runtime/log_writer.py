@@ -215,8 +215,8 @@ class LogWriter:
             self._open_partition(engine, partition)
             impl = self.engines[engine]
             impl.install(partition, directory, snapshot)
-            if self.on_reset is not None:  # the files changed its keys without an apply: rebuild its tree
-                self.on_reset(engine, partition)
+            if self.on_reset is not None:
+                self.on_reset(engine, partition)  # the files came in without apply: list the partition again
             if not impl.durable_on_apply and (error := self._flush(engine, [partition], _now_ms())) is not None:
                 raise error
 
