@@ -41,16 +41,24 @@ def alive_ids(
 
 
 def voters(state: ClusterState) -> list[str]:
-    """Members whose liveness counts for a majority: up or leaving (down or not).
+    """Members whose liveness counts for a majority: the state's voters (``legion.consensus``).
 
     Joining members do not vote and cannot claim: a joiner has no state of its
     own until the claimant admits it, so it must not be asked to decide."""
-    return [m.id for m in state.members if m.status in (cs.UP, cs.LEAVING)]
+    return list(state.voters) if state.voters else list(cs.voting_members(state))
 
 
 def claimant(state: ClusterState, alive: set[str]) -> str | None:
-    """The lowest-id voting member that is alive, or None if there is none."""
-    candidates = [node for node in voters(state) if node in alive]
+    """The node that should campaign and decide: the lowest-id live voter that is not removed.
+
+    A removed member may still vote until the voters shrink (one per commit) but
+    never leads. If no voter qualifies (the only voters are removed or dead), the
+    lowest-id live up or leaving member stands in: who campaigns is only a hint,
+    since winning still takes a majority of the voters. None if nobody qualifies."""
+    removed = {m.id for m in state.members if m.status == REMOVED}
+    candidates = [node for node in voters(state) if node in alive and node not in removed]
+    if not candidates:
+        candidates = [m.id for m in state.members if m.status in (cs.UP, cs.LEAVING) and m.id in alive]
     return min(candidates) if candidates else None
 
 
@@ -83,11 +91,17 @@ def liveness_verdicts(state: ClusterState, alive: set[str]) -> dict[str, bool]:
     return verdicts
 
 
-def claimant_step(state: ClusterState, alive: set[str], by: str) -> ClusterState:
-    """What the claimant ``by`` commits after a gossip round: liveness verdicts, then a finished rebalance.
+def claimant_changes(state: ClusterState, alive: set[str]) -> ClusterState:
+    """What the claimant changes after a gossip round: liveness verdicts, then a finished rebalance.
 
-    Returns ``state`` itself when there is nothing to change, else the next epoch."""
+    Returns the changed content (``state`` itself when nothing changes); the
+    leader publishes it through ``legion.consensus.propose``."""
     new = state
     for member_id, down in liveness_verdicts(state, alive).items():
         new = cs.set_down(new, member_id, down)
-    return cs.commit(state, cs.try_commit(new), by)
+    return cs.try_commit(new)
+
+
+def claimant_step(state: ClusterState, alive: set[str], by: str) -> ClusterState:
+    """``claimant_changes`` as the next epoch (``state`` itself when there is nothing to change)."""
+    return cs.commit(state, claimant_changes(state, alive), by)
