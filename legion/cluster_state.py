@@ -313,9 +313,12 @@ def status_document(
     return {
         "cluster_id": state.cluster_id,
         "epoch": state.epoch,
+        "term": state.term,
         "partitions": state.partitions,
         "replicas": state.replicas,
         "claimant": claimant,
+        # Whose majority a membership change needs (``legion.consensus``); up members join it one per commit.
+        "voters": list(state.voters),
         "members": [
             {
                 "id": m.id,

@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 
 from legion import cluster_state as cs
 from legion.cluster_state import ClusterState
+from legion.errors import BadRequest
 
 Version = tuple[int, int]
 
@@ -106,6 +107,27 @@ def start_join(record: Record, term: int, voter: str) -> tuple[Record, Vote | No
         return record, None
     moved = replace(record, current_term=term)
     return moved, Vote(voter, term, record.accepted, version(record.committed))
+
+
+def vote_reply(record: Record, vote: Vote | None) -> dict[str, object]:
+    """The answer to a start-join, as JSON: the vote, or a refusal with the voter's term."""
+    if vote is None:
+        return {"vote": False, "term": record.current_term}
+    accepted = None if vote.accepted is None else cs.to_dict(vote.accepted)
+    return {"vote": True, "term": vote.term, "accepted": accepted, "committed": list(vote.committed)}
+
+
+def vote_from_reply(voter: str, term: int, reply: Mapping[str, object]) -> Vote | None:
+    """The vote in ``voter``'s answer to a start-join for ``term`` (None if it refused); BadRequest if malformed."""
+    if not reply.get("vote"):
+        return None
+    accepted = reply.get("accepted")
+    committed = reply.get("committed", (-1, -1))
+    try:
+        version = (int(committed[0]), int(committed[1]))  # type: ignore[index]
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise BadRequest(f"malformed vote from {voter}: committed={committed!r}") from None
+    return Vote(voter, term, None if accepted is None else cs.from_dict(accepted), version)
 
 
 def newest_accepted(votes: Iterable[Vote]) -> ClusterState | None:

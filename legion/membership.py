@@ -3,11 +3,12 @@
 Pure. The runtime records when it last heard from each peer (any successful
 gossip exchange counts as a heartbeat) and hands those times here with the
 current time; these functions say which members look dead, which came back,
-and which node is the claimant — the lowest-id live member, the only one that
-commits changes to the cluster state.
+and which node is the claimant — the lowest-id live voter, the one that
+campaigns and decides changes to the cluster state.
 
-Only a claimant that sees a majority of the voting members commits, so the
-minority side of a network split stands still instead of forking the state.
+Who the claimant is, is only a hint: ``legion.consensus`` makes every change
+a commit held by a majority of the voters, so the minority side of a network
+split cannot decide anything whoever campaigns there.
 
 A member is never evicted automatically: the detector only marks it down,
 which routing skips. Removing a member for good is an operator's decision,
@@ -21,10 +22,7 @@ from collections.abc import Mapping
 
 from legion import cluster_state as cs
 from legion.cluster_state import REMOVED, ClusterState
-from legion.limits import FAILURE_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS
-
-# A claimant must have heard from a majority this recently to commit: two heartbeat rounds.
-MAJORITY_FRESH_MS = 2 * HEARTBEAT_INTERVAL_MS
+from legion.limits import FAILURE_TIMEOUT_MS
 
 
 def alive_ids(
@@ -62,23 +60,6 @@ def claimant(state: ClusterState, alive: set[str]) -> str | None:
     return min(candidates) if candidates else None
 
 
-def has_majority(state: ClusterState, alive: set[str]) -> bool:
-    """True if more than half of the voting members are alive.
-
-    Commits need it: on the minority side of a network split no claimant can
-    decide anything, so healing the split never has to throw decisions away."""
-    members = voters(state)
-    return 2 * sum(1 for node in members if node in alive) > len(members)
-
-
-def may_claim(state: ClusterState, alive: set[str], fresh: set[str], self_id: str, *, in_grace: bool) -> bool:
-    """Whether ``self_id`` may commit changes now: it is the claimant among ``alive``, has heard
-    from a majority *recently* (``fresh``: within ``MAJORITY_FRESH_MS``, much shorter than the
-    failure timeout, so a claimant cut off by a split stops deciding within a second or so), and
-    is past its start-up grace period (a restarted node first hears the cluster)."""
-    return not in_grace and claimant(state, alive) == self_id and has_majority(state, fresh)
-
-
 def liveness_verdicts(state: ClusterState, alive: set[str]) -> dict[str, bool]:
     """Members whose ``down`` flag should change: id → new value of ``down``."""
     verdicts: dict[str, bool] = {}
@@ -100,8 +81,3 @@ def claimant_changes(state: ClusterState, alive: set[str]) -> ClusterState:
     for member_id, down in liveness_verdicts(state, alive).items():
         new = cs.set_down(new, member_id, down)
     return cs.try_commit(new)
-
-
-def claimant_step(state: ClusterState, alive: set[str], by: str) -> ClusterState:
-    """``claimant_changes`` as the next epoch (``state`` itself when there is nothing to change)."""
-    return cs.commit(state, claimant_changes(state, alive), by)

@@ -256,11 +256,7 @@ class SimNode(Endpoint):
         except LegionError:
             return None
         self.heard_from(peer)
-        if not reply.get("vote"):
-            return None
-        raw = reply.get("accepted")
-        committed = tuple(reply.get("committed", (-1, -1)))
-        return cn.Vote(peer, term, None if raw is None else cs.from_dict(raw), (int(committed[0]), int(committed[1])))
+        return cn.vote_from_reply(peer, term, reply)
 
     def publish(self, state: cs.ClusterState) -> Any:
         """Have a majority of both voter sets persist ``state``, then commit it; else step down."""
@@ -432,6 +428,8 @@ class SimNode(Endpoint):
                 self.resyncing.discard(p)
             except LegionError:
                 pass
+            # The state may have moved the partition away while it was being copied.
+            self.reconcile()
 
     def wanted(self) -> list[int]:
         state = self._state()
@@ -542,11 +540,8 @@ class SimNode(Endpoint):
         """Join a higher term for good and vote with the accepted state, or refuse (persisted first)."""
         self.heard_from(body["node_id"])
         record, vote = cn.start_join(self.record, int(body["term"]), self.id)
-        if vote is None:
-            return {"vote": False, "term": self.record.current_term}
         self.set_record(record)
-        accepted = None if vote.accepted is None else cs.to_dict(vote.accepted)
-        return {"vote": True, "term": record.current_term, "accepted": accepted, "committed": list(vote.committed)}
+        return cn.vote_reply(record, vote)
 
     def on_publish(self, src: str, body: dict[str, Any]) -> dict[str, Any]:
         """Accept a published state (persisted before the answer) or refuse it."""

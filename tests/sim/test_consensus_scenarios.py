@@ -88,9 +88,9 @@ def test_two_campaigners_at_once_make_at_most_one_leader(seed: int, sim_report: 
             node = sim.nodes[node_id]
             sim.kernel.spawn(node, campaign_once(node))
         sim.run_until(sim.now_ms + REQUEST_DEADLINE_MS)
-        winners = [n for t, n in sim.leaders.items() if t > term]
-        assert len(set(sim.leaders.items())) == len(sim.leaders)  # one leader per term (the checker too)
-        assert winners, "neither campaigner won a term"
+        # A split vote may elect neither (the checker fails at once on two leaders of one term);
+        # the claimant's next campaign, in a higher term, then decides.
+        assert sum(1 for t in sim.leaders if t == term + 1) <= 1
         sim.remove("n5", via="n3")
         assert removal_acknowledged(sim, "n5")
         settle(sim)
