@@ -24,8 +24,11 @@ Architecture — a pure core and an I/O shell:
 - ``placement``     partitions → ordered preference lists of N nodes:
                     balanced, minimal movement, no co-located replicas
 - ``cluster_state`` the versioned document every node agrees on: members,
-                    placement, pending rebalance, epoch
-- ``membership``    failure detector verdicts and the claimant rule
+                    placement, pending rebalance, epoch, term and voters
+- ``consensus``     agreeing on that document: terms, join votes, publications
+                    committed by a majority of both voter sets (a replicated
+                    register, as Elasticsearch's cluster coordination)
+- ``membership``    failure detector verdicts and the claimant (who campaigns)
 - ``clock``         hybrid logical clocks
 - ``replication``   operations, last-writer-wins order, quorum arithmetic
 - ``checkpoints``   how much of each partition's log its engine holds durably
@@ -53,10 +56,11 @@ wall clock. ``legion.runtime`` carries their decisions out: ``node`` (one
 process), ``http_api`` and ``transport`` (aiohttp server, auth, error mapping,
 peer client), ``coordinator`` (fan-out, quorum, retries), ``log_writer`` and
 ``storage`` (SQLite WAL operation log with group commit), ``gossiper``
-(heartbeats, state dissemination, claimant duties), ``handoff_receiver``
-(pulling partitions on rebalance and re-sync), ``hinted_handoff`` (keeping,
-replaying and catching up on hints, stored by ``hint_store``) — all built
-on ``rounds`` —
+(heartbeats, state dissemination, claimant duties), ``state_publisher`` and
+``consensus_store`` (campaigning, publishing and voting; the fsynced consensus
+record), ``handoff_receiver`` (pulling partitions on rebalance and re-sync),
+``hinted_handoff`` (keeping, replaying and catching up on hints, stored by
+``hint_store``) — all built on ``rounds`` —
 ``replica_sender`` (batched replication of single writes),
 ``batch_writer`` (``write_many``: chunks per replica node),
 ``member_attributes`` (the attributes a node knows), ``sidecar`` (child

@@ -66,6 +66,13 @@ class ClusterState:
     placement: Placement
     pending: Placement | None = None
     ready: frozenset[tuple[int, str]] = field(default_factory=frozenset)
+    # The consensus fields (``legion.consensus``): the term of the leader that published this
+    # state, the members whose majority must accept it (``voters``) and those of the state it
+    # was built on (``previous_voters``: a commit needs a majority of both), and that state's term.
+    term: int = 0
+    voters: tuple[str, ...] = ()
+    previous_voters: tuple[str, ...] = ()
+    parent_term: int = 0
 
     def member(self, node_id: str) -> Member:
         for member in self.members:
@@ -92,6 +99,8 @@ def new_cluster(cluster_id: str, node_id: str, url: str, partitions: int, replic
         committed_by=node_id,
         members=(Member(node_id, url, UP),),
         placement=balance_primaries(place(None, [node_id], partitions, replicas)),
+        voters=(node_id,),
+        previous_voters=(node_id,),
     )
 
 
@@ -186,11 +195,20 @@ def _finish(state: ClusterState) -> ClusterState:
     return replace(state, members=tuple(members))
 
 
+def voting_members(state: ClusterState) -> tuple[str, ...]:
+    """The members that should vote: up or leaving ones (down or not), sorted.
+
+    Joining members do not vote: a joiner has no state of its own until it is
+    admitted, so it must not be asked to decide. ``legion.consensus`` moves the
+    state's ``voters`` towards this set one member per commit."""
+    return tuple(sorted(m.id for m in state.members if m.status in (UP, LEAVING)))
+
+
 def commit(old: ClusterState, new: ClusterState, by: str) -> ClusterState:
     """``new`` as the next epoch, if it differs from ``old``; else ``old`` unchanged."""
     if new == old:
         return old
-    return replace(new, epoch=old.epoch + 1, committed_by=by)
+    return replace(new, epoch=old.epoch + 1, committed_by=by, voters=voting_members(new), previous_voters=old.voters)
 
 
 Digest = tuple[int, str]
@@ -241,6 +259,10 @@ def to_dict(state: ClusterState) -> dict[str, Any]:
         "placement": [list(nodes) for nodes in state.placement],
         "pending": None if state.pending is None else [list(n) for n in state.pending],
         "ready": sorted([p, n] for p, n in state.ready),
+        "term": state.term,
+        "voters": list(state.voters),
+        "previous_voters": list(state.previous_voters),
+        "parent_term": state.parent_term,
     }
 
 
@@ -263,6 +285,10 @@ def from_dict(raw: Any) -> ClusterState:
             if raw.get("pending") is None
             else tuple(tuple(str(n) for n in nodes) for nodes in raw["pending"]),
             ready=frozenset((int(p), str(n)) for p, n in raw.get("ready", [])),
+            term=int(raw.get("term", 0)),
+            voters=tuple(str(n) for n in raw.get("voters", ())),
+            previous_voters=tuple(str(n) for n in raw.get("previous_voters", ())),
+            parent_term=int(raw.get("parent_term", 0)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BadRequest(f"malformed cluster state: {exc!r}") from None
@@ -300,9 +326,12 @@ def status_document(
     return {
         "cluster_id": state.cluster_id,
         "epoch": state.epoch,
+        "term": state.term,
         "partitions": state.partitions,
         "replicas": state.replicas,
         "claimant": claimant,
+        # Whose majority a membership change needs (``legion.consensus``); up members join it one per commit.
+        "voters": list(state.voters),
         "members": [
             {
                 "id": m.id,

@@ -94,6 +94,14 @@ class Unavailable(LegionError):
     code = "unavailable"
 
 
+class NoQuorum(Unavailable):
+    """A membership change cannot be decided: this node cannot reach a majority of the voters
+    (the minority side of a network split, or too many voters down). Retrying is safe:
+    ``add-node`` and ``remove-node`` are idempotent."""
+
+    code = "no_quorum"
+
+
 class DeadlineExceeded(LegionError):
     """The request's deadline passed before enough replicas answered."""
 

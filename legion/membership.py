@@ -3,11 +3,12 @@
 Pure. The runtime records when it last heard from each peer (any successful
 gossip exchange counts as a heartbeat) and hands those times here with the
 current time; these functions say which members look dead, which came back,
-and which node is the claimant — the lowest-id live member, the only one that
-commits changes to the cluster state.
+and which node is the claimant — the lowest-id live voter, the one that
+campaigns and decides changes to the cluster state.
 
-Only a claimant that sees a majority of the voting members commits, so the
-minority side of a network split stands still instead of forking the state.
+Who the claimant is, is only a hint: ``legion.consensus`` makes every change
+a commit held by a majority of the voters, so the minority side of a network
+split cannot decide anything whoever campaigns there.
 
 A member is never evicted automatically: the detector only marks it down,
 which routing skips. Removing a member for good is an operator's decision,
@@ -21,10 +22,7 @@ from collections.abc import Mapping
 
 from legion import cluster_state as cs
 from legion.cluster_state import REMOVED, ClusterState
-from legion.limits import FAILURE_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS
-
-# A claimant must have heard from a majority this recently to commit: two heartbeat rounds.
-MAJORITY_FRESH_MS = 2 * HEARTBEAT_INTERVAL_MS
+from legion.limits import FAILURE_TIMEOUT_MS
 
 
 def alive_ids(
@@ -41,34 +39,25 @@ def alive_ids(
 
 
 def voters(state: ClusterState) -> list[str]:
-    """Members whose liveness counts for a majority: up or leaving (down or not).
+    """Members whose liveness counts for a majority: the state's voters (``legion.consensus``).
 
     Joining members do not vote and cannot claim: a joiner has no state of its
     own until the claimant admits it, so it must not be asked to decide."""
-    return [m.id for m in state.members if m.status in (cs.UP, cs.LEAVING)]
+    return list(state.voters) if state.voters else list(cs.voting_members(state))
 
 
 def claimant(state: ClusterState, alive: set[str]) -> str | None:
-    """The lowest-id voting member that is alive, or None if there is none."""
-    candidates = [node for node in voters(state) if node in alive]
+    """The node that should campaign and decide: the lowest-id live voter that is not removed.
+
+    A removed member may still vote until the voters shrink (one per commit) but
+    never leads. If no voter qualifies (the only voters are removed or dead), the
+    lowest-id live up or leaving member stands in: who campaigns is only a hint,
+    since winning still takes a majority of the voters. None if nobody qualifies."""
+    removed = {m.id for m in state.members if m.status == REMOVED}
+    candidates = [node for node in voters(state) if node in alive and node not in removed]
+    if not candidates:
+        candidates = [m.id for m in state.members if m.status in (cs.UP, cs.LEAVING) and m.id in alive]
     return min(candidates) if candidates else None
-
-
-def has_majority(state: ClusterState, alive: set[str]) -> bool:
-    """True if more than half of the voting members are alive.
-
-    Commits need it: on the minority side of a network split no claimant can
-    decide anything, so healing the split never has to throw decisions away."""
-    members = voters(state)
-    return 2 * sum(1 for node in members if node in alive) > len(members)
-
-
-def may_claim(state: ClusterState, alive: set[str], fresh: set[str], self_id: str, *, in_grace: bool) -> bool:
-    """Whether ``self_id`` may commit changes now: it is the claimant among ``alive``, has heard
-    from a majority *recently* (``fresh``: within ``MAJORITY_FRESH_MS``, much shorter than the
-    failure timeout, so a claimant cut off by a split stops deciding within a second or so), and
-    is past its start-up grace period (a restarted node first hears the cluster)."""
-    return not in_grace and claimant(state, alive) == self_id and has_majority(state, fresh)
 
 
 def liveness_verdicts(state: ClusterState, alive: set[str]) -> dict[str, bool]:
@@ -83,11 +72,12 @@ def liveness_verdicts(state: ClusterState, alive: set[str]) -> dict[str, bool]:
     return verdicts
 
 
-def claimant_step(state: ClusterState, alive: set[str], by: str) -> ClusterState:
-    """What the claimant ``by`` commits after a gossip round: liveness verdicts, then a finished rebalance.
+def claimant_changes(state: ClusterState, alive: set[str]) -> ClusterState:
+    """What the claimant changes after a gossip round: liveness verdicts, then a finished rebalance.
 
-    Returns ``state`` itself when there is nothing to change, else the next epoch."""
+    Returns the changed content (``state`` itself when nothing changes); the
+    leader publishes it through ``legion.consensus.propose``."""
     new = state
     for member_id, down in liveness_verdicts(state, alive).items():
         new = cs.set_down(new, member_id, down)
-    return cs.commit(state, cs.try_commit(new), by)
+    return cs.try_commit(new)

@@ -7,10 +7,12 @@ highest epoch within a round or two. Member attributes ride along the same
 way, record by record (``legion.attributes``): the first message carries a
 digest of versions, the reply the records the sender lacks and the replier's
 digest, and a third message the records the replier lacks — so every record
-reaches every node within a few rounds, relayed by whoever has it. After each round the claimant — and
-only the claimant, after its start-up grace period — turns the failure
-detector's verdicts into state changes (``down`` / back up) and commits a
-finished rebalance.
+reaches every node within a few rounds, relayed by whoever has it. Gossip
+carries committed states only (``legion.consensus``). After each round the
+claimant — and only the claimant, after its start-up grace period — turns
+the failure detector's verdicts into state changes (``down`` / back up),
+commits a finished rebalance and moves the voters towards the up members,
+through the state publisher (campaigning first if it is not the leader).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from legion import attributes
 from legion import cluster_state as cs
+from legion import consensus as cn
 from legion.errors import LegionError
 from legion.limits import GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS
-from legion.membership import claimant_step
+from legion.membership import claimant_changes
 from legion.runtime.rounds import Rounds
 
 if TYPE_CHECKING:
@@ -42,6 +45,13 @@ class Gossiper(Rounds):
     def __init__(self, node: Node) -> None:
         super().__init__()
         self.node = node
+        self._deciding: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._deciding is not None:
+            self._deciding.cancel()
+            await asyncio.gather(self._deciding, return_exceptions=True)
 
     def push_soon(self) -> None:
         """Run a round now rather than at the next tick (after a state change)."""
@@ -87,15 +97,24 @@ class Gossiper(Rounds):
             log.warning("gossip reply from %s was malformed: %s", peer_id, exc)
 
     def claimant_duties(self) -> None:
-        """Mark members down or back up, and commit a rebalance whose handoffs are done."""
+        """Mark members down or back up, commit a rebalance whose handoffs are done, move the voters."""
         node = self.node
-        if not node.may_claim():
+        if self._deciding is not None or node.in_grace() or node.claimant() != node.node_id:
             return
         state = node.state
-        committed = claimant_step(state, node.alive(), node.node_id)
-        if committed is not state:
-            for before, after in zip(state.members, committed.members):
-                if before.down != after.down:
-                    log.info("marking %s %s", after.id, "down" if after.down else "up")
-            node.adopt(committed)
-            self.push_soon()
+        if cn.propose(state, claimant_changes(state, node.alive()), state.term, node.node_id) is None:
+            return
+        self._deciding = asyncio.ensure_future(self._decide())
+
+    async def _decide(self) -> None:
+        node = self.node
+        before = node.state
+        try:
+            after = await node.publisher.change(lambda s: claimant_changes(s, node.alive()))
+            for old, new in zip(before.members, after.members):
+                if old.id == new.id and old.down != new.down:
+                    log.info("marked %s %s", new.id, "down" if new.down else "up")
+        except LegionError as exc:
+            log.info("claimant %s could not decide: %s", node.node_id, exc)
+        finally:
+            self._deciding = None

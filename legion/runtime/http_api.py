@@ -19,7 +19,12 @@ handler makes: ``legion.idempotency``), and the operators' endpoints
 keep operations as hints for ``?owner=``; GET: what this node holds for
 ``?owner=``) and ``/internal/hints/lost`` (forget lost-hint marks), and
 anti-entropy's ``/internal/tree``, ``/internal/fold-keys`` (streamed) and
-``/internal/exchange`` (``legion.runtime.anti_entropy``).
+``/internal/exchange`` (``legion.runtime.anti_entropy``); and
+consensus on the cluster state (JSON, ``state_publisher``):
+``/internal/start-join``, ``/internal/publish`` and ``/internal/commit``.
+``join`` and ``remove`` answer once the change is committed (held by a
+majority of the voters), with 503 ``no_quorum`` when this side of the cluster
+cannot reach such a majority; both are idempotent.
 
 ``/v1/health`` also reports ``apply_requests``: how many ``/internal/apply``
 requests this node has answered since it started. It is the one way to see from
@@ -66,6 +71,11 @@ MSGPACK = "application/msgpack"
 FOLD_STALL_S = 60
 
 
+# What a node answers before it has a state: gossip (which brings the state) and consensus
+# (a member becomes a voter once it is up, and its join answer may still be on its way).
+STATELESS_PATHS = frozenset({"/internal/gossip", "/internal/start-join", "/internal/publish", "/internal/commit"})
+
+
 def admission(node: Node) -> Callable[[web.Request], None]:
     """Until a joining node has the cluster state, it can only take gossip (which brings the state).
 
@@ -77,7 +87,7 @@ def admission(node: Node) -> Callable[[web.Request], None]:
         if peers_need_certificates:
             transport = request.transport
             require_peer_certificate(request.path, transport.get_extra_info("peercert") if transport else None)
-        if node.state is None and request.path != "/internal/gossip":
+        if node.state is None and request.path not in STATELESS_PATHS:
             raise Unavailable(f"node {node.node_id} is still joining the cluster; retry shortly")
 
     return admit
@@ -107,6 +117,9 @@ def add_routes(app: web.Application, node: Node) -> None:
     app.router.add_post("/internal/hints", api.keep_hints)
     app.router.add_get("/internal/hints", api.hints_for)
     app.router.add_post("/internal/hints/lost", api.clear_lost_hints)
+    app.router.add_post("/internal/start-join", api.start_join)
+    app.router.add_post("/internal/publish", api.publish)
+    app.router.add_post("/internal/commit", api.commit)
     operator_api.add_routes(app, node)
     for engine in node.engines.values():
         for route in engine.routes():
@@ -365,6 +378,18 @@ class _Api:
         doc = cs.status_document(state, self.node.claimant(), self.node.member_attributes())
         doc["state"] = cs.to_dict(state)
         return web.json_response(doc)
+
+    async def start_join(self, request: web.Request) -> web.Response:
+        body = await _json_object(request, '{"node_id": …, "term": …}')
+        return web.json_response(self.node.publisher.on_start_join(body))
+
+    async def publish(self, request: web.Request) -> web.Response:
+        body = await _json_object(request, '{"node_id": …, "state": …}')
+        return web.json_response(self.node.publisher.on_publish(body))
+
+    async def commit(self, request: web.Request) -> web.Response:
+        body = await _json_object(request, '{"node_id": …, "term": …, "epoch": …}')
+        return web.json_response(self.node.publisher.on_commit(body))
 
     async def gossip(self, request: web.Request) -> web.Response:
         body = await read_json(request, PEER_BODY_BYTES_MAX)

@@ -6,11 +6,15 @@ server, the peer client, the gossiper and the handoff receiver — and the one
 mutable thing they share: the cluster state this node currently believes.
 Beside it, outside the state, it keeps every member's gossiped attributes
 (``legion.runtime.member_attributes``). ``adopt`` is the only way that belief changes;
-it persists the state before acting on it, then reconciles local partitions
-with it (open what this node now holds, drop what moved away).
+the state is the committed state of the node's consensus record
+(``legion.consensus``), which is fsynced before anything depends on it
+(``consensus_store``); the node then reconciles local partitions with it
+(open what this node now holds, drop what moved away).
 
-State changes are decided by the claimant only (``change_state``): any other
-node forwards the request to it.
+State changes are decided by the claimant (``change_state``), as the leader
+of a term, through the state publisher (``state_publisher``): any other node
+forwards the request to it, and the answer comes once a majority of the
+voters holds the change.
 
 Start-up order: HTTP server, cluster state (join or create), open the
 partitions held (``reconcile``), ``Engine.start`` for every engine, then the
@@ -30,7 +34,7 @@ import secrets
 import signal
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -41,10 +45,11 @@ from aiohttp import web
 
 from legion import attributes
 from legion import cluster_state as cs
+from legion import consensus as cn
 from legion.clock import HybridClock
 from legion.durability import DEFAULT as DEFAULT_DURABILITY, Durability, check_durability
 from legion.engine import Engine, NodeInfo, load_engines
-from legion.errors import BadRequest, ConfigError, EngineMissing, LegionError, NotOwner, Unavailable
+from legion.errors import BadRequest, ConfigError, Conflict, EngineMissing, LegionError, NotOwner, Unavailable
 from legion.keyspace import check_partition_count, partition_of
 from legion.limits import (
     ANTI_ENTROPY_INTERVAL_MS,
@@ -55,10 +60,10 @@ from legion.limits import (
     PEER_BODY_BYTES_MAX,
     REPLICAS_MAX,
 )
-from legion import membership
 from legion.membership import alive_ids, claimant
 from legion.replication import Operation
 from legion.runtime.anti_entropy import AntiEntropy, ReplicaTrees
+from legion.runtime.consensus_store import ConsensusStore
 from legion.runtime.coordinator import Coordinator
 from legion.runtime.gossiper import Gossiper
 from legion.runtime.handoff_receiver import HandoffReceiver
@@ -71,6 +76,7 @@ from legion.runtime.member_attributes import MemberAttributes
 from legion.verify import Summary, summarise
 from legion.runtime.node_metrics import NodeMetrics
 from legion.runtime import tls
+from legion.runtime.state_publisher import Change, StatePublisher
 from legion.runtime.storage import NodeStore
 from legion.runtime.snapshot_shelf import SnapshotShelf
 from legion.runtime.tls import TlsFiles
@@ -157,8 +163,14 @@ class Node:
         incarnation = attributes.next_incarnation(self.store.meta_get("incarnation"), int(time.time()))
         self.store.meta_put("incarnation", incarnation)
         self.attributes = MemberAttributes(self.node_id, incarnation)
-        raw_state = self.store.meta_get("cluster_state")
-        self.state: cs.ClusterState = cs.from_dict(raw_state) if raw_state else None  # type: ignore[assignment]
+        self.consensus_store = ConsensusStore(config.data_dir)
+        record = self.consensus_store.load()
+        if record is None:
+            # A data directory from before consensus: its believed state becomes the committed one.
+            raw_state = self.store.meta_get("cluster_state")
+            record = cn.founding_record(cs.from_dict(raw_state)) if raw_state else cn.Record()
+        self.record = record
+        self.state: cs.ClusterState = record.committed  # type: ignore[assignment]
         self._recent_states: dict[cs.Digest, cs.ClusterState] = {}
         if self.state is not None:
             self._remember(self.state)
@@ -175,6 +187,7 @@ class Node:
         )
         self.coordinator = Coordinator(self)
         self.gossiper = Gossiper(self)
+        self.publisher = StatePublisher(self)
         self.handoff = HandoffReceiver(self)
         self.shelf = SnapshotShelf(config.data_dir, self.writer)
         self.hint_store = HintStore(config.data_dir, self.durability)
@@ -228,7 +241,8 @@ class Node:
                 await self._join(self.config.join)
             else:
                 cluster_id = f"c-{uuid.uuid4().hex[:12]}"
-                self.adopt(cs.new_cluster(cluster_id, self.node_id, self.url, self.config.partitions, self.config.replicas))
+                founded = cs.new_cluster(cluster_id, self.node_id, self.url, self.config.partitions, self.config.replicas)
+                self.set_record(cn.founding_record(founded))
         for member in self.state.members:
             self.last_heard_ms.setdefault(member.id, self.started_ms)
         await self.reconcile()
@@ -246,6 +260,7 @@ class Node:
 
     async def stop(self) -> None:
         await self.gossiper.stop()
+        await self.publisher.stop()
         await self.handoff.stop()
         await self.hinted.stop()
         await self.anti_entropy.stop()
@@ -366,16 +381,30 @@ class Node:
 
     # --- the cluster state ---------------------------------------------------
 
+    def set_record(self, record: cn.Record) -> None:
+        """Take ``record`` as this node's consensus record: on disk (fsynced) first, then in memory;
+        a newly committed state becomes the state this node believes."""
+        if record == self.record:
+            return
+        self.consensus_store.save(record)
+        before, self.record = self.record.committed, record
+        state = record.committed
+        if state is not None and state is not before:
+            self.store.meta_put("cluster_state", cs.to_dict(state))  # for tools that read the node database
+            self._note_own_liveness(state)
+            self.state = state
+            self._remember(state)
+            self.handoff.wake()
+            self.hinted.wake()  # an owner may be back up
+
     def adopt(self, state: cs.ClusterState) -> bool:
-        """Take ``state`` if it is newer than ours; persist it first. True if adopted."""
-        if self.state is not None and not cs.newer(state, self.state):
+        """Take ``state``, known committed (from gossip or an answer), if it is newer than ours. True if adopted."""
+        if self.state is not None and state.cluster_id != self.state.cluster_id:
+            raise Conflict(f"cluster id mismatch: {state.cluster_id} vs {self.state.cluster_id}")
+        record = cn.learn_commit(self.record, state)
+        if record.committed is self.record.committed:
             return False
-        self.store.meta_put("cluster_state", cs.to_dict(state))
-        self._note_own_liveness(state)
-        self.state = state
-        self._remember(state)
-        self.handoff.wake()
-        self.hinted.wake()  # an owner may be back up
+        self.set_record(record)
         return True
 
     def _remember(self, state: cs.ClusterState) -> None:
@@ -404,30 +433,23 @@ class Node:
     def claimant(self) -> str | None:
         return claimant(self.state, self.alive())
 
-    def may_claim(self) -> bool:
-        now = self.now_ms()
-        fresh = alive_ids(self.state, self.node_id, self.last_heard_ms, now, membership.MAJORITY_FRESH_MS)
-        return membership.may_claim(self.state, self.alive(), fresh, self.node_id, in_grace=now < self._grace_until_ms)
+    def in_grace(self) -> bool:
+        """A restarted node first hears the cluster before it campaigns (its state may be stale)."""
+        return self.now_ms() < self._grace_until_ms
 
     def heard_from(self, node_id: str) -> None:
         self.last_heard_ms[node_id] = self.now_ms()
 
-    async def change_state(self, change: Callable[[cs.ClusterState], cs.ClusterState]) -> cs.ClusterState:
-        """Apply ``change`` as the claimant, or forward to the claimant. Returns the resulting state."""
+    async def change_state(self, change: Change) -> cs.ClusterState:
+        """Decide ``change`` as the claimant, or forward to the claimant. Returns the committed state.
+
+        ``NoQuorum`` (503) if this node cannot reach a majority of the voters."""
         target = self.claimant()
         if target is None:
-            raise Unavailable("no live member can decide cluster changes right now; retry shortly")
+            raise Unavailable("no live voter can decide cluster changes right now; retry shortly")
         if target != self.node_id:
             raise _Forward(self.state.url_of(target))
-        if not self.may_claim():
-            raise Unavailable(
-                f"claimant {self.node_id} cannot commit yet: it is starting up or sees no majority of members; retry shortly"
-            )
-        new = cs.commit(self.state, change(self.state), self.node_id)
-        if new is not self.state:
-            self.adopt(new)
-            self.gossiper.push_soon()
-        return self.state
+        return await self.publisher.change(change)
 
     def request_gossip(self) -> None:
         self.gossiper.push_soon()

@@ -3,8 +3,9 @@
 Pure. ``generate(seed)`` draws a bounded scenario: 3-8 nodes (ids shuffled, so
 a newcomer may well become the claimant), 8-32 partitions, 1-3 replicas, a
 loss rate up to 20%, the cluster formed by joins through seeds, then a few
-joins, removes, crashes, restarts and network splits that heal. It never asks
-to remove the last data holder (the core would refuse anyway), and at run time
+joins, removes, crashes, restarts, restarts of every node at once and network
+splits that heal. It never asks to remove the last data holder (the core
+would refuse anyway), and at run time
 a crash is skipped if it would leave a partition with no live copy, unless the
 scenario allows that. ``run`` runs the actions, then a quiet period — the
 network healed and lossless, every crashed node restarted — until the cluster
@@ -30,7 +31,7 @@ NODE_IDS = tuple(f"n{i}" for i in range(1, 9))
 QUIET_MS_MAX = 60_000
 ACTIONS_TAIL_MS = 5_000
 TRACE_TAIL_LINES = 60
-KINDS = ("start", "join", "remove", "crash", "restart", "split", "heal")
+KINDS = ("start", "join", "remove", "crash", "restart", "restart_all", "split", "heal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ class _Model:
         choices += ["remove"] if len(self.members) >= 2 else []
         choices += ["crash"] if len(running) >= 2 else []
         choices += ["restart"] if self.crashed else []
+        choices += ["restart_all"] if len(running) >= 2 else []
         choices += ["split"] if len(running) >= 2 and t > self.split_until_ms else []
         if not choices:
             return []
@@ -125,6 +127,8 @@ class _Model:
         elif kind == "restart":
             node = rng.choice(sorted(self.crashed))
             self.crashed.discard(node)
+        elif kind == "restart_all":
+            return [Action(t, kind)]
         else:
             side = tuple(sorted(rng.sample(running, rng.randint(1, len(running) - 1))))
             self.split_until_ms = t + rng.randint(1_000, 10_000)
@@ -212,6 +216,13 @@ def apply(sim: Simulation, scenario: Scenario, action: Action) -> None:
         sim.crash(action.node)
     elif action.kind == "restart" and node is not None and not node.running:
         sim.restart(action.node)
+    elif action.kind == "restart_all":
+        # Every running node is killed at once and started again (a power cut).
+        running = [n.id for n in sim.running()]
+        for node_id in running:
+            sim.crash(node_id)
+        for node_id in running:
+            sim.restart(node_id)
     elif action.kind == "split":
         sim.split(action.side)
     elif action.kind == "heal":

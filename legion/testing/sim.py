@@ -1,8 +1,8 @@
 """A seeded, deterministic simulator of a Legion cluster: time, network, crashes and operators.
 
 Pure: no threads, no asyncio, no wall clock, no sockets. ``Simulation`` is a
-cluster of ``SimNode``\\ s (``legion.testing.sim_node``, the runtime's protocol
-step for step, over the same pure core) on the discrete-event kernel of
+cluster of ``SimNode``\\ s (``legion.testing.sim_node``, the runtime's shell
+over the same pure core: ``legion.consensus`` decides) on the discrete-event kernel of
 ``legion.testing.sim_kernel``: a fake clock in milliseconds, an event heap, and
 a network that delays (1-50 ms), loses (a fixed rate) and splits messages.
 One ``random.Random(seed)`` drives every choice, so a seed replays a run.
@@ -40,15 +40,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from legion import cluster_state as cs
-from legion import membership
+from legion import consensus as cn
 from legion.errors import LegionError
 from legion.limits import REQUEST_DEADLINE_MS
 from legion.testing.sim_kernel import Call, Endpoint, Kernel, Sleep
 from legion.testing.sim_node import SimNode
 
 # A diligent operator retries a remove that got no answer or a 503 ("retry
-# shortly": no claimant, or one still in its grace period or without a
-# majority) a little later, for a while.
+# shortly": no claimant, or no majority of the voters reachable) a little
+# later, for a while: removes are idempotent, so a retry is always safe.
 OPERATOR_ATTEMPTS_MAX = 20
 OPERATOR_RETRY_INTERVAL_MS = 500
 # Bounds a run, so that a livelock fails instead of hanging the test.
@@ -62,7 +62,21 @@ class Observer:
     def on_adopt(
         self, sim: Simulation, node: SimNode, before: cs.ClusterState | None, after: cs.ClusterState, committed: bool
     ) -> None:
-        """``node`` took ``after`` as its state (``committed``: it decided it, as the claimant)."""
+        """``node`` took the committed state ``after`` as its state (``committed``: it decided it, as the leader)."""
+
+    def on_record(self, sim: Simulation, node: SimNode, before: cn.Record, after: cn.Record) -> None:
+        """``node``'s consensus record changed (``before`` is what it held in memory, or on disk after a restart)."""
+
+    def on_elected(self, sim: Simulation, node: SimNode, term: int, adopted: cs.ClusterState) -> None:
+        """``node`` won ``term`` and adopts ``adopted``."""
+
+    def on_publish(self, sim: Simulation, node: SimNode, state: cs.ClusterState) -> None:
+        """The leader ``node`` publishes ``state``."""
+
+    def on_commit(
+        self, sim: Simulation, node: SimNode, state: cs.ClusterState, acks: set[str], started_ms: int
+    ) -> None:
+        """The leader ``node`` is about to commit ``state``, which ``acks`` acknowledged (published at ``started_ms``)."""
 
     def on_pull(self, sim: Simulation, node: SimNode, partition: int, source: str, copied: bool) -> None:
         """``node`` pulled ``partition`` from ``source``; ``copied`` if the source held a copy."""
@@ -137,9 +151,19 @@ class Simulation:
         self.removes_requested: set[str] = set()
         self.removes_acknowledged: set[str] = set()
         self.gave_up: set[str] = set()
-        # The history: every commit, by epoch and committer (a node commits at
-        # most once per epoch, since its state only moves forward).
+        # The epoch of the committed state that acknowledged each ("join" | "remove", node).
+        self.acknowledged_at: dict[tuple[str, str], int] = {}
+        # The history: every commit, by epoch and leader (one state per epoch, if consensus holds).
         self.commits: dict[int, dict[str, cs.ClusterState]] = {}
+        # Every published state's parent, by (term, epoch): how the checkers follow a chain back.
+        self.parents: dict[cn.Version, cn.Version] = {}
+        self.leaders: dict[int, str] = {}
+        # When the network was last split (None while whole).
+        self.split_at_ms: int | None = None
+        # (node, point) pairs where a node crashes mid-step, once: "accepted" (a voter persisted a
+        # publication, before answering), "quorum" (a leader has its majority, before committing),
+        # "committed" (before telling anyone), "replying" (before answering the change's requester).
+        self.crash_points: set[tuple[str, str]] = set()
 
     @property
     def now_ms(self) -> int:
@@ -160,10 +184,6 @@ class Simulation:
 
     def crashed(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if not n.running]
-
-    def forked_epochs(self) -> list[int]:
-        """Epochs that two different claimants committed (a split brain, or a stale claimant)."""
-        return sorted(e for e, committed in self.commits.items() if len(committed) > 1)
 
     def newest_state(self) -> cs.ClusterState | None:
         """The newest state any node holds, crashed or not: what gossip converges on."""
@@ -196,8 +216,11 @@ class Simulation:
         node = self.nodes[node_id]
         assert node.running, f"{node_id} is not running"
         self.kernel.kill(node)
+        before = node.record
         node.forget()
         self.log(f"operator: crash {node_id}")
+        if node.record != before:
+            self.recorded(node, before, node.record)
 
     def restart(self, node_id: str) -> None:
         node = self.nodes[node_id]
@@ -209,10 +232,12 @@ class Simulation:
     def split(self, side: Iterable[str]) -> None:
         cut = frozenset(side)
         self.kernel.split(cut)
+        self.split_at_ms = self.now_ms
         self.log(f"network: split {sorted(cut)} from the rest")
 
     def heal(self) -> None:
         self.kernel.heal()
+        self.split_at_ms = None
         self.log("network: healed")
 
     def _launch(self, node: SimNode) -> None:
@@ -245,22 +270,37 @@ class Simulation:
             f"{node.id}'s join was acknowledged with {describe(state)}, which does not admit it"
         )
         self.joins_acknowledged.add(node.id)
+        self.acknowledged_at.setdefault(("join", node.id), state.epoch)
         self.log(f"{node.id} joined")
 
     def adopted(self, node: SimNode, before: cs.ClusterState | None, after: cs.ClusterState, committed: bool) -> None:
         if committed:
-            assert before is not None
-            alive = membership.alive_ids(before, node.id, node.last_heard_ms, self.now_ms)
-            fresh = membership.alive_ids(before, node.id, node.last_heard_ms, self.now_ms, membership.MAJORITY_FRESH_MS)
-            self.log(
-                f"{node.id} commits {describe(after)} seeing {','.join(sorted(alive))} alive, "
-                f"{','.join(sorted(fresh))} fresh"
-            )
+            self.log(f"{node.id} commits {describe(after)}")
             self.commits.setdefault(after.epoch, {})[node.id] = after
         else:
             self.log(f"{node.id} adopts {describe(after)}")
         for observer in self.observers:
             observer.on_adopt(self, node, before, after, committed)
+
+    def recorded(self, node: SimNode, before: cn.Record, after: cn.Record) -> None:
+        for observer in self.observers:
+            observer.on_record(self, node, before, after)
+
+    def elected(self, node: SimNode, term: int, adopted: cs.ClusterState) -> None:
+        self.log(f"{node.id} leads term {term}, adopting {describe(adopted)}")
+        for observer in self.observers:
+            observer.on_elected(self, node, term, adopted)
+        self.leaders.setdefault(term, node.id)
+
+    def published(self, node: SimNode, state: cs.ClusterState) -> None:
+        self.parents[cn.version(state)] = (state.parent_term, state.epoch - 1)
+        self.log(f"{node.id} publishes {describe(state)}")
+        for observer in self.observers:
+            observer.on_publish(self, node, state)
+
+    def committing(self, node: SimNode, state: cs.ClusterState, acks: set[str], started_ms: int) -> None:
+        for observer in self.observers:
+            observer.on_commit(self, node, state, acks, started_ms)
 
     def pulled(self, node: SimNode, partition: int, source: str, copied: bool) -> None:
         self.log(f"{node.id} pulled p{partition} from {source}" + ("" if copied else " (EMPTY: source had no copy)"))
@@ -278,7 +318,7 @@ def describe(state: cs.ClusterState | None) -> str:
     if state is None:
         return "no state"
     members = ",".join(f"{m.id}:{m.status}{'(down)' if m.down else ''}" for m in state.members)
-    text = f"e{state.epoch}/{state.committed_by} [{members}]"
+    text = f"e{state.epoch}/{state.committed_by} t{state.term} [{members}] voters {','.join(state.voters)}"
     if state.pending is not None:
         gained = cs.gained_slots(state.placement, state.pending)
         text += f" pending: {len(state.ready)}/{len(gained)} ready"

@@ -4,8 +4,7 @@ Every test here that takes a ``seed`` argument is run once per seed: the
 random sweep over ``range(--sim-seeds)`` (default 300), the hand-written
 scenarios over a handful. ``pytest tests/sim --seed N`` runs every such test
 with seed N only, which is how a failure reported by the sweep is replayed; a
-replay prints the whole trace of the run, not just its tail, and shows a
-LEGION-SIM-4 failure as a failure rather than an expected one.
+replay prints the whole trace of the run, not just its tail.
 """
 
 from __future__ import annotations
@@ -47,14 +46,12 @@ def replaying(config: pytest.Config) -> bool:
 def sim_report(request: pytest.FixtureRequest, seed: int) -> SimReport:
     """``with sim_report(sim):`` makes a failure name the seed and the command that replays it.
 
-    A failure that LEGION-SIM-4 provably explains is an expected failure
-    (``support`` says how that is proven). A replay (``--seed``) shows every
-    failure as a failure, with the whole trace; otherwise its last lines."""
+    A replay (``--seed``) shows the whole trace; otherwise its last lines."""
     test = request.node.nodeid.split("[", 1)[0]
     replay = f"pytest tests/sim --seed {seed}   (this test alone: pytest {test} --seed {seed})"
     if replaying(request.config):
-        return SimReport(replay, trace_lines=None, xfail_sim4=False)
-    return SimReport(replay, trace_lines=TRACE_TAIL_LINES, xfail_sim4=True)
+        return SimReport(replay, trace_lines=None)
+    return SimReport(replay, trace_lines=TRACE_TAIL_LINES)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

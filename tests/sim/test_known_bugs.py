@@ -7,24 +7,17 @@ converge. A fixed bug's test stays here as a regression test
 
 Fixed: LEGION-SIM-1 (split brain), LEGION-SIM-2 (lowest-id joiner whose join
 answer was lost), LEGION-SIM-3 (restarted node committed on its stale state),
-LEGION-SIM-5 (a node whose gains were cancelled kept copying them),
-LEGION-SIM-6 (removing a dead joiner gave it a vote, and the cluster could no
-longer commit anything).
+LEGION-SIM-4 (the claimant protocol was not consensus: a claimant cut off by a
+split, or crashing right after a commit, forked the history; closed by
+``legion.consensus``), LEGION-SIM-5 (a node whose gains were cancelled kept
+copying them), LEGION-SIM-6 (removing a dead joiner gave it a vote, and the
+cluster could no longer commit anything).
 
-Accepted for now: LEGION-SIM-4 (the claimant protocol is not consensus: a
-commit takes effect before a majority holds it, so a claimant cut off by a
-split within ``MAJORITY_FRESH_MS``, or crashing right after a commit, forks
-the history; see ``tests.sim.support``). Its tests are strict expected
-failures that must fail *because of* SIM-4 (``Sim4Failure``: two claimants
-committed the same epoch), so they flag the day it is fixed.
-
-The simulator mirrors the runtime (``legion.runtime.node``, ``gossiper``,
-``handoff_receiver``, ``http_api``) step for step over the same pure core.
+The simulator runs the runtime's shell over the same pure core
+(``legion.consensus``, ``membership``, ``cluster_state``).
 """
 
 from __future__ import annotations
-
-import pytest
 
 from legion import cluster_state as cs
 from legion.limits import FAILURE_TIMEOUT_MS, GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS
@@ -32,7 +25,7 @@ from legion.testing.checkers import InvariantChecker
 from legion.testing.scenario import reported, settle
 from legion.testing.sim import Observer, Simulation, describe
 from legion.testing.sim_node import SimNode
-from tests.sim.support import SIM4_REASON, Sim4Failure, formed, sim4_only
+from tests.sim.support import formed
 
 # Long enough for every node to time out every peer it no longer hears, and act on it.
 DETECTION_MS = FAILURE_TIMEOUT_MS + 2 * GOSSIP_INTERVAL_MS
@@ -194,20 +187,18 @@ def test_removing_a_dead_joiner_leaves_the_cluster_able_to_decide() -> None:
         assert "n4" in sim.joins_acknowledged, "n4 could not join after the dead joiner n3 was removed"
 
 
-# --- accepted for now: LEGION-SIM-4 ------------------------------------------------
+# --- LEGION-SIM-4 (fixed by consensus) ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=Sim4Failure, reason=SIM4_REASON)
 def test_a_claimant_cut_off_by_a_split_decides_nothing() -> None:
-    """LEGION-SIM-4, through a split. n1..n3 (N=2, no loss); the claimant n1 is cut off.
-    For up to MAJORITY_FRESH_MS it has still heard from n2 and n3 recently enough to see
-    a fresh majority: asked to remove n3 at once, it commits e6/n1 and acknowledges. Its
-    state never leaves its side. n2 times n1 out and, with n3, is a majority too: it
-    commits e6/n2 (n1 down) — a fork (checker (e)). Without that check: n2 then commits
-    the join of n4, and when the split heals the longer branch wins and the acknowledged
-    removal of n3 is gone (checker (c))."""
+    """LEGION-SIM-4 (fixed), through a split. n1..n3 (N=2, no loss); the claimant n1 is
+    cut off. Asked to remove n3 at once, it used to commit e6/n1 alone and acknowledge,
+    while n2 and n3 committed e6/n2 (n1 down): a fork, and after healing the acknowledged
+    removal was gone. Now n1 cannot get a majority of the voters to accept anything: the
+    operator gets 503 (no quorum) and retries until the split heals; n2 leads the
+    majority, and the removal, once acknowledged, holds."""
     sim = formed(1, 3, partitions=8, replicas=2, loss=0.0)
-    with sim4_only(), reported(sim, _replay("cut_off")):
+    with reported(sim, _replay("cut_off")):
         sim.split(["n1"])
         sim.run_until(sim.now_ms + HEARTBEAT_INTERVAL_MS // 2)  # well within n1's fresh-majority window
         sim.remove("n3", via="n1")
@@ -219,16 +210,15 @@ def test_a_claimant_cut_off_by_a_split_decides_nothing() -> None:
         assert sim.removes_acknowledged == {"n3"}
 
 
-@pytest.mark.xfail(strict=True, raises=Sim4Failure, reason=SIM4_REASON)
 def test_a_claimant_crashing_right_after_a_commit_loses_nothing() -> None:
-    """LEGION-SIM-4, through a crash; no network fault at all. n1..n3 (N=2, no loss).
-    Asked to remove n3, the claimant n1 commits e6/n1 and answers the operator, then
-    crashes before any other node has the state. n2 takes over and commits e6/n2 (n1
-    down) — a fork (checker (e)). Without that check: n2 then commits the join of n4,
-    and when n1 restarts the longer branch wins and the acknowledged removal of n3 is
-    gone."""
+    """LEGION-SIM-4 (fixed), through a crash; no network fault at all. n1..n3 (N=2, no
+    loss). Asked to remove n3, the claimant n1 commits and answers the operator, then
+    crashes. It used to be the only node holding that commit: n2 took over and committed
+    the same epoch (a fork), and the acknowledged removal of n3 was lost. Now a commit is
+    held by a majority of the voters before the operator hears of it, and n2's election
+    adopts it."""
     sim = formed(1, 3, partitions=8, replicas=2, loss=0.0)
-    with sim4_only(), reported(sim, _replay("crashing")):
+    with reported(sim, _replay("crashing")):
         sim.remove("n3", via="n1")
         n1, deadline_ms = sim.nodes["n1"], sim.now_ms + 10_000
         while n1.state.member("n3").status == cs.UP and sim.now_ms < deadline_ms:  # type: ignore[union-attr]

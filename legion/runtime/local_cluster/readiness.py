@@ -64,11 +64,19 @@ def wait_settled(
 
 
 def all_up(node_ids: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
-    """Predicate: every named node is a member with status ``up`` and no rebalance is in flight."""
+    """Predicate: every named node is an ``up`` member and a voter, and no rebalance is in flight.
+
+    Members become voters one commit at a time after they are up (``legion.consensus``): until
+    they all vote, losing one node may leave the cluster unable to decide anything."""
 
     def check(status: dict[str, Any]) -> bool:
         members = [member(status, node_id) for node_id in node_ids]
-        return all(m is not None and m.get("status") == "up" for m in members) and not status.get("rebalancing")
+        voting = set(status.get("voters", ()))
+        return (
+            all(m is not None and m.get("status") == "up" for m in members)
+            and voting.issuperset(node_ids)
+            and not status.get("rebalancing")
+        )
 
     return check
 
