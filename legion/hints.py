@@ -28,7 +28,10 @@ replicas took it — but the owner still receives the write once it is back.
 the owner's ``/internal/apply``. A hint is dropped only once the owner
 acknowledged it (``settle_replay``); a refused or unanswered one stays and
 is tried again. Hints for a member removed from the cluster are dropped:
-removing a member re-replicates its partitions from the survivors.
+removing a member re-replicates its partitions from the survivors. A hint
+for an owner that no longer owns its partition (it moved while the owner was
+away) is readdressed to the partition's current owners (``readdress``): the
+new owners copied the partition from a replica that may not have had it.
 
 **Catch-up of a restarted owner.** A restarted node, or one the cluster
 marked down while it ran, does not serve reads of the partitions it holds
@@ -94,11 +97,12 @@ def replay_owners(
 
     ``pending`` maps an owner to its number of hints; ``members`` maps each
     member id to its status (``up``, ``down``, ``removed``, ...). An owner
-    that is not live keeps its hints until it is."""
+    that is not live keeps its hints until it is. The ``holder`` itself may be
+    an owner (of a readdressed hint): it is live, so its hints are replayed."""
     replay: list[str] = []
     orphaned: list[str] = []
     for owner, count in sorted(pending.items()):
-        if count <= 0 or owner == holder:
+        if count <= 0:
             continue
         status = members.get(owner)
         if status is None or status == "removed":
@@ -106,6 +110,12 @@ def replay_owners(
         elif owner in live:
             replay.append(owner)
     return replay, orphaned
+
+
+def readdress(owner: str, owners_now: Sequence[str]) -> tuple[str, ...]:
+    """Who a hint kept for ``owner`` goes to now: ``owner`` while it owns the partition (``owners_now``,
+    the current owners and those gaining it), else every current owner."""
+    return (owner,) if owner in owners_now else tuple(owners_now)
 
 
 def replay_chunks(sizes: Sequence[int], *, ops_max: int, bytes_max: int) -> list[range]:

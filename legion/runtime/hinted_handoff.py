@@ -40,6 +40,7 @@ from legion.hints import (
     HintReport,
     catch_up,
     pending_summary,
+    readdress,
     replay_chunks,
     replay_owners,
     settle_replay,
@@ -188,11 +189,32 @@ class HintedHandoff(Rounds):
                 return budget
             after_id = hints[-1].id
             budget -= len(hints)
+            hints = await self._readdress(owner, hints)
             sizes = [op_wire_bytes(h.op) for h in hints]
             for chunk in replay_chunks(sizes, ops_max=PEER_BATCH_OPS_MAX, bytes_max=PEER_BATCH_BYTES_MAX):
                 if not await self._replay_chunk(owner, hints[chunk.start : chunk.stop]):
                     return budget  # the owner stopped answering: try again next round
         return budget
+
+    async def _readdress(self, owner: str, hints: list[StoredHint]) -> list[StoredHint]:
+        """Hand the hints whose partition ``owner`` no longer owns to the current owners; the rest."""
+        state = self.host.current_state()
+        staying: list[StoredHint] = []
+        moved: list[tuple[str, Operation]] = []
+        moved_hints: list[StoredHint] = []
+        for h in hints:
+            targets = readdress(owner, cs.owners(state, h.op.partition))
+            if targets == (owner,):
+                staying.append(h)
+            else:
+                moved.extend((target, h.op) for target in targets)
+                moved_hints.append(h)
+        if moved_hints:
+            # Kept for the new owners first, then dropped: never in neither place.
+            await self.keep(moved)
+            await asyncio.to_thread(self.store.drop, owner, moved_hints)
+            log.info("%d hints for %s follow their partitions to the current owners", len(moved_hints), owner)
+        return staying
 
     async def _replay_chunk(self, owner: str, hints: list[StoredHint]) -> bool:
         """Send one chunk; drop what the owner acknowledged. False if it did not answer."""

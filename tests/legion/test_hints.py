@@ -15,6 +15,7 @@ from legion.hints import (
     hint_holders,
     parse_pending_summary,
     pending_summary,
+    readdress,
     replay_chunks,
     replay_owners,
     settle_replay,
@@ -92,13 +93,22 @@ def test_hints_are_replayed_to_live_members_and_dropped_only_for_members_gone(pe
     replay, orphaned = replay_owners(pending, live, members, holder)
     assert not set(replay) & set(orphaned)
     for owner, count in pending.items():
-        if count <= 0 or owner == holder:
+        if count <= 0:
             assert owner not in replay and owner not in orphaned
         elif members.get(owner) in (None, cs.REMOVED):
             assert owner in orphaned
         else:
             assert (owner in replay) == (owner in live)
             assert owner not in orphaned  # a member that is only down keeps its hints
+
+
+@given(st.sampled_from(NODE_IDS), st.lists(st.sampled_from(NODE_IDS), min_size=1, max_size=4, unique=True))
+def test_a_hint_follows_its_partition_when_the_owner_no_longer_holds_it(owner, owners_now):
+    targets = readdress(owner, owners_now)
+    if owner in owners_now:
+        assert targets == (owner,)
+    else:
+        assert targets == tuple(owners_now)  # every current owner gets it: none is known to have it
 
 
 @given(st.lists(st.integers(min_value=1, max_value=10_000), unique=True), st.data())
