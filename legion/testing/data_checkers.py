@@ -12,8 +12,8 @@ At every step:
     that wins over it) or in their hint store;
 (b) a hint is dropped only once its owner holds the write durably (or has
     since handed the partition over, which (c) judges), or once it has been
-    re-aimed at every current owner of the partition (each holding it, or a
-    hint for it kept by the same node); a hint orphaned by its owner's removal
+    readdressed to every current owner of the partition (a hint for each kept
+    by the same node, ``hints.readdress``); a hint orphaned by its owner's removal
     (``hints.replay_owners``) is dropped only while ``W`` nodes still hold the
     write, if it was acknowledged;
 (c) a node drops its copy of a partition only if every acknowledged write the
@@ -65,9 +65,8 @@ class DataChecker(DataObserver):
                 _assert_copies(sim, op, f"{holder.id} dropped its hint of {_shown(op)} for removed {target}")
             return
         for owner in cs.owners(holder.state, op.partition):
-            kept = holder.holds(op) if owner == holder.id else (owner, op) in holder.hints
-            assert kept, (
-                f"hint dropped before it was re-aimed: {holder.id} dropped its hint of {_shown(op)} for {target} "
+            assert (owner, op) in holder.hints, (
+                f"hint dropped before it was readdressed: {holder.id} dropped its hint of {_shown(op)} for {target} "
                 f"without keeping one for owner {owner}"
             )
 

@@ -4,7 +4,7 @@ Pure: runs as generator processes on ``legion.testing.sim_kernel``; no I/O.
 Each step is the core's own decision where the core has one in a pure
 function — ``routing.write_plan`` (with its sloppy-quorum ``hinted`` pairs and
 ``quorum`` from ``legion.hints``), ``hints.hint_after_failure``,
-``replay_owners``, ``replay_chunks``, ``settle_replay``,
+``replay_owners``, ``readdress``, ``replay_chunks``, ``settle_replay``,
 ``routing.forward_targets`` and ``read_order``, ``replication.supersedes`` and
 ``write_quorum``, ``cluster_state.owners`` / ``partitions_held`` /
 ``gained_slots``, ``hash_tree.HashTree`` and its exchange functions, and
@@ -28,7 +28,7 @@ from legion import cluster_state as cs
 from legion import hash_tree
 from legion.clock import HybridClock
 from legion.errors import LegionError, NotOwner, Unavailable
-from legion.hints import hint_after_failure, replay_chunks, replay_owners, settle_replay
+from legion.hints import hint_after_failure, readdress, replay_chunks, replay_owners, settle_replay
 from legion.keyspace import partition_of
 from legion.limits import PEER_BATCH_BYTES_MAX
 from legion.replication import Operation, supersedes, write_quorum
@@ -311,13 +311,29 @@ class DataNode(Endpoint):
                     for op in ops:
                         self._drop_hint(owner, op, "orphaned")
                 else:
-                    self._reaim(owner, ops)
+                    self._readdress(owner, ops)
             for owner in replay:
-                ops = [op for o, op in self.hints if o == owner]
+                ops = self._readdress(owner, [op for o, op in self.hints if o == owner])
                 sizes = [op_wire_bytes(op) for op in ops]
                 for chunk in replay_chunks(sizes, ops_max=HINT_CHUNK_OPS_MAX, bytes_max=PEER_BATCH_BYTES_MAX):
                     if not (yield from self._replay(owner, ops[chunk.start : chunk.stop])):
                         break
+
+    def _readdress(self, owner: str, ops: list[Operation]) -> list[Operation]:
+        """Hints whose partition ``owner`` no longer owns go to the partition's owners now (``hints.readdress``):
+        kept for them first, then dropped. The hints that stay ``owner``'s."""
+        if self.sim.mutations.no_readdress:
+            return ops
+        staying = []
+        for op in ops:
+            targets = readdress(owner, cs.owners(self.state, op.partition))
+            if targets == (owner,):
+                staying.append(op)
+                continue
+            for target in targets:
+                self.hints[(target, op)] = None
+            self._drop_hint(owner, op, "readdressed")
+        return staying
 
     def _replay(self, owner: str, ops: list[Operation]) -> Process:
         """Send one chunk of hints; drop what the owner acknowledged. False if the owner did not answer."""
@@ -327,29 +343,16 @@ class DataNode(Endpoint):
         refused: list[int] = []
         failed = False
         try:
-            refused = yield from self._call(owner, "apply", {"ops": ops})
+            if owner == self.id:  # a hint readdressed to this node: its own log
+                refused = self._on_apply(self.id, {"ops": ops})
+            else:
+                refused = yield from self._call(owner, "apply", {"ops": ops})
         except LegionError:
             failed = True
-        drop, keep = settle_replay(list(range(len(ops))), set(refused), failed)
+        drop, _keep = settle_replay(list(range(len(ops))), set(refused), failed)
         for i in drop:
             self._drop_hint(owner, ops[i], "delivered")
-        if not self.sim.mutations.keep_refused_hints:
-            self._reaim(owner, [ops[i] for i in keep if not failed])
         return not failed
-
-    def _reaim(self, owner: str, ops: list[Operation]) -> None:
-        """Hints for an owner that no longer owns their partition (it refused them, or was removed) go to the
-        partition's owners now, as this node knows them."""
-        for op in ops:
-            owners = cs.owners(self.state, op.partition)
-            if owner in owners:
-                continue  # this node's state is behind the owner's: try again later
-            for new_owner in owners:
-                if new_owner == self.id:
-                    self.store([op])
-                else:
-                    self.hints[(new_owner, op)] = None
-            self._drop_hint(owner, op, "re-aimed")
 
     def _drop_hint(self, owner: str, op: Operation, why: str) -> None:
         if self.hints.pop((owner, op), "absent") is None:

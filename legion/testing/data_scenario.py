@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from legion import cluster_state as cs
 from legion.testing.data_checkers import DataChecker, check_acknowledged, check_converged
 from legion.testing.data_sim import DataObserver, DataSimulation, Mutations
-from legion.testing.scenario import Action
+from legion.testing.scenario import Action, failure_report
 
 NODE_IDS = ("n1", "n2", "n3", "n4", "n5")
 WRITES_MS = 3_000
@@ -131,7 +131,8 @@ def run(
         settle(sim)
         check_acknowledged(sim)
     except AssertionError as exc:
-        raise DataSimulationFailed(_report(sim, exc, scenario, replay, trace_lines), sim, exc) from exc
+        replay = replay or REPLAY.format(seed=sim.seed)
+        raise DataSimulationFailed(failure_report(sim, exc, replay, scenario, trace_lines), sim, exc) from exc
     return sim
 
 
@@ -175,18 +176,3 @@ def settle(sim: DataSimulation) -> None:
         except AssertionError as exc:
             if sim.now_ms >= deadline_ms:
                 raise AssertionError(f"no convergence {QUIET_MS_MAX} ms into the quiet period: {exc}") from None
-
-
-def _report(
-    sim: DataSimulation, error: AssertionError, scenario: DataScenario, replay: str | None, trace_lines: int | None
-) -> str:
-    tail = sim.trace if trace_lines is None else sim.trace[-trace_lines:]
-    return "\n".join(
-        [
-            f"seed {sim.seed}, t={sim.now_ms} ms: {error}",
-            f"replay: {replay or REPLAY.format(seed=sim.seed)}",
-            "scenario: " + scenario.describe(),
-            f"trace (last {len(tail)} of {len(sim.trace)} lines):",
-            *tail,
-        ]
-    )

@@ -25,6 +25,7 @@ call, not a copy:
 - sloppy quorum and hinted handoff, ``legion.hints``: fallbacks and which hint
   counts towards W (through ``write_plan``), ``hint_after_failure``,
   ``replay_owners`` (whom to replay to, whose hints are orphaned),
+  ``readdress`` (a hint follows its partition to the current owners),
   ``replay_chunks`` and ``settle_replay`` (drop only what the owner
   acknowledged); ``write_batch.is_owner_failure`` (which failure earns a hint);
 - anti-entropy, ``legion.hash_tree``: each replica keeps a ``HashTree`` per
@@ -57,7 +58,7 @@ restarted owner from serving reads until its hints arrived), snapshot files
 (a partition moves as a fold of its operations), engines other than one
 last-writer-wins key/value map, and disks that fill.
 
-Three behaviours go beyond the runtime as it stands, because the simulator found
+Two behaviours go beyond the runtime as it stands, because the simulator found
 the runtime's way breaks a rule; each is a ``Mutations`` flag that restores the
 runtime's way, and a test shows the checkers catch it:
 
@@ -65,20 +66,18 @@ runtime's way, and a test shows the checkers catch it:
   node that no longer owns a partition ships its copy to the partition's owners
   and drops it once every one of them took it all. Dropping at the commit loses
   the copy a coordinator with an older state still counted towards W;
-- *re-aim refused hints* (``keep_refused_hints`` is the runtime's way): a hint
-  its owner refuses because the owner no longer owns the partition goes to the
-  partition's current owners. Kept, it is retried forever and never delivered;
-- *re-aim orphaned hints* (``drop_orphaned_hints`` is the runtime's way): a
+- *readdress orphaned hints* (``drop_orphaned_hints`` is the runtime's way): a
   hint for an owner that was removed (``hints.replay_owners`` names it) goes to
-  the partition's current owners too. Dropped, it can take with it a copy that
+  the partition's current owners (``hints.readdress``), like a hint whose owner
+  no longer owns the partition. Dropped, it can take with it a copy that
   counted towards W: a coordinator that has not yet heard of the removal picks
   a fallback for the removed owner, the fallback (which has) drops the hint at
   once, and the write is acknowledged held by one node
   (``tests/sim/test_data_path.py::test_a_hint_for_a_removed_owner_keeps_its_copy``).
 
 The other ``Mutations`` are bugs put in on purpose (a hint dropped before its
-owner acknowledged it, anti-entropy moving data one way only, an
-acknowledgement before the write is durable).
+owner acknowledged it, a hint never readdressed, anti-entropy moving data one
+way only, an acknowledgement before the write is durable).
 """
 
 from __future__ import annotations
@@ -109,15 +108,15 @@ EVENTS_PER_SIMULATED_SECOND_MAX = 50_000
 class Mutations:
     """Changes that break a rule of the data path, to show the checkers catch them. All off: as designed.
 
-    ``drop_at_commit``, ``keep_refused_hints`` and ``drop_orphaned_hints`` are what the runtime does
-    today (module docstring)."""
+    ``drop_at_commit`` and ``drop_orphaned_hints`` are what the runtime does today (module docstring)."""
 
     drop_hint_before_ack: bool = False
     # An anti-entropy exchange pushes what its peer lacks but never pulls what it lacks itself.
     aae_one_direction: bool = False
     ack_before_durable: bool = False
     drop_at_commit: bool = False
-    keep_refused_hints: bool = False
+    # A hint stays addressed to its first owner after the partition moved away from it.
+    no_readdress: bool = False
     drop_orphaned_hints: bool = False
 
 
@@ -128,7 +127,7 @@ class DataObserver:
         """``coordinator`` is about to acknowledge ``op``: ``holders`` acknowledged it (replica or hint)."""
 
     def on_hint_dropped(self, sim: DataSimulation, holder: DataNode, target: str, op: Operation, why: str) -> None:
-        """``holder`` dropped its hint of ``op`` for ``target``: ``why`` is "delivered", "re-aimed" or "orphaned"."""
+        """``holder`` dropped its hint of ``op`` for ``target``: ``why`` is "delivered", "readdressed" or "orphaned"."""
 
     def on_drop(self, sim: DataSimulation, node: DataNode, partition: int) -> None:
         """``node`` is about to drop its copy of ``partition`` (it no longer owns it)."""

@@ -20,6 +20,7 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from legion.limits import FAILURE_TIMEOUT_MS, GOSSIP_INTERVAL_MS
 from legion.testing.checkers import InvariantChecker, check_convergence
@@ -186,11 +187,25 @@ def reported(
         raise SimulationFailed(failure_report(sim, exc, replay, scenario, trace_lines), sim, exc) from exc
 
 
+class Traced(Protocol):
+    """What a failure report reads of a simulation (this one's, or the data path's ``DataSimulation``)."""
+
+    seed: int
+    trace: list[str]
+
+    @property
+    def now_ms(self) -> int: ...
+
+
+class Described(Protocol):
+    def describe(self) -> str: ...
+
+
 def failure_report(
-    sim: Simulation,
+    sim: Traced,
     error: AssertionError,
     replay: str | None = None,
-    scenario: Scenario | None = None,
+    scenario: Described | None = None,
     trace_lines: int | None = TRACE_TAIL_LINES,
 ) -> str:
     tail = sim.trace if trace_lines is None else sim.trace[-trace_lines:]
