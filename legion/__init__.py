@@ -66,7 +66,12 @@ record), ``handoff_receiver`` (pulling partitions on rebalance and re-sync),
 ``member_attributes`` (the attributes a node knows), ``sidecar`` (child
 processes engines run beside a node), ``local_cluster`` (a package: starting real node
 processes locally, the processes engines ask for beside them, the cluster
-directory, ports, and waiting for the cluster to settle).
+directory, ports, and waiting for the cluster to settle), ``snapshot_shelf``
+and ``snapshot_fetcher`` (partitions moved as engines' files), and
+``anti_entropy`` (hash-tree exchanges between replicas). Each component is
+handed the node typed as the narrow *host* protocol it declares, built from
+``node_view`` (a view of the state, liveness, the local replica): it uses
+that and nothing else, and none imports the node module.
 
 Read ``docs/writing-an-engine.md`` to build an engine of your own.
 """

@@ -93,7 +93,9 @@ def hint_after_failure(coordinator: str) -> str:
 def replay_owners(
     pending: Mapping[str, int], live: Collection[str], members: Mapping[str, str], holder: str
 ) -> tuple[list[str], list[str]]:
-    """Owners to replay hints to now, and owners whose hints are dropped (removed or unknown members).
+    """Owners to replay hints to now, and *orphaned* owners (removed or unknown members), whose hints
+    the holder readdresses to their partitions' current owners (``readdress``) — never drops: a
+    coordinator that had not heard of the removal may have counted such a hint towards w.
 
     ``pending`` maps an owner to its number of hints; ``members`` maps each
     member id to its status (``up``, ``down``, ``removed``, ...). An owner

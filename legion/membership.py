@@ -18,11 +18,25 @@ clusters that both accept writes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from legion import cluster_state as cs
 from legion.cluster_state import REMOVED, ClusterState
-from legion.limits import FAILURE_TIMEOUT_MS
+from legion.errors import BadRequest
+from legion.limits import FAILURE_TIMEOUT_MS, NODE_ID_CHARS_MAX
+
+
+NODE_ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NODE_ID_CHARS_MAX - 1}}}$")
+
+
+def check_node_id(node_id: str) -> str:
+    """``node_id`` if it is a valid node id; BadRequest saying what one looks like otherwise."""
+    if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
+        raise BadRequest(
+            f"node id must be 1-{NODE_ID_CHARS_MAX} letters, digits, '_', '.' or '-', starting with a letter or digit; got {node_id!r}"
+        )
+    return node_id
 
 
 def alive_ids(

@@ -37,7 +37,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgpack
 
@@ -55,11 +55,29 @@ from legion.limits import (
 )
 from legion.replication import Operation, encode_ops, unpack
 from legion.runtime.rounds import Rounds
+from legion.runtime.node_view import Liveness, StateView
 
 if TYPE_CHECKING:
-    from legion.runtime.node import Node
+    from legion.runtime.log_writer import LogWriter
 
 log = logging.getLogger(__name__)
+
+
+class Resyncing(Protocol):
+    """The partitions a node is re-copying, which anti-entropy leaves alone meanwhile."""
+
+    resyncing: set[int]
+
+
+class AntiEntropyHost(StateView, Protocol):
+    """What anti-entropy uses of its node (``legion.runtime.node_view``)."""
+
+    coordinator: Liveness
+    engines: dict[str, Engine]
+    handoff: Resyncing
+    trees: ReplicaTrees
+    writer: LogWriter
+
 
 Key = tuple[str, int]
 T = TypeVar("T")
@@ -170,7 +188,7 @@ class AntiEntropy(Rounds):
     name = "anti-entropy"
     interval_ms = ANTI_ENTROPY_INTERVAL_MS
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: AntiEntropyHost) -> None:
         super().__init__()
         self.node = node
         self.rounds = 0
@@ -259,7 +277,7 @@ class AntiEntropy(Rounds):
             await node.peers.call("POST", url, data=encode_ops(batch))
 
 
-async def answer_tree(node: Node, engine: str, partition: int, question: Mapping[str, Any]) -> list[Any]:
+async def answer_tree(node: AntiEntropyHost, engine: str, partition: int, question: Mapping[str, Any]) -> list[Any]:
     """This replica's answer to a peer's ``/internal/tree`` question: its bucket hashes, some segments' hashes, or their items."""
     level = question.get("level")
     trees = node.trees

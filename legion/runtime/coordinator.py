@@ -37,7 +37,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import json
 
@@ -56,11 +56,27 @@ from legion.runtime.batch_writer import BatchWriter
 from legion.runtime.replica_sender import ReplicaSender
 from legion.write_batch import is_owner_failure
 from legion.routing import coverage_plan, forward_targets, live_nodes, placement_view, read_order, write_plan
+from legion.runtime.node_view import LocalReplica, StateView
 
 if TYPE_CHECKING:
-    from legion.runtime.node import Node
+    from legion.clock import HybridClock
+    from legion.runtime.hinted_handoff import HintedHandoff
 
 log = logging.getLogger(__name__)
+
+
+class CoordinatorHost(StateView, LocalReplica, Protocol):
+    """What the coordinator uses of its node (``legion.runtime.node_view``)."""
+
+    clock: HybridClock
+    hinted: HintedHandoff
+
+    def member_attributes(self) -> dict[str, dict[str, str]]: ...
+
+    def recent_state(self, digest: cs.Digest) -> ClusterState | None: ...
+
+    def request_gossip(self) -> None: ...
+
 
 SUSPECT_MS = 1_000
 T = TypeVar("T")
@@ -69,7 +85,7 @@ T = TypeVar("T")
 class Coordinator:
     """This node's side of every client request: routing, fan-out, quorum, retries."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: CoordinatorHost) -> None:
         self.node = node
         self._suspects: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from legion import attributes
 from legion import cluster_state as cs
@@ -29,11 +29,31 @@ from legion.errors import LegionError
 from legion.limits import GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS
 from legion.membership import claimant_changes
 from legion.runtime.rounds import Rounds
+from legion.runtime.node_view import StateView
 
 if TYPE_CHECKING:
-    from legion.runtime.node import Node
+    from legion.runtime.state_publisher import StatePublisher
 
 log = logging.getLogger(__name__)
+
+
+class GossiperHost(StateView, Protocol):
+    """What the gossiper uses of its node (``legion.runtime.node_view``)."""
+
+    publisher: StatePublisher
+
+    def adopt(self, state: cs.ClusterState) -> bool: ...
+
+    def alive(self) -> set[str]: ...
+
+    def claimant(self) -> str | None: ...
+
+    def heard_from(self, node_id: str) -> None: ...
+
+    def in_grace(self) -> bool: ...
+
+    def take_attributes(self, raw: Any) -> None: ...
+
 
 
 class Gossiper(Rounds):
@@ -42,7 +62,7 @@ class Gossiper(Rounds):
     name = "gossip"
     interval_ms = min(GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS)
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: GossiperHost) -> None:
         super().__init__()
         self.node = node
         self._deciding: asyncio.Task[None] | None = None

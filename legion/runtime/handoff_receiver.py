@@ -28,7 +28,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import msgpack
 
@@ -40,11 +41,30 @@ from legion.replication import Operation
 from legion.routing import read_order
 from legion.runtime.rounds import Rounds
 from legion.runtime.snapshot_fetcher import SnapshotFetcher
+from legion.runtime.node_view import Liveness, StateView
 
 if TYPE_CHECKING:
-    from legion.runtime.node import Node
+    from legion.engine import Engine
+    from legion.runtime.log_writer import LogWriter
 
 log = logging.getLogger(__name__)
+
+
+class HandoffHost(StateView, Protocol):
+    """What the handoff receiver uses of its node (``legion.runtime.node_view``)."""
+
+    coordinator: Liveness
+    engines: dict[str, Engine]
+    writer: LogWriter
+
+    def adopt(self, state: cs.ClusterState) -> bool: ...
+
+    async def change_state(self, change: Callable[[cs.ClusterState], cs.ClusterState]) -> cs.ClusterState: ...
+
+    def claimant(self) -> str | None: ...
+
+    async def reconcile(self) -> None: ...
+
 
 # Member attributes the core publishes about this node, next to the engines' own.
 STATUS_PREFIX = "legion"
@@ -68,7 +88,7 @@ class HandoffReceiver(Rounds):
     name = "handoff"
     interval_ms = HANDOFF_RETRY_INTERVAL_MS
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: HandoffHost) -> None:
         super().__init__()
         self.node = node
         # Partitions already copied for the pending placement in force, so a failed report is retried without pulling again.

@@ -172,8 +172,10 @@ class HintedHandoff(Rounds):
         members = {m.id: m.status for m in state.members}
         owners, orphaned = replay_owners(self.store.pending(), self.host.live(), members, self.host.node_id)
         for owner in orphaned:
-            gone = await asyncio.to_thread(self.store.drop_owner, owner)
-            log.info("dropped %d hints for %s, which is no longer a member", gone, owner)
+            # A coordinator that had not heard of the removal may have counted this hint towards w:
+            # dropping it could leave the write on one node. It follows its partition instead.
+            moved = await self._readdress_all(owner)
+            log.info("%d hints for %s, which is no longer a member, follow their partitions to the current owners", moved, owner)
         budget = HINT_REPLAY_OPS_PER_ROUND_MAX
         for owner in owners:
             budget = await self._replay_owner(owner, budget)
@@ -195,6 +197,16 @@ class HintedHandoff(Rounds):
                 if not await self._replay_chunk(owner, hints[chunk.start : chunk.stop]):
                     return budget  # the owner stopped answering: try again next round
         return budget
+
+    async def _readdress_all(self, owner: str) -> int:
+        """Hand every hint kept for ``owner``, a removed member, to its partition's current owners; how many."""
+        moved = 0
+        while hints := await asyncio.to_thread(self.store.oldest, owner, 0, PEER_BATCH_OPS_MAX * 4):
+            staying = await self._readdress(owner, hints)
+            moved += len(hints) - len(staying)
+            if staying:  # cannot happen for a removed owner (it owns nothing); never loop on them
+                break
+        return moved
 
     async def _readdress(self, owner: str, hints: list[StoredHint]) -> list[StoredHint]:
         """Hand the hints whose partition ``owner`` no longer owns to the current owners; the rest."""

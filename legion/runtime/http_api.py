@@ -41,7 +41,7 @@ import re
 import time
 from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 from aiohttp import web
@@ -61,14 +61,59 @@ from legion.path_params import compile_route
 from legion.replication import Operation, decode_ops, encode_apply_reply, unpack
 from legion.runtime.anti_entropy import answer_tree, op_batches
 from legion.runtime import operator_api
-from legion.runtime.node import Node, _Forward, check_node_id
+from legion.runtime.node_view import ForwardToClaimant, LocalReplica, StateView
 from legion.runtime.tls import require_peer_certificate
 from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json, sender_digest
+from legion.membership import check_node_id
 from legion.verify import Report, Summary, compare
+
+if TYPE_CHECKING:
+    from legion.runtime.anti_entropy import AntiEntropy
+    from legion.runtime.coordinator import Coordinator
+    from legion.runtime.hint_store import HintStore
+    from legion.runtime.hinted_handoff import HintedHandoff
+    from legion.runtime.snapshot_shelf import SnapshotShelf
+    from legion.runtime.state_publisher import StatePublisher
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
 FOLD_STALL_S = 60
+
+
+class TlsConfig(Protocol):
+    """Whether the node serves TLS (then its peers must present certificates)."""
+
+    tls: object | None
+
+
+class ApiHost(StateView, LocalReplica, Protocol):
+    """What the HTTP API — the node's shell towards clients and peers — uses of its node (``legion.runtime.node_view``)."""
+
+    anti_entropy: AntiEntropy
+    config: TlsConfig
+    coordinator: Coordinator
+    durability: str
+    hint_store: HintStore
+    hinted: HintedHandoff
+    publisher: StatePublisher
+    shelf: SnapshotShelf
+    url: str
+
+    def adopt(self, state: cs.ClusterState) -> bool: ...
+
+    async def change_state(self, change: Callable[[cs.ClusterState], cs.ClusterState]) -> cs.ClusterState: ...
+
+    def claimant(self) -> str | None: ...
+
+    def heard_from(self, node_id: str) -> None: ...
+
+    def member_attributes(self) -> dict[str, dict[str, str]]: ...
+
+    def request_gossip(self) -> None: ...
+
+    async def summaries(self, partitions: list[int]) -> dict[tuple[str, int], Summary]: ...
+
+    def take_attributes(self, raw: Any) -> None: ...
 
 
 # What a node answers before it has a state: gossip (which brings the state) and consensus
@@ -76,7 +121,7 @@ FOLD_STALL_S = 60
 STATELESS_PATHS = frozenset({"/internal/gossip", "/internal/start-join", "/internal/publish", "/internal/commit"})
 
 
-def admission(node: Node) -> Callable[[web.Request], None]:
+def admission(node: ApiHost) -> Callable[[web.Request], None]:
     """Until a joining node has the cluster state, it can only take gossip (which brings the state).
 
     On a TLS cluster, the peer API also wants the caller's certificate (mutual TLS)."""
@@ -93,7 +138,7 @@ def admission(node: Node) -> Callable[[web.Request], None]:
     return admit
 
 
-def add_routes(app: web.Application, node: Node) -> None:
+def add_routes(app: web.Application, node: ApiHost) -> None:
     api = _Api(node)
     app.router.add_get("/v1/health", api.health)
     app.router.add_get("/v1/cluster", api.cluster)
@@ -133,7 +178,7 @@ def is_engine_path(engine: str, path: str) -> bool:
     return path == f"/v1/{engine}" or path.startswith(f"/v1/{engine}/")
 
 
-def _engine_handler(node: Node, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _engine_handler(node: ApiHost, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     pattern = compile_route(route.path)
 
     async def handle(request: web.Request) -> web.Response:
@@ -234,7 +279,7 @@ async def _stream_ops(request: web.Request, operations: Callable[[], Iterator[Op
 class _Api:
     """Handlers bound to one node."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: ApiHost) -> None:
         self.node = node
         self.apply_requests = 0
 
@@ -354,7 +399,7 @@ class _Api:
         _refuse_if_expired(request)
         try:
             state = await self.node.change_state(change)
-        except _Forward as fwd:
+        except ForwardToClaimant as fwd:
             # The claimant must not apply the change after we have answered 504: it gets
             # the deadline and drops the request once it has passed (a stalled claimant
             # reads it only when it resumes).

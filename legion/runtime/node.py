@@ -29,7 +29,6 @@ import gc
 import json
 import logging
 import os
-import re
 import secrets
 import signal
 import time
@@ -56,11 +55,10 @@ from legion.limits import (
     ENGINE_START_TIMEOUT_MS,
     ENGINE_STOP_TIMEOUT_MS,
     FAILURE_TIMEOUT_MS,
-    NODE_ID_CHARS_MAX,
     PEER_BODY_BYTES_MAX,
     REPLICAS_MAX,
 )
-from legion.membership import alive_ids, claimant
+from legion.membership import alive_ids, check_node_id, claimant
 from legion.replication import Operation
 from legion.runtime.anti_entropy import AntiEntropy, ReplicaTrees
 from legion.runtime.consensus_store import ConsensusStore
@@ -75,6 +73,7 @@ from legion.runtime.log_writer import LogWriter
 from legion.runtime.member_attributes import MemberAttributes
 from legion.verify import Summary, summarise
 from legion.runtime.node_metrics import NodeMetrics
+from legion.runtime.node_view import ForwardToClaimant
 from legion.runtime import tls
 from legion.runtime.state_publisher import Change, StatePublisher
 from legion.runtime.storage import NodeStore
@@ -84,7 +83,6 @@ from legion.runtime.transport import PeerClient, make_middlewares, quiet_parser_
 
 log = logging.getLogger(__name__)
 
-NODE_ID_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NODE_ID_CHARS_MAX - 1}}}$")
 JOIN_ATTEMPTS_MAX = 60
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (see _serve)
 JOIN_RETRY_INTERVAL_S = 0.5
@@ -114,14 +112,6 @@ class NodeConfig:
     tls: TlsFiles | None = None
     # Between background anti-entropy rounds (``legion.runtime.anti_entropy``); 0: no background rounds.
     anti_entropy_interval_ms: int = ANTI_ENTROPY_INTERVAL_MS
-
-
-def check_node_id(node_id: str) -> str:
-    if not isinstance(node_id, str) or not NODE_ID_PATTERN.match(node_id):
-        raise BadRequest(
-            f"node id must be 1-{NODE_ID_CHARS_MAX} letters, digits, '_', '.' or '-', starting with a letter or digit; got {node_id!r}"
-        )
-    return node_id
 
 
 def load_token(config: NodeConfig) -> str:
@@ -448,7 +438,7 @@ class Node:
         if target is None:
             raise Unavailable("no live voter can decide cluster changes right now; retry shortly")
         if target != self.node_id:
-            raise _Forward(self.state.url_of(target))
+            raise ForwardToClaimant(self.state.url_of(target))
         return await self.publisher.change(change)
 
     def request_gossip(self) -> None:
@@ -573,14 +563,6 @@ class Node:
         if type(impl).coverage_many is not Engine.coverage_many:
             return await asyncio.to_thread(impl.coverage_many, list(partitions), query)
         return list(await asyncio.gather(*(asyncio.to_thread(impl.coverage, p, query) for p in partitions)))
-
-
-class _Forward(Exception):
-    """Raised by ``change_state`` on a non-claimant: the HTTP layer forwards to ``url``."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.url = url
 
 
 async def _serve(config: NodeConfig) -> None:

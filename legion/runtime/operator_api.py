@@ -22,15 +22,16 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from legion.errors import LegionError
 from legion.runtime.node_metrics import CONTENT_TYPE, engine_of
+from legion.runtime.node_view import StateView
 
 if TYPE_CHECKING:
-    from legion.runtime.node import Node
+    from legion.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,29 @@ PAGE_HEADERS = {
 FIGURES_TIMEOUT_MS = 1_500
 
 
-def add_routes(app: web.Application, node: Node) -> None:
+class OperatorConfig(Protocol):
+    """The node options the operators' endpoints read."""
+
+    metrics_open: bool
+
+
+class InFlight(Protocol):
+    """The partitions a node is copying in right now."""
+
+    in_flight: set[int]
+
+
+class OperatorHost(StateView, Protocol):
+    """What the operators' endpoints use of their node (``legion.runtime.node_view``)."""
+
+    config: OperatorConfig
+    engines: dict[str, Engine]
+    handoff: InFlight
+
+    def alive(self) -> set[str]: ...
+
+
+def add_routes(app: web.Application, node: OperatorHost) -> None:
     api = _OperatorApi(node)
     app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/v1/dashboard", api.dashboard)
@@ -65,7 +88,7 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
-def public_requests(node: Node) -> Callable[[web.Request], bool]:
+def public_requests(node: OperatorHost) -> Callable[[web.Request], bool]:
     """Which requests need no token: the dashboard's static files, and /metrics from loopback if opened."""
     metrics_open = node.config.metrics_open
 
@@ -77,7 +100,7 @@ def public_requests(node: Node) -> Callable[[web.Request], bool]:
     return public
 
 
-def observer(node: Node) -> Callable[[web.Request, int, float], None]:
+def observer(node: OperatorHost) -> Callable[[web.Request, int, float], None]:
     """Records every answered request in the node's metrics, labelled by its route template."""
     engines = node.engines
     metrics = node.metrics
@@ -95,7 +118,7 @@ def observer(node: Node) -> Callable[[web.Request, int, float], None]:
 
 
 class _OperatorApi:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: OperatorHost) -> None:
         self.node = node
 
     async def metrics(self, request: web.Request) -> web.Response:

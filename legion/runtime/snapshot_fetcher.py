@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlencode
 
 import msgpack
@@ -35,11 +35,26 @@ from legion.engine import PartitionSnapshot
 from legion.errors import LegionError, Unavailable
 from legion.replication import unpack
 from legion.snapshots import Manifest, fetch_plan
+from legion.runtime.node_view import StateView
 
 if TYPE_CHECKING:
-    from legion.runtime.node import Node
+    from legion.runtime.log_writer import LogWriter
 
 log = logging.getLogger(__name__)
+
+
+class DataDirectory(Protocol):
+    """Where a node keeps its files."""
+
+    data_dir: Path
+
+
+class FetcherHost(StateView, Protocol):
+    """What the snapshot fetcher uses of its node (``legion.runtime.node_view``)."""
+
+    config: DataDirectory
+    writer: LogWriter
+
 
 INCOMING_DIR = Path("handoff") / "incoming"
 FINGERPRINTS_FILE = "fingerprints.json"
@@ -48,7 +63,7 @@ FINGERPRINTS_FILE = "fingerprints.json"
 class SnapshotFetcher:
     """Pulls partitions as snapshots for one node's handoff receiver."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: FetcherHost) -> None:
         self.node = node
         self.directory = node.config.data_dir / INCOMING_DIR
 

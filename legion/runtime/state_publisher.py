@@ -18,17 +18,30 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from legion import cluster_state as cs
 from legion import consensus as cn
 from legion.errors import BadRequest, LegionError, NoQuorum, Unavailable
 from legion.limits import HEARTBEAT_INTERVAL_MS, REQUEST_DEADLINE_MS
+from legion.runtime.node_view import StateView
 
 if TYPE_CHECKING:
-    from legion.runtime.node import Node
+    from legion.runtime.gossiper import Gossiper
 
 log = logging.getLogger(__name__)
+
+
+class PublisherHost(StateView, Protocol):
+    """What the state publisher uses of its node (``legion.runtime.node_view``)."""
+
+    gossiper: Gossiper
+    record: cn.Record
+
+    def heard_from(self, node_id: str) -> None: ...
+
+    def set_record(self, record: cn.Record) -> None: ...
+
 
 # A voter answers at once (after an fsync): silence this long counts as a no.
 CONSENSUS_TIMEOUT_MS = HEARTBEAT_INTERVAL_MS * 4
@@ -41,7 +54,7 @@ Change = Callable[[cs.ClusterState], cs.ClusterState]
 class StatePublisher:
     """Campaigns, publishes and commits for one node, and answers other nodes' campaigns and publications."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: PublisherHost) -> None:
         self.node = node
         self.leader_term: int | None = None
         self._lock = asyncio.Lock()

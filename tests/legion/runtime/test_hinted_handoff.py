@@ -114,6 +114,28 @@ def test_a_hint_for_an_owner_that_lost_its_partition_goes_to_the_current_owners(
     asyncio.run(scenario())
 
 
+def test_hints_for_a_removed_owner_follow_their_partitions_instead_of_being_dropped(tmp_path):
+    """Found by the data-path simulator: a coordinator that had not heard of the removal counted a
+    fallback's hint towards w; dropping it left the acknowledged write on one node."""
+
+    async def scenario() -> None:
+        host = FakeHost()
+        hh, _, _, _ = handoff(tmp_path, host)
+        partition = next(p for p in range(8) if "n3" in cs.owners(host.state, p))
+        await hh.keep([("n3", op) for op in ops(partition, 5)])
+        host.state = cs.remove_member(host.state, "n3")  # n3 leaves for good while the hints wait
+        host.live_nodes.discard("n3")
+        await hh.run_round()
+        await hh.run_round()
+        owners = cs.owners(host.state, partition)
+        assert "n3" not in owners
+        for owner in owners:
+            assert sorted(op.key for op in host.applied[owner]) == sorted(op.key for op in ops(partition, 5))
+        assert hh.pending() == {}
+
+    asyncio.run(scenario())
+
+
 def test_a_restarted_node_serves_a_partition_once_no_peer_holds_hints_for_it(tmp_path):
     async def scenario() -> None:
         host = FakeHost()
