@@ -66,7 +66,7 @@ runtime's way, and a test shows the checkers catch it:
   node that no longer owns a partition ships its copy to the partition's owners
   and drops it once every one of them took it all. Dropping at the commit loses
   the copy a coordinator with an older state still counted towards W;
-- *readdress orphaned hints* (``drop_orphaned_hints`` is the runtime's way): a
+- *readdress orphaned hints* (``drop_orphaned_hints`` was the runtime's way, fixed since): a
   hint for an owner that was removed (``hints.replay_owners`` names it) goes to
   the partition's current owners (``hints.readdress``), like a hint whose owner
   no longer owns the partition. Dropped, it can take with it a copy that
@@ -108,7 +108,7 @@ EVENTS_PER_SIMULATED_SECOND_MAX = 50_000
 class Mutations:
     """Changes that break a rule of the data path, to show the checkers catch them. All off: as designed.
 
-    ``drop_at_commit`` and ``drop_orphaned_hints`` are what the runtime does today (module docstring)."""
+    ``drop_at_commit`` is what the runtime does today; ``drop_orphaned_hints`` is what it did (module docstring)."""
 
     drop_hint_before_ack: bool = False
     # An anti-entropy exchange pushes what its peer lacks but never pulls what it lacks itself.
