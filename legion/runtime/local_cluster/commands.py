@@ -90,9 +90,11 @@ def up(
         cluster_directory.save(directory, document)
         first, rest = document["nodes"][0], document["nodes"][1:]
         _start(directory, document, first, join=None, progress=progress)
-        readiness.wait_healthy(directory, first, deadline, timeout_s)
+        _ensure_listening(directory, document, first, join=None, progress=progress, deadline=deadline, timeout_s=timeout_s)
         for node in rest:
             _start(directory, document, node, join=first["url"], progress=progress)
+        for node in rest:
+            _ensure_listening(directory, document, node, join=first["url"], progress=progress, deadline=deadline, timeout_s=timeout_s)
         _report(progress, f"waiting for {nodes} nodes to be up and partitions placed")
         with cluster_directory.client(directory, document["nodes"]) as client:
             ids = [node["id"] for node in document["nodes"]]
@@ -134,18 +136,8 @@ def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | Non
     document["nodes"].append(node)
     deadline = time.monotonic() + timeout_s
     _ensure_services(directory, document, deadline, progress)
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        _start(directory, document, node, join=live[0]["url"], progress=progress)
-        try:
-            readiness.wait_healthy(directory, node, deadline, timeout_s)
-            break
-        except ConfigError as exc:
-            # The port was free when chosen, but it lies in the kernel's ephemeral range: a client's
-            # socket may take it before the node binds it. The node never joined: try another port.
-            if "address already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
-                raise
-            node["url"] = cluster_directory.node_entry(directory, node_id, ports.free_ports(1)[0], tls=bool(document.get("tls")))["url"]
-            _report(progress, f"port taken before {node_id} could listen; trying {node['url']}")
+    _start(directory, document, node, join=live[0]["url"], progress=progress)
+    _ensure_listening(directory, document, node, join=live[0]["url"], progress=progress, deadline=deadline, timeout_s=timeout_s)
     _report(progress, f"waiting for {node_id} to be up and partitions to move")
     with cluster_directory.client(directory, live + [node]) as client:
         readiness.wait_settled(client, [node], readiness.all_up([node_id]), deadline, timeout_s, f"{node_id} to join")
@@ -252,6 +244,25 @@ def _start(
     node["join"] = node["join"] or join
     cluster_directory.save(directory, document)
     _report(progress, f"started {node['id']} (pid {child.pid}) on {node['url']}")
+
+
+def _ensure_listening(
+    directory: Path, document: dict[str, Any], node: dict[str, Any], *, join: str | None,
+    progress: Progress | None, deadline: float, timeout_s: float,
+) -> None:
+    """Wait until the started ``node`` answers. If the port chosen for it was taken before it could bind
+    it — free ports come from the kernel's ephemeral range, where clients' sockets live too — the node
+    never joined: move it to another free port and start it again."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            readiness.wait_healthy(directory, node, deadline, timeout_s)
+            return
+        except ConfigError as exc:
+            if "address already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
+                raise
+        node["url"] = cluster_directory.node_entry(directory, node["id"], ports.free_ports(1)[0], tls=bool(document.get("tls")))["url"]
+        _report(progress, f"port taken before {node['id']} could listen; trying {node['url']}")
+        _start(directory, document, node, join=join, progress=progress)
 
 
 def _ensure_services(directory: Path, document: dict[str, Any], deadline: float, progress: Progress | None) -> None:
