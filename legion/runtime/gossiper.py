@@ -52,6 +52,8 @@ class GossiperHost(StateView, Protocol):
 
     def in_grace(self) -> bool: ...
 
+    def note_reachability(self) -> None: ...
+
     def take_attributes(self, raw: Any) -> None: ...
 
 
@@ -80,6 +82,7 @@ class Gossiper(Rounds):
     async def run_round(self) -> None:
         self.node.metrics.gossip_rounds.inc()
         await self.round()
+        self.node.note_reachability()
         self.claimant_duties()
 
     async def round(self) -> None:

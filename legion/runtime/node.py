@@ -196,6 +196,7 @@ class Node:
         self.started_ms = self.now_ms()
         self.last_heard_ms: dict[str, int] = {}
         self._was_down = False
+        self._cut_off = False
         self._grace_until_ms = self.started_ms
         self._runner: web.AppRunner | None = None
         self._started_engines: list[Engine] = []
@@ -419,6 +420,17 @@ class Node:
 
     def alive(self) -> set[str]:
         return alive_ids(self.state, self.node_id, self.last_heard_ms, self.now_ms())
+
+    def note_reachability(self) -> None:
+        """Once cut off from a majority of the members (a network split), this node was skipped by
+        writes on the other side, which kept hints for it, whether or not it ever sees a state that
+        marked it down (gossip brings only the newest): catch up on them once a majority is back."""
+        members = [m for m in self.state.members if m.status != cs.REMOVED]
+        if len(self.alive()) * 2 < len(members):
+            self._cut_off = True
+        elif self._cut_off:
+            self._cut_off = False
+            self.hinted.start_catch_up()
 
     def claimant(self) -> str | None:
         return claimant(self.state, self.alive())
