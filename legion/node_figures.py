@@ -49,6 +49,11 @@ def is_client_route(route: str) -> bool:
     return not route.startswith("/internal/") and route != "/metrics"
 
 
+def sample_sum(exposition: str, name: str) -> float:
+    """The sum of every sample called ``name`` (e.g. ``legion_handoff_snapshots_total``) in one scrape."""
+    return sum(s.value for family in text_string_to_metric_families(exposition) for s in family.samples if s.name == name)
+
+
 def snapshot(exposition: str) -> Snapshot:
     """The figures ``rates`` needs from one node's ``/metrics`` text."""
     requests = ops = in_flight = handoffs = 0.0

@@ -51,7 +51,6 @@ from legion.limits import (
     ANTI_ENTROPY_SETTLE_MS,
     HANDOFF_BATCH_BYTES_MAX,
     HANDOFF_BATCH_OPS_MAX,
-    PEER_BODY_BYTES_MAX,
 )
 from legion.replication import Operation, encode_ops, unpack
 from legion.runtime.rounds import Rounds
@@ -216,8 +215,9 @@ class AntiEntropy(Rounds):
             STATUS_PREFIX, {f"{STATUS_PREFIX}.repaired": f"{self.keys_repaired} keys in {self.rounds} rounds"}
         )
 
-    async def exchange(self, engine: str, partition: int, peer: str) -> int:
-        """Compare this replica of ``engine``'s ``partition`` with ``peer``'s and ship what differs both ways.
+    async def exchange(self, engine: str, partition: int, peer: str, *, pull: bool = True) -> int:
+        """Compare this replica of ``engine``'s ``partition`` with ``peer``'s and ship what differs both
+        ways (only to ``peer`` unless ``pull``).
 
         Returns how many keys differed."""
         node = self.node
@@ -238,7 +238,8 @@ class AntiEntropy(Rounds):
                     await asyncio.sleep(ANTI_ENTROPY_SETTLE_MS / 1000)
                     keys &= await self._differing(peer, engine, partition, chunk)
                 if keys:
-                    await self._pull(peer, engine, partition, sorted(keys))
+                    if pull:
+                        await self._pull(peer, engine, partition, sorted(keys))
                     await self._push(peer, engine, partition, sorted(keys))
                     repaired += len(keys)
         outcome = "repaired" if repaired else "same"
@@ -248,6 +249,26 @@ class AntiEntropy(Rounds):
             self.keys_repaired += repaired
             log.info("anti-entropy repaired %d keys of %s/%d with %s", repaired, engine, partition, peer)
         return repaired
+
+    async def hand_over(self, engine: str, partition: int) -> bool:
+        """Ship each owner of ``partition`` what it lacks of this node's copy, which it no longer owns.
+
+        True once every owner took it all, and the copy may be dropped; False while an owner is down
+        or a call failed (the copy is kept, to try again). Dropping at the commit would lose what a
+        coordinator that had not heard of the move yet counted towards W on this node."""
+        node = self.node
+        owners = [n for n in node.state.placement[partition] if n != node.node_id]
+        if not set(owners) <= set(node.coordinator.live()):
+            return False
+        # A write this node accepted before it heard of the move may still be on its way to the engine.
+        await node.writer.barrier()
+        try:
+            for owner in owners:
+                await self.exchange(engine, partition, owner, pull=False)
+        except LegionError as exc:
+            log.info("handing %s/%d over to %s failed, will retry: %s", engine, partition, owners, exc)
+            return False
+        return True
 
     async def _differing(self, peer: str, engine: str, partition: int, segments: list[int]) -> set[bytes]:
         mine = await self.node.trees.view(engine, partition, lambda t: t.items_in(segments))
@@ -262,11 +283,8 @@ class AntiEntropy(Rounds):
     async def _pull(self, peer: str, engine: str, partition: int, keys: list[bytes]) -> None:
         node = self.node
         body = msgpack.packb({"engine": engine, "partition": partition, "keys": keys}, use_bin_type=True)
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=PEER_BODY_BYTES_MAX)
-        async for chunk in node.peers.stream(node.state.url_of(peer) + "/internal/fold-keys", data=body):
-            unpacker.feed(chunk)
-            for batch in unpacker:
-                await node.writer.submit([Operation.from_wire(raw) for raw in batch])
+        async for ops in node.peers.stream_ops(node.state.url_of(peer) + "/internal/fold-keys", data=body):
+            await node.writer.submit(ops)
 
     async def _push(self, peer: str, engine: str, partition: int, keys: list[bytes]) -> None:
         node = self.node

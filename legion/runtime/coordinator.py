@@ -334,11 +334,9 @@ class Coordinator:
             impl = self.node.check_holds(engine, partition)
             return await asyncio.to_thread(lambda: list(impl.fold_keys(partition, [key])))
         body = msgpack.packb({"engine": engine, "partition": partition, "keys": [key]}, use_bin_type=True)
-        unpacker = msgpack.Unpacker(raw=False)
         url = self.node.state.url_of(node_id) + "/internal/fold-keys"
-        async for chunk in self.node.peers.stream(url, data=body, read_timeout_ms=max(1, int((deadline - time.monotonic()) * 1000))):
-            unpacker.feed(chunk)
-        return [Operation.from_wire(raw) for batch in unpacker for raw in batch]
+        read_timeout_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        return [op async for ops in self.node.peers.stream_ops(url, data=body, read_timeout_ms=read_timeout_ms) for op in ops]
 
     async def _gather_first(
         self, order: list[str], need: int, ask: Callable[[str], Awaitable[Any]]

@@ -11,7 +11,10 @@ write; it flushes it
 partition ready to the claimant. Writes that arrive during the pull are
 applied too; operations are idempotent and commutative, so the order does not
 matter. The claimant commits the new placement once every gaining node has
-reported; the receiver then drops the partitions this node no longer holds.
+reported. A node that no longer holds a partition then ships its owners
+whatever they lack of its copy (an anti-entropy exchange one way: a
+coordinator that had not heard of the move may have counted this copy towards
+W) and only then drops it (``Node.reconcile``).
 
 The same pull re-syncs a replica that may have missed writes: after a
 restart, or after the cluster marked this node down while it was running.

@@ -171,6 +171,10 @@ class LogWriter:
                 if not w.future.done():
                     w.future.set_exception(error)
 
+    async def barrier(self) -> None:
+        """Return once every write submitted before this call was logged and applied (or failed)."""
+        await self._control(lambda: None)
+
     async def ensure_open(self, engine: str, partition: int) -> None:
         if (engine, partition) not in self._open:
             await self._control(lambda: self._open_partition(engine, partition))

@@ -55,6 +55,7 @@ from legion.limits import (
     ENGINE_START_TIMEOUT_MS,
     ENGINE_STOP_TIMEOUT_MS,
     FAILURE_TIMEOUT_MS,
+    HANDOFF_PULLS_MAX,
     PEER_BODY_BYTES_MAX,
     REPLICAS_MAX,
 )
@@ -236,7 +237,7 @@ class Node:
                 self.set_record(cn.founding_record(founded))
         for member in self.state.members:
             self.last_heard_ms.setdefault(member.id, self.started_ms)
-        await self.reconcile()
+        await self.reconcile(hand_over=False)
         if restarted:
             # It may have missed writes while it was down: those are hints on its peers.
             self.hinted.start_catch_up()
@@ -279,6 +280,10 @@ class Node:
 
     def partitions_catching_up(self) -> int:
         return len(self.hinted.catching_up)
+
+    def partitions_handing_over(self) -> int:
+        held = set(cs.partitions_held(self.state, self.node_id))
+        return len({p for _, p in self.writer.open_partitions() if p not in held})
 
     # --- engine services -----------------------------------------------------
 
@@ -456,15 +461,24 @@ class Node:
     def request_gossip(self) -> None:
         self.gossiper.push_soon()
 
-    async def reconcile(self) -> None:
-        """Open the partitions this node holds; drop those that moved away for good."""
+    async def reconcile(self, *, hand_over: bool = True) -> None:
+        """Open the partitions this node holds; hand those that moved away for good to their owners,
+        then drop them (with ``hand_over`` False, as at start-up before any peer was heard, keep them)."""
         held = set(cs.partitions_held(self.state, self.node_id))
         for engine in self.engines:
             for p in sorted(held):
                 await self.writer.ensure_open(engine, p)
-        for engine, p in sorted(self.writer.open_partitions()):
-            if p not in held:
-                await self.writer.drop(engine, p)
+        if not hand_over:
+            return
+        slots = asyncio.Semaphore(HANDOFF_PULLS_MAX)
+
+        async def leave(engine: str, partition: int) -> None:
+            async with slots:
+                handed = await self.anti_entropy.hand_over(engine, partition)
+                if handed and partition not in cs.partitions_held(self.state, self.node_id):
+                    await self.writer.drop(engine, partition)
+
+        await asyncio.gather(*(leave(e, p) for e, p in sorted(self.writer.open_partitions()) if p not in held))
 
     # --- local replica operations (called by the coordinator and the peer API) ---
 

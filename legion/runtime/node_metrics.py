@@ -63,6 +63,10 @@ class MetricsSource(Protocol):
         """Partitions this node does not serve reads of until the hints peers hold for it arrived."""
         ...
 
+    def partitions_handing_over(self) -> int:
+        """Partitions this node no longer owns and still holds a copy of, until their owners took it."""
+        ...
+
     def log_figures(self) -> tuple[int, int, int | None]:
         """Operation log rows, the newest seq, and the oldest seq above its partition's checkpoint (None: none)."""
         ...
@@ -189,6 +193,11 @@ class _StateCollector(Collector):
         )
         catching_up.add_metric([], source.partitions_catching_up())
         yield catching_up
+        handing_over = GaugeMetricFamily(
+            "legion_partitions_handing_over", "Partitions this node no longer owns and still hands to their owners."
+        )
+        handing_over.add_metric([], source.partitions_handing_over())
+        yield handing_over
         rows, newest, oldest = source.log_figures()
         log_rows = GaugeMetricFamily("legion_oplog_rows", "Rows in the operation log (not yet compacted).")
         log_rows.add_metric([], rows)

@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+import msgpack
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -51,7 +52,8 @@ from legion.errors import (
     Unavailable,
     from_json,
 )
-from legion.limits import PEER_CONNECT_TIMEOUT_MS, REQUEST_BODY_BYTES_MAX, REQUEST_DEADLINE_MS
+from legion.limits import PEER_BODY_BYTES_MAX, PEER_CONNECT_TIMEOUT_MS, REQUEST_BODY_BYTES_MAX, REQUEST_DEADLINE_MS
+from legion.replication import Operation
 
 log = logging.getLogger(__name__)
 
@@ -304,3 +306,13 @@ class PeerClient:
             raise DeadlineExceeded(f"{url} stalled for {read_timeout_ms} ms") from None
         except aiohttp.ClientError as exc:
             raise Unavailable(f"{url} failed: {exc.__class__.__name__}") from None
+
+    async def stream_ops(
+        self, url: str, *, data: bytes | None = None, read_timeout_ms: int = 30_000
+    ) -> AsyncIterator[list[Operation]]:
+        """``stream`` of a body of msgpack batches of operations (a fold): each batch as it is complete."""
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=PEER_BODY_BYTES_MAX)
+        async for chunk in self.stream(url, data=data, read_timeout_ms=read_timeout_ms):
+            unpacker.feed(chunk)
+            for batch in unpacker:
+                yield [Operation.from_wire(raw) for raw in batch]

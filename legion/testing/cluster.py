@@ -38,6 +38,7 @@ from legion.client import TOKEN_FILE_NAME, Client
 from legion.durability import DEFAULT as DEFAULT_DURABILITY
 from legion.engine import ENTRY_POINT_GROUP, Engine, load_engines
 from legion.errors import ConfigError, Unavailable
+from legion.node_figures import sample_sum
 from legion.runtime import local_cluster
 
 CLUSTER_START_TIMEOUT_S = 60.0
@@ -114,12 +115,9 @@ def running_cluster(
 
 def node_metric(directory: Path, node_id: str, sample: str) -> float:
     """The sum of ``sample`` (a sample name, e.g. ``legion_handoff_snapshots_total``) over one node's ``/metrics``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     node = next(n for n in local_cluster.load(directory)["nodes"] if n["id"] == node_id)
     with Client.connect(directory) as client:
-        exposition = client.for_node(node["url"]).metrics()
-    return sum(s.value for family in text_string_to_metric_families(exposition) for s in family.samples if s.name == sample)
+        return sample_sum(client.for_node(node["url"]).metrics(), sample)
 
 
 def read_when_served(client: Client, method: str, path: str, **request: Any) -> Any:

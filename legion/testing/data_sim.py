@@ -58,14 +58,15 @@ restarted owner from serving reads until its hints arrived), snapshot files
 (a partition moves as a fold of its operations), engines other than one
 last-writer-wins key/value map, and disks that fill.
 
-Two behaviours go beyond the runtime as it stands, because the simulator found
-the runtime's way breaks a rule; each is a ``Mutations`` flag that restores the
-runtime's way, and a test shows the checkers catch it:
+Two behaviours were the runtime's way when the simulator found they break a
+rule; the runtime has been fixed since, each is a ``Mutations`` flag that
+restores the old way, and a test shows the checkers catch it:
 
-- *hand over before dropping* (``drop_at_commit`` is the runtime's way): a
-  node that no longer owns a partition ships its copy to the partition's owners
-  and drops it once every one of them took it all. Dropping at the commit loses
-  the copy a coordinator with an older state still counted towards W;
+- *hand over before dropping* (``drop_at_commit`` was the runtime's way, fixed
+  since: ``AntiEntropy.hand_over``): a node that no longer owns a partition
+  ships its copy to the partition's owners and drops it once every one of them
+  took it all. Dropping at the commit loses the copy a coordinator with an
+  older state still counted towards W;
 - *readdress orphaned hints* (``drop_orphaned_hints`` was the runtime's way, fixed since): a
   hint for an owner that was removed (``hints.replay_owners`` names it) goes to
   the partition's current owners (``hints.readdress``), like a hint whose owner
@@ -108,7 +109,7 @@ EVENTS_PER_SIMULATED_SECOND_MAX = 50_000
 class Mutations:
     """Changes that break a rule of the data path, to show the checkers catch them. All off: as designed.
 
-    ``drop_at_commit`` is what the runtime does today; ``drop_orphaned_hints`` is what it did (module docstring)."""
+    ``drop_at_commit`` and ``drop_orphaned_hints`` are what the runtime did before it was fixed (module docstring)."""
 
     drop_hint_before_ack: bool = False
     # An anti-entropy exchange pushes what its peer lacks but never pulls what it lacks itself.

@@ -75,3 +75,32 @@ def test_a_write_planned_before_a_join_reaches_the_new_owner_and_a_stale_source_
                 f"/internal/fold?engine={ENGINE_NAME}&partition={partition}",
                 headers={EPOCH_HEADER: f"{after.epoch + 5}:{after.committed_by}"},
             )
+
+
+def test_an_owner_that_loses_a_partition_hands_its_copy_over_before_dropping_it(
+    no_background_anti_entropy: None, local_cluster: LocalCluster
+):
+    """A copy only the leaving owner holds (a write a coordinator with an older state counted
+    towards W there) reaches the partition's owners before the leaving node drops it."""
+    state = stored_state(local_cluster, "n1")
+    keys = [f"only-on-n3:{i}".encode() for i in range(40)]
+    stamp = pack(int(time.time() * 1000), 0)
+    ops = [
+        Operation(ENGINE_NAME, partition_of(k, state.partitions), k, stamp, "n3", KIND_PUT, encode_put("text/plain", k))
+        for k in keys
+    ]
+    with local_cluster.node_client("n3") as client:
+        client.request("POST", "/internal/apply", body=encode_ops(ops), headers={**MSGPACK, **header(state)})
+
+    cluster_processes.remove_node(local_cluster.directory, "n3", timeout_s=120)
+
+    for node_id in ("n1", "n2"):
+        with local_cluster.node_client(node_id) as client:
+            kv = KVClient(client)
+            missing = []
+            for key in keys:
+                try:
+                    assert kv.get(key.decode(), r=1).value == key
+                except NotFound:
+                    missing.append(key)
+            assert not missing, f"{len(missing)} of {len(keys)} keys only n3 held were lost when it left: {missing[:3]}"

@@ -70,8 +70,8 @@ def test_generated_schedules_converge_with_every_acknowledged_write(request: pyt
         ("drop_hint_before_ack", "hint dropped before its owner acknowledged it"),
         ("aae_one_direction", "replicas differ"),
         ("ack_before_durable", "durable before acknowledged"),
-        # What the runtime does today (HandoffReceiver drops right after the commit): a write that a
-        # coordinator with an older state sent to the old owner counts towards W, then its copy goes.
+        # What the runtime did before AntiEntropy.hand_over (dropped right after the commit): a write that
+        # a coordinator with an older state sent to the old owner counts towards W, then its copy goes.
         ("drop_at_commit", "durable before acknowledged|fewer than W copies|acknowledged write lost"),
         # A hint whose owner no longer owns the partition is refused, kept and retried for ever.
         ("no_readdress", r"still keeps \d+ hints"),

@@ -147,7 +147,8 @@ def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | Non
 def remove_node(
     directory: Path, node_id: str, *, timeout_s: float = 60, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Remove ``node_id`` for good: hand off its partitions, then stop it; the final status document."""
+    """Remove ``node_id`` for good: hand off its partitions, wait until it handed over every copy
+    it held, then stop it; the final status document."""
     directory = Path(directory).resolve()
     document = load(directory)
     node = cluster_directory.find(document, node_id)
@@ -166,6 +167,8 @@ def remove_node(
             return (member is None or member.get("status") == "removed") and not status.get("rebalancing")
 
         status = readiness.wait_settled(client, others, removed, deadline, timeout_s, f"{node_id} to be removed")
+    _report(progress, f"waiting for {node_id} to hand its copies over")
+    readiness.wait_handed_over(directory, node, deadline, timeout_s)
     processes.stop([node], kill=False)
     node["pid"] = None
     node["removed"] = True

@@ -13,6 +13,7 @@ from typing import Any
 
 from legion.client import Client
 from legion.errors import DeadlineExceeded, Unavailable
+from legion.node_figures import sample_sum
 from legion.runtime.local_cluster import directory as cluster_directory, processes
 from legion.runtime.local_cluster.processes import POLL_INTERVAL_S
 
@@ -61,6 +62,27 @@ def wait_settled(
                 raise DeadlineExceeded(
                     f"timed out after {timeout_s:g}s waiting for {what}; last status: {last}; node logs are under {logs}"
                 ) from None
+
+
+def wait_handed_over(directory: Path, node: dict[str, Any], deadline: float, timeout_s: float) -> None:
+    """Wait until ``node`` (removed, or left by partitions) handed every copy it no longer owns to the
+    partitions' owners (``legion_partitions_handing_over`` is 0); DeadlineExceeded if it does not."""
+    with cluster_directory.client(directory, [node]) as client:
+        while True:
+            if not processes.is_running(node):
+                raise processes.exited_error(node, f"node {node['id']}")
+            try:
+                left = sample_sum(client.metrics(), "legion_partitions_handing_over")
+            except Unavailable:
+                left = None
+            if left == 0:
+                return
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"node {node['id']} still holds {left} partitions it no longer owns after {timeout_s:g}s "
+                    f"(their owners must be up to take them); see {node['log']}"
+                )
+            time.sleep(POLL_INTERVAL_S)
 
 
 def all_up(node_ids: Sequence[str]) -> Callable[[dict[str, Any]], bool]:

@@ -36,6 +36,9 @@ class _Source:
     def partitions_catching_up(self):
         return 4
 
+    def partitions_handing_over(self):
+        return 3
+
 
 def samples(metrics: NodeMetrics) -> dict[tuple[str, tuple], float]:
     out = {}
@@ -74,6 +77,7 @@ def test_scrape_reads_placement_log_and_engine_figures_and_survives_a_broken_eng
     assert got[("legion_hints_pending", (("owner", "n2"),))] == 5
     assert got[("legion_hints_pending", (("owner", "n3"),))] == 1
     assert got[("legion_partitions_catching_up", ())] == 4
+    assert got[("legion_partitions_handing_over", ())] == 3
 
 
 def test_hints_kept_lost_and_replayed_are_counted():
