@@ -198,6 +198,7 @@ class Node:
         self.last_heard_ms: dict[str, int] = {}
         self._was_down = False
         self._cut_off = False
+        self._had_majority = False  # a node still forming its view of the members is not cut off
         self._grace_until_ms = self.started_ms
         self._runner: web.AppRunner | None = None
         self._started_engines: list[Engine] = []
@@ -432,8 +433,11 @@ class Node:
         marked it down (gossip brings only the newest): catch up on them once a majority is back."""
         members = [m for m in self.state.members if m.status != cs.REMOVED]
         if len(self.alive()) * 2 < len(members):
-            self._cut_off = True
-        elif self._cut_off:
+            # A node joining a large cluster hears its members one by one: that is no cut.
+            self._cut_off = self._had_majority
+            return
+        self._had_majority = True
+        if self._cut_off:
             self._cut_off = False
             self.hinted.start_catch_up()
 
