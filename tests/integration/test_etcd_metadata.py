@@ -194,8 +194,11 @@ def test_a_node_killed_and_restarted_loads_the_state_from_etcd(tmp_path: Path) -
         assert status["epoch"] >= read.state.epoch
 
 
-def test_a_malformed_metadata_url_is_refused_before_anything_starts(legion_cli: CliRunner, tmp_path: Path) -> None:
-    result = legion_cli("node", "start", "--data-dir", str(tmp_path / "node"), "--metadata", "etcd://127.0.0.1/legion")
+@pytest.mark.parametrize("command", [["node", "start", "--data-dir"], ["cluster", "up", "--base-port", "0", "--cluster"]])
+def test_a_malformed_metadata_url_is_refused_before_anything_starts(
+    legion_cli: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    result = legion_cli(*command, str(tmp_path / "made"), "--metadata", "etcd://127.0.0.1/legion")
     assert result.returncode == 1
     assert result.stderr.startswith("error: --metadata must be etcd://HOST:PORT or etcd://HOST:PORT/PREFIX, e.g. ")
-    assert not (tmp_path / "node").exists()
+    assert not (tmp_path / "made").exists()
