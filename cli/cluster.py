@@ -190,6 +190,13 @@ def up(
     tls: Annotated[
         bool, typer.Option("--tls", help="Make a private CA and node certificates: HTTPS only, mutual TLS between nodes.")
     ] = False,
+    metadata: Annotated[
+        str | None,
+        typer.Option(
+            "--metadata", metavar="etcd://HOST:PORT[/PREFIX]",
+            help="Keep the cluster state in this etcd (every node's `legion node start --metadata`), not by consensus among the nodes.",
+        ),
+    ] = None,
 ) -> None:
     """Start a local cluster of NODES node processes on 127.0.0.1, and the services its engines ask for."""
     directory = cluster_directory(cluster)
@@ -208,6 +215,7 @@ def up(
             durability=durability,
             metrics_open=metrics_open,
             tls=tls,
+            metadata=metadata,
         )
     with Client.connect(directory) as client:
         _show_status(client)

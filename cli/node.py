@@ -14,6 +14,7 @@ import typer
 
 from legion.durability import check_durability
 from legion.errors import ConfigError
+from legion.etcd_metadata import parse_metadata_url
 from legion.keyspace import check_partition_count
 from legion.limits import ANTI_ENTROPY_INTERVAL_MS, PARTITIONS_DEFAULT, REPLICAS_DEFAULT
 from cli.durability_option import DURABILITY_DEFAULT, DurabilityOption
@@ -71,9 +72,19 @@ def start(
             help="Milliseconds between background anti-entropy rounds (0: none; `legion cluster repair` still runs exchanges).",
         ),
     ] = ANTI_ENTROPY_INTERVAL_MS,
+    metadata: Annotated[
+        str | None,
+        typer.Option(
+            "--metadata", metavar="etcd://HOST:PORT[/PREFIX]",
+            help="Keep the cluster state in etcd (key PREFIX/state, default /legion/state), changed by compare-and-swap, "
+            "instead of by consensus among the nodes. Give every node of the cluster the same; the data directory remembers it.",
+        ),
+    ] = None,
 ) -> None:
     """Start a node and serve until SIGTERM or Ctrl-C."""
     host, port = parse_listen(listen)
+    if metadata is not None:
+        parse_metadata_url(metadata)
     mode = check_durability(durability)
     check_partition_count(partitions)
     options = with_dask_scheduler(parse_options(option or []), dask_scheduler)
@@ -96,5 +107,6 @@ def start(
         metrics_open=metrics_open,
         tls=tls_files(tls_cert, tls_key, tls_ca),
         anti_entropy_interval_ms=anti_entropy_interval_ms,
+        metadata=metadata,
     )
     run(config)

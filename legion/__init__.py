@@ -28,6 +28,9 @@ Architecture — a pure core and an I/O shell:
 - ``consensus``     agreeing on that document: terms, join votes, publications
                     committed by a majority of both voter sets (a replicated
                     register, as Elasticsearch's cluster coordination)
+- ``etcd_metadata`` the same document kept in etcd instead (``--metadata
+                    etcd://``): the URL, the compare-and-swap on one key, and
+                    the choice a data directory records
 - ``membership``    failure detector verdicts and the claimant (who campaigns)
 - ``clock``         hybrid logical clocks
 - ``replication``   operations, last-writer-wins order, quorum arithmetic
@@ -58,7 +61,8 @@ peer client), ``coordinator`` (fan-out, quorum, retries), ``log_writer`` and
 ``storage`` (SQLite WAL operation log with group commit), ``gossiper``
 (heartbeats, state dissemination, claimant duties), ``state_publisher`` and
 ``consensus_store`` (campaigning, publishing and voting; the fsynced consensus
-record), ``handoff_receiver`` (pulling partitions on rebalance and re-sync),
+record), ``etcd_register`` (in its place with ``--metadata etcd://``: changes
+by compare-and-swap in etcd, polling it for newer states), ``handoff_receiver`` (pulling partitions on rebalance and re-sync),
 ``hinted_handoff`` (keeping, replaying and catching up on hints, stored by
 ``hint_store``) — all built on ``rounds`` —
 ``replica_sender`` (batched replication of single writes),

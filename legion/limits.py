@@ -149,3 +149,15 @@ assert 0 < ANTI_ENTROPY_SETTLE_MS < REQUEST_DEADLINE_MS
 VERIFY_DEADLINE_MS = 120_000
 # A replay round sends whole chunks of hints.
 assert PEER_BATCH_OPS_MAX <= HINT_REPLAY_OPS_PER_ROUND_MAX
+
+# The cluster state in etcd (``legion.etcd_metadata``): one request to etcd (a read, or a
+# compare-and-swap) may take this long before etcd counts as unreachable (503 no_quorum); a change
+# retries a lost swap at most this many times and takes at most the deadline in all; a node polls
+# etcd for a newer state this often (besides hearing it by gossip).
+ETCD_REQUEST_TIMEOUT_MS = 2_000
+ETCD_SWAP_ATTEMPTS_MAX = 8
+ETCD_CHANGE_DEADLINE_MS = REQUEST_DEADLINE_MS
+ETCD_POLL_INTERVAL_MS = GOSSIP_INTERVAL_MS
+
+assert 0 < ETCD_REQUEST_TIMEOUT_MS < ETCD_CHANGE_DEADLINE_MS <= REQUEST_DEADLINE_MS
+assert ETCD_SWAP_ATTEMPTS_MAX >= 2

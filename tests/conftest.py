@@ -5,18 +5,32 @@
 temporary directory and always stops it afterwards, even when the test fails.
 ``legion_cli`` runs ``python -m cli …`` with a clean environment and a
 timeout, so a hung command fails the test instead of hanging the run.
+``etcd_server`` runs a real one-member etcd (Debian's ``etcd-server``, which
+CI installs) on free loopback ports in the test's temporary directory, for
+``--metadata etcd://``; without the ``etcd`` binary those tests are skipped,
+saying why.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from legion import etcd_metadata
+from legion.runtime.local_cluster.ports import HOST, free_ports
 from legion.testing.cluster import CLUSTER_START_TIMEOUT_S, LocalCluster, running_cluster
 
 __all__ = ["CLUSTER_START_TIMEOUT_S", "LocalCluster"]
@@ -89,3 +103,101 @@ def legion_cli(tmp_path_factory: pytest.TempPathFactory) -> CliRunner:
         )
 
     return run
+
+
+ETCD_START_TIMEOUT_S = 20.0
+ETCD_START_ATTEMPTS = 3
+
+
+@dataclass
+class EtcdServer:
+    """A running etcd: ``url`` is what ``--metadata`` takes (add a prefix for a cluster of its own)."""
+
+    process: subprocess.Popen[bytes]
+    client_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"etcd://{HOST}:{self.client_port}"
+
+    def pause(self) -> None:
+        """``kill -STOP``: etcd answers nothing until ``resume``."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """A request to etcd's v3 JSON gateway (``kv/range``, ``kv/txn``, ...)."""
+        request = urllib.request.Request(
+            f"http://{HOST}:{self.client_port}/v3/{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def state(self, url: str | None = None) -> etcd_metadata.Read | None:
+        """The cluster state etcd holds for ``url`` (default: ``self.url``, key ``/legion/state``)."""
+        target = etcd_metadata.parse_metadata_url(url or self.url)
+        return etcd_metadata.read_from_range(self.post("kv/range", etcd_metadata.range_request(target)), target)
+
+
+def _start_etcd(directory: Path) -> EtcdServer:
+    binary = shutil.which("etcd")
+    if binary is None:
+        pytest.skip("etcd is not installed: `apt-get install etcd-server` (.ci/run installs it)")
+    for attempt in range(1, ETCD_START_ATTEMPTS + 1):
+        client_port, peer_port = free_ports(2)
+        client, peer = f"http://{HOST}:{client_port}", f"http://{HOST}:{peer_port}"
+        log = directory / f"etcd-{attempt}.log"
+        argv = [
+            binary, "--name", "test", "--data-dir", str(directory / f"etcd-{attempt}"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"test={peer}", "--logger", "zap", "--log-level", "warn",
+        ]  # fmt: skip
+        with open(log, "wb") as out:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        server = EtcdServer(process, client_port, log)
+        deadline = time.monotonic() + ETCD_START_TIMEOUT_S
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{client}/health", timeout=1) as response:
+                    if json.loads(response.read()).get("health") == "true":
+                        return server
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        _stop_etcd(server)
+        if "address already in use" not in log.read_text():
+            break  # not a port taken between choosing and binding it: trying again will not help
+    raise RuntimeError(f"etcd did not start; its log:\n{log.read_text()[-3000:]}")
+
+
+def _stop_etcd(server: EtcdServer) -> None:
+    if server.process.poll() is None:
+        server.resume()  # a paused etcd takes no SIGTERM
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=10)
+
+
+@contextmanager
+def running_etcd(directory: Path) -> Iterator[EtcdServer]:
+    """A fresh one-member etcd on free loopback ports, data in ``directory``, stopped on the way out
+    (the test is skipped if there is no etcd)."""
+    server = _start_etcd(directory)
+    try:
+        yield server
+    finally:
+        _stop_etcd(server)
+
+
+@pytest.fixture
+def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A fresh etcd for one test (``running_etcd``)."""
+    with running_etcd(tmp_path) as server:
+        yield server

@@ -12,7 +12,8 @@ carries committed states only (``legion.consensus``). After each round the
 claimant — and only the claimant, after its start-up grace period — turns
 the failure detector's verdicts into state changes (``down`` / back up),
 commits a finished rebalance and moves the voters towards the up members,
-through the state publisher (campaigning first if it is not the leader).
+through the state publisher (campaigning first if it is not the leader), or
+the etcd register with ``--metadata etcd://``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from legion import attributes
 from legion import cluster_state as cs
@@ -29,10 +30,7 @@ from legion.errors import LegionError
 from legion.limits import GOSSIP_INTERVAL_MS, HEARTBEAT_INTERVAL_MS
 from legion.membership import claimant_changes
 from legion.runtime.rounds import Rounds
-from legion.runtime.node_view import StateView
-
-if TYPE_CHECKING:
-    from legion.runtime.state_publisher import StatePublisher
+from legion.runtime.node_view import StateRegister, StateView
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ log = logging.getLogger(__name__)
 class GossiperHost(StateView, Protocol):
     """What the gossiper uses of its node (``legion.runtime.node_view``)."""
 
-    publisher: StatePublisher
+    publisher: StateRegister
 
     def adopt(self, state: cs.ClusterState) -> bool: ...
 

@@ -23,8 +23,10 @@ anti-entropy's ``/internal/tree``, ``/internal/fold-keys`` (streamed) and
 consensus on the cluster state (JSON, ``state_publisher``):
 ``/internal/start-join``, ``/internal/publish`` and ``/internal/commit``.
 ``join`` and ``remove`` answer once the change is committed (held by a
-majority of the voters), with 503 ``no_quorum`` when this side of the cluster
-cannot reach such a majority; both are idempotent.
+majority of the voters, or swapped into etcd with ``--metadata etcd://``),
+with 503 ``no_quorum`` when this side of the cluster cannot reach such a
+majority (or etcd); both are idempotent. A joining node says how it keeps
+the state (``metadata``): another way than the cluster's is refused with 409.
 
 ``/v1/health`` also reports ``apply_requests``: how many ``/internal/apply``
 requests this node has answered since it started. It is the one way to see from
@@ -49,6 +51,7 @@ from aiohttp import web
 from legion import attributes
 from legion import cluster_state as cs
 from legion.engine import HttpRequest, Route, parse_flag
+from legion.etcd_metadata import check_same_choice
 from legion.errors import BadRequest, DeadlineExceeded, LegionError, Unavailable
 from legion.idempotency import IDEMPOTENCY_CONTEXT, IDEMPOTENCY_HEADER, RequestKey
 from legion.limits import (
@@ -61,7 +64,7 @@ from legion.path_params import compile_route
 from legion.replication import Operation, decode_ops, encode_apply_reply, unpack
 from legion.runtime.anti_entropy import answer_tree, op_batches
 from legion.runtime import operator_api
-from legion.runtime.node_view import ForwardToClaimant, LocalReplica, StateView
+from legion.runtime.node_view import ForwardToClaimant, LocalReplica, StateRegister, StateView
 from legion.runtime.tls import require_peer_certificate
 from legion.runtime.transport import DEADLINE_HEADER, read_body, read_chunks, read_json, sender_digest
 from legion.membership import check_node_id
@@ -73,7 +76,6 @@ if TYPE_CHECKING:
     from legion.runtime.hint_store import HintStore
     from legion.runtime.hinted_handoff import HintedHandoff
     from legion.runtime.snapshot_shelf import SnapshotShelf
-    from legion.runtime.state_publisher import StatePublisher
 
 URL_PATTERN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 MSGPACK = "application/msgpack"
@@ -95,7 +97,8 @@ class ApiHost(StateView, LocalReplica, Protocol):
     durability: str
     hint_store: HintStore
     hinted: HintedHandoff
-    publisher: StatePublisher
+    metadata_choice: str
+    publisher: StateRegister
     shelf: SnapshotShelf
     url: str
 
@@ -384,6 +387,8 @@ class _Api:
                 f"this cluster serves {urlsplit(self.node.url).scheme.upper()} and node {node_id} {urlsplit(url).scheme.upper()}: "
                 "every node of a cluster uses TLS (--tls-cert, --tls-key, --tls-ca) or none does"
             )
+        if "metadata" in body:  # a node says how it keeps the state; an operator's request need not
+            check_same_choice(self.node.metadata_choice, str(body["metadata"]), node_id)
         self.node.heard_from(node_id)
         return await self._claimant_change(request, body, lambda s: cs.add_member(s, node_id, url))
 

@@ -14,7 +14,10 @@ the state is the committed state of the node's consensus record
 State changes are decided by the claimant (``change_state``), as the leader
 of a term, through the state publisher (``state_publisher``): any other node
 forwards the request to it, and the answer comes once a majority of the
-voters holds the change.
+voters holds the change. A node started with ``--metadata etcd://…`` keeps
+the state in etcd instead (``etcd_register``): it decides any change itself,
+by compare-and-swap, and loads the newest state from etcd when it starts. The
+data directory records which of the two it uses (``legion.etcd_metadata``).
 
 Start-up order: HTTP server, cluster state (join or create), open the
 partitions held (``reconcile``), ``Engine.start`` for every engine, then the
@@ -48,6 +51,7 @@ from legion import consensus as cn
 from legion.clock import HybridClock
 from legion.durability import DEFAULT as DEFAULT_DURABILITY, Durability, check_durability
 from legion.engine import Engine, NodeInfo, load_engines
+from legion import etcd_metadata
 from legion.errors import BadRequest, ConfigError, Conflict, EngineMissing, LegionError, NotOwner, Unavailable
 from legion.keyspace import check_partition_count, partition_of
 from legion.limits import (
@@ -63,6 +67,7 @@ from legion.membership import alive_ids, check_node_id, claimant
 from legion.replication import Operation
 from legion.runtime.anti_entropy import AntiEntropy, ReplicaTrees
 from legion.runtime.consensus_store import ConsensusStore
+from legion.runtime.etcd_register import EtcdRegister
 from legion.runtime.coordinator import Coordinator
 from legion.runtime.gossiper import Gossiper
 from legion.runtime.handoff_receiver import HandoffReceiver
@@ -74,7 +79,7 @@ from legion.runtime.log_writer import LogWriter
 from legion.runtime.member_attributes import MemberAttributes
 from legion.verify import Summary, summarise
 from legion.runtime.node_metrics import NodeMetrics
-from legion.runtime.node_view import ForwardToClaimant
+from legion.runtime.node_view import ForwardToClaimant, StateRegister
 from legion.runtime import tls
 from legion.runtime.state_publisher import Change, StatePublisher
 from legion.runtime.storage import NodeStore
@@ -113,6 +118,9 @@ class NodeConfig:
     tls: TlsFiles | None = None
     # Between background anti-entropy rounds (``legion.runtime.anti_entropy``); 0: no background rounds.
     anti_entropy_interval_ms: int = ANTI_ENTROPY_INTERVAL_MS
+    # Where the cluster state is kept (``legion.etcd_metadata``): None, by consensus among the
+    # nodes; ``etcd://HOST:PORT[/PREFIX]``, in etcd.
+    metadata: str | None = None
 
 
 def load_token(config: NodeConfig) -> str:
@@ -162,6 +170,12 @@ class Node:
             record = cn.founding_record(cs.from_dict(raw_state)) if raw_state else cn.Record()
         self.record = record
         self.state: cs.ClusterState = record.committed  # type: ignore[assignment]
+        target = etcd_metadata.parse_metadata_url(config.metadata) if config.metadata is not None else None
+        self.metadata_choice = etcd_metadata.choice_of(target)
+        etcd_metadata.check_choice(
+            self.store.meta_get("metadata"), self.metadata_choice, has_state=record.committed is not None
+        )
+        self.store.meta_put("metadata", self.metadata_choice)
         self._recent_states: dict[cs.Digest, cs.ClusterState] = {}
         if self.state is not None:
             self._remember(self.state)
@@ -178,7 +192,8 @@ class Node:
         )
         self.coordinator = Coordinator(self)
         self.gossiper = Gossiper(self)
-        self.publisher = StatePublisher(self)
+        self.etcd = EtcdRegister(self, target) if target is not None else None
+        self.publisher: StateRegister = self.etcd if self.etcd is not None else StatePublisher(self)
         self.handoff = HandoffReceiver(self)
         self.shelf = SnapshotShelf(config.data_dir, self.writer)
         self.hint_store = HintStore(config.data_dir, self.durability)
@@ -229,13 +244,20 @@ class Node:
         if restarted:
             # Its persisted state may be stale: hear the cluster before deciding anything for it.
             self._grace_until_ms = self.started_ms + FAILURE_TIMEOUT_MS
+        if self.etcd is not None:
+            await self.etcd.open()
+            if restarted:
+                await self.etcd.catch_up()
         if self.state is None:
             if self.config.join:
                 await self._join(self.config.join)
             else:
                 cluster_id = f"c-{uuid.uuid4().hex[:12]}"
                 founded = cs.new_cluster(cluster_id, self.node_id, self.url, self.config.partitions, self.config.replicas)
-                self.set_record(cn.founding_record(founded))
+                if self.etcd is not None:
+                    await self.etcd.found(founded)
+                else:
+                    self.set_record(cn.founding_record(founded))
         for member in self.state.members:
             self.last_heard_ms.setdefault(member.id, self.started_ms)
         await self.reconcile(hand_over=False)
@@ -244,6 +266,8 @@ class Node:
             self.hinted.start_catch_up()
         await self._start_engines()
         self.gossiper.start()
+        if self.etcd is not None:
+            self.etcd.start()
         self.handoff.start()
         self.hinted.start()
         if self.config.anti_entropy_interval_ms > 0:
@@ -354,7 +378,8 @@ class Node:
                 return  # the claimant's answer was lost, but gossip brought the state
             try:
                 raw = await self.peers.call(
-                    "POST", seed.rstrip("/") + "/v1/cluster/join", json_body={"node_id": self.node_id, "url": self.url}
+                    "POST", seed.rstrip("/") + "/v1/cluster/join",
+                    json_body={"node_id": self.node_id, "url": self.url, "metadata": self.metadata_choice},
                 )
                 self.adopt(cs.from_dict(json.loads(raw)["state"]))
                 return
@@ -453,8 +478,11 @@ class Node:
 
     async def change_state(self, change: Change) -> cs.ClusterState:
         """Decide ``change`` as the claimant, or forward to the claimant. Returns the committed state.
+        With the state in etcd, any node decides: etcd's compare-and-swap orders the changes.
 
-        ``NoQuorum`` (503) if this node cannot reach a majority of the voters."""
+        ``NoQuorum`` (503) if this node cannot reach a majority of the voters (or etcd)."""
+        if self.etcd is not None:
+            return await self.etcd.change(change)
         target = self.claimant()
         if target is None:
             raise Unavailable("no live voter can decide cluster changes right now; retry shortly")

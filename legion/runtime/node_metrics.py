@@ -106,6 +106,11 @@ class NodeMetrics:
             "legion_handoff_partitions", "Partitions copied in from another replica (handoffs and re-syncs).", registry=r
         )
         self.handoff_ops = Counter("legion_handoff_ops", "Operations received by handoff.", registry=r)
+        self.etcd_swaps_lost = Counter(
+            "legion_etcd_swaps_lost",
+            "Compare-and-swaps of the cluster state in etcd (--metadata etcd://) lost to another node's change, then retried.",
+            registry=r,
+        )  # fmt: skip
         self.read_repairs = Counter(
             "legion_read_repairs", "Keys this node repaired after replicas answered a read with different versions.",
             ["engine"], registry=r,

@@ -14,7 +14,7 @@ that the node provides every member of every host protocol.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -34,6 +34,23 @@ class ForwardToClaimant(Exception):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.url = url
+
+
+class StateRegister(Protocol):
+    """Where this node's changes to the cluster state are decided: the voters' register
+    (``state_publisher``) or etcd (``etcd_register``), chosen once when the node is made."""
+
+    async def change(self, change: Callable[[ClusterState], ClusterState]) -> ClusterState:
+        """Commit ``change`` applied to the last committed state; the committed state once it is held."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def on_start_join(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def on_publish(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def on_commit(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class StateView(Protocol):

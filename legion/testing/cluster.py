@@ -95,15 +95,17 @@ def running_cluster(
     timeout_s: float = CLUSTER_START_TIMEOUT_S,
     durability: str = DEFAULT_DURABILITY,
     metrics_open: bool = False,
+    metadata: str | None = None,
 ) -> Iterator[LocalCluster]:
     """A fresh cluster of real node processes on loopback, serving ``engines``; stopped on the way out.
 
-    ``metrics_open`` serves ``/metrics`` to loopback scrapers without the token (``legion cluster up --metrics-open``)."""
+    ``metrics_open`` serves ``/metrics`` to loopback scrapers without the token (``legion cluster up --metrics-open``);
+    ``metadata`` keeps the cluster state in etcd (``etcd://HOST:PORT[/PREFIX]``, ``--metadata``)."""
     directory = Path(directory)
     with _engines_installed(directory.parent / f"{directory.name}-site", engines):
         local_cluster.up(
             directory, nodes=nodes, partitions=partitions, replicas=replicas, base_port=0, timeout_s=timeout_s,
-            options=options, durability=durability, metrics_open=metrics_open,
+            options=options, durability=durability, metrics_open=metrics_open, metadata=metadata,
         )  # fmt: skip
         client = Client.connect(directory)
         try:

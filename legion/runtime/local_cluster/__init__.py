@@ -15,7 +15,7 @@ what ``legion cluster up`` and the test fixtures use to get a cluster of real
 A cluster directory ``DIR`` holds::
 
     DIR/cluster.json        {"partitions", "replicas", "durability", "options", "services", "metrics_open", "tls",
-                            "nodes": [node, ...]}
+                            "metadata", "nodes": [node, ...]}
     DIR/token               the cluster token (mode 0600)
     DIR/tls/ca.pem, ca.key  the private CA of a ``--tls`` cluster (the key mode 0600)
     DIR/nodes/<id>/tls/     that node's certificate and key, signed by the CA
@@ -29,7 +29,8 @@ started with, ``removed`` true once it has left the cluster for good (its
 entry stays so that its id is never reused). ``options`` are what every node
 is started with (``--option KEY=VALUE``: the user's, plus what the local
 services yield), kept so that restarted and added nodes get the same; so is
-``durability``, every node's ``--durability`` (``legion.durability``).
+``durability``, every node's ``--durability`` (``legion.durability``), and
+``metadata``, every node's ``--metadata`` (null: consensus among the nodes).
 ``legion.client.Client.connect`` reads the same file.
 
 Node processes run in their own session, so they outlive the command that

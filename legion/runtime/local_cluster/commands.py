@@ -16,6 +16,7 @@ from typing import Any
 from legion.client import TOKEN_FILE_NAME
 from legion.durability import DEFAULT as DEFAULT_DURABILITY, check_durability
 from legion.errors import ConfigError
+from legion.etcd_metadata import parse_metadata_url
 from legion.options import check_options, to_argv
 from legion.runtime import certificates
 from legion.runtime.local_cluster import directory as cluster_directory, ports, processes, readiness, services as local_services
@@ -42,6 +43,7 @@ def up(
     durability: str = DEFAULT_DURABILITY,
     metrics_open: bool = False,
     tls: bool = False,
+    metadata: str | None = None,
 ) -> dict[str, Any]:
     """Start a new cluster of ``nodes`` processes in ``directory``; its ``cluster.json`` once all are up.
 
@@ -52,12 +54,15 @@ def up(
     services are started first and add theirs. ``metrics_open`` serves ``/metrics``
     to loopback clients without the token (``--metrics-open``). ``tls`` makes a private
     CA in ``DIR/tls`` and a certificate per node: nodes serve HTTPS only and talk to
-    each other with mutual TLS (``legion.runtime.tls``). If start-up fails, the nodes
-    and services already started are stopped again.
+    each other with mutual TLS (``legion.runtime.tls``). ``metadata`` (``etcd://HOST:PORT[/PREFIX]``)
+    keeps the cluster state in that etcd (``--metadata``) rather than by consensus among the nodes.
+    If start-up fails, the nodes and services already started are stopped again.
     """
     directory = Path(directory).resolve()
     user_options = check_options(options or {})
     durability = check_durability(durability)
+    if metadata is not None:
+        parse_metadata_url(metadata)
     cluster_directory.check_new_cluster(directory, nodes=nodes, partitions=partitions, replicas=replicas, reset=reset)
     chosen_ports = ports.choose_ports(nodes, base_port)
     try:
@@ -75,6 +80,7 @@ def up(
         "services": [],
         "metrics_open": metrics_open,
         "tls": tls,
+        "metadata": metadata,
         "nodes": [cluster_directory.node_entry(directory, f"n{index + 1}", port, tls=tls) for index, port in enumerate(chosen_ports)],
     }
     cluster_directory.save(directory, document)
@@ -239,6 +245,8 @@ def _start(
     argv += to_argv(document.get("options", {}))
     if document.get("metrics_open"):
         argv.append("--metrics-open")
+    if document.get("metadata"):
+        argv += ["--metadata", document["metadata"]]
     if document.get("tls"):
         files = cluster_directory.node_tls(directory, node)
         argv += ["--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca)]

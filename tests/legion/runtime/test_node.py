@@ -30,3 +30,30 @@ def test_the_durability_mode_reaches_the_log_every_engine_and_the_kv_database(
 def test_a_node_refuses_an_unknown_durability_mode(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--durability must be fsync or async .*got 'sometimes'"):
         Node(NodeConfig(data_dir=tmp_path, durability="sometimes"))  # type: ignore[arg-type]
+
+
+def test_a_node_remembers_that_its_state_is_in_etcd_and_refuses_to_start_without_it(tmp_path: Path) -> None:
+    from legion import cluster_state as cs
+    from legion import consensus as cn
+    from legion.runtime.etcd_register import EtcdRegister
+
+    node = Node(NodeConfig(data_dir=tmp_path, metadata="etcd://127.0.0.1:2379/prod"))
+    try:
+        assert isinstance(node.publisher, EtcdRegister) and node.etcd is node.publisher
+        assert node.store.meta_get("metadata") == "etcd:/prod/state"
+        node.set_record(cn.founding_record(cs.new_cluster("c-1", node.node_id, node.url, 8, 3)))  # it joined a cluster
+    finally:
+        node.store.close()
+        node.hint_store.close()
+    with pytest.raises(ConfigError, match="keeps the cluster state in etcd under the key /prod/state.*--metadata etcd://HOST:PORT/prod"):
+        Node(NodeConfig(data_dir=tmp_path))
+    with pytest.raises(ConfigError, match="under the key /prod/state, not in etcd under the key /legion/state"):
+        Node(NodeConfig(data_dir=tmp_path, metadata="etcd://127.0.0.1:2379"))
+    again = Node(NodeConfig(data_dir=tmp_path, metadata="etcd://10.0.0.7:2379/prod"))  # etcd moved: fine
+    again.store.close()
+    again.hint_store.close()
+
+
+def test_a_node_refuses_a_malformed_metadata_url(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--metadata must be etcd://HOST:PORT"):
+        Node(NodeConfig(data_dir=tmp_path, metadata="http://127.0.0.1:2379"))

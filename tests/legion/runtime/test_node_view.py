@@ -26,6 +26,7 @@ HOSTS = {
     "handoff_receiver": "HandoffHost",
     "anti_entropy": "AntiEntropyHost",
     "state_publisher": "PublisherHost",
+    "etcd_register": "RegisterHost",
     "snapshot_fetcher": "FetcherHost",
     "operator_api": "OperatorHost",
     "http_api": "ApiHost",
