@@ -13,6 +13,8 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, NamedTuple
 
+import orjson
+
 from legion.errors import BadRequest
 
 LINE_BYTES_MAX = 8 * 1024 * 1024
@@ -34,6 +36,11 @@ class Line(NamedTuple):
 # own steps (encoding detection, two whitespace matches, the checks around them) cost as much as the scan.
 _scan_once = json.JSONDecoder().scan_once
 _JSON_WHITESPACE = " \t\n\r"
+# orjson reads an integer of more than 64 bits as a float where json.loads keeps it an int: a line with
+# a run of 19 digits (past i64's range once negative) goes to json.loads. Every digit becomes "0" and
+# every other byte ".", so one substring search in C finds such a run.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= c <= 0x39 else 0x2E for c in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
 
 
 def parse_line(number: int, raw: bytes) -> Line:
@@ -48,11 +55,19 @@ def parse_line(number: int, raw: bytes) -> Line:
 
 
 def _loads(raw: bytes) -> Any:
-    """``json.loads(raw)``: the UTF-8 text scanned at once, or json.loads itself for anything else.
+    """``json.loads(raw)``: parsed by orjson when it reads the line as json.loads would, else as before.
 
-    Anything the direct scan does not take as it is — another encoding, a
-    byte order mark, leading whitespace, invalid JSON — goes to json.loads,
-    which accepts or refuses it exactly as before, with its own message."""
+    orjson parses a line of a few hundred bytes about three times faster than
+    json's scanner. What it refuses (another encoding, a byte order mark, NaN,
+    a lone surrogate, a number past a double, invalid JSON) and a line that
+    may hold an integer past 64 bits go the old way: the UTF-8 text scanned at
+    once, or json.loads itself, which accepts or refuses it exactly as before,
+    with its own message."""
+    if _LONG_DIGIT_RUN not in raw.translate(_DIGITS_ONLY):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         text = raw.decode("utf-8")
         value, end = _scan_once(text, 0)

@@ -91,20 +91,22 @@ def analyzer(spec: FieldSpec) -> tantivy.TextAnalyzer | None:
     return default_text_analyzer()  # "default", and "en_stem" (stemming keeps the token count)
 
 
-# ASCII letters and digits kept, every other byte a space: where tantivy's simple tokenizer splits ASCII text.
-_ASCII_WORDS = bytes(c if c < 128 and chr(c).isalnum() else 0x20 for c in range(256))
+# ASCII letters and digits as "a", every other byte a space: where tantivy's simple tokenizer splits ASCII text.
+_ASCII_MARKS = bytes(0x61 if c < 128 and chr(c).isalnum() else 0x20 for c in range(256))
+_LONG_TOKEN = b"a" * DEFAULT_TOKEN_CHARS_MAX
 
 
 def default_token_count(text: str) -> int:
     """The tokens tantivy's ``default`` (and ``en_stem``) tokenizer makes of ASCII ``text``.
 
     Runs of ASCII letters and digits, less those of ``DEFAULT_TOKEN_CHARS_MAX``
-    bytes or more (the remove-long filter): counted in C, where the analyzer
-    would hand every token back as a Python string."""
-    words = text.encode("ascii").translate(_ASCII_WORDS).split()
-    if words and max(map(len, words)) >= DEFAULT_TOKEN_CHARS_MAX:
-        return sum(1 for word in words if len(word) < DEFAULT_TOKEN_CHARS_MAX)
-    return len(words)
+    bytes or more (the remove-long filter): counted in C as the starts of runs
+    (a space then an "a" once marked), where the analyzer, or a split, would
+    hand every token back as a Python object."""
+    marked = text.encode("ascii").translate(_ASCII_MARKS)
+    if _LONG_TOKEN in marked:
+        return sum(1 for word in marked.split() if len(word) < DEFAULT_TOKEN_CHARS_MAX)
+    return marked.count(b" a") + (marked[:1] == b"a")
 
 
 class LengthCounter:

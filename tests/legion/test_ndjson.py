@@ -56,3 +56,10 @@ def test_a_line_parses_exactly_as_json_loads_parses_it(before, text, after, enco
 def test_a_line_nested_too_deeply_is_a_bad_line_not_a_crash():
     line = ndjson.parse_line(7, b"[" * 100_000 + b"]" * 100_000)
     assert line.error is not None and "line 7" in line.error.message
+
+
+def test_integers_past_64_bits_stay_integers():
+    # orjson reads these as floats; the line must parse as json.loads parses it.
+    for text in ("-9223372036854775809", "18446744073709551616", "123456789012345678901234567890"):
+        line = ndjson.parse_line(1, f'{{"n": {text}, "s": "x"}}'.encode())
+        assert line.error is None and line.value == {"n": int(text), "s": "x"} and type(line.value["n"]) is int
