@@ -332,6 +332,8 @@ def _version(doc: tantivy.Document) -> Version:
 # The lengths stay a slice of the batch's one flat list until the document is added.
 _Write = tuple[Version, list[int], int, int]
 _NO_COUNTS: list[int] = []
+# Version's constructor without the Python-level __new__ a NamedTuple has: a batch makes one per document.
+_new_version = tuple.__new__
 
 
 def _newest(items: Sequence[tuple[Operation, Decoded]]) -> dict[str, _Write]:
@@ -345,7 +347,7 @@ def _newest(items: Sequence[tuple[Operation, Decoded]]) -> dict[str, _Write]:
             for position, doc_id in enumerate(decoded.ids):
                 held = newest.get(doc_id)
                 if held is None or (hlc, origin, position) > held[0].order:
-                    version = Version(hlc, origin, position, partition, sources[position])
+                    version = _new_version(Version, (hlc, origin, position, partition, sources[position]))
                     newest[doc_id] = (version, counts, position * stride, stride)
             continue
         doc_id = op.key.decode("utf-8", "surrogatepass")
