@@ -51,6 +51,7 @@ from urllib.parse import urlencode, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from legion import json_codec
 from legion.errors import ConfigError, DeadlineExceeded, Unavailable, from_json
 from legion.idempotency import IDEMPOTENCY_HEADER
 
@@ -85,7 +86,7 @@ class Response:
     def json(self) -> Any:
         """The body parsed as JSON; ``Unavailable`` if the node sent something else (its fault, not the caller's)."""
         try:
-            return jsonlib.loads(self.body)
+            return json_codec.loads(self.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise Unavailable(f"node {self.url} sent a body that is not JSON: {exc}") from None
 
@@ -255,7 +256,7 @@ class Client:
             raise ConfigError(f"request path must start with '/', got {path!r}")
         send_headers = {"Authorization": f"Bearer {self._token}"}
         if json is not None:
-            body = jsonlib.dumps(json).encode()
+            body = json_codec.dumps(json)
             send_headers["Content-Type"] = "application/json"
         send_headers.update(headers or {})
         if method.upper() not in READ_METHODS and not any(name.lower() == "idempotency-key" for name in send_headers):

@@ -158,7 +158,6 @@ names answers ``EngineMissing`` for it, and 404 for its routes.
 from __future__ import annotations
 
 import contextvars
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
@@ -171,6 +170,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from legion.dashboard import DashboardPanel
 from legion.durability import DEFAULT as DEFAULT_DURABILITY, Durability
+from legion import json_codec
 from legion.errors import BadRequest, ConfigError, LegionError
 from legion.hash_tree import ops_version
 from legion.replication import Operation
@@ -221,7 +221,7 @@ class HttpRequest:
     def json(self) -> Any:
         """The body parsed as JSON; BadRequest if it is not."""
         try:
-            return json.loads(self.body)
+            return json_codec.loads(self.body)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
@@ -251,7 +251,7 @@ class HttpResponse:
 
     @classmethod
     def json(cls, value: Any, status: int = 200) -> HttpResponse:
-        return cls(status=status, body=json.dumps(value).encode(), content_type="application/json")
+        return cls(status=status, body=json_codec.dumps(value), content_type="application/json")
 
 
 @dataclass(frozen=True, slots=True)

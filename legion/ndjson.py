@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, NamedTuple
 
+from legion import json_codec
 from legion.errors import BadRequest
 
 LINE_BYTES_MAX = 8 * 1024 * 1024
@@ -22,12 +23,15 @@ class Line(NamedTuple):
     """One line of an NDJSON body: its 1-based number and its value, or why it has none.
 
     ``raw`` is the line's bytes as received (without the newline) when it parsed,
-    so that a handler may keep the text it was sent instead of encoding the value again."""
+    so that a handler may keep the text it was sent instead of encoding the value again.
+    ``plain`` says that ``raw`` is UTF-8 holding neither a lone surrogate (not even as
+    a ``\\u`` escape) nor a NUL byte: text that needs no check before it is kept."""
 
     number: int
     value: Any = None
     error: BadRequest | None = None
     raw: bytes = b""
+    plain: bool = False
 
 
 # The C scanner json.loads ends in, called directly: for a line of a few hundred bytes, json.loads's
@@ -40,7 +44,8 @@ def parse_line(number: int, raw: bytes) -> Line:
     if len(raw) > LINE_BYTES_MAX:
         return Line(number, error=BadRequest(f"line {number} is over {LINE_BYTES_MAX} bytes"))
     try:
-        return Line(number, _loads(raw), None, raw)
+        plain, value = json_codec.read_plain(raw)
+        return Line(number, value, None, raw, True) if plain else Line(number, _loads(raw), None, raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return Line(number, error=BadRequest(f"line {number} is not valid JSON: {exc}"))
     except RecursionError:  # a line nested thousands deep: bad input, not a server error
@@ -50,9 +55,12 @@ def parse_line(number: int, raw: bytes) -> Line:
 def _loads(raw: bytes) -> Any:
     """``json.loads(raw)``: the UTF-8 text scanned at once, or json.loads itself for anything else.
 
-    Anything the direct scan does not take as it is — another encoding, a
-    byte order mark, leading whitespace, invalid JSON — goes to json.loads,
-    which accepts or refuses it exactly as before, with its own message."""
+    ``parse_line`` tries ``json_codec.read_plain`` first, about three times
+    faster than json's scanner; what it leaves comes here, and is accepted
+    or refused exactly as json.loads does, with its message. Anything the
+    direct scan does not take as it is —
+    another encoding, a byte order mark, leading whitespace, invalid JSON —
+    goes to json.loads itself."""
     try:
         text = raw.decode("utf-8")
         value, end = _scan_once(text, 0)

@@ -60,19 +60,24 @@ def document_body(
     return index_body(index, incarnation, source, lengths)
 
 
-def document_parts(checked: dict[str, Any], count_lengths: LengthCounter, sent: bytes | None = None) -> tuple[bytes, list[int]]:
+def document_parts(
+    checked: dict[str, Any], count_lengths: LengthCounter, sent: bytes | None = None, plain: bool = False
+) -> tuple[bytes, list[int]]:
     """A checked document's source (JSON bytes) and field lengths, as ``index`` and ``batch`` operations carry them.
 
     ``sent`` is the JSON text the document was parsed from, if ``checked`` is
     exactly what it parsed to (no null dropped): it becomes the source as it is,
     unless it may hide text that is not valid Unicode (a ``\\u`` escape, or the
     UTF-8 lead byte of a surrogate) or is not UTF-8 (a NUL byte: UTF-16 or 32),
-    in which case the document is encoded again, which refuses such text."""
+    in which case the document is encoded again, which refuses such text.
+    ``plain`` (``ndjson.Line.plain``) says that the parser already ruled those out."""
     try:
         lengths = count_lengths(checked)
         if sent is not None:
             sent = sent.strip()
-        if sent is None or not sent.startswith(b"{") or b"\\u" in sent or b"\xed" in sent or b"\x00" in sent:
+        if sent is None or not sent.startswith(b"{"):
+            sent = encode_source(checked)
+        elif not plain and (b"\\u" in sent or b"\xed" in sent or b"\x00" in sent):
             sent = encode_source(checked)
         return sent, lengths
     except ValueError as exc:  # UnicodeEncodeError: JSON text can name a lone surrogate, which is no text
@@ -119,7 +124,7 @@ class BulkIngest:
                 raise line.error
             doc_id, checked = check_document(self.schema, value)
             sent = line.raw if checked is value else None  # no null dropped: the line is the source
-            source, lengths = document_parts(checked, self.count_lengths, sent)
+            source, lengths = document_parts(checked, self.count_lengths, sent, line.plain)
             partition = partition_of(key_bytes(doc_id), self.partitions)
         except LegionError as exc:
             self._error(line.number, doc_id, exc)

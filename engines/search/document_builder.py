@@ -91,20 +91,22 @@ def analyzer(spec: FieldSpec) -> tantivy.TextAnalyzer | None:
     return default_text_analyzer()  # "default", and "en_stem" (stemming keeps the token count)
 
 
-# ASCII letters and digits kept, every other byte a space: where tantivy's simple tokenizer splits ASCII text.
-_ASCII_WORDS = bytes(c if c < 128 and chr(c).isalnum() else 0x20 for c in range(256))
+# ASCII letters and digits as "a", every other byte a space: where tantivy's simple tokenizer splits ASCII text.
+_ASCII_MARKS = bytes(0x61 if c < 128 and chr(c).isalnum() else 0x20 for c in range(256))
+_LONG_TOKEN = b"a" * DEFAULT_TOKEN_CHARS_MAX
 
 
 def default_token_count(text: str) -> int:
     """The tokens tantivy's ``default`` (and ``en_stem``) tokenizer makes of ASCII ``text``.
 
     Runs of ASCII letters and digits, less those of ``DEFAULT_TOKEN_CHARS_MAX``
-    bytes or more (the remove-long filter): counted in C, where the analyzer
-    would hand every token back as a Python string."""
-    words = text.encode("ascii").translate(_ASCII_WORDS).split()
-    if words and max(map(len, words)) >= DEFAULT_TOKEN_CHARS_MAX:
-        return sum(1 for word in words if len(word) < DEFAULT_TOKEN_CHARS_MAX)
-    return len(words)
+    bytes or more (the remove-long filter): counted in C as the starts of runs
+    (a space then an "a" once marked), where the analyzer, or a split, would
+    hand every token back as a Python object."""
+    marked = text.encode("ascii").translate(_ASCII_MARKS)
+    if _LONG_TOKEN in marked:
+        return sum(1 for word in marked.split() if len(word) < DEFAULT_TOKEN_CHARS_MAX)
+    return marked.count(b" a") + (marked[:1] == b"a")
 
 
 class LengthCounter:
@@ -148,38 +150,36 @@ class DocumentBuilder:
         self._specs = {spec.name: spec for spec in schema.fields}
         self._count_lengths = LengthCounter(schema)
         self._length_names = list(length_fields(schema).values())
-        # The source's text without its closing brace, then the engine's fields and the lengths
-        # (in LengthCounter order): one %-format in C per document; _pos only when it is not 0.
+        # The source's bytes without its closing brace, then the engine's fields and the lengths
+        # (in LengthCounter order): one %-format in C per document, decoded once; _pos only when not 0.
         lengths = "".join(f',"{name}":%d' for name in self._length_names)
-        head = f'%s,"{ID}":%s,"{PARTITION}":%d,"{DELETED}":0,"{HLC}":%d,"{ORIGIN}":%s'
-        tail = f',"{SOURCE}":"%s"{lengths}}}'
-        self._json_formats = (head + tail, head + f',"{POSITION}":%d' + tail)
+        head = f'%b,"{ID}":%b,"{PARTITION}":%d,"{DELETED}":0,"{HLC}":%d,"{ORIGIN}":%b'
+        tail = f',"{SOURCE}":"%b"{lengths}}}'
+        self._json_formats = ((head + tail).encode(), (head + f',"{POSITION}":%d' + tail).encode())
         self.json_text_ok = all(spec.type in JSON_TEXT_TYPES for spec in schema.fields)
-        self._origins: dict[str, str] = {}
+        self._origins: dict[str, bytes] = {}
 
     def json_text(self, doc_id: str, version: Version, lengths: Sequence[int] | None) -> str | None:
         """The document as JSON text for ``add_json``; None when it must take the per-field path."""
         if not self.json_text_ok or lengths is None or len(lengths) != len(self._length_names):
             return None
         hlc, origin, position, partition, source = version
-        try:
-            text = source.decode("utf-8")  # type: ignore[union-attr]  # a tombstone takes the other path
-        except UnicodeDecodeError:
-            return None
-        if not (text.startswith("{") and text.endswith("}")) or len(text) < 3:
-            return None  # not a non-empty JSON object as the coordinator encodes them
+        if source is None or len(source) < 3 or source[:1] != b"{" or source[-1:] != b"}":
+            return None  # a tombstone, or not a non-empty JSON object as the coordinator encodes them
         quoted_origin = self._origins.get(origin)
         if quoted_origin is None:
-            quoted_origin = self._origins[origin] = json.dumps(origin)
-        encoded = binascii.b2a_base64(source, newline=False).decode("ascii")  # tantivy reads bytes as base64
-        quoted_id = encode_basestring_ascii(doc_id)  # what json.dumps(doc_id) returns, without its overhead
+            quoted_origin = self._origins[origin] = json.dumps(origin).encode()
+        encoded = binascii.b2a_base64(source, newline=False)  # tantivy reads bytes as base64
+        quoted_id = encode_basestring_ascii(doc_id).encode()  # what json.dumps(doc_id) returns, without its overhead
         try:
             # %d takes integers only, so a count that is no count cannot inject JSON; one that is
             # negative or too large makes tantivy refuse the text, and the per-field path counts.
             if position:
-                return self._json_formats[1] % (text[:-1], quoted_id, partition, hlc, quoted_origin, position, encoded, *lengths)
-            return self._json_formats[0] % (text[:-1], quoted_id, partition, hlc, quoted_origin, encoded, *lengths)
-        except TypeError:
+                text = self._json_formats[1] % (source[:-1], quoted_id, partition, hlc, quoted_origin, position, encoded, *lengths)
+            else:
+                text = self._json_formats[0] % (source[:-1], quoted_id, partition, hlc, quoted_origin, encoded, *lengths)
+            return text.decode("utf-8")
+        except (TypeError, UnicodeDecodeError):  # not UTF-8 (nor a source the coordinator wrote): the other path
             return None
 
     def document(self, doc_id: str, version: Version) -> tantivy.Document:

@@ -56,6 +56,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Decoded operations kept from validate for apply_batch (SearchEngine._validated): more than
+# a few bulk chunks' worth of batches in flight to one replica.
+VALIDATED_KEPT_MAX = 2_048
+
 
 class SearchEngine(Engine):
     """Sharded full-text search: one tantivy index per node and search index, documents tagged with their partition."""
@@ -74,6 +78,13 @@ class SearchEngine(Engine):
         self._shards: dict[str, Shard] = {}  # live incarnation → its shard
         self._unparked: set[str] = set()  # parked operations applied, to forget once flushed
         self._commits = 0  # shard commits since the node started (for metrics)
+        # A replica decodes each operation's body in validate (event loop), then again in apply_batch
+        # and digest_keys (writer thread): validate's decoding is kept for apply_batch, by the
+        # operation's identity (an entry holds its operation, so the identity is not reused while it
+        # is kept), and a batch's for the digest_keys calls that follow it. Bounded: an operation
+        # validated but never applied (a full queue, a failed log write) is dropped with the rest.
+        self._validated: dict[int, tuple[Operation, Decoded]] = {}
+        self._applied: dict[int, tuple[Operation, Decoded]] = {}
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -110,6 +121,13 @@ class SearchEngine(Engine):
             check_batch_partition(op, decoded)  # the core checks the key's partition; a batch's ids are ours to check
         elif op.kind == KIND_CREATE:
             parse_schema(decoded.schema)
+        if len(self._validated) >= VALIDATED_KEPT_MAX:
+            self._validated.clear()
+        self._validated[id(op)] = (op, decoded)
+
+    def _decoded(self, op: Operation, kept: dict[int, tuple[Operation, Decoded]]) -> Decoded:
+        entry = kept.pop(id(op), None)
+        return entry[1] if entry is not None and entry[0] is op else decode(op)
 
     def apply(self, partition: int, ops: Sequence[Operation]) -> None:
         self.apply_batch({partition: ops})
@@ -117,7 +135,9 @@ class SearchEngine(Engine):
     def apply_batch(self, batch: Mapping[int, Sequence[Operation]]) -> None:
         store = self._require_store()
         ops = [op for part_ops in batch.values() for op in part_ops]
-        decoded = [(op, decode(op)) for op in ops]
+        validated = self._validated
+        decoded = [(op, self._decoded(op, validated)) for op in ops]
+        self._applied = {id(op): (op, d) for op, d in decoded}
         self._apply_catalog([(op, d) for op, d in decoded if op.kind in CATALOG_KINDS])
         by_incarnation: dict[str, list[tuple[Operation, Decoded]]] = defaultdict(list)
         park: list[tuple[str, Operation]] = []
@@ -307,7 +327,7 @@ class SearchEngine(Engine):
             return None  # the catalog is every partition's, and a create applies what was parked
         if op.kind != KIND_BATCH:
             return (op.key,)
-        ids = decode(op).ids or []
+        ids = self._decoded(op, self._applied).ids or []
         return (op.key, *(doc_id.encode("utf-8", "surrogatepass") for doc_id in ids))  # op.key: if parked
 
     def _parked(self, partition: int) -> list[Operation]:

@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 WRITER_HEAP_BYTES = 96 * 1024 * 1024
 WRITER_THREADS = 1
 FOLD_PAGE_DOCS = 1_000
+# Documents of a partition loaded in the time one id is looked up by its term (``Shard.held``): about 3.
+ID_LOOKUP_DOCS = 3
 
 
 def index_fields(schema: IndexSchema) -> IndexFields:
@@ -278,8 +280,11 @@ class Shard:
     def held(self, partition: int, ids: Collection[str] | None = None) -> Iterator[tuple[str, Version]]:
         """Each document and tombstone of ``partition`` (or those of ``ids``) with its version: pending first, then committed.
 
-        With ``ids``, one query filters the partition's documents by the ``_partition`` fast
-        field and the ids' terms, so only those are loaded."""
+        With a few ``ids``, one query filters the partition's documents by the ``_partition``
+        field and the ids' terms, so only those are loaded. Looking an id up costs a few times
+        what loading a document does, so with ids that are a good share of the partition
+        (anti-entropy re-reading what a bulk ingest wrote) every document of the partition is
+        loaded instead and the ids are picked out of them."""
         wanted = None if ids is None else set(ids)
         with self._lock:
             pending = {
@@ -290,16 +295,18 @@ class Shard:
             return
         searcher = self.index.searcher()
         query = tantivy.Query.term_query(self.tantivy_schema, PARTITION, partition)
-        if wanted is not None:
+        total = searcher.search(query, limit=1, count=True).count
+        if not total:
+            return
+        pick = wanted is not None and len(wanted) * ID_LOOKUP_DOCS < total
+        if pick:
             by_id = tantivy.Query.term_set_query(self.tantivy_schema, ID, sorted(wanted))
             query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), (tantivy.Occur.Must, by_id)])
-        total = searcher.search(query, limit=1, count=True).count
-        if total:
-            for _score, address in searcher.search(query, limit=total, count=False).hits:
-                doc = searcher.doc(address)
-                doc_id = doc.get_first(ID)
-                if doc_id not in pending:
-                    yield doc_id, _version(doc)
+        for _score, address in searcher.search(query, limit=total, count=False).hits:
+            doc = searcher.doc(address)
+            doc_id = doc.get_first(ID)
+            if doc_id not in pending and (wanted is None or pick or doc_id in wanted):
+                yield doc_id, _version(doc)
 
     def _operation(self, doc_id: str, version: Version) -> Operation:
         key = doc_id.encode("utf-8", "surrogatepass")
@@ -325,6 +332,8 @@ def _version(doc: tantivy.Document) -> Version:
 # The lengths stay a slice of the batch's one flat list until the document is added.
 _Write = tuple[Version, list[int], int, int]
 _NO_COUNTS: list[int] = []
+# Version's constructor without the Python-level __new__ a NamedTuple has: a batch makes one per document.
+_new_version = tuple.__new__
 
 
 def _newest(items: Sequence[tuple[Operation, Decoded]]) -> dict[str, _Write]:
@@ -338,7 +347,7 @@ def _newest(items: Sequence[tuple[Operation, Decoded]]) -> dict[str, _Write]:
             for position, doc_id in enumerate(decoded.ids):
                 held = newest.get(doc_id)
                 if held is None or (hlc, origin, position) > held[0].order:
-                    version = Version(hlc, origin, position, partition, sources[position])
+                    version = _new_version(Version, (hlc, origin, position, partition, sources[position]))
                     newest[doc_id] = (version, counts, position * stride, stride)
             continue
         doc_id = op.key.decode("utf-8", "surrogatepass")

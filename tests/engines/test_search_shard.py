@@ -337,3 +337,17 @@ def test_the_engine_converges_under_the_kit_with_creates_that_may_arrive_after_t
     docs = [(_delete(i, h, o) if d else _index(i, f"v{h}{o}", h, o, lengths=n)) for i, h, o, d, n in unique.values()]
     creates = [_create(p) for p in sorted({op.partition for op in docs})]
     assert_converges(SearchEngine, creates + docs, rnd, state=_engine_state)
+
+
+def test_held_for_some_ids_or_most_of_a_partition_is_the_partition_filtered_to_them(tmp_path):
+    # Few ids are looked up by their terms; a large share of the partition is read whole and
+    # picked from: both must say what the whole partition says of those ids, and nothing else.
+    shard = _shard(tmp_path)
+    _apply(shard, [_index(f"doc{i}", f"text {i}", 10 + i) for i in range(200)] + [_delete("doc3", 500)])
+    shard.commit()
+    _apply(shard, [_index("doc5", "pending", 600)])  # applied, not committed yet
+    for p in range(PARTITIONS):
+        whole = dict(shard.held(p))
+        ids = sorted(whole)
+        for share in (ids[:1], ids[: len(ids) // 2], ids, [*ids[:2], "absent"]):
+            assert dict(shard.held(p, share)) == {k: whole[k] for k in share if k in whole}

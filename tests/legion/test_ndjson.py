@@ -51,8 +51,25 @@ def test_a_line_parses_exactly_as_json_loads_parses_it(before, text, after, enco
         assert line.error is not None and line.value is None
     else:
         assert line.error is None and json.dumps(line.value) == json.dumps(expected)
+    if line.plain:  # text kept as it is: UTF-8, no NUL byte, no lone surrogate in what it holds
+        assert b"\x00" not in raw and raw.decode("utf-8")
+        json.dumps(line.value, ensure_ascii=False).encode("utf-8")
+
+
+def test_only_a_line_free_of_surrogates_and_nul_bytes_is_plain():
+    assert ndjson.parse_line(1, '{"a": "é \\ud83d\\ude00"}'.encode()).plain
+    for raw in (b'{"a": "\\ud800"}', b'{"a": "\xed\xa0\x80"}', '{"a": 1}'.encode("utf-16"), b'{"a": NaN}'):
+        line = ndjson.parse_line(1, raw)
+        assert not line.plain
 
 
 def test_a_line_nested_too_deeply_is_a_bad_line_not_a_crash():
     line = ndjson.parse_line(7, b"[" * 100_000 + b"]" * 100_000)
     assert line.error is not None and "line 7" in line.error.message
+
+
+def test_integers_past_64_bits_stay_integers():
+    # orjson reads these as floats; the line must parse as json.loads parses it.
+    for text in ("-9223372036854775809", "18446744073709551616", "123456789012345678901234567890"):
+        line = ndjson.parse_line(1, f'{{"n": {text}, "s": "x"}}'.encode())
+        assert line.error is None and line.value == {"n": int(text), "s": "x"} and type(line.value["n"]) is int
