@@ -173,8 +173,9 @@ def remove_node(
             return (member is None or member.get("status") == "removed") and not status.get("rebalancing")
 
         status = readiness.wait_settled(client, others, removed, deadline, timeout_s, f"{node_id} to be removed")
-    _report(progress, f"waiting for {node_id} to hand its copies over")
-    readiness.wait_handed_over(directory, node, deadline, timeout_s)
+    if processes.is_running(node):  # a dead node hands nothing over: its copies went with it
+        _report(progress, f"waiting for {node_id} to hand its copies over")
+        readiness.wait_handed_over(directory, node, deadline, timeout_s)
     processes.stop([node], kill=False)
     node["pid"] = None
     node["removed"] = True
