@@ -214,6 +214,8 @@ class Node:
         self._was_down = False
         self._cut_off = False
         self._had_majority = False  # a node still forming its view of the members is not cut off
+        self._handing_over: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._hand_over_slots = asyncio.Semaphore(HANDOFF_PULLS_MAX)
         self._grace_until_ms = self.started_ms
         self._runner: web.AppRunner | None = None
         self._started_engines: list[Engine] = []
@@ -281,6 +283,9 @@ class Node:
         await self.handoff.stop()
         await self.hinted.stop()
         await self.anti_entropy.stop()
+        for task in list(self._handing_over.values()):
+            task.cancel()
+        await asyncio.gather(*self._handing_over.values(), return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         try:
@@ -494,23 +499,31 @@ class Node:
         self.gossiper.push_soon()
 
     async def reconcile(self, *, hand_over: bool = True) -> None:
-        """Open the partitions this node holds; hand those that moved away for good to their owners,
-        then drop them (with ``hand_over`` False, as at start-up before any peer was heard, keep them)."""
+        """Open the partitions this node holds; start handing those that moved away for good to their
+        owners, each dropped once they took it (with ``hand_over`` False, as at start-up before any
+        peer was heard, keep them). Hand-overs run in the background: pulls must not wait for them."""
         held = set(cs.partitions_held(self.state, self.node_id))
         for engine in self.engines:
             for p in sorted(held):
                 await self.writer.ensure_open(engine, p)
         if not hand_over:
             return
-        slots = asyncio.Semaphore(HANDOFF_PULLS_MAX)
+        for key in sorted(self.writer.open_partitions()):
+            if key[1] not in held and key not in self._handing_over:
+                task = asyncio.create_task(self._hand_over(*key), name=f"hand-over {key[0]}/{key[1]}")
+                self._handing_over[key] = task
+                task.add_done_callback(lambda _task, key=key: self._handing_over.pop(key, None))
 
-        async def leave(engine: str, partition: int) -> None:
-            async with slots:
-                handed = await self.anti_entropy.hand_over(engine, partition)
-                if handed and partition not in cs.partitions_held(self.state, self.node_id):
+    async def _hand_over(self, engine: str, partition: int) -> None:
+        async with self._hand_over_slots:
+            if partition in cs.partitions_held(self.state, self.node_id):
+                return  # it came back meanwhile
+            handed = await self.anti_entropy.hand_over(engine, partition)
+            if handed and partition not in cs.partitions_held(self.state, self.node_id):
+                try:
                     await self.writer.drop(engine, partition)
-
-        await asyncio.gather(*(leave(e, p) for e, p in sorted(self.writer.open_partitions()) if p not in held))
+                except Exception:  # an engine's drop failed: the copy is kept, and dropped at a later round
+                    log.exception("dropping %s/%d after handing it over failed", engine, partition)
 
     # --- local replica operations (called by the coordinator and the peer API) ---
 
