@@ -211,8 +211,10 @@ class BatchWriter:
                         error = exc
                     except LegionError as exc:
                         error = exc
-                if error is not None and share.hint_for is None and share.node_id != self.host.node_id:
-                    if is_owner_failure(error):
+                if error is not None and share.node_id != self.host.node_id:
+                    if share.hint_for is not None:  # the fallback could not keep them: this node does
+                        await self.host.keep_hints_after_failure(share.hint_for, [ops[i] for i in indexes])  # type: ignore[misc]
+                    elif is_owner_failure(error):
                         await self.host.keep_hints_after_failure(share.node_id, [ops[i] for i in indexes])  # type: ignore[misc]
                 _settle(tally, share.tally_as, indexes, refused, error)
                 if tally.undecided == 0:

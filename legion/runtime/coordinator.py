@@ -152,7 +152,7 @@ class Coordinator:
         uncounted: list[asyncio.Future[None]] = []
         counted_holders = plan.counted_holders
         for owner, holder in plan.hinted:
-            task = asyncio.ensure_future(self.send_hints(holder, owner, [op], deadline))
+            task = asyncio.ensure_future(self._keep_hint(holder, owner, op, deadline))
             if holder in counted_holders and holder not in counted:
                 counted[holder] = task
             else:
@@ -241,6 +241,16 @@ class Coordinator:
         except LegionError as exc:
             if node_id != self.node_id and is_owner_failure(exc):
                 await self.keep_hints_after_failure(node_id, [op])
+            raise
+
+    async def _keep_hint(self, holder: str, owner: str, op: Operation, deadline: float) -> None:
+        """Have ``holder`` keep ``op`` as a hint for ``owner``; if it cannot (a fallback this node still
+        believed live), this node keeps it, so the hint is never lost, and the failure is raised."""
+        try:
+            await self.send_hints(holder, owner, [op], deadline)
+        except LegionError:
+            if holder != self.node_id:
+                await self.keep_hints_after_failure(owner, [op])
             raise
 
     async def keep_hints_after_failure(self, owner: str, ops: Sequence[Operation]) -> None:
