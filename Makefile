@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench etcd
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The `--metadata etcd://` tests run a real etcd: Debian's etcd-server, installed here when it is missing.
+etcd:
+	@command -v etcd >/dev/null || { apt-get update -qq && apt-get install -y -qq etcd-server; } \
+		|| { echo "make test needs etcd: install Debian's etcd-server (apt-get install etcd-server)" >&2; exit 1; }
+
+test: $(STAMP) etcd
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)

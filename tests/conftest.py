@@ -145,7 +145,7 @@ class EtcdServer:
 def _start_etcd(directory: Path) -> EtcdServer:
     binary = shutil.which("etcd")
     if binary is None:
-        pytest.skip("etcd is not installed: `apt-get install etcd-server` (.ci/run installs it)")
+        pytest.fail("etcd is not installed: `apt-get install etcd-server` (`make test` installs it)")
     for attempt in range(1, ETCD_START_ATTEMPTS + 1):
         client_port, peer_port = free_ports(2)
         client, peer = f"http://{HOST}:{client_port}", f"http://{HOST}:{peer_port}"
