@@ -50,6 +50,8 @@ Architecture — a pure core and an I/O shell:
 - ``options``       node options (``--option KEY=VALUE``) handed to engines
 - ``durability``    what an acknowledged write survives: ``fsync`` (default)
                     or ``async``, and the SQLite setting each means
+- ``json_codec``    JSON read and written with orjson where it gives what the
+                    standard ``json`` gives (bulk lines, answers, the client)
 - ``errors``        one typed error tree, each with its HTTP status
 - ``limits``        every bound, with units
 - ``client``        the Python client the CLI is built on
