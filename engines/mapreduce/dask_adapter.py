@@ -37,6 +37,9 @@ from legion.errors import ConfigError, DeadlineExceeded, Unavailable
 
 log = logging.getLogger(__name__)
 
+# The node option naming the cluster's Dask scheduler; ``off`` runs no Dask at all (no scheduler, workers or jobs).
+OPTION_SCHEDULER = "mr.scheduler"
+SCHEDULER_OFF = "off"
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 10.0
 # Dask configuration for a worker that shares a machine with its Legion node.

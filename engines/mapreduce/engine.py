@@ -27,8 +27,11 @@ resource and thread count as member attributes (``planner``); jobs
 submitted to this node run from here (``job_service``). ``local_services``
 gives ``legion cluster up`` the cluster's one Dask scheduler, on 127.0.0.1,
 unless ``--option mr.scheduler=ADDRESS`` names an existing deployment.
+``mr.scheduler=off`` runs no Dask at all (no scheduler, no workers), for a
+cluster that only stores datasets or does not use map/reduce: datasets are
+stored and listed as usual, and a job is refused with 409 saying why.
 
-Node options: ``mr.scheduler`` (``tcp://HOST:PORT``), ``mr.worker-threads``
+Node options: ``mr.scheduler`` (``tcp://HOST:PORT``, or ``off``), ``mr.worker-threads``
 (default: half the cores, at least one — the worker shares the machine with
 its node), ``mr.worker-host`` (default ``127.0.0.1``).
 """
@@ -73,6 +76,8 @@ from engines.mapreduce.partition_files import (
     version_of,
 )
 from engines.mapreduce.dask_adapter import (
+    OPTION_SCHEDULER,
+    SCHEDULER_OFF,
     DaskTls,
     resource_name,
     scheduler_command,
@@ -91,7 +96,6 @@ from legion.runtime.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
 
-OPTION_SCHEDULER = "mr.scheduler"
 OPTION_WORKER_THREADS = "mr.worker-threads"
 OPTION_WORKER_HOST = "mr.worker-host"
 SNAPSHOT_SWEEP_INTERVAL_S = 600
@@ -145,6 +149,9 @@ class MapReduceEngine(Engine):
         scheduler = node.options.get(OPTION_SCHEDULER, "")
         tls = DaskTls.from_options(node.options)  # a TLS node: Dask traffic under the cluster CA too
         self.services = JobService(node.node_id, scheduler, tls=tls)
+        if scheduler == SCHEDULER_OFF:
+            log.info("%s=%s: this node runs no Dask worker, and no jobs", OPTION_SCHEDULER, SCHEDULER_OFF)
+            return
         if not scheduler:
             log.warning("no %s option: this node runs no Dask worker and cannot run jobs", OPTION_SCHEDULER)
             return
@@ -168,7 +175,7 @@ class MapReduceEngine(Engine):
     @classmethod
     def local_services(cls, directory: Path, options: Mapping[str, str]) -> Sequence[LocalService]:
         if options.get(OPTION_SCHEDULER):
-            return ()  # an existing Dask deployment
+            return ()  # an existing Dask deployment, or none wanted (``off``)
         port = _free_port()
         tls = DaskTls.from_options(options)  # `legion cluster up --tls`: a certificate for the scheduler
         protocol = "tls" if tls is not None else "tcp"

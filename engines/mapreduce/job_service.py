@@ -25,14 +25,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from engines.mapreduce.dask_adapter import DaskSession, DaskTls
+from engines.mapreduce.dask_adapter import OPTION_SCHEDULER, SCHEDULER_OFF, DaskSession, DaskTls
 from engines.mapreduce.datasets import ENGINE_NAME
 from engines.mapreduce.job_runner import JOB_TIMEOUT_S_DEFAULT, JobFailed, JobRunner, PlannedTask
 from engines.mapreduce.planner import RESOURCE_ATTRIBUTE, choose_replicas, group_tasks, tasks_per_node
 from engines.mapreduce.report import STATE_FAILED, STATE_RUNNING, STATE_SUCCEEDED, JobStatus, Progress
 from engines.mapreduce.tasks import InputPiece
 from legion.engine import Cluster
-from legion.errors import ConfigError, LegionError, NotFound, Overloaded, Unavailable
+from legion.errors import ConfigError, Conflict, LegionError, NotFound, Overloaded, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,11 @@ class JobService:
             return self._session
 
     def submit(self, cluster: Cluster, loop: asyncio.AbstractEventLoop, job_id: str, request: JobRequest) -> JobStatus:
+        if self.scheduler == SCHEDULER_OFF:
+            raise Conflict(
+                f"map/reduce jobs are off on this cluster: its nodes run with --option {OPTION_SCHEDULER}={SCHEDULER_OFF}. "
+                f"Start them with --option {OPTION_SCHEDULER}=tcp://HOST:PORT (or `legion cluster up` without that option) to run jobs"
+            )
         if self.board.running() >= JOBS_RUNNING_MAX:
             raise Overloaded(f"node {self.node_id} already runs {JOBS_RUNNING_MAX} jobs; retry when one has finished")
         status = JobStatus(job_id, request.dataset, STATE_RUNNING, self.node_id, int(time.time() * 1000), into=request.into)

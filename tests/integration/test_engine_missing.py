@@ -18,13 +18,14 @@ from engines.kv import KVClient
 from legion.errors import NotFound, Unavailable
 from legion.runtime import local_cluster
 from legion.testing.cluster import wait_until_listenable
+from tests.conftest import NO_DASK
 from tests.integration.test_idempotent_retries import TallyEngine
 
 
 def test_a_node_without_the_engine_serves_404_for_it_and_the_cluster_serves_it_around_that_node(
     legion_cluster, monkeypatch: pytest.MonkeyPatch
 ):
-    cluster = legion_cluster(TallyEngine, nodes=3, partitions=8, replicas=3)
+    cluster = legion_cluster(TallyEngine, nodes=3, partitions=8, replicas=3, options=NO_DASK)
     local_cluster.stop_node(cluster.directory, "n3")
     wait_until_listenable(cluster.node("n3")["url"])
     with monkeypatch.context() as without:

@@ -23,7 +23,7 @@ import pytest
 
 from legion.engine import load_engines
 from legion.testing.cluster import running_cluster
-from tests.conftest import CliRunner
+from tests.conftest import NO_DASK, CliRunner
 
 PIP_TIMEOUT_S = 300
 GENERATED_TESTS_TIMEOUT_S = 300
@@ -74,7 +74,7 @@ def test_a_generated_engine_installs_passes_its_tests_and_counts_right_across_a_
     from legion_counters import CountersClient
 
     directory = tmp_path / "cluster"
-    with running_cluster(directory, nodes=3, partitions=16) as cluster:
+    with running_cluster(directory, nodes=3, partitions=16, options=NO_DASK) as cluster:
         node_ids = [node["id"] for node in cluster.nodes()]
         for amount, node_id in enumerate(node_ids, start=1):
             with cluster.node_client(node_id) as client:

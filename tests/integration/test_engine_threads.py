@@ -10,11 +10,12 @@ from __future__ import annotations
 import threading
 import time
 
+from tests.conftest import NO_DASK
 from tests.integration.test_idempotent_retries import SLOW_AMOUNT, SLOW_APPLY_S, TallyEngine
 
 
 def test_reads_run_on_worker_threads_while_the_single_writer_thread_applies(legion_cluster):
-    cluster = legion_cluster(TallyEngine, nodes=1, partitions=8, replicas=1)
+    cluster = legion_cluster(TallyEngine, nodes=1, partitions=8, replicas=1, options=NO_DASK)
     client = cluster.node_client("n1")
     client.request("POST", "/v1/tally/apples", body=b"1")
     finished: list[float] = []

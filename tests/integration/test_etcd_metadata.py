@@ -26,7 +26,7 @@ from engines.kv import KVClient
 from legion.errors import Conflict, NoQuorum
 from legion.runtime import local_cluster
 from legion.testing.cluster import node_metric, running_cluster
-from tests.conftest import CliRunner, EtcdServer, LocalCluster, running_etcd
+from tests.conftest import NO_DASK, CliRunner, EtcdServer, LocalCluster, running_etcd
 
 CONVERGED_WITHIN_S = 20
 PARTITIONS = 16
@@ -39,7 +39,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClus
     that leave n1-n3 up."""
     directory = tmp_path_factory.mktemp("etcd-metadata")
     with running_etcd(directory) as etcd:
-        with running_cluster(directory / "cluster", nodes=3, partitions=PARTITIONS, metadata=etcd.url) as cluster:
+        with running_cluster(directory / "cluster", nodes=3, partitions=PARTITIONS, metadata=etcd.url, options=NO_DASK) as cluster:
             yield cluster, etcd
 
 
@@ -176,7 +176,7 @@ def test_without_etcd_membership_changes_answer_503_and_data_writes_go_on(shared
 
 def test_a_node_killed_and_restarted_loads_the_state_from_etcd(tmp_path: Path) -> None:
     with running_etcd(tmp_path) as etcd, running_cluster(
-        tmp_path / "cluster", nodes=2, partitions=PARTITIONS, replicas=2, metadata=etcd.url
+        tmp_path / "cluster", nodes=2, partitions=PARTITIONS, replicas=2, metadata=etcd.url, options=NO_DASK
     ) as cluster:
         converged_on_etcd(cluster, etcd, ["n1", "n2"])
         cluster.kill("n1")

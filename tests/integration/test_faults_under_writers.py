@@ -29,7 +29,7 @@ from legion.client import Client
 from legion.errors import LegionError, NotFound
 from legion.runtime import local_cluster as cluster_processes
 from legion.testing.cluster import running_cluster
-from tests.conftest import LocalCluster
+from tests.conftest import NO_DASK, LocalCluster
 
 WRITERS = 32
 KEYS_PER_WRITER = 40
@@ -196,7 +196,7 @@ def test_no_acknowledged_write_is_lost_through_kill_9_full_disk_join_and_leave(l
 def test_no_acknowledged_write_is_lost_during_a_join_20_times(tmp_path):
     for run in range(JOIN_LOOP_RUNS):
         print(f"join run {run + 1} of {JOIN_LOOP_RUNS}", flush=True)
-        with running_cluster(tmp_path / f"run{run}", partitions=64) as cluster:
+        with running_cluster(tmp_path / f"run{run}", partitions=64, options=NO_DASK) as cluster:
             with Writers(cluster.client) as writers:
                 run_fault(writers, join(cluster))
             check_nothing_lost(cluster, writers, ["n1", "n2", "n3", "n4"])

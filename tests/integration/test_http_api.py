@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 
 from legion.limits import KEY_BYTES_MAX, REQUEST_BODY_BYTES_MAX, VALUE_BYTES_MAX
 from legion.runtime import local_cluster
+from tests.conftest import NO_DASK
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     directory = tmp_path_factory.mktemp("api") / "cluster"
-    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, timeout_s=60)
+    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, timeout_s=60, options=NO_DASK)
     doc = local_cluster.load(directory)
     token = (directory / "token").read_text().strip()
     schema = json.dumps(SEARCH_SCHEMA).encode()

@@ -25,6 +25,7 @@ from legion.engine import Engine, HttpRequest, HttpResponse, Route, WriteItem, W
 from legion.errors import BadRequest, Unavailable
 from legion.replication import Operation
 from legion.testing.cluster import LocalCluster
+from tests.conftest import NO_DASK
 
 STALL_S = 4.0
 CLIENT_TIMEOUT_S = 1.5
@@ -148,7 +149,7 @@ def replies(cluster: LocalCluster, key: str, expected: list[list[int]]) -> list[
 
 
 def test_a_write_retried_after_a_timeout_is_applied_once_and_without_the_key_twice(legion_cluster):
-    cluster = legion_cluster(TallyEngine, nodes=3, partitions=8, replicas=3)
+    cluster = legion_cluster(TallyEngine, nodes=3, partitions=8, replicas=3, options=NO_DASK)
     # legion.Client names the write once and sends the same key on the retry: one increment on every replica.
     assert stalled_then_retried(cluster, "apples") == cluster.node("n2")["url"]
     assert replies(cluster, "apples", [[1, 1]] * 3) == [[1, 1]] * 3
@@ -167,7 +168,7 @@ def test_a_write_retried_after_a_timeout_is_applied_once_and_without_the_key_twi
 
 
 def test_write_many_items_named_by_a_key_are_applied_once_however_often_they_are_sent(legion_cluster):
-    cluster = legion_cluster(TallyEngine, nodes=3, partitions=8, replicas=3)
+    cluster = legion_cluster(TallyEngine, nodes=3, partitions=8, replicas=3, options=NO_DASK)
     batch = [["plums", 5, "plum-batch-1"], ["figs", 2, "fig-batch-1"], ["figs", 3, None]]
     for node_id in ("n1", "n2", "n3"):  # the same batch through every node
         with cluster.node_client(node_id) as client:

@@ -28,7 +28,7 @@ from legion.client import Client
 from legion.errors import BadRequest, Conflict, NotFound
 from legion.runtime import local_cluster
 from legion.testing.cluster import node_metric
-from tests.conftest import CLUSTER_START_TIMEOUT_S
+from tests.conftest import CLUSTER_START_TIMEOUT_S, NO_DASK
 
 SCALE = 0.01
 
@@ -50,6 +50,17 @@ def cluster_of(tmp_path):
 
     yield make
     for directory in started:
+        local_cluster.down(directory)
+
+
+@pytest.fixture
+def local_cluster_off(tmp_path):
+    """A 3-node cluster started with ``--option mr.scheduler=off``, and a client of it."""
+    directory = tmp_path / "cluster"
+    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, timeout_s=CLUSTER_START_TIMEOUT_S, options=NO_DASK)
+    try:
+        yield directory, MRClient(Client.connect(directory, timeout_s=60))
+    finally:
         local_cluster.down(directory)
 
 
@@ -226,3 +237,19 @@ def test_dask_scheduler_runs_jobs_on_an_existing_dask_deployment(legion_cli, tmp
         local_cluster.down(directory)
         scheduler.terminate()
         scheduler.wait(timeout=30)
+
+
+def test_a_cluster_started_with_mr_scheduler_off_runs_no_dask_stores_datasets_and_refuses_jobs_saying_why(
+    local_cluster_off: tuple[Path, MRClient],
+):
+    directory, mr = local_cluster_off
+    document = local_cluster.load(directory)
+    assert document["services"] == []  # no scheduler of its own
+    for node in document["nodes"]:
+        children = psutil.Process(node["pid"]).children(recursive=True)
+        assert not children, f"{node['id']} runs {[' '.join(c.cmdline()[:4]) for c in children]}"
+    mr.ingest_table("numbers", pa.table({"n": pa.array(range(1_000), pa.int64())}))
+    assert mr.dataset("numbers")["rows"] == 1_000
+    with pytest.raises(Conflict) as refused:
+        mr.submit(source("word_count"), "numbers")
+    assert "mr.scheduler=off" in refused.value.message and "mr.scheduler=tcp://" in refused.value.message

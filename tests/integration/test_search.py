@@ -29,7 +29,7 @@ from engines.search.testing import QUERIES
 from legion.client import Client
 from legion.errors import BadRequest, Conflict, NotFound
 from legion.runtime import local_cluster
-from tests.conftest import CLUSTER_START_TIMEOUT_S
+from tests.conftest import CLUSTER_START_TIMEOUT_S, NO_DASK
 
 DOCS = 3_000
 INDEX = "docs"
@@ -97,7 +97,9 @@ class SearchCluster:
 
 def start(tmp_path: Path, *, replicas: int, documents: list[corpus.CorpusDoc] | None = None) -> SearchCluster:
     directory = tmp_path / "cluster"
-    local_cluster.up(directory, nodes=3, partitions=64, replicas=replicas, base_port=0, timeout_s=CLUSTER_START_TIMEOUT_S)
+    local_cluster.up(
+        directory, nodes=3, partitions=64, replicas=replicas, base_port=0, timeout_s=CLUSTER_START_TIMEOUT_S, options=NO_DASK
+    )
     client = Client.connect(directory)
     cluster = SearchCluster(directory, client)
     cluster.search.create(INDEX, corpus.SCHEMA)

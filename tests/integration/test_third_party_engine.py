@@ -44,6 +44,7 @@ from legion.replication import Operation, encode_ops
 from legion.runtime import local_cluster
 from legion.runtime.local_cluster import processes as local_processes
 from legion.testing.cluster import node_metric, read_when_served, wait_until_listenable
+from tests.conftest import NO_DASK
 from tests.legion.runtime.test_sidecar import is_alive, wait_until
 
 ENGINE_SOURCE = '''
@@ -289,7 +290,7 @@ def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_an_engine_from_another_package_is_served_replicated_and_handed_off(plugin_path: Path, tmp_path: Path):
     directory = tmp_path / "cluster"
-    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0)
+    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, options=NO_DASK)
     token = (directory / "token").read_text().strip()
     try:
         with Client.connect(directory) as client:
@@ -357,7 +358,7 @@ def _dashboard_when_settled(client: Client) -> dict:
 
 def test_a_write_acknowledged_before_any_flush_survives_kill_9_of_every_replica(plugin_path: Path, tmp_path: Path):
     directory = tmp_path / "cluster"
-    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0)
+    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, options=NO_DASK)
     try:
         nodes = local_cluster.load(directory)["nodes"]
         with Client.connect(directory) as client:
@@ -409,7 +410,7 @@ def attributes_everywhere(
 def test_services_attributes_sidecars_and_placement_beside_real_nodes(plugin_path: Path, tmp_path: Path):
     directory = tmp_path / "cluster"
     # async, not the default: the engine learns the node's mode (not the class default).
-    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, durability="async")
+    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, durability="async", options=NO_DASK)
     token = (directory / "token").read_text().strip()
     document = local_cluster.load(directory)
     nodes = document["nodes"]
