@@ -3,16 +3,19 @@
 Does I/O only through what it mounts. Command groups live one per file
 (``cluster``, ``node``, ``engine``); every installed engine whose ``Engine.cli()``
 returns a typer app is mounted as ``legion <engine name> …``. A command
-line that starts with an engine's name mounts that engine alone: a command
-such as ``legion search ingest`` then imports neither the other engines
-(the map/reduce engine alone takes about 0.3 s to import: pyarrow, numpy,
-dask) nor the built-in groups, which it does not use. ``main()``
+line that starts with an engine's or a group's name mounts that one alone: a
+command such as ``legion search ingest`` then imports neither the other
+engines (the map/reduce engine alone takes about 0.3 s to import: pyarrow,
+numpy, dask) nor the built-in groups, and ``legion cluster status`` or
+``legion node start`` (three of which start a local cluster) no engine's
+commands; ``legion --help`` mounts everything. ``main()``
 turns any ``LegionError`` into one red ``error: …`` line on stderr and exit
 status 1 — users see what to fix, never a traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -27,6 +30,8 @@ from legion.client import ENV_CA
 from legion.engine import engine_names, load_engines
 from legion.errors import LegionError
 
+# The command groups Legion itself provides, each in ``cli/<name>.py``.
+BUILT_IN_GROUPS = ("cluster", "node", "engine")
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
@@ -45,19 +50,23 @@ def build_app(argv: Sequence[str] | None = None) -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     app.callback()(_global_options)
-    engine = _engine_named(argv)
-    if engine is not None:
-        _mount_engines(app, [engine])
+    first = _first_word(argv)
+    if first in BUILT_IN_GROUPS:
+        _mount_group(app, first)
         return app
-    # Imported here: an engine's command needs neither group (see the module docstring).
-    from cli import cluster, node
-    from cli import engine as engine_group
-
-    app.add_typer(cluster.app, name="cluster")
-    app.add_typer(node.app, name="node")
-    app.add_typer(engine_group.app, name="engine")
+    if first is not None and _is_engine(first):
+        _mount_engines(app, [first])
+        return app
+    for group in BUILT_IN_GROUPS:
+        _mount_group(app, group)
     _mount_engines(app)
     return app
+
+
+def _mount_group(app: typer.Typer, group: str) -> None:
+    # Imported here: a command of one group needs neither the others nor any engine (see the module docstring).
+    module = importlib.import_module(f"cli.{group}")
+    app.add_typer(module.app, name=group)
 
 
 def _global_options(
@@ -72,15 +81,17 @@ def _global_options(
         os.environ[ENV_CA] = str(ca)
 
 
-def _engine_named(argv: Sequence[str] | None) -> str | None:
-    """The engine whose name is the command line's first word, if it is one."""
+def _first_word(argv: Sequence[str] | None) -> str | None:
+    """The command line's first word (a group's or an engine's name, or an option such as ``--help``)."""
     words = list(sys.argv[1:] if argv is None else argv)
-    if not words or words[0] in ("cluster", "node"):
-        return None
+    return words[0] if words else None
+
+
+def _is_engine(word: str) -> bool:
     try:
-        return words[0] if words[0] in engine_names() else None
+        return word in engine_names()
     except Exception:  # unreadable package metadata: mount everything, and let that report it
-        return None
+        return False
 
 
 def _mount_engines(app: typer.Typer, names: Sequence[str] | None = None) -> None:

@@ -135,6 +135,8 @@ class Gossiper(Rounds):
             for old, new in zip(before.members, after.members):
                 if old.id == new.id and old.down != new.down:
                     log.info("marked %s %s", new.id, "down" if new.down else "up")
+            # Voters move by one member per commit: decide the next step now, not a tick later.
+            self.push_soon()
         except LegionError as exc:
             log.info("claimant %s could not decide: %s", node.node_id, exc)
         finally:

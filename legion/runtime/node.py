@@ -89,9 +89,9 @@ from legion.runtime.transport import PeerClient, make_middlewares, quiet_parser_
 
 log = logging.getLogger(__name__)
 
-JOIN_ATTEMPTS_MAX = 60
+JOIN_ATTEMPTS_MAX = 150
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young collections (see _serve)
-JOIN_RETRY_INTERVAL_S = 0.5
+JOIN_RETRY_INTERVAL_S = 0.2  # a node started beside its seed (`legion cluster up`) gets in soon after the seed listens
 # States remembered by digest: enough for the epochs a write can be planned with while gossip spreads.
 RECENT_STATES_MAX = 64
 

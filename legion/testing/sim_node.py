@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 
 # Mirrors of legion.runtime.node.JOIN_ATTEMPTS_MAX / JOIN_RETRY_INTERVAL_S
 # (copied, not imported: the simulator must not load the I/O shell).
-JOIN_ATTEMPTS_MAX = 60
-JOIN_RETRY_INTERVAL_MS = 500
+JOIN_ATTEMPTS_MAX = 150
+JOIN_RETRY_INTERVAL_MS = 200
 GOSSIP_TIMEOUT_MS = HEARTBEAT_INTERVAL_MS * 2
 # A voter answers a start-join or a publication at once (after an fsync); silence this long is a no
 # (five simulated round trips: the leader waits for every answer, not just a majority's).

@@ -95,10 +95,16 @@ def up(
         document["options"] = {key: value for key, value in node_options.items() if key not in service_options or key in user_options}
         cluster_directory.save(directory, document)
         first, rest = document["nodes"][0], document["nodes"][1:]
+        # All at once: a node spends about a second importing before it listens, and a joining
+        # node retries until the first one answers.
         _start(directory, document, first, join=None, progress=progress)
-        _ensure_listening(directory, document, first, join=None, progress=progress, deadline=deadline, timeout_s=timeout_s)
         for node in rest:
             _start(directory, document, node, join=first["url"], progress=progress)
+        if _ensure_listening(directory, document, first, join=None, progress=progress, deadline=deadline, timeout_s=timeout_s):
+            # The others were told to join the address the first node could not take.
+            processes.stop(rest, kill=True)
+            for node in rest:
+                _start(directory, document, node, join=first["url"], progress=progress)
         for node in rest:
             _ensure_listening(directory, document, node, join=first["url"], progress=progress, deadline=deadline, timeout_s=timeout_s)
         _report(progress, f"waiting for {nodes} nodes to be up and partitions placed")
@@ -261,14 +267,14 @@ def _start(
 def _ensure_listening(
     directory: Path, document: dict[str, Any], node: dict[str, Any], *, join: str | None,
     progress: Progress | None, deadline: float, timeout_s: float,
-) -> None:
-    """Wait until the started ``node`` answers. If the port chosen for it was taken before it could bind
-    it — free ports come from the kernel's ephemeral range, where clients' sockets live too — the node
-    never joined: move it to another free port and start it again."""
+) -> bool:
+    """Wait until the started ``node`` answers; whether it had to move. If the port chosen for it was taken
+    before it could bind it — free ports come from the kernel's ephemeral range, where clients' sockets
+    live too — the node never joined: move it to another free port and start it again."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
         try:
             readiness.wait_healthy(directory, node, deadline, timeout_s)
-            return
+            return attempt > 1
         except ConfigError as exc:
             if "address already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
                 raise

@@ -54,7 +54,7 @@ def wait_settled(
                 raise processes.exited_error(node, f"node {node['id']}")
         remaining = max(0.0, deadline - time.monotonic())
         try:
-            return client.wait_for(predicate, timeout_s=min(remaining, LIVENESS_CHECK_INTERVAL_S))
+            return client.wait_for(predicate, timeout_s=min(remaining, LIVENESS_CHECK_INTERVAL_S), interval_s=POLL_INTERVAL_S)
         except DeadlineExceeded as exc:
             if time.monotonic() >= deadline:
                 logs = Path(watched[0]["log"]).parent.parent if watched else "the node directories"
