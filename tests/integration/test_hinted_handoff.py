@@ -44,13 +44,18 @@ def member(status: dict, node_id: str) -> dict:
     return next(m for m in status["members"] if m["id"] == node_id)
 
 
-def wait_settled(client: Client, owner: str) -> dict:
-    """Wait until no node keeps hints and ``owner`` serves every partition it holds."""
-    return client.wait_for(
-        lambda s: not s["hints_pending"] and not member(s, owner)["unhealthy"] and member(s, owner)["status"] == "up",
-        timeout_s=SETTLE_TIMEOUT_S,
-        interval_s=0.2,
-    )
+def wait_settled(cluster: LocalCluster, owner: str, via: str = "n1") -> dict:
+    """Wait until no node keeps hints (as ``via`` sees it) and ``owner`` serves every partition it holds
+    (as ``owner`` itself says: another node hears that by gossip, a moment later); ``via``'s status."""
+    with cluster.node_client(via) as client:
+        status = client.wait_for(
+            lambda s: not s["hints_pending"] and not member(s, owner)["unhealthy"] and member(s, owner)["status"] == "up",
+            timeout_s=SETTLE_TIMEOUT_S,
+            interval_s=0.2,
+        )
+    with cluster.node_client(owner) as client:
+        client.wait_for(lambda s: not member(s, owner)["unhealthy"], timeout_s=SETTLE_TIMEOUT_S, interval_s=0.2)
+    return status
 
 
 def assert_verify_clean(client: Client) -> None:
@@ -74,7 +79,7 @@ def test_writes_made_while_a_node_is_killed_reach_it_from_hints_without_a_resync
 
     local_cluster.restart("n2")
     with local_cluster.node_client("n1") as c1:
-        wait_settled(c1, "n2")
+        wait_settled(local_cluster, "n2")
         assert_verify_clean(c1)
     n2 = scrape(local_cluster, "n2")
     assert total(n2, "legion_handoff_partitions_total") == 0, "the restarted node re-copied partitions"
@@ -113,7 +118,7 @@ def test_a_hint_is_kept_while_its_owner_fails_to_take_it_and_survives_the_holder
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))  # space is back
 
     with local_cluster.node_client("n1") as c1:
-        wait_settled(c1, "n3")
+        wait_settled(local_cluster, "n3")
         assert_verify_clean(c1)
     assert total(scrape(local_cluster, "n1"), "legion_hints_replayed_total") == len(keys)
     local_cluster.kill("n1")
@@ -142,7 +147,7 @@ def test_a_fallback_outside_the_preference_list_counts_towards_w_and_hands_the_w
 
     local_cluster.restart("n4")
     with local_cluster.node_client("n1") as c1:
-        wait_settled(c1, "n4")
+        wait_settled(local_cluster, "n4")
         assert_verify_clean(c1)
     for node_id in ("n1", "n2", "n3"):
         local_cluster.kill(node_id)
@@ -213,7 +218,7 @@ def test_32_writers_with_w2_lose_nothing_acknowledged_when_a_node_is_killed_and_
 
     started = time.monotonic()
     with local_cluster.node_client("n1") as c1:
-        wait_settled(c1, "n2")
+        wait_settled(local_cluster, "n2")
         c1.wait_for(lambda s: c1.request("GET", "/v1/cluster/verify").json()["clean"], timeout_s=30, interval_s=0.5)
     print(f"hints delivered and verify clean {time.monotonic() - started:.1f} s after the writers stopped")
     assert time.monotonic() - started < 30
