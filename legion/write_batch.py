@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from legion.engine import WriteItem, WriteResult
-from legion.errors import BadRequest, DeadlineExceeded, LegionError, Overloaded, PayloadTooLarge, Unavailable
+from legion.errors import BadRequest, DeadlineExceeded, LegionError, NotOwner, Overloaded, PayloadTooLarge, Unavailable
 from legion.idempotency import check_key
 from legion.keyspace import key_bytes
 from legion.limits import OP_BODY_BYTES_MAX
@@ -83,6 +83,18 @@ def is_owner_failure(error: LegionError) -> bool:
 
     Not a refusal of the operation, nor a disagreement about who owns it."""
     return isinstance(error, (Unavailable, DeadlineExceeded, Overloaded)) or error.http_status >= 500
+
+
+def owner_missed(error: LegionError, epoch: int) -> bool:
+    """True if an owner did not take a write it should hold, so it gets the write later as a hint:
+    it failed for its own sake (``is_owner_failure``), or it refused as holding no replica because
+    it has not yet heard of the state of ``epoch`` the write was planned with (a node gaining the
+    partition that has not yet learned of the move: it copies the partition from a replica that
+    may log this write only after the copy, and nothing else would bring it)."""
+    if is_owner_failure(error):
+        return True
+    seen = error.details.get("epoch")
+    return isinstance(error, NotOwner) and isinstance(seen, int) and seen < epoch
 
 
 def is_refusal(error: LegionError) -> bool:

@@ -54,8 +54,7 @@ from legion.limits import (
 )
 from legion.replication import Operation, write_quorum
 from legion.routing import WritePlan, write_plan
-from legion.write_batch import is_owner_failure
-from legion.write_batch import BatchTally, ItemTally, check_item, chunk_ranges, op_wire_bytes
+from legion.write_batch import BatchTally, ItemTally, check_item, chunk_ranges, op_wire_bytes, owner_missed
 
 
 class BatchHost(Protocol):
@@ -211,11 +210,17 @@ class BatchWriter:
                         error = exc
                     except LegionError as exc:
                         error = exc
-                if error is not None and share.node_id != self.host.node_id:
-                    if share.hint_for is not None:  # the fallback could not keep them: this node does
-                        await self.host.keep_hints_after_failure(share.hint_for, [ops[i] for i in indexes])  # type: ignore[misc]
-                    elif is_owner_failure(error):
-                        await self.host.keep_hints_after_failure(share.node_id, [ops[i] for i in indexes])  # type: ignore[misc]
+                if error is not None and share.hint_for is not None and share.node_id != self.host.node_id:
+                    # The fallback could not keep them: this node does.
+                    await self.host.keep_hints_after_failure(share.hint_for, [ops[i] for i in indexes])  # type: ignore[misc]
+                elif share.hint_for is None and share.node_id != self.host.node_id:
+                    epoch = self.host.current_state().epoch
+                    if error is not None:
+                        missed = list(indexes) if owner_missed(error, epoch) else []
+                    else:
+                        missed = [indexes[i] for i, exc in refused.items() if owner_missed(exc, epoch)]
+                    if missed:
+                        await self.host.keep_hints_after_failure(share.node_id, [ops[i] for i in missed])  # type: ignore[misc]
                 _settle(tally, share.tally_as, indexes, refused, error)
                 if tally.undecided == 0:
                     decided.set()

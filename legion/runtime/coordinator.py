@@ -54,7 +54,7 @@ from legion.limits import FORWARD_ATTEMPTS_MAX, REQUEST_DEADLINE_MS
 from legion.replication import Operation, decode_apply_errors, encode_ops, read_quorum, write_quorum
 from legion.runtime.batch_writer import BatchWriter
 from legion.runtime.replica_sender import ReplicaSender
-from legion.write_batch import is_owner_failure
+from legion.write_batch import owner_missed
 from legion.routing import coverage_plan, forward_targets, live_nodes, placement_view, read_order, write_plan
 from legion.runtime.node_view import LocalReplica, StateView
 
@@ -239,7 +239,7 @@ class Coordinator:
         try:
             await self._send_op(node_id, op, deadline)
         except LegionError as exc:
-            if node_id != self.node_id and is_owner_failure(exc):
+            if node_id != self.node_id and owner_missed(exc, self.node.state.epoch):
                 await self.keep_hints_after_failure(node_id, [op])
             raise
 

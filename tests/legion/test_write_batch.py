@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from legion.engine import WriteItem, WriteResult
-from legion.errors import BadRequest, DeadlineExceeded, PayloadTooLarge, Unavailable
+from legion.errors import BadRequest, DeadlineExceeded, NotOwner, PayloadTooLarge, Unavailable
 from legion.limits import KEY_BYTES_MAX, OP_BODY_BYTES_MAX, PEER_BATCH_BYTES_MAX
 from legion.replication import Operation, encode_ops
 from legion.write_batch import (
@@ -17,6 +17,7 @@ from legion.write_batch import (
     check_item,
     chunk_ranges,
     op_wire_bytes,
+    owner_missed,
 )
 
 ops_strategy = st.lists(
@@ -140,3 +141,15 @@ def test_the_batch_tally_answers_one_entry_per_item_in_order():
     first, second, third = tally.results()
     assert isinstance(first, Unavailable) and isinstance(second, PayloadTooLarge)
     assert third == WriteResult(partition=3, hlc=2, acks=1, replicas=1)
+
+
+def test_an_owner_that_refused_because_it_is_behind_gets_a_hint_and_one_that_is_ahead_does_not():
+    # A node gaining the partition that has not yet heard of the move (epoch 6 < the plan's 7).
+    assert owner_missed(NotOwner("n4 holds no replica of partition 3", epoch=6), 7)
+    # A node that knows a newer state than the coordinator: it forwards, no hint needed.
+    assert not owner_missed(NotOwner("n1 holds no replica of partition 3", epoch=8), 7)
+    assert not owner_missed(NotOwner("n1 holds no replica of partition 3", epoch=7), 7)
+    assert not owner_missed(NotOwner("no epoch said"), 7)
+    # Failures for the owner's sake still earn a hint; a bad operation never does.
+    assert owner_missed(Unavailable("n2 is down"), 7)
+    assert not owner_missed(BadRequest("value too large"), 7)
