@@ -201,11 +201,11 @@ def test_32_writers_with_w2_lose_nothing_acknowledged_when_a_node_is_killed_and_
     try:
         for t in threads:
             t.start()
-        time.sleep(3)
+        time.sleep(2)
         local_cluster.kill("n2")
-        time.sleep(5)
+        time.sleep(4)  # longer than FAILURE_TIMEOUT_MS: n2 is marked down, and writes go to fallbacks as hints
         local_cluster.restart("n2")
-        time.sleep(4)
+        time.sleep(2)
     finally:
         stop.set()
         for t in threads:

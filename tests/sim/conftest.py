@@ -16,8 +16,8 @@ from tests.sim.support import SimReport
 
 SWEEP_SEEDS_DEFAULT = 300
 SCENARIO_SEEDS_DEFAULT = 5
-# The data-path simulator runs about 50 seeds a second on one core (tests/sim/test_data_path.py).
-DATA_SWEEP_SEEDS_DEFAULT = 1000
+# The data-path simulator runs about 100 seeds a second on one core (tests/sim/test_data_path.py).
+DATA_SWEEP_SEEDS_DEFAULT = 2000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -6,8 +6,8 @@ leaves; ``legion.testing.data_checkers`` checks every acknowledgement, dropped
 hint and dropped copy as it happens, and after healing that every replica of
 every partition is identical and holds each key's last acknowledged write.
 
-- the sweep runs ``--data-sim-seeds`` generated scenarios (default 1000, to keep
-  ``make test`` short; sweep 10000 after changing the data path);
+- the sweep runs ``--data-sim-seeds`` generated scenarios (default 2000, about
+  20 s; sweep 10000 after changing the data path);
   ``pytest tests/sim/test_data_path.py --seed N`` replays one with its whole trace;
 - each ``Mutations`` bug is found by a sweep of at most ``MUTATION_SEEDS_MAX`` seeds;
 - hand-written scenarios pin the paths one at a time (hinted handoff reaching
