@@ -16,9 +16,12 @@ every partition is identical and holds each key's last acknowledged write.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -31,30 +34,42 @@ from legion.testing.scenario import Action
 
 MUTATION_SEEDS_MAX = 400
 FAILURES_SHOWN_MAX = 10
+SWEEP_WORKERS_MAX = 4
 KEYS = tuple(f"k{i}".encode() for i in range(8))
 
 
-def test_generated_schedules_converge_with_every_acknowledged_write(request: pytest.FixtureRequest) -> None:
-    chosen = request.config.getoption("--seed", default=None)
-    seeds = [chosen] if chosen is not None else range(request.config.getoption("--data-sim-seeds"))
-    trace_lines = None if chosen is not None else data_scenario.TRACE_TAIL_LINES
-    failures: list[DataSimulationFailed] = []
+def sweep(seeds: list[int], trace_lines: int | None) -> tuple[list[tuple[int, str]], Counter[str]]:
+    """Run the scenarios of ``seeds``: the failures (seed, report) and the paths they took, counted."""
+    failures: list[tuple[int, str]] = []
     exercised: Counter[str] = Counter()
-    started = time.perf_counter()
     for seed in seeds:
         try:
             sim = data_scenario.run(data_scenario.generate(seed), trace_lines=trace_lines)
         except DataSimulationFailed as failure:
-            failures.append(failure)
+            failures.append((seed, str(failure)))
             continue
         exercised.update(sim.stats)
         exercised["messages duplicated"] += sim.kernel.duplicated
+    return failures, exercised
+
+
+def test_generated_schedules_converge_with_every_acknowledged_write(request: pytest.FixtureRequest) -> None:
+    chosen = request.config.getoption("--seed", default=None)
+    seeds = [chosen] if chosen is not None else list(range(request.config.getoption("--data-sim-seeds")))
+    trace_lines = None if chosen is not None else data_scenario.TRACE_TAIL_LINES
+    started = time.perf_counter()
+    # Seeds are independent: a sweep uses every core (the rest of the suite runs on one).
+    workers = min(os.cpu_count() or 1, SWEEP_WORKERS_MAX, len(seeds))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(sweep, [seeds[i::workers] for i in range(workers)], [trace_lines] * workers))
+    failures = sorted(failure for part_failures, _ in parts for failure in part_failures)
+    exercised: Counter[str] = sum((part for _, part in parts), Counter())
     elapsed = time.perf_counter() - started
-    print(f"\ndata-path sweep: {len(seeds)} seeds in {elapsed:.1f} s ({len(seeds) / elapsed:.0f}/s); {dict(exercised)}")
+    print(f"\ndata-path sweep: {len(seeds)} seeds in {elapsed:.1f} s ({len(seeds) / elapsed:.0f}/s, {workers} processes); {dict(exercised)}")
     if failures:
-        seeds_failed = [f.sim.seed for f in failures]
+        seeds_failed = [seed for seed, _ in failures]
         pytest.fail(
-            f"{len(failures)} of {len(seeds)} seeds failed: {seeds_failed[:FAILURES_SHOWN_MAX]}; the first:\n{failures[0]}",
+            f"{len(failures)} of {len(seeds)} seeds failed: {seeds_failed[:FAILURES_SHOWN_MAX]}; the first:\n{failures[0][1]}",
             pytrace=False,
         )
     if chosen is None:
