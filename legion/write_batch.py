@@ -88,9 +88,9 @@ def is_owner_failure(error: LegionError) -> bool:
 def owner_missed(error: LegionError, epoch: int) -> bool:
     """True if an owner did not take a write it should hold, so it gets the write later as a hint:
     it failed for its own sake (``is_owner_failure``), or it refused as holding no replica because
-    it has not yet heard of the state of ``epoch`` the write was planned with (a node gaining the
-    partition that has not yet learned of the move: it copies the partition from a replica that
-    may log this write only after the copy, and nothing else would bring it)."""
+    it has not yet heard of ``epoch``, the coordinator's state (a node gaining the partition that has
+    not yet learned of the move: it copies the partition from a replica that may log this write only
+    after the copy, and nothing else would bring it)."""
     if is_owner_failure(error):
         return True
     seen = error.details.get("epoch")

@@ -42,25 +42,19 @@ def lineitem(tmp_path_factory) -> Path:
 def cluster_of(tmp_path):
     started: list[Path] = []
 
-    def make(nodes: int = 3, replicas: int = 3, partitions: int = 16) -> tuple[Path, MRClient]:
+    def make(
+        nodes: int = 3, replicas: int = 3, partitions: int = 16, options: dict[str, str] | None = None
+    ) -> tuple[Path, MRClient]:
         directory = tmp_path / f"cluster{len(started)}"
-        local_cluster.up(directory, nodes=nodes, partitions=partitions, replicas=replicas, base_port=0, timeout_s=CLUSTER_START_TIMEOUT_S)
+        local_cluster.up(
+            directory, nodes=nodes, partitions=partitions, replicas=replicas, base_port=0,
+            timeout_s=CLUSTER_START_TIMEOUT_S, options=options,
+        )  # fmt: skip
         started.append(directory)
         return directory, MRClient(Client.connect(directory, timeout_s=60))
 
     yield make
     for directory in started:
-        local_cluster.down(directory)
-
-
-@pytest.fixture
-def local_cluster_off(tmp_path):
-    """A 3-node cluster started with ``--option mr.scheduler=off``, and a client of it."""
-    directory = tmp_path / "cluster"
-    local_cluster.up(directory, nodes=3, partitions=16, replicas=3, base_port=0, timeout_s=CLUSTER_START_TIMEOUT_S, options=NO_DASK)
-    try:
-        yield directory, MRClient(Client.connect(directory, timeout_s=60))
-    finally:
         local_cluster.down(directory)
 
 
@@ -240,9 +234,9 @@ def test_dask_scheduler_runs_jobs_on_an_existing_dask_deployment(legion_cli, tmp
 
 
 def test_a_cluster_started_with_mr_scheduler_off_runs_no_dask_stores_datasets_and_refuses_jobs_saying_why(
-    local_cluster_off: tuple[Path, MRClient],
+    cluster_of,
 ):
-    directory, mr = local_cluster_off
+    directory, mr = cluster_of(options=NO_DASK)
     document = local_cluster.load(directory)
     assert document["services"] == []  # no scheduler of its own
     for node in document["nodes"]:
