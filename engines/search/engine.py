@@ -45,6 +45,7 @@ from engines.search.operations import (
     decode,
 )
 from engines.search.schema import parse_schema
+from engines.search.stats_cache import StatsCache
 from legion.dashboard import DashboardPanel, PanelLookup
 from legion.engine import Engine, Route
 from legion.errors import BadRequest, NotOwner
@@ -78,6 +79,7 @@ class SearchEngine(Engine):
         self._shards: dict[str, Shard] = {}  # live incarnation → its shard
         self._unparked: set[str] = set()  # parked operations applied, to forget once flushed
         self._commits = 0  # shard commits since the node started (for metrics)
+        self.remembered = StatsCache()  # the statistics this node, as a coordinator, remembers (``handlers``)
         # A replica decodes each operation's body in validate (event loop), then again in apply_batch
         # and digest_keys (writer thread): validate's decoding is kept for apply_batch, by the
         # operation's identity (an entry holds its operation, so the identity is not reused while it
@@ -267,13 +269,17 @@ class SearchEngine(Engine):
             "documents": sum(shard.view().searcher.num_docs for shard in shards),
             "commits": self._commits,
             "searcher_reloads": sum(shard.reloads for shard in shards),
+            # Searches this node coordinated in one round, with statistics it remembered; and those whose
+            # remembered statistics a node had outdated (counted again, in two rounds).
+            "searches_one_round": self.remembered.hits - self.remembered.stale,
+            "searches_recounted": self.remembered.stale,
         }
 
     def dashboard_panel(self) -> DashboardPanel:
         return DashboardPanel(
             title="Search",
             figures={"indexes": "indexes", "documents": "documents (all replicas)", "commits": "commits",
-                     "searcher_reloads": "searcher reloads"},
+                     "searcher_reloads": "searcher reloads", "searches_one_round": "searches in one round"},
             lookups=[PanelLookup(label="Search an index", path="/v1/search/{index}?q={query}&limit=5", fields=["index", "query"])],
         )  # fmt: skip
 

@@ -22,7 +22,9 @@ A search is two coverage rounds on the same plan: global term statistics
 is the one a single index over all the documents would give. When one node
 is given the whole plan (every node holds every partition, as with N equal
 to the node count), it has the global statistics itself and answers in the
-first round.
+first round. A coordinator remembers the merged statistics of recent queries
+(``stats_cache``): while no node has committed since, a repeated query is
+one round.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from engines.search.operations import (
 )
 from engines.search.query_compile import RANKING_EXACT, RANKING_GLOBAL_IDF, RANKING_LOCAL
 from engines.search.schema import IndexSchema, check_document, check_index_name, parse_schema
+from engines.search.stats_cache import RememberedStats
 from legion import ndjson
 from legion.engine import Cluster, HttpRequest, HttpResponse, Route, WriteItem
 from legion.errors import BadRequest, Conflict, LegionError, NotFound, Unavailable
@@ -116,6 +119,7 @@ class SearchApi:
     def __init__(self, engine: SearchEngine) -> None:
         self.engine = engine
         self._schemas: dict[str, IndexSchema] = {}
+        self._remembered = engine.remembered  # round-1 statistics of recent queries, while the nodes' searchers last
 
     def schema(self, found: dict[str, Any]) -> IndexSchema:
         """The parsed schema of a live incarnation (``describe``'s answer), parsed once per incarnation."""
@@ -290,20 +294,10 @@ class SearchApi:
             "index": index, "incarnation": found["incarnation"], "q": q, "op": "search", "k": offset + limit,
             "fields": fields, "snippets": snippets, "aggs": aggregations.shard_request(aggs),
         }  # fmt: skip
-        # Round 1 asks for the answer outright: a node given the whole plan has the global statistics
-        # and answers in one round; the others answer with their statistics, and round 2 follows.
-        first = await cluster.coverage(ENGINE_NAME, {**search, "stats": None, "plan": cluster.partitions}, allow_partial=True)
-        second = None
-        if any("stats" in reply.value for reply in first.replies):
-            plan = sorted(first.served_by)
-            stats = ranking.merge_stats(
-                ranking.CollectionStats.from_wire(reply.value["stats"]) for reply in first.replies if "stats" in reply.value
-            )
-            second = await cluster.coverage(
-                ENGINE_NAME, {**search, "stats": stats.to_wire()}, partitions=plan, prefer=first.served_by, allow_partial=True
-            )
-        replies = [reply.value for reply in (second or first).replies]
-        missing = sorted(set(first.missing) | set(second.missing if second else ()))
+        replies = await self._remembered_round(index, found["incarnation"], q, search, cluster)
+        missing: list[int] = []
+        if replies is None:
+            replies, missing = await self._two_rounds(index, found["incarnation"], q, search, cluster)
         hits = ranking.merge_hits([[PageHit(h[1], h[0], h[2], h[3]) for h in r["hits"]] for r in replies], offset, limit)
         return HttpResponse.json(
             {
@@ -315,6 +309,41 @@ class SearchApi:
                 **({"aggs": aggregations.merge(aggs, [r.get("aggs") or {} for r in replies])} if aggs else {}),
             }
         )
+
+    async def _remembered_round(
+        self, index: str, incarnation: str, q: str, search: dict[str, Any], cluster: Cluster
+    ) -> list[dict[str, Any]] | None:
+        """The nodes' answers in one round, scored with the statistics remembered for ``q``; None when
+        there are none, or when a node's searcher changed since they were counted (``stats_cache``)."""
+        remembered = self._remembered.get(index, incarnation, q)
+        if remembered is None:
+            return None
+        request = {**search, "stats": remembered.stats, "stamps": list(remembered.stamps)}
+        result = await cluster.coverage(ENGINE_NAME, request, prefer=remembered.served_by, allow_partial=True)
+        stale = any("stats" in reply.value for reply in result.replies)
+        if stale or result.missing or not remembered.same_plan(result.served_by):
+            self._remembered.forget(index, incarnation, q)
+            return None
+        return [reply.value for reply in result.replies]
+
+    async def _two_rounds(
+        self, index: str, incarnation: str, q: str, search: dict[str, Any], cluster: Cluster
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """The nodes' answers and the partitions missing: round 1, then round 2 if round 1 gave statistics."""
+        # Round 1 asks for the answer outright: a node given the whole plan has the global statistics
+        # and answers in one round; the others answer with their statistics, and round 2 follows.
+        first = await cluster.coverage(ENGINE_NAME, {**search, "stats": None, "plan": cluster.partitions}, allow_partial=True)
+        counted = [reply.value for reply in first.replies if "stats" in reply.value]
+        if not counted:
+            return [reply.value for reply in first.replies], list(first.missing)
+        stats = ranking.merge_stats(ranking.CollectionStats.from_wire(value["stats"]) for value in counted).to_wire()
+        if not first.missing and all("stamp" in value for value in counted):
+            stamps = tuple(str(value["stamp"]) for value in counted)
+            self._remembered.put(index, incarnation, q, RememberedStats(stats, stamps, dict(first.served_by)))
+        second = await cluster.coverage(
+            ENGINE_NAME, {**search, "stats": stats}, partitions=sorted(first.served_by), prefer=first.served_by, allow_partial=True
+        )
+        return [reply.value for reply in second.replies], sorted(set(first.missing) | set(second.missing))
 
     async def stats(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
         index = req.path_params["index"]

@@ -22,7 +22,10 @@ The rounds a search makes (``handlers`` drives them):
 A ``search`` without statistics (``"stats": None``, ``"plan"``: how many
 partitions the whole plan has) is round 1 that may be the last: a node
 given every partition of the plan counts the statistics itself, which are
-the global ones, and answers; any other node answers ``{"stats": …}``.
+the global ones, and answers; any other node answers ``{"stats": …,
+"stamp": …}`` (the stamp names the searcher and partitions it counted).
+A ``search`` with statistics remembered from an earlier search also names
+their ``"stamps"``; a node whose stamp is not among them answers as round 1.
 
 ``count`` answers ``legion search stats``: live documents per partition,
 tombstones, and the size of the node's index on disk.
@@ -42,12 +45,14 @@ from engines.search.node_hits import node_search
 from engines.search.query_compile import ParsedQuery, parse_query
 from engines.search.query_compile import local_stats as count_stats
 from engines.search.ranking import CollectionStats
+from engines.search.scope import Scope, SearcherView
 from engines.search.shard import DELETED, PARTITION, SOURCE, Shard
 from legion.errors import BadRequest
 
 SNIPPET_CHARS_MAX = 200
 HITS_MAX = 10_000
 PARSED_QUERIES_MAX = 1_024  # parsed queries remembered per node (every incarnation together)
+NO_INDEX_STAMP = "none"  # a node that has not heard of the index counts nothing, until it creates it (a new view)
 
 _parsed: OrderedDict[tuple[str, str], ParsedQuery] = OrderedDict()
 _parsed_lock = threading.Lock()  # worker threads answer searches concurrently
@@ -116,47 +121,74 @@ def _mistyped_term(shard: Shard, text: str) -> str | None:
 
 
 def _stats(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> list[Any]:
-    if shard is None:
+    """Round 1 alone (``op: stats``): this node's statistics of the partitions it was given."""
+    return _counted(shard, shard.view() if shard is not None else None, partitions, query)
+
+
+def _counted(shard: Shard | None, view: SearcherView | None, partitions: list[int], query: dict[str, Any]) -> list[Any]:
+    if shard is None or view is None:
         return CollectionStats().to_wire()
     parsed = parse(shard, query.get("q"))
-    view = shard.view()
     return count_stats(view.searcher, shard.fields, parsed.stats_request, partitions, view).to_wire()
 
 
+def _round_one(shard: Shard | None, view: SearcherView | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any]:
+    """This node's statistics of the partitions it was given, and the stamp they hold under (one view for both)."""
+    stamp = view.stamp(partitions) if view is not None else NO_INDEX_STAMP
+    return {"stats": _counted(shard, view, partitions, query), "stamp": stamp}
+
+
 def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any]:
-    """Round 2; or, with ``"stats": None``, round 1 that answers outright if this node was given the whole plan."""
+    """Round 2; or, with ``"stats": None``, round 1 that answers outright if this node was given the whole plan.
+
+    A round 2 whose statistics were remembered from an earlier search names the
+    ``"stamps"`` they were counted under (``scope.SearcherView.stamp``); a node
+    whose own stamp is not among them (it committed since, or was given other
+    partitions) answers as round 1 would, so that the coordinator counts again."""
     k = query.get("k")
     if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= HITS_MAX:
         raise BadRequest(f"k must be an integer in 0..{HITS_MAX}")
+    # One searcher for the whole answer: counts, stamps, idfs and explanations agree.
+    view = shard.view() if shard is not None else None
     whole_plan = query.get("stats") is None
     if whole_plan:
         plan = query.get("plan")
         if not isinstance(plan, int) or isinstance(plan, bool) or plan < 1:
             raise BadRequest("a search without statistics names the number of partitions of its plan")
         if len(partitions) < plan:  # other nodes hold part of the plan: the global statistics come first
-            return {"stats": _stats(shard, partitions, query)}
-    if shard is None:
+            return _round_one(shard, view, partitions, query)
+    stamps = query.get("stamps")
+    if stamps is not None:
+        if not isinstance(stamps, list) or not all(isinstance(s, str) for s in stamps):
+            raise BadRequest("stamps must be a list of strings")
+        if (view.stamp(partitions) if view is not None else NO_INDEX_STAMP) not in stamps:
+            return _round_one(shard, view, partitions, query)
+    if shard is None or view is None:
         return {"total": 0, "hits": [], "aggs": {}, "ranking": "exact"}
     parsed = parse(shard, query.get("q"))
-    view = shard.view()  # one searcher for the round: counts, idfs and explanations agree
-    if whole_plan:
-        stats = count_stats(view.searcher, shard.fields, parsed.stats_request, partitions, view)
+    searcher, scope = view.searcher, view.scope(partitions)
+    if whole_plan and scope.native:
+        stats = CollectionStats(scope.doc_count)  # tantivy's own statistics are the plan's: nothing to count
+    elif whole_plan:
+        stats = count_stats(searcher, shard.fields, parsed.stats_request, partitions, view)
     else:
         stats = CollectionStats.from_wire(query.get("stats"))
-    searcher, scope = view.searcher, view.scope(partitions)
     found = node_search(parsed, shard.fields, searcher, stats, partitions, k, scope)
-    matching = parsed.original
-    if scope.filter is not None:
-        live = tantivy.Query.const_score_query(scope.filter, 0.0)
-        matching = tantivy.Query.boolean_query([(tantivy.Occur.Must, matching), (tantivy.Occur.Must, live)])
-    total = searcher.search(matching, limit=1, count=True).count
     sources = [_source(searcher.doc(hit.address)) for hit in found.hits]
     fields = query.get("fields")
     snippets = _snippets(shard, searcher, parsed.original, sources) if query.get("snippets", True) else [{} for _ in sources]
     hits = [[hit.score, hit.id, _stored(shard, source, fields), snip] for hit, source, snip in zip(found.hits, sources, snippets)]
     aggs = query.get("aggs") or {}
-    aggregated = searcher.aggregate(matching, aggs) if aggs else {}
-    return {"total": total, "hits": hits, "aggs": aggregated, "ranking": found.ranking}
+    aggregated = searcher.aggregate(_matching(parsed.original, scope), aggs) if aggs else {}
+    return {"total": found.total, "hits": hits, "aggs": aggregated, "ranking": found.ranking}
+
+
+def _matching(query: tantivy.Query, scope: Scope) -> tantivy.Query:
+    """``query`` restricted to the scope's live documents, by a clause that scores zero."""
+    if scope.filter is None:
+        return query
+    live = tantivy.Query.const_score_query(scope.filter, 0.0)
+    return tantivy.Query.boolean_query([(tantivy.Occur.Must, query), (tantivy.Occur.Must, live)])
 
 
 def _source(doc: tantivy.Document) -> dict[str, Any]:

@@ -76,10 +76,11 @@ class LocalHit(NamedTuple):
 
 @dataclass(frozen=True)
 class NodeAnswer:
-    """A node's round-2 answer: its first hits in the global order, and how exactly they were ranked."""
+    """A node's round-2 answer: its first hits in the global order, how exactly they were ranked, and how many matched."""
 
     hits: list[LocalHit]
     ranking: str  # query_compile.RANKING_EXACT, RANKING_GLOBAL_IDF or RANKING_LOCAL
+    total: int  # live docs of the node's partitions the query matches (counted by the pass that found the hits)
 
 
 def node_search(
@@ -98,16 +99,18 @@ def node_search(
     statistics are this node's alone (the plan's live documents are all here),
     the query's own scores are the global ones: no boost, no rescoring."""
     if scope is not None and scope.native and stats.doc_count == scope.doc_count:
-        return NodeAnswer(top_hits(searcher, fields, parsed.original, partitions, count, scope), RANKING_EXACT)
+        hits, total = counted_top_hits(searcher, fields, parsed.original, partitions, count, scope)
+        return NodeAnswer(hits, RANKING_EXACT, total)
     query = ranked_query(parsed, fields, searcher, stats)
     if parsed.ranking != RANKING_EXACT:
-        return NodeAnswer(top_hits(searcher, fields, query, partitions, count, scope), parsed.ranking)
-    candidates = top_hits(searcher, fields, query, partitions, rescore_candidates(count), scope)
+        hits, total = counted_top_hits(searcher, fields, query, partitions, count, scope)
+        return NodeAnswer(hits, parsed.ranking, total)
+    candidates, total = counted_top_hits(searcher, fields, query, partitions, rescore_candidates(count), scope)
     try:
         rescored = rescore(parsed, fields, searcher, stats, candidates, count)
     except ExplanationError:
-        return NodeAnswer(first_hits(candidates, count), RANKING_GLOBAL_IDF)
-    return NodeAnswer(first_hits(rescored, count), RANKING_EXACT)
+        return NodeAnswer(first_hits(candidates, count), RANKING_GLOBAL_IDF, total)
+    return NodeAnswer(first_hits(rescored, count), RANKING_EXACT, total)
 
 
 def rescore_candidates(count: int) -> int:
@@ -169,30 +172,62 @@ def top_hits(
     falls inside a run of tied scores, fetches past the run (up to
     ``TIE_RUN_HITS_MAX`` more hits) so that ties are won by the smallest ids.
     """
-    if count <= 0 or (partitions is not None and not partitions):
-        return []
+    return _top(searcher, fields, query, partitions, count, scope, counted=False)[0]
+
+
+def counted_top_hits(
+    searcher: tantivy.Searcher,
+    fields: IndexFields,
+    query: tantivy.Query,
+    partitions: Collection[int] | None,
+    count: int,
+    scope: Scope | None,
+) -> tuple[list[LocalHit], int]:
+    """``top_hits``, and how many docs the query matches in the same restriction.
+
+    One tantivy pass collects both (a separate count would walk every match a second time)."""
+    return _top(searcher, fields, query, partitions, count, scope, counted=True)
+
+
+def _top(
+    searcher: tantivy.Searcher,
+    fields: IndexFields,
+    query: tantivy.Query,
+    partitions: Collection[int] | None,
+    count: int,
+    scope: Scope | None,
+    *,
+    counted: bool,
+) -> tuple[list[LocalHit], int]:
+    if partitions is not None and not partitions:
+        return [], 0
     live = scope.filter if scope is not None else None if partitions is None else live_filter(fields, partitions)
     if live is not None:
         zero = tantivy.Query.const_score_query(live, 0.0)
         query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), (tantivy.Occur.Must, zero)])
+    if count <= 0:
+        return [], _search(searcher, query, 1, counted)[1] if counted else 0
     fetch = count + 1
     fetch_max = count + 1 + TIE_RUN_HITS_MAX
-    found = _search(searcher, query, fetch)
+    found, total = _search(searcher, query, fetch, counted)
     while len(found) == fetch < fetch_max and tie_run_unfinished([score for score, _ in found], count):
         fetch = min(2 * fetch, fetch_max)
-        found = _search(searcher, query, fetch)
+        found = _search(searcher, query, fetch, False)[0]
     if scope is not None:
         hits = [LocalHit(scope.view.doc_id(address), score, address) for score, address in found]
     else:
         hits = [LocalHit(_doc_id(searcher, fields, address), score, address) for score, address in found]
-    return first_hits(hits, count)
+    return first_hits(hits, count), total
 
 
-def _search(searcher: tantivy.Searcher, query: tantivy.Query, limit: int) -> list[tuple[float, tantivy.DocAddress]]:
+def _search(
+    searcher: tantivy.Searcher, query: tantivy.Query, limit: int, counted: bool = False
+) -> tuple[list[tuple[float, tantivy.DocAddress]], int]:
     try:
-        return searcher.search(query, limit=limit, count=False).hits
+        result = searcher.search(query, limit=limit, count=counted)
     except ValueError as error:  # e.g. an exists query on a field that is not fast
         raise query_error(str(error)) from error
+    return result.hits, result.count if counted else 0
 
 
 def _doc_id(searcher: tantivy.Searcher, fields: IndexFields, address: tantivy.DocAddress) -> str:

@@ -45,6 +45,7 @@ Pure: no I/O, no tantivy.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import struct
@@ -81,6 +82,12 @@ def scores_tie(a: float, b: float) -> bool:
 # --- BM25 ----------------------------------------------------------------------------
 
 
+# The arithmetic below is pure and its arguments repeat (a term's idf, a frequency and field length
+# many docs share): remembered, a rescored candidate costs lookups instead of a dozen f32 roundings.
+_REMEMBERED = 1 << 16
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
 def idf(doc_freq: int, doc_count: int) -> float:
     """tantivy's idf, ``ln(1 + (N - n + 0.5) / (n + 0.5))``, rounded to f32 at each step as tantivy does."""
     assert 0 <= doc_freq <= doc_count, (doc_freq, doc_count)
@@ -115,6 +122,7 @@ def average_field_length(field_tokens: int, doc_count: int) -> float:
     return as_f32(as_f32(float(field_tokens)) / as_f32(float(doc_count)))
 
 
+@functools.lru_cache(maxsize=_REMEMBERED)
 def bm25_leaf_score(
     leaf_idf: float, term_freq: float, field_length: float, avg_field_length: float, boost: float = 1.0
 ) -> float:
@@ -183,8 +191,13 @@ def explained_score(explanation: Mapping[str, Any], leaves: Sequence[LeafWeight]
     where tantivy adds three or more matching clauses in another order
     (its block-WAND cursor order), the last bit may differ.
     """
-    markers = {as_f32(marker_boost(index)): leaf for index, leaf in enumerate(leaves)}
-    return _explained(explanation, markers, 1.0)
+    return _explained(explanation, _markers(tuple(leaves)), 1.0)
+
+
+@functools.lru_cache(maxsize=256)
+def _markers(leaves: tuple[LeafWeight, ...]) -> dict[float, LeafWeight]:
+    """Each leaf under the f32 marker boost that labels it (``marker_boost``); read-only."""
+    return {as_f32(marker_boost(index)): leaf for index, leaf in enumerate(leaves)}
 
 
 def _explained(node: Mapping[str, Any], markers: Mapping[float, LeafWeight], boost: float) -> float:
@@ -222,7 +235,7 @@ def rescore_bound(explanation: Mapping[str, Any], leaves: Sequence[LeafWeight], 
     avgdl) gathers what the explanations printed; the bound is None while a
     field's local avgdl is unknown, when a boost is negative (a greater part
     would lower the score), or when an explanation does not show it."""
-    markers = {as_f32(marker_boost(index)): leaf for index, leaf in enumerate(leaves)}
+    markers = _markers(tuple(leaves))
     try:
         if not _gather_field_lengths(explanation, markers, seen):
             return None
@@ -268,6 +281,7 @@ def _detail(node: Mapping[str, Any], prefix: str) -> Mapping[str, Any]:
     raise ExplanationError(f"no {prefix!r} under {node.get('description')!r}")
 
 
+@functools.lru_cache(maxsize=_REMEMBERED)
 def _boost_of(description: str) -> float:
     """The factor of a ``Boost x<factor> of ...`` explanation."""
     text = description[len(EXPLAIN_BOOST) :].partition(" ")[0]

@@ -23,12 +23,17 @@ query's own scores are the global ones and need no boost and no rescoring.
 The view also keeps, per scope, the query-independent statistics round 1
 needs (live documents, tokens per length field), and the ids of the
 documents searches have read (``doc_id``). A view lives until the next
-commit replaces it, so nothing it remembers goes stale.
+commit replaces it, so nothing it remembers goes stale. ``stamp`` names
+what a view counted for a plan's partitions: statistics counted under one
+stamp hold as long as the same stamp does (a coordinator remembers them by
+it, ``stats_cache``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +67,12 @@ class SearcherView:
         self._tokens: dict[tuple[frozenset[int], tuple[str, ...]], dict[str, int]] = {}
         self._held: frozenset[int] | None = None
         self._ids: dict[tuple[int, int], str] = {}
+        self.generation = uuid.uuid4().hex  # unique to this view: no other commit, node or process has it
+
+    def stamp(self, partitions: Collection[int]) -> str:
+        """A name for this view's statistics of ``partitions``: equal stamps, equal statistics."""
+        listed = ",".join(map(str, sorted(partitions))).encode()
+        return f"{self.generation}:{hashlib.blake2b(listed, digest_size=8).hexdigest()}"
 
     def doc_id(self, address: tantivy.DocAddress) -> str:
         """The id of the document at ``address``, read from its stored fields once per view.

@@ -219,7 +219,8 @@ class AntiEntropy(Rounds):
         """Compare this replica of ``engine``'s ``partition`` with ``peer``'s and ship what differs both
         ways (only to ``peer`` unless ``pull``).
 
-        Returns how many keys differed."""
+        Returns how many keys differed (without ``pull``: how many of this replica's keys the peer
+        lacked or held in another version, the ones shipped)."""
         node = self.node
         await node.writer.ensure_open(engine, partition)
         mine = await node.trees.view(engine, partition, lambda t: t.bucket_hashes())
@@ -232,11 +233,12 @@ class AntiEntropy(Rounds):
             segments = differing_indexes(mine_segments, theirs_segments)
             step = ANTI_ENTROPY_SEGMENTS_PER_REQUEST
             for chunk in (segments[i : i + step] for i in range(0, len(segments), step)):
-                keys = await self._differing(peer, engine, partition, chunk)
+                # Without ``pull`` only what this replica holds can be shipped: keys it lacks are left alone.
+                keys = await self._differing(peer, engine, partition, chunk, only_mine=not pull)
                 if keys:
                     # A write in flight differs for a moment: ship only what still differs a little later.
                     await asyncio.sleep(ANTI_ENTROPY_SETTLE_MS / 1000)
-                    keys &= await self._differing(peer, engine, partition, chunk)
+                    keys &= await self._differing(peer, engine, partition, chunk, only_mine=not pull)
                 if keys:
                     if pull:
                         await self._pull(peer, engine, partition, sorted(keys))
@@ -270,10 +272,11 @@ class AntiEntropy(Rounds):
             return False
         return True
 
-    async def _differing(self, peer: str, engine: str, partition: int, segments: list[int]) -> set[bytes]:
+    async def _differing(self, peer: str, engine: str, partition: int, segments: list[int], *, only_mine: bool) -> set[bytes]:
         mine = await self.node.trees.view(engine, partition, lambda t: t.items_in(segments))
         theirs = dict(await self._ask(peer, engine, partition, {"level": "items", "segments": segments}))
-        return differing_keys(mine, theirs)
+        keys = differing_keys(mine, theirs)
+        return {key for key in keys if key in mine} if only_mine else keys
 
     async def _ask(self, peer: str, engine: str, partition: int, question: dict[str, Any]) -> Any:
         body = msgpack.packb({"engine": engine, "partition": partition, **question}, use_bin_type=True)

@@ -135,3 +135,26 @@ def test_rescoring_stops_early_only_where_no_later_candidate_could_enter_the_pag
             assert ranking.first_hits(some, 10) == ranking.first_hits(every, 10), text
             explained, pruned_away = explained + len(every), pruned_away + len(every) - len(some)
     assert pruned_away > explained // 3  # the point: most candidates past the page are never explained
+
+
+@pytest.mark.parametrize("messy", [False, True])
+def test_a_node_answer_counts_the_matching_live_docs_of_its_partitions_in_the_pass_that_finds_its_hits(messy: bool) -> None:
+    sharded = testing.ShardedCorpus.build(corpus.documents(limit=1_200), shards=3, messy=messy)
+    rescored = 0
+    for text in testing.QUERIES:
+        for shard, partitions in zip(sharded.shards, sharded.plan):
+            searcher = shard.searcher()
+            parsed = query_compile.parse_query(shard, sharded.fields, text, TEXT)
+            stats = ranking.merge_stats(
+                query_compile.local_stats(other.searcher(), sharded.fields, parsed.stats_request, plan)
+                for other, plan in zip(sharded.shards, sharded.plan)
+            )
+            live = tantivy.Query.const_score_query(query_compile.live_filter(sharded.fields, partitions), 0.0)
+            matching = tantivy.Query.boolean_query([(tantivy.Occur.Must, parsed.original), (tantivy.Occur.Must, live)])
+            expected = searcher.search(matching, limit=1, count=True).count
+            for k in (10, 0):
+                answer = node_hits.node_search(parsed, sharded.fields, searcher, stats, partitions, k)
+                assert answer.total == expected, (text, k)
+                assert len(answer.hits) == min(k, expected)
+            rescored += answer.ranking == RANKING_EXACT and parsed.ranking == RANKING_EXACT
+    assert rescored > len(testing.QUERIES)  # most answers took the boosted, rescored path

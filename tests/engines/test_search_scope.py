@@ -86,7 +86,35 @@ def test_a_node_given_the_whole_plan_answers_in_one_round_as_two_rounds_would(tm
         two_rounds = local_search.answer(shard, EVERY, {**base, "stats": ranking.merge_stats([ranking.CollectionStats.from_wire(stats)]).to_wire()})
         assert one_round == two_rounds, text
         partial = local_search.answer(shard, EVERY[:3], {**base, "stats": None, "plan": PARTITIONS})
-        assert set(partial) == {"stats"}
+        assert set(partial) == {"stats", "stamp"}
+    shard.close()
+
+
+def test_remembered_statistics_are_used_only_under_the_stamp_they_were_counted_under(tmp_path):
+    docs = _docs()
+    shard = _shard(tmp_path, docs[:200])
+    half = EVERY[:4]
+    base = {"index": "docs", "incarnation": INC, "q": "return the value", "op": "search", "k": 10, "fields": None, "snippets": False, "aggs": {}}
+    counted = local_search.answer(shard, half, {**base, "stats": None, "plan": PARTITIONS})
+    assert counted["stamp"] == shard.view().stamp(half) != shard.view().stamp(EVERY[4:])
+    remembered = {**base, "stats": counted["stats"], "stamps": [counted["stamp"]]}
+    plain = local_search.answer(shard, half, {**base, "stats": counted["stats"]})
+    assert local_search.answer(shard, half, remembered) == plain  # the same searcher: scored, as round 2 would
+    # Other partitions of the same searcher are other statistics: counted again.
+    assert set(local_search.answer(shard, EVERY[4:], remembered)) == {"stats", "stamp"}
+    # A commit since: a new searcher, whose statistics are counted again and stamped anew.
+    counter = LengthCounter(SCHEMA)
+    more = [
+        Operation(ops.ENGINE_NAME, partition_of(doc["id"], PARTITIONS), doc["id"].encode(), 5, "n1", ops.KIND_INDEX,
+                  ops.index_body("docs", INC, ops.encode_source(doc), counter(doc)))
+        for doc in docs[200:]
+    ]  # fmt: skip
+    shard.apply([(op, ops.decode(op)) for op in more])
+    shard.commit()
+    recounted = local_search.answer(shard, half, remembered)
+    assert set(recounted) == {"stats", "stamp"} and recounted["stamp"] != counted["stamp"]
+    assert recounted == local_search.answer(shard, half, {**base, "stats": None, "plan": PARTITIONS})
+    assert ranking.CollectionStats.from_wire(recounted["stats"]).doc_count > ranking.CollectionStats.from_wire(counted["stats"]).doc_count
     shard.close()
 
 

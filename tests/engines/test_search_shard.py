@@ -124,6 +124,23 @@ def test_drop_partition_removes_only_that_partition(tmp_path):
     shard.close()
 
 
+def test_dropping_a_partition_the_shard_holds_nothing_of_keeps_its_searcher_but_pending_writes_are_dropped(tmp_path):
+    shard = _shard(tmp_path)
+    empty = 0
+    docs = [op for op in (_index(f"d{i}", "text", 1) for i in range(40)) if op.partition != empty]
+    _apply(shard, docs)
+    shard.commit()
+    view = shard.view()
+    shard.drop_partition(empty)  # e.g. a copy handed over that never received a write
+    assert shard.view() is view and _live_ids(shard) == {op.key.decode() for op in docs}
+    late = next(op for op in [_index(f"e{i}", "text", 2) for i in range(200)] if op.partition == empty)
+    _apply(shard, [late])  # applied, not committed: the partition is not empty any more
+    shard.drop_partition(empty)
+    shard.commit()
+    assert shard.view() is not view and late.key.decode() not in _live_ids(shard)
+    shard.close()
+
+
 def test_a_fold_rebuilds_the_shard_exactly_including_tombstones(tmp_path):
     source = _shard(tmp_path)
     _apply(source, [_index(f"d{i}", f"text {i}", i + 1) for i in range(30)] + [_delete("d3", 100)])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import tantivy
+from prometheus_client.parser import text_string_to_metric_families
 
 from engines.search import corpus
 from engines.search.client import SearchClient
@@ -201,6 +202,54 @@ def test_one_replica_ranks_like_one_index_and_a_dead_node_s_partitions_are_named
         answer = SearchClient(client).search(INDEX, "decode", limit=K)
     assert answer["partitions_missing"] == lost
     assert 0 < answer["total"] < reference.index.searcher().search(reference.index.parse_query("decode", ["title", "body"]), 1).count
+
+
+def metric(client: Client, name: str) -> float:
+    """The sum of one metric's samples on the node ``client`` talks to."""
+    text = client.request("GET", "/metrics").body.decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name)
+
+
+def reloads(cluster: SearchCluster) -> float:
+    """Searcher reloads (commits that changed something) on every node so far."""
+    total = 0.0
+    for node_id in ("n1", "n2", "n3"):
+        with cluster.node_client(node_id) as client:
+            total += metric(client, "legion_search_searcher_reloads")
+    return total
+
+
+def test_a_coordinator_searches_in_one_round_with_remembered_statistics_only_until_a_node_commits(
+    cluster_of, documents, reference
+):
+    cluster = cluster_of(replicas=1, documents=documents[:2_000])
+    with cluster.node_client("n1") as client:
+        search = SearchClient(client)
+        first = results(search)  # two rounds each: n1 counts, merges and remembers the statistics
+        # A pass after one that remembered, with no commit since (a young cluster may still be moving
+        # partitions: a few attempts), is all one round.
+        for _attempt in range(10):
+            before = reloads(cluster)
+            assert results(search) == first  # remembers again what a commit had made out of date
+            one_round = metric(client, "legion_search_searches_one_round")
+            assert results(search) == first
+            if reloads(cluster) == before:
+                break
+        assert metric(client, "legion_search_searches_one_round") - one_round >= len(QUERIES) - 2  # one or two rank locally
+        # Every node commits (the ingest ends with a refresh): the statistics n1 remembers are out of date.
+        recounted = metric(client, "legion_search_searches_recounted")
+        report = search.ingest(INDEX, corpus.json_lines(documents[2_000:]))
+        assert report.failed == 0
+        checked = 0
+        for query in QUERIES:
+            expected = {hit.id: hit.score for hit in reference.search(query, 20 * K)}
+            for hit in search.search(INDEX, query, limit=K, snippets=False)["hits"]:
+                if hit["id"] in expected:  # a long run of tied scores may reach past the reference's 200
+                    assert hit["score"] == pytest.approx(expected[hit["id"]], rel=1e-5), (query, hit["id"])
+                    checked += 1
+        assert checked > 5 * len(QUERIES)
+        assert metric(client, "legion_search_searches_recounted") - recounted >= len(QUERIES) - 2
+        assert_ranks_like_one_index(search, reference)
 
 
 def test_updates_and_deletes_survive_kill_9_between_the_acknowledgement_and_the_commit(cluster_of):
