@@ -630,7 +630,8 @@ class Node:
         for p in partitions:
             self.check_serves(engine, p)
         for p in partitions:
-            await self.writer.ensure_open(engine, p)
+            if not self.writer.is_open(engine, p):  # a coroutine per partition costs a search more than its check
+                await self.writer.ensure_open(engine, p)
         if type(impl).coverage_many is not Engine.coverage_many:
             return await asyncio.to_thread(impl.coverage_many, list(partitions), query)
         return list(await asyncio.gather(*(asyncio.to_thread(impl.coverage, p, query) for p in partitions)))
