@@ -33,7 +33,6 @@ tombstones, and the size of the node's index on disk.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import OrderedDict
@@ -47,6 +46,7 @@ from engines.search.query_compile import local_stats as count_stats
 from engines.search.ranking import CollectionStats
 from engines.search.scope import Scope, SearcherView
 from engines.search.shard import DELETED, PARTITION, SOURCE, Shard
+from legion import json_codec
 from legion.errors import BadRequest
 
 SNIPPET_CHARS_MAX = 200
@@ -196,7 +196,7 @@ def _source(doc: tantivy.Document) -> dict[str, Any]:
     source = doc.get_first(SOURCE)
     if source is None:
         return {}
-    values = json.loads(source)
+    values = json_codec.loads(source)
     return values if isinstance(values, dict) else {}
 
 

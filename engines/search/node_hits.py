@@ -30,7 +30,6 @@ Imports tantivy; reads the searcher it is handed, nothing else.
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -56,6 +55,7 @@ from engines.search.ranking import (
     rescore_bound,
     tie_run_unfinished,
 )
+from legion import json_codec
 
 if TYPE_CHECKING:
     from engines.search.scope import Scope
@@ -144,7 +144,7 @@ def rescore(
     for hit in hits:
         if bound is not None and len(best) == keep and hit.score * bound * (1 + PRUNE_SLACK) < best[0]:
             break
-        explanation = json.loads(marked.explain(searcher, hit.address).to_json())
+        explanation = json_codec.loads(marked.explain(searcher, hit.address).to_json().encode())
         score = explained_score(explanation, weights)
         rescored.append(LocalHit(hit.id, score, hit.address))
         if prune:
