@@ -21,7 +21,11 @@ Everything below is measured in the same run, on the same machine:
 - **queries**: ``--clients`` threads, each with its own ``legion.Client``
   bound to one node (round-robin), run ``engines.search.testing.QUERIES``
   (top 10, snippets on: the defaults a user gets) for ``--query-seconds``;
-  p50/p99 latency as the client sees it and queries per second;
+  p50/p99 latency as the client sees it and queries per second. The queries
+  repeat, so with N=1 each node, as coordinator, searches in one round with
+  the statistics it remembers (``engines.search.stats_cache``) after its
+  first two-round search of a query: the figures are those of a workload
+  of recurring queries on an index not being written;
 - **ranking**: every query of ``QUERIES`` once (top 10, no snippets); mean
   overlap@10 and top-1 agreement with the raw tantivy index, ordered the way
   the cluster orders ties (score, then id).
