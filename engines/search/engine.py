@@ -194,10 +194,14 @@ class SearchEngine(Engine):
         return shard.Shard(self._shard_dir(incarnation), name, incarnation, parse_schema(self._catalog.schema(incarnation)))
 
     def flush(self, partitions: Collection[int]) -> None:
-        # One commit per shard covers every partition: there is no cheaper partial flush.
+        # One commit per shard covers every partition: there is no cheaper partial flush. A shard
+        # holding nothing uncommitted of ``partitions`` is not committed for them (a drop of a
+        # partition during an ingest would otherwise commit every other partition's documents).
+        wanted = frozenset(partitions)
         for shard in list(self._shards.values()):
-            shard.commit()
-            self._commits += 1
+            if shard.pending_in(wanted):
+                shard.commit()
+                self._commits += 1
         if self._unparked and self._store is not None:
             self._store.unpark(self._unparked)
             self._unparked.clear()

@@ -196,6 +196,11 @@ class Shard:
         with self._lock:
             self._pending.clear()
 
+    def pending_in(self, partitions: Collection[int]) -> bool:
+        """Whether a write applied to one of ``partitions`` is not committed yet."""
+        with self._lock:
+            return any(version.partition in partitions for version in self._pending.values())
+
     def _reload(self) -> None:
         """Point readers at what was just committed: a new searcher, and a new view of it."""
         self.index.reload()
@@ -205,9 +210,7 @@ class Shard:
     def drop_partition(self, partition: int) -> None:
         """Delete every document and tombstone of ``partition`` from this node's index, durably."""
         writer = self._require_writer()
-        with self._lock:
-            pending = any(version.partition == partition for version in self._pending.values())
-        if not pending and partition not in self._view.held():
+        if not self.pending_in((partition,)) and partition not in self._view.held():
             return  # nothing of it here: no commit, and searches keep their searcher (and what they remember of it)
         # By query, not by term: tantivy-py builds an i64 term from a Python int, which misses a u64 field.
         writer.delete_documents_by_query(tantivy.Query.term_query(self.tantivy_schema, PARTITION, partition))

@@ -90,3 +90,24 @@ def test_a_replica_refuses_a_batch_holding_a_document_of_another_partition(tmp_p
         engine.validate(op)
     for p in range(PARTITIONS):
         engine.close(p)
+
+
+def test_a_flush_commits_only_when_a_flushed_partition_holds_uncommitted_writes(tmp_path):
+    engine = _engine(tmp_path)
+    engine.apply_batch({p: [_create(p)] for p in range(PARTITIONS)})
+    engine.flush(range(PARTITIONS))
+    ids = _ids_in(3, 4)
+    engine.apply_batch({3: [_batch(3, {i: "text" for i in ids}, 10)]})
+    shard = engine.shard(INC)
+    commits = engine.metrics()["commits"]
+    engine.flush([5])  # e.g. before partition 5 is dropped: nothing of it is pending
+    assert engine.metrics()["commits"] == commits and shard.view().searcher.num_docs == 0
+    engine.drop(5)
+    assert shard.view().searcher.num_docs == 0  # partition 3's documents are still not committed
+    engine.flush([3, 5])
+    assert engine.metrics()["commits"] == commits + 1 and shard.view().searcher.num_docs == len(ids)
+    engine.flush(range(PARTITIONS))  # nothing pending anywhere: no commit
+    assert engine.metrics()["commits"] == commits + 1
+    for p in range(PARTITIONS):
+        if p != 5:
+            engine.close(p)
