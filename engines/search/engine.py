@@ -313,10 +313,8 @@ class SearchEngine(Engine):
                 held[op.key].append(op.to_wire())
         ids = None if wanted is None else [k.decode("utf-8", "surrogatepass") for k in wanted]
         for shard in shards:
-            for doc_id, v in shard.held(partition, ids):
-                held[doc_id.encode("utf-8", "surrogatepass")].append(
-                    ["doc", shard.incarnation, v.hlc, v.origin, v.position, v.source is None]
-                )
+            for doc_id, (hlc, origin, position, tombstone) in shard.versions(partition, ids):
+                held[doc_id.encode("utf-8", "surrogatepass")].append(["doc", shard.incarnation, hlc, origin, position, tombstone])
         for key, items in held.items():
             yield key, ops_version(items)
 

@@ -71,6 +71,9 @@ WRITER_THREADS = 1
 FOLD_PAGE_DOCS = 1_000
 # Documents of a partition loaded in the time one id is looked up by its term (``Shard.held``): about 3.
 ID_LOOKUP_DOCS = 3
+# Versions of committed writes remembered per shard (about 200 bytes each), so that anti-entropy's
+# hash trees, reading back the versions of what an ingest wrote, need not load those documents again.
+RECENT_VERSIONS_MAX = 100_000
 
 
 def index_fields(schema: IndexSchema) -> IndexFields:
@@ -143,10 +146,18 @@ class Shard:
             self.index = tantivy.Index.open(str(directory))
         self._writer: tantivy.IndexWriter | None = self.index.writer(WRITER_HEAP_BYTES, WRITER_THREADS)
         self._pending: dict[str, Version] = {}
-        self._lock = threading.Lock()  # guards _pending between the writer thread and readers
+        # Per partition, id → (hlc, origin, position, tombstone) of writes committed since the shard opened,
+        # the oldest partitions forgotten first past RECENT_VERSIONS_MAX: what the index holds for those ids.
+        self._recent: dict[int, dict[str, _Held]] = {}
+        self._recent_count = 0
+        # Partitions whose every committed write is remembered: none was committed before the shard
+        # opened (or since their last drop), and none was forgotten.
+        self._incomplete: set[int] = set()
+        self._lock = threading.Lock()  # guards _pending and _recent between the writer thread and readers
         self._builder = DocumentBuilder(index, schema, self.tantivy_schema)
         self.index.reload()
         self._view = SearcherView(self.index.searcher(), self.fields)
+        self._incomplete.update(self._view.held())
         self.reloads = 0  # searcher reloads since the shard opened (for the engine's metrics)
 
     # --- the writer thread ----------------------------------------------------
@@ -194,7 +205,23 @@ class Shard:
         writer.commit()
         self._reload()
         with self._lock:
+            self._remember(self._pending)
             self._pending.clear()
+
+    def _remember(self, committed: dict[str, Version]) -> None:
+        """Note the versions just committed (under the lock); past the bound, forget whole partitions, oldest first."""
+        recent = self._recent
+        for doc_id, version in committed.items():
+            bucket = recent.get(version.partition)
+            if bucket is None:
+                bucket = recent[version.partition] = {}
+            if doc_id not in bucket:
+                self._recent_count += 1
+            bucket[doc_id] = (version.hlc, version.origin, version.position, version.source is None)
+        while self._recent_count > RECENT_VERSIONS_MAX and recent:
+            forgotten = next(iter(recent))
+            self._recent_count -= len(recent.pop(forgotten))
+            self._incomplete.add(forgotten)
 
     def pending_in(self, partitions: Collection[int]) -> bool:
         """Whether a write applied to one of ``partitions`` is not committed yet."""
@@ -210,6 +237,9 @@ class Shard:
     def drop_partition(self, partition: int) -> None:
         """Delete every document and tombstone of ``partition`` from this node's index, durably."""
         writer = self._require_writer()
+        with self._lock:
+            self._recent_count -= len(self._recent.pop(partition, {}))
+            self._incomplete.discard(partition)  # empty once dropped: nothing of it is unknown
         if not self.pending_in((partition,)) and partition not in self._view.held():
             return  # nothing of it here: no commit, and searches keep their searcher (and what they remember of it)
         # By query, not by term: tantivy-py builds an i64 term from a Python int, which misses a u64 field.
@@ -284,6 +314,40 @@ class Shard:
         for doc_id, version in self.held(partition, ids):
             yield self._operation(doc_id, version)
 
+    def versions(self, partition: int, ids: Collection[str] | None = None) -> Iterator[tuple[str, _Held]]:
+        """``(id, (hlc, origin, position, tombstone))`` of each document and tombstone of ``partition`` (or of ``ids``).
+
+        What ``held`` gives, without the sources; the versions of writes committed
+        since the shard opened come from memory, not from the index (all of a
+        partition's, when every write it holds was committed since)."""
+        with self._lock:
+            complete = partition not in self._incomplete
+            if ids is None and not complete:
+                pending, known, wanted = {}, {}, None
+            else:
+                wanted = None if ids is None else set(ids)
+                pending = {
+                    k: v for k, v in self._pending.items() if v.partition == partition and (wanted is None or k in wanted)
+                }
+                bucket = self._recent.get(partition, {})
+                if wanted is None:
+                    known = {k: held for k, held in bucket.items() if k not in pending}
+                else:
+                    known = {k: bucket[k] for k in wanted if k in bucket and k not in pending}
+        if ids is None and not complete:
+            for doc_id, version in self.held(partition):
+                yield doc_id, (version.hlc, version.origin, version.position, version.source is None)
+            return
+        for doc_id, version in pending.items():
+            yield doc_id, (version.hlc, version.origin, version.position, version.source is None)
+        yield from known.items()
+        if wanted is None or complete:
+            return  # every write of the partition is remembered: an id not found has none here
+        rest = wanted.difference(pending, known)
+        if rest:
+            for doc_id, version in self.held(partition, rest):
+                yield doc_id, (version.hlc, version.origin, version.position, version.source is None)
+
     def held(self, partition: int, ids: Collection[str] | None = None) -> Iterator[tuple[str, Version]]:
         """Each document and tombstone of ``partition`` (or those of ``ids``) with its version: pending first, then committed.
 
@@ -335,6 +399,8 @@ def _version(doc: tantivy.Document) -> Version:
     return Version(doc.get_first(HLC), doc.get_first(ORIGIN), position, partition if partition is not None else -1, source)
 
 
+# A committed write's version as the shard remembers it: (hlc, origin, position, tombstone).
+_Held = tuple[int, str, int, bool]
 # A write as apply sorts them: its version, and its lengths as counts[start : start + stride] (stride 0: none).
 # The lengths stay a slice of the batch's one flat list until the document is added.
 _Write = tuple[Version, list[int], int, int]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import tantivy
@@ -15,6 +17,7 @@ from engines.search import operations as ops
 from engines.search.schema import parse_schema
 from engines.search.document_builder import LengthCounter
 from engines.search.engine import SearchEngine
+from engines.search import shard as shard_module
 from engines.search.shard import Shard
 from legion.keyspace import partition_of
 from legion.replication import Operation
@@ -368,3 +371,53 @@ def test_held_for_some_ids_or_most_of_a_partition_is_the_partition_filtered_to_t
         ids = sorted(whole)
         for share in (ids[:1], ids[: len(ids) // 2], ids, [*ids[:2], "absent"]):
             assert dict(shard.held(p, share)) == {k: whole[k] for k in share if k in whole}
+
+
+@pytest.mark.parametrize("remembered_max", [1_000, 30])  # 30: partitions are forgotten too
+def test_versions_remembered_at_commit_are_what_the_index_holds_through_updates_deletes_and_drops(
+    tmp_path, monkeypatch, remembered_max
+):
+    monkeypatch.setattr(shard_module, "RECENT_VERSIONS_MAX", remembered_max)
+    rnd = random.Random(7)
+    shard = _shard(tmp_path)
+    ids = [f"d{i}" for i in range(60)]
+    ids_of = {p: [i for i in ids if partition_of(i, PARTITIONS) == p] for p in range(PARTITIONS)}
+    looked_up: list[str] = []
+    held = shard.held
+
+    def spied(partition: int, wanted=None):
+        looked_up.extend(wanted or ())
+        return held(partition, wanted)
+
+    shard.held = spied
+    written: set[str] = set()
+    hlc = 1
+    for _round in range(12):
+        batch = []
+        for doc_id in rnd.sample(ids, 15):
+            hlc += 1
+            stamp = hlc if rnd.random() < 0.8 else 1  # now and then an older write, which loses
+            batch.append(_delete(doc_id, stamp) if rnd.random() < 0.2 else _index(doc_id, f"text {stamp}", stamp))
+            written.add(doc_id)
+        _apply(shard, batch)
+        if rnd.random() < 0.2:
+            dropped = rnd.randrange(PARTITIONS)
+            shard.drop_partition(dropped)
+            written -= set(ids_of[dropped])
+        shard.commit()
+        looked_up.clear()
+        remembered = {p: dict(shard.versions(p, ids_of[p])) for p in range(PARTITIONS)}
+        every = {p: dict(shard.versions(p)) for p in range(PARTITIONS)}
+        expected = {  # what the index holds, read from it (nothing is pending after the commit)
+            p: {i: (v.hlc, v.origin, v.position, v.source is None) for i, v in held(p, ids_of[p])} for p in range(PARTITIONS)
+        }
+        assert remembered == expected == every
+        assert set().union(*(every[p] for p in range(PARTITIONS))) == written
+        if remembered_max >= len(ids):
+            assert looked_up == []  # a new shard remembers every write it committed: the index is not read
+    directory = shard.directory
+    shard.close()
+    reopened = Shard(directory, "docs", INC, SCHEMA)  # remembers nothing: reads the index
+    for p in range(PARTITIONS):
+        assert dict(reopened.versions(p, ids_of[p])) == dict(reopened.versions(p)) == expected[p]
+    reopened.close()
