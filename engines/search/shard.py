@@ -19,7 +19,9 @@ position)``; per id the newest wins (``operations`` explains versions), and a
 They go into the writer and become visible and durable only at
 ``commit`` (commit + reader reload), which the core calls as ``flush``. Until
 then the versions of what was applied are kept in memory (``pending``), so
-that last-writer-wins decisions and ``get`` see them. Each commit also
+that last-writer-wins decisions and ``get`` see them; once committed, their
+versions (without the sources) stay remembered, up to ``RECENT_VERSIONS_MAX``,
+so that anti-entropy's hash trees (``versions``) need not read them back. Each commit also
 replaces the ``view`` searches use (``scope.SearcherView``: the committed
 searcher and what is known about it). A document is handed to tantivy as
 JSON text when it can be (``document_builder``): tantivy parses it in Rust.
