@@ -172,7 +172,7 @@ def top_hits(
     falls inside a run of tied scores, fetches past the run (up to
     ``TIE_RUN_HITS_MAX`` more hits) so that ties are won by the smallest ids.
     """
-    return _top(searcher, fields, query, partitions, count, scope, counted=False)[0]
+    return counted_top_hits(searcher, fields, query, partitions, count, scope, counted=False)[0]
 
 
 def counted_top_hits(
@@ -182,23 +182,12 @@ def counted_top_hits(
     partitions: Collection[int] | None,
     count: int,
     scope: Scope | None,
+    *,
+    counted: bool = True,
 ) -> tuple[list[LocalHit], int]:
-    """``top_hits``, and how many docs the query matches in the same restriction.
+    """``top_hits``, and how many docs the query matches in the same restriction (0 unless ``counted``).
 
     One tantivy pass collects both (a separate count would walk every match a second time)."""
-    return _top(searcher, fields, query, partitions, count, scope, counted=True)
-
-
-def _top(
-    searcher: tantivy.Searcher,
-    fields: IndexFields,
-    query: tantivy.Query,
-    partitions: Collection[int] | None,
-    count: int,
-    scope: Scope | None,
-    *,
-    counted: bool,
-) -> tuple[list[LocalHit], int]:
     if partitions is not None and not partitions:
         return [], 0
     live = scope.filter if scope is not None else None if partitions is None else live_filter(fields, partitions)
