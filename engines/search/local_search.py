@@ -134,8 +134,11 @@ def _counted(shard: Shard | None, view: SearcherView | None, partitions: list[in
 
 def _round_one(shard: Shard | None, view: SearcherView | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any]:
     """This node's statistics of the partitions it was given, and the stamp they hold under (one view for both)."""
-    stamp = view.stamp(partitions) if view is not None else NO_INDEX_STAMP
-    return {"stats": _counted(shard, view, partitions, query), "stamp": stamp}
+    return {"stats": _counted(shard, view, partitions, query), "stamp": _stamp(view, partitions)}
+
+
+def _stamp(view: SearcherView | None, partitions: list[int]) -> str:
+    return view.stamp(partitions) if view is not None else NO_INDEX_STAMP
 
 
 def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +164,7 @@ def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -
     if stamps is not None:
         if not isinstance(stamps, list) or not all(isinstance(s, str) for s in stamps):
             raise BadRequest("stamps must be a list of strings")
-        if (view.stamp(partitions) if view is not None else NO_INDEX_STAMP) not in stamps:
+        if _stamp(view, partitions) not in stamps:
             return _round_one(shard, view, partitions, query)
     if shard is None or view is None:
         return {"total": 0, "hits": [], "aggs": {}, "ranking": "exact"}

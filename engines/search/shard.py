@@ -219,7 +219,7 @@ class Shard:
                 bucket = recent[version.partition] = {}
             if doc_id not in bucket:
                 self._recent_count += 1
-            bucket[doc_id] = (version.hlc, version.origin, version.position, version.source is None)
+            bucket[doc_id] = _held(version)
         while self._recent_count > RECENT_VERSIONS_MAX and recent:
             forgotten = next(iter(recent))
             self._recent_count -= len(recent.pop(forgotten))
@@ -322,33 +322,23 @@ class Shard:
         What ``held`` gives, without the sources; the versions of writes committed
         since the shard opened come from memory, not from the index (all of a
         partition's, when every write it holds was committed since)."""
+        wanted = None if ids is None else set(ids)
         with self._lock:
             complete = partition not in self._incomplete
-            if ids is None and not complete:
-                pending, known, wanted = {}, {}, None
-            else:
-                wanted = None if ids is None else set(ids)
-                pending = {
-                    k: v for k, v in self._pending.items() if v.partition == partition and (wanted is None or k in wanted)
-                }
+            if wanted is not None or complete:
+                pending = {k: _held(v) for k, v in self._pending.items() if v.partition == partition and (wanted is None or k in wanted)}
                 bucket = self._recent.get(partition, {})
-                if wanted is None:
-                    known = {k: held for k, held in bucket.items() if k not in pending}
-                else:
-                    known = {k: bucket[k] for k in wanted if k in bucket and k not in pending}
-        if ids is None and not complete:
-            for doc_id, version in self.held(partition):
-                yield doc_id, (version.hlc, version.origin, version.position, version.source is None)
+                chosen = bucket if wanted is None else {k: bucket[k] for k in wanted if k in bucket}
+                remembered = {k: held for k, held in chosen.items() if k not in pending}
+        if wanted is None and not complete:  # writes from before the shard opened, or forgotten: only the index knows
+            yield from ((doc_id, _held(version)) for doc_id, version in self.held(partition))
             return
-        for doc_id, version in pending.items():
-            yield doc_id, (version.hlc, version.origin, version.position, version.source is None)
-        yield from known.items()
-        if wanted is None or complete:
-            return  # every write of the partition is remembered: an id not found has none here
-        rest = wanted.difference(pending, known)
+        yield from pending.items()
+        yield from remembered.items()
+        # Of a complete partition, an id neither pending nor remembered has no write here.
+        rest = set() if complete or wanted is None else wanted.difference(pending, remembered)
         if rest:
-            for doc_id, version in self.held(partition, rest):
-                yield doc_id, (version.hlc, version.origin, version.position, version.source is None)
+            yield from ((doc_id, _held(version)) for doc_id, version in self.held(partition, rest))
 
     def held(self, partition: int, ids: Collection[str] | None = None) -> Iterator[tuple[str, Version]]:
         """Each document and tombstone of ``partition`` (or those of ``ids``) with its version: pending first, then committed.
@@ -403,6 +393,12 @@ def _version(doc: tantivy.Document) -> Version:
 
 # A committed write's version as the shard remembers it: (hlc, origin, position, tombstone).
 _Held = tuple[int, str, int, bool]
+
+
+def _held(version: Version) -> _Held:
+    return (version.hlc, version.origin, version.position, version.source is None)
+
+
 # A write as apply sorts them: its version, and its lengths as counts[start : start + stride] (stride 0: none).
 # The lengths stay a slice of the batch's one flat list until the document is added.
 _Write = tuple[Version, list[int], int, int]
