@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +38,50 @@ def test_a_pid_it_did_not_spawn_must_name_the_nodes_data_directory():
     finally:
         other.kill()
         other.wait(timeout=10)
+
+
+def test_a_spawned_process_leads_its_own_group_in_the_callers_session(tmp_path):
+    # Its own group: a Ctrl-C in the terminal (its foreground group) misses it, and signal_group
+    # reaches its helpers. The caller's session: Linux's autogroup scheduler shares the CPU between
+    # sessions first, and a session per node stalled whole nodes for ~200 ms on a busy machine.
+    child = local_processes.spawn(
+        [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"],
+        log_path=tmp_path / "child.log",
+    )
+    try:
+        assert os.getpgid(child.pid) == child.pid != os.getpgid(0)
+        assert os.getsid(child.pid) == os.getsid(0)
+        deadline = time.monotonic() + 10
+        while not (helpers := _children_of(child.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert helpers and all(os.getpgid(pid) == child.pid for pid in helpers)
+        local_processes.signal_group(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in helpers)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
