@@ -267,14 +267,16 @@ async def _stream_ops(request: web.Request, operations: Callable[[], Iterator[Op
         asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=FOLD_STALL_S)
 
     def produce() -> None:
-        for batch in op_batches(operations()):
-            put(msgpack.packb([op.to_wire() for op in batch], use_bin_type=True))
-        put(None)
+        try:
+            for batch in op_batches(operations()):
+                put(msgpack.packb([op.to_wire() for op in batch], use_bin_type=True))
+        finally:
+            put(None)  # also when the fold fails: the loop below would wait for ever
 
     producer = loop.run_in_executor(None, produce)
     while (chunk := await queue.get()) is not None:
         await response.write(chunk)
-    await producer
+    await producer  # a failed fold raises here, and its response is cut short (transport.make_middlewares)
     await response.write_eof()
     return response
 

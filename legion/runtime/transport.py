@@ -162,18 +162,15 @@ def make_middlewares(
                     admit(request)
             response = await handler(request)
             response.headers.setdefault(REQUEST_ID_HEADER, request_id)
-        except LegionError as exc:
-            response = error_response(exc, request_id)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            response = error_response(_from_http_exception(exc), request_id)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
-            err = LegionError("internal error; the node's log has the details", request_id=request_id)
-            response = error_response(err, request_id)
+        except Exception as exc:
+            if request.writer.output_size > 0 or isinstance(exc, web.HTTPException) and exc.status < 400:
+                # Part of a streamed response is sent, so no error response can follow: aiohttp logs
+                # the error and cuts the connection, and the receiver reads an incomplete body, an
+                # error, where an error response after it would leave it waiting for the rest.
+                raise
+            response = error_response(_legion_error(exc, request, request_id), request_id)
         finally:
             REQUEST_ID_CONTEXT.reset(context_token)
         if observe is not None:
@@ -181,6 +178,16 @@ def make_middlewares(
         return response
 
     return [errors]
+
+
+def _legion_error(exc: Exception, request: web.Request, request_id: str) -> LegionError:
+    """What a handler's failure says to the client (a 4xx/5xx ``error_response``)."""
+    if isinstance(exc, LegionError):
+        return exc
+    if isinstance(exc, web.HTTPException):
+        return _from_http_exception(exc)
+    log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
+    return LegionError("internal error; the node's log has the details", request_id=request_id)
 
 
 async def read_chunks(request: web.Request, limit_bytes: int) -> AsyncIterator[bytes]:

@@ -16,9 +16,11 @@ from contextlib import asynccontextmanager
 import aiohttp
 from aiohttp import web
 
-from legion.replication import Operation
-from legion.runtime.replica_sender import ReplicaSender
 from legion.engine import current_request_id
+from legion.errors import Unavailable
+from legion.replication import Operation
+from legion.runtime.http_api import _stream_ops
+from legion.runtime.replica_sender import ReplicaSender
 from legion.runtime.transport import REQUEST_ID_HEADER, PeerClient, make_middlewares
 
 TOKEN = "secret"
@@ -130,3 +132,36 @@ def test_a_replica_sender_started_by_one_request_does_not_tag_later_batches_with
         assert body["recorded"] == [None, None]
 
     run(scenario)
+
+
+def test_a_fold_that_fails_midway_is_an_error_for_the_receiver_not_a_hang_nor_a_shorter_fold():
+    def failing_fold():
+        for n in range(3):
+            yield Operation("kv", 0, b"k%d" % n, n + 1, "n1", "delete")
+        raise OSError("the engine's storage failed")
+
+    async def fold(request: web.Request) -> web.StreamResponse:
+        return await _stream_ops(request, failing_fold)
+
+    async def main() -> None:
+        peers = PeerClient(TOKEN)
+        await peers.start()
+        try:
+            async with serve(lambda app: app.router.add_get("/internal/fold", fold)) as url:
+                received: list[Operation] = []
+
+                async def receive() -> None:
+                    async for batch in peers.stream_ops(url + "/internal/fold", read_timeout_ms=60_000):
+                        received.extend(batch)
+
+                # Before, the sender waited for ever for the end of the fold and the receiver for its next chunk.
+                try:
+                    await asyncio.wait_for(receive(), timeout=20)
+                except Unavailable as exc:
+                    assert "ClientPayloadError" in exc.message
+                else:
+                    raise AssertionError(f"a failed fold ended like a whole one after {len(received)} operations")
+        finally:
+            await peers.close()
+
+    asyncio.run(main())
