@@ -183,7 +183,8 @@ class SearchEngine(Engine):
             parked = store.parked(incarnation)
             if parked:
                 shard.apply([(op, decode(op)) for op in parked])
-                self._unparked.add(incarnation)
+                with self._lock:  # readers copy it from worker threads (_parked)
+                    self._unparked.add(incarnation)
         known = set(self._catalog.created) | set(self._catalog.dropped)
         store.unpark(inc for inc in known if self._catalog.is_dead(inc))
 
@@ -203,8 +204,9 @@ class SearchEngine(Engine):
                 shard.commit()
                 self._commits += 1
         if self._unparked and self._store is not None:
-            self._store.unpark(self._unparked)
-            self._unparked.clear()
+            self._store.unpark(self._unparked)  # only this (the writer) thread changes the set
+            with self._lock:
+                self._unparked.clear()
 
     def drop(self, partition: int) -> None:
         for shard in list(self._shards.values()):
