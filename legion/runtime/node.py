@@ -180,6 +180,7 @@ class Node:
         if self.state is not None:
             self._remember(self.state)
         self.clock = HybridClock(lambda: int(time.time() * 1000))
+        self.clock.advance_to(self.store.clock_high())  # later than every write it logged, whatever its wall clock says
         self.engines: dict[str, Engine] = {
             name: cls(config.data_dir / "engines" / name) for name, cls in sorted(load_engines().items())
         }

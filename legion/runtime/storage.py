@@ -18,7 +18,13 @@ I/O. ``node.sqlite`` in the node's data directory holds:
   A restart replays the log above it. It only moves forward. Log rows at
   or below it are compacted (deleted) in bounded passes (``compact``), in
   the transaction that records it, so a recorded checkpoint never lies below
-  a deleted row; an engine's documents are therefore not kept twice for long.
+  a deleted row; an engine's documents are therefore not kept twice for long;
+- ``clock``: the greatest timestamp of every operation ever logged, raised in
+  the transaction that logs them and kept through compaction. A restarted
+  node starts its clock there (``clock_high``): it may have seen timestamps
+  ahead of its own wall clock (a peer's clock runs fast, within
+  ``CLOCK_DRIFT_MS_MAX``), and a write it stamps after the restart must still
+  be newer than those, or last-writer-wins would let the older write win.
 
 Only the log writer thread writes ``oplog`` and ``checkpoint``; any thread may
 read through its own connection (``reader()``).
@@ -56,9 +62,11 @@ CREATE TABLE IF NOT EXISTS checkpoint (
     engine TEXT NOT NULL, partition INTEGER NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (engine, partition)
 );
+CREATE TABLE IF NOT EXISTS clock (one INTEGER PRIMARY KEY CHECK (one = 1), hlc INTEGER NOT NULL);
 """
 
 INSERT_OP = "INSERT INTO oplog (engine, partition, key, hlc, origin, kind, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
+RAISE_CLOCK = "INSERT INTO clock (one, hlc) VALUES (1, ?) ON CONFLICT (one) DO UPDATE SET hlc = max(hlc, excluded.hlc)"
 _op_row = operator.attrgetter("engine", "partition", "key", "hlc", "origin", "kind", "body")
 
 # The oldest rows of one partition at or below a seq, at most a budget of them:
@@ -124,11 +132,20 @@ class NodeStore:
                     # AUTOINCREMENT gives each insert the greatest seq ever used plus one, and this
                     # connection is the only writer: the transaction's seqs are consecutive.
                     seqs = list(range(last - len(ops) + 1, last + 1))
+                    conn.execute(RAISE_CLOCK, (max(op.hlc for op in ops),))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         return seqs
+
+    def clock_high(self) -> int:
+        """The greatest timestamp of any operation this node ever logged (0 if none)."""
+        conn = self.reader()
+        kept = conn.execute("SELECT hlc FROM clock WHERE one = 1").fetchone()
+        # A log from before the clock table: its rows are all still there.
+        logged = conn.execute("SELECT MAX(hlc) FROM oplog").fetchone()[0] if kept is None else None
+        return max(kept[0] if kept else 0, logged or 0)
 
     def checkpoint(self, engine: str, partition: int) -> int:
         """The partition's recorded checkpoint; 0 if none was ever recorded."""

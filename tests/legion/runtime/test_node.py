@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from legion import clock
 from legion.errors import ConfigError
+from legion.replication import Operation
 from legion.runtime.node import Node, NodeConfig
+from legion.runtime.storage import NodeStore
 
 
 @pytest.mark.parametrize(("mode", "synchronous"), [("fsync", 2), ("async", 1)])
@@ -57,3 +61,19 @@ def test_a_node_remembers_that_its_state_is_in_etcd_and_refuses_to_start_without
 def test_a_node_refuses_a_malformed_metadata_url(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--metadata must be etcd://HOST:PORT"):
         Node(NodeConfig(data_dir=tmp_path, metadata="http://127.0.0.1:2379"))
+
+
+def test_a_restarted_node_stamps_its_writes_after_every_timestamp_it_logged(tmp_path: Path) -> None:
+    # Before it stopped, the node logged a write stamped by a peer whose clock runs 30 s fast
+    # (within CLOCK_DRIFT_MS_MAX). Started again with its clock at its own wall time, it would
+    # stamp an overwrite of that key older than the write it replaces: last-writer-wins would
+    # keep the old value.
+    ahead = clock.pack(int(time.time() * 1000) + 30_000, 7)
+    store = NodeStore(tmp_path)
+    store.append([Operation("kv", 0, b"k", ahead, "n2", "put", b"old")], {})
+    store.close()
+    node = Node(NodeConfig(data_dir=tmp_path))
+    try:
+        assert node.clock.now() > ahead
+    finally:
+        node.store.close()

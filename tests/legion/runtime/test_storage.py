@@ -36,3 +36,30 @@ def test_the_log_s_writer_and_readers_run_with_the_durability_mode_s_setting(tmp
     writer_level = store._writer.execute("PRAGMA synchronous").fetchone()[0]
     assert (SQLITE_SYNCHRONOUS[writer_level], SQLITE_SYNCHRONOUS[reader_level]) == (expected, expected)
     store.close()
+
+
+def test_the_clock_s_high_water_mark_is_every_logged_timestamp_s_greatest_through_compaction_drops_and_reopening(tmp_path):
+    store = NodeStore(tmp_path)
+    assert store.clock_high() == 0
+    store.append([_op(5, 0), _op(9, 1), _op(7, 0)], {})
+    assert store.clock_high() == 1_009
+    store.compact({("kv", 0): 3, ("kv", 1): 3}, [(("kv", 0), 3), (("kv", 1), 3)], 100)
+    store.drop_partition("kv", 1)
+    assert store.ops_after("kv", 0, 0, 10) == [] == store.ops_after("kv", 1, 0, 10)
+    store.append([_op(1, 0)], {})  # an older timestamp does not lower it
+    assert store.clock_high() == 1_009
+    store.close()
+    reopened = NodeStore(tmp_path)
+    assert reopened.clock_high() == 1_009
+    reopened.close()
+
+
+def test_a_log_from_before_the_clock_table_gives_its_greatest_logged_timestamp(tmp_path):
+    store = NodeStore(tmp_path)
+    store.append([_op(3), _op(8), _op(4)], {})
+    store._writer.execute("DROP TABLE clock")
+    store.close()
+    # Reopening creates the table again, empty, as on the first start of this code.
+    reopened = NodeStore(tmp_path)
+    assert reopened.clock_high() == 1_008
+    reopened.close()
