@@ -165,7 +165,9 @@ def make_middlewares(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if request.writer.output_size > 0 or isinstance(exc, web.HTTPException) and exc.status < 400:
+            if isinstance(exc, web.HTTPException) and exc.status < 400:
+                raise  # a redirect: aiohttp's to send
+            if request.writer.output_size > 0:
                 # Part of a streamed response is sent, so no error response can follow: aiohttp logs
                 # the error and cuts the connection, and the receiver reads an incomplete body, an
                 # error, where an error response after it would leave it waiting for the rest.
