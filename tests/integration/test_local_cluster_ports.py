@@ -9,7 +9,9 @@ node moves, they are started again to join it at its new port.
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,37 @@ def squatted_port() -> socket.socket:
     squatter.bind((ports.HOST, 0))
     squatter.listen()
     return squatter
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_error(404)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        pass
+
+
+def test_up_moves_a_node_whose_port_another_http_server_took_before_it_binds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # Seen when a Dask process's HTTP server (bound to port 0) got the port chosen for n1 and
+    # answered its health check with 404: up failed with "no such resource".
+    directory = tmp_path / "cluster"
+    chosen = ports.choose_ports
+    messages: list[str] = []
+    server = http.server.ThreadingHTTPServer((ports.HOST, 0), _NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        taken = server.server_address[1]
+        monkeypatch.setattr(ports, "choose_ports", lambda count, base: [taken, *chosen(count - 1, base)])
+        cluster_processes.up(directory, nodes=2, partitions=8, base_port=0, timeout_s=120, progress=messages.append, options=NO_DASK)
+        assert ports.port_of(cluster_processes.load(directory)["nodes"][0]["url"]) != taken
+        assert any("port taken before n1" in m for m in messages)
+        with Client.connect(directory) as client:
+            assert {m["id"]: m["status"] for m in client.status()["members"]} == {"n1": "up", "n2": "up"}
+    finally:
+        server.shutdown()
+        server.server_close()
+        cluster_processes.down(directory)
 
 
 def test_up_and_add_node_move_a_node_whose_port_is_taken_before_it_binds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from legion.client import Client
-from legion.errors import DeadlineExceeded, Unavailable
+from legion.errors import DeadlineExceeded, LegionError, Unavailable
 from legion.node_figures import sample_sum
 from legion.runtime.local_cluster import directory as cluster_directory, processes
 from legion.runtime.local_cluster.processes import POLL_INTERVAL_S
@@ -22,8 +22,14 @@ LIVENESS_CHECK_INTERVAL_S = 1.0
 
 
 def wait_healthy(directory: Path, node: dict[str, Any], deadline: float, timeout_s: float) -> None:
-    """Wait until the node answers ``/v1/health``; ConfigError with its log if it dies first."""
+    """Wait until the node answers ``/v1/health``; ConfigError with its log if it dies first.
+
+    Another server may answer at the node's address before the node binds it: one that took the
+    port after it was chosen (a Dask process's HTTP server answers 404, another cluster's node
+    401). That is not the node, which will fail to bind, and the caller then moves it; so such
+    an answer is waited past like no answer, and named if the wait times out."""
     with cluster_directory.client(directory, [node]) as client:
+        foreign: LegionError | None = None
         while True:
             if not processes.is_running(node):
                 raise processes.exited_error(node, f"node {node['id']}")
@@ -32,9 +38,12 @@ def wait_healthy(directory: Path, node: dict[str, Any], deadline: float, timeout
                 return
             except Unavailable:
                 pass
+            except LegionError as exc:
+                foreign = exc
             if time.monotonic() >= deadline:
+                instead = f"; another server answers there ({foreign.message})" if foreign is not None else ""
                 raise DeadlineExceeded(
-                    f"node {node['id']} did not answer at {node['url']} within {timeout_s:g}s; see {node['log']}"
+                    f"node {node['id']} did not answer at {node['url']} within {timeout_s:g}s{instead}; see {node['log']}"
                 )
             time.sleep(POLL_INTERVAL_S)
 
