@@ -119,7 +119,6 @@ class SearchApi:
     def __init__(self, engine: SearchEngine) -> None:
         self.engine = engine
         self._schemas: dict[str, IndexSchema] = {}
-        self._remembered = engine.remembered  # round-1 statistics of recent queries, while the nodes' searchers last
 
     def schema(self, found: dict[str, Any]) -> IndexSchema:
         """The parsed schema of a live incarnation (``describe``'s answer), parsed once per incarnation."""
@@ -315,14 +314,14 @@ class SearchApi:
     ) -> list[dict[str, Any]] | None:
         """The nodes' answers in one round, scored with the statistics remembered for ``q``; None when
         there are none, or when a node's searcher changed since they were counted (``stats_cache``)."""
-        remembered = self._remembered.get(index, incarnation, q)
+        remembered = self.engine.remembered.get(index, incarnation, q)
         if remembered is None:
             return None
         request = {**search, "stats": remembered.stats, "stamps": list(remembered.stamps)}
         result = await cluster.coverage(ENGINE_NAME, request, prefer=remembered.served_by, allow_partial=True)
         stale = any("stats" in reply.value for reply in result.replies)
         if stale or result.missing or not remembered.same_plan(result.served_by):
-            self._remembered.forget(index, incarnation, q)
+            self.engine.remembered.forget(index, incarnation, q)
             return None
         return [reply.value for reply in result.replies]
 
@@ -339,7 +338,7 @@ class SearchApi:
         stats = ranking.merge_stats(ranking.CollectionStats.from_wire(value["stats"]) for value in counted).to_wire()
         if not first.missing and all("stamp" in value for value in counted):
             stamps = tuple(str(value["stamp"]) for value in counted)
-            self._remembered.put(index, incarnation, q, RememberedStats(stats, stamps, dict(first.served_by)))
+            self.engine.remembered.put(index, incarnation, q, RememberedStats(stats, stamps, dict(first.served_by)))
         second = await cluster.coverage(
             ENGINE_NAME, {**search, "stats": stats}, partitions=sorted(first.served_by), prefer=first.served_by, allow_partial=True
         )

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
+import psutil
 import pytest
 
 from legion.runtime.local_cluster import processes as local_processes
+from tests.legion.runtime.test_sidecar import is_alive, wait_until
 
 
 def test_a_child_it_spawned_is_running_while_poll_says_so_whatever_proc_shows(monkeypatch: pytest.MonkeyPatch):
@@ -51,37 +51,12 @@ def test_a_spawned_process_leads_its_own_group_in_the_callers_session(tmp_path):
     try:
         assert os.getpgid(child.pid) == child.pid != os.getpgid(0)
         assert os.getsid(child.pid) == os.getsid(0)
-        deadline = time.monotonic() + 10
-        while not (helpers := _children_of(child.pid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert helpers and all(os.getpgid(pid) == child.pid for pid in helpers)
+        helpers = wait_until(lambda: [c.pid for c in psutil.Process(child.pid).children()], "the helper to start")
+        assert all(os.getpgid(pid) == child.pid for pid in helpers)
         local_processes.signal_group(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(_alive(pid) for pid in helpers)
+        wait_until(lambda: not any(is_alive(pid) for pid in helpers), "the helper to die with its group")
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait(timeout=10)
-
-
-def _children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
