@@ -5,7 +5,10 @@ the index and re-exports the field names defined here.
 
 Every document carries the engine's own fields next to the user's:
 
-- ``_id``        the document id (raw, stored): updates and deletes find it by this term;
+- the id field   the schema's own ``id_field`` (a keyword, so indexed raw),
+                 stored by tantivy: updates and deletes find a document by its
+                 term, and hits read the id from the document store. A
+                 tombstone carries it too;
 - ``_partition`` u64, indexed and fast: queries filter on the partitions a
                  coverage plan assigned, a handoff folds one partition out,
                  dropping a partition deletes by it;
@@ -16,11 +19,16 @@ Every document carries the engine's own fields next to the user's:
                  document (``operations`` explains versions; ``_pos`` only when not 0);
 - ``_source``    the document as it was indexed (JSON bytes), for handoff, for
                  returning the document and for its snippets: the only stored
-                 copy of the user's fields (``shard.tantivy_schema``);
+                 copy of the user's fields but the id (``shard.tantivy_schema``);
 - ``_len_<f>``   u64 fast: how many tokens tantivy indexed for field ``f`` in this
-                 document (one per value for untokenized fields). Round 1 of a
-                 search sums them, so BM25's average field length can be the
-                 whole plan's rather than this node's (``query_compile``).
+                 document. Round 1 of a search sums them, so BM25's average field
+                 length can be the whole plan's rather than this node's
+                 (``query_compile``). Only for the fields whose token total
+                 nothing else gives (``length_fields``): a field that makes one
+                 token per value and has a fast column is counted by that
+                 column (``counted_fields``), and the id field has one token in
+                 every document. Each ``_len_`` field costs tantivy about half a
+                 microsecond per document at ingest, on every replica.
 
 Two ways to build one, with the same result:
 
@@ -30,7 +38,8 @@ Two ways to build one, with the same result:
   operation carries its lengths (``LengthCounter``, counted once by the
   coordinator) and every field of the schema is text, keyword, i64, u64, f64
   or bool, whose JSON values tantivy reads exactly as the per-field path adds
-  them (dates and json objects always take the per-field path);
+  them (dates and json objects always take the per-field path). The id is
+  the source's own id field, which the coordinator checked is the document's id;
 - ``DocumentBuilder.document``: a ``tantivy.Document`` built field by field
   from the parsed source, counting the lengths itself; for everything else,
   and whenever tantivy refuses the JSON text (a value it reads differently,
@@ -43,7 +52,6 @@ from __future__ import annotations
 import binascii
 import json
 import logging
-from json.encoder import encode_basestring_ascii
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -53,11 +61,12 @@ from engines.search.query_compile import DEFAULT_TOKEN_CHARS_MAX, default_text_a
 from engines.search.schema import FieldSpec, IndexSchema, parse_date
 log = logging.getLogger(__name__)
 
-ID, PARTITION, DELETED, HLC, ORIGIN, POSITION, SOURCE = (
-    "_id", "_partition", "_deleted", "_hlc", "_origin", "_pos", "_source"
-)  # fmt: skip
+PARTITION, DELETED, HLC, ORIGIN, POSITION, SOURCE = "_partition", "_deleted", "_hlc", "_origin", "_pos", "_source"
 LENGTH_PREFIX = "_len_"
-INTERNAL_FIELDS = (ID, PARTITION, DELETED, HLC, ORIGIN, POSITION, SOURCE)
+INTERNAL_FIELDS = (PARTITION, DELETED, HLC, ORIGIN, POSITION, SOURCE)
+# The engine's id field before the schema's own id field took its place: only an index of that
+# layout has it (``shard`` rebuilds such an index), and no schema may name a field so.
+LEGACY_ID = "_id"
 # Field types whose JSON values tantivy's add_json reads exactly as the per-field path adds them.
 JSON_TEXT_TYPES = frozenset({"text", "keyword", "i64", "u64", "f64", "bool"})
 
@@ -78,8 +87,27 @@ class Version(NamedTuple):
 
 
 def length_fields(schema: IndexSchema) -> dict[str, str]:
-    """Every field a query can score (indexed, not json) → the fast field holding its token counts."""
-    return {f.name: LENGTH_PREFIX + f.name for f in schema.fields if f.indexed and f.type != "json"}
+    """Each field a query can score (indexed, not json) whose token total only a ``_len_`` field gives → that field."""
+    counted = counted_fields(schema)
+    return {
+        f.name: LENGTH_PREFIX + f.name
+        for f in schema.fields
+        if f.indexed and f.type != "json" and f.name != schema.id_field and f.name not in counted
+    }
+
+
+def counted_fields(schema: IndexSchema) -> frozenset[str]:
+    """The fields a query can score whose token total is the value count of their own fast column.
+
+    A field that makes one token per value (a keyword, a number, a bool, a date,
+    text with the ``raw`` tokenizer) has as many tokens in a document as values;
+    when it is fast, its column holds each of them, and tantivy's ``value_count``
+    aggregation counts them over any set of documents."""
+    return frozenset(
+        f.name
+        for f in schema.fields
+        if f.indexed and f.fast and f.type != "json" and f.name != schema.id_field and analyzer(f) is None
+    )
 
 
 def analyzer(spec: FieldSpec) -> tantivy.TextAnalyzer | None:
@@ -148,12 +176,13 @@ class DocumentBuilder:
         self.index_name = index_name
         self.tantivy_schema = tantivy_schema
         self._specs = {spec.name: spec for spec in schema.fields}
+        self._id_field = schema.id_field
         self._count_lengths = LengthCounter(schema)
         self._length_names = list(length_fields(schema).values())
         # The source's bytes without its closing brace, then the engine's fields and the lengths
         # (in LengthCounter order): one %-format in C per document, decoded once; _pos only when not 0.
         lengths = "".join(f',"{name}":%d' for name in self._length_names)
-        head = f'%b,"{ID}":%b,"{PARTITION}":%d,"{DELETED}":0,"{HLC}":%d,"{ORIGIN}":%b'
+        head = f'%b,"{PARTITION}":%d,"{DELETED}":0,"{HLC}":%d,"{ORIGIN}":%b'
         tail = f',"{SOURCE}":"%b"{lengths}}}'
         self._json_formats = ((head + tail).encode(), (head + f',"{POSITION}":%d' + tail).encode())
         self.json_text_ok = all(spec.type in JSON_TEXT_TYPES for spec in schema.fields)
@@ -170,14 +199,13 @@ class DocumentBuilder:
         if quoted_origin is None:
             quoted_origin = self._origins[origin] = json.dumps(origin).encode()
         encoded = binascii.b2a_base64(source, newline=False)  # tantivy reads bytes as base64
-        quoted_id = encode_basestring_ascii(doc_id).encode()  # what json.dumps(doc_id) returns, without its overhead
         try:
             # %d takes integers only, so a count that is no count cannot inject JSON; one that is
             # negative or too large makes tantivy refuse the text, and the per-field path counts.
             if position:
-                text = self._json_formats[1] % (source[:-1], quoted_id, partition, hlc, quoted_origin, position, encoded, *lengths)
+                text = self._json_formats[1] % (source[:-1], partition, hlc, quoted_origin, position, encoded, *lengths)
             else:
-                text = self._json_formats[0] % (source[:-1], quoted_id, partition, hlc, quoted_origin, encoded, *lengths)
+                text = self._json_formats[0] % (source[:-1], partition, hlc, quoted_origin, encoded, *lengths)
             return text.decode("utf-8")
         except (TypeError, UnicodeDecodeError):  # not UTF-8 (nor a source the coordinator wrote): the other path
             return None
@@ -186,7 +214,7 @@ class DocumentBuilder:
         """The document built field by field (a tombstone when its source is None)."""
         source = version.source
         doc = tantivy.Document()
-        doc.add_text(ID, doc_id)
+        doc.add_text(self._id_field, doc_id)
         doc.add_unsigned(PARTITION, version.partition)
         doc.add_unsigned(DELETED, 1 if source is None else 0)
         doc.add_unsigned(HLC, version.hlc)
@@ -214,8 +242,8 @@ class DocumentBuilder:
                 doc.add_unsigned(name, count)
         for name, value in counted.items():
             spec = self._specs.get(name)
-            if spec is None:
-                continue  # the coordinator checked the document against this schema; nothing else gets here
+            if spec is None or name == self._id_field:
+                continue  # the coordinator checked the document against this schema; the id is added above
             for item in value if isinstance(value, list) and spec.type != "json" else [value]:
                 try:
                     _add_value(doc, spec, item)

@@ -11,7 +11,7 @@ will compute from the node's index into the idf of the whole plan.
 Integration, in call order::
 
     fields = IndexFields(schema, names=(...every field, in the order added...),
-                         length_fields={"title": "_len_title", ...})
+                         length_fields={"title": "_len_title", ...}, counted_fields={"kind"}, ...)
 
     # coordinator, before round 1 (BadRequest if the query is bad)
     parsed = parse_query(index, fields, text, default_fields)
@@ -52,13 +52,17 @@ How exact (``ParsedQuery.ranking``):
   is not used. ``ParsedQuery.reason`` says why.
 
 What the index must hold (the storage module's side of the contract): the
-fields named by ``IndexFields`` — ``_id`` (raw text, stored), ``_partition``
-(u64, indexed), ``_deleted`` (u64, indexed: 1 for a tombstone) — on *every*
-doc, tombstones included: the node's ``max_doc``, the N tantivy's own idf
-uses, is read as ``doc_freq(_deleted, 0) + doc_freq(_deleted, 1)``. For
-``exact`` ranking, each scored field ``f`` also has a u64 fast field (e.g.
-``_len_f``) holding the tokens tantivy indexed for ``f`` in that doc
-(``field_length`` computes it at ingest; 0 or absent on tombstones).
+fields named by ``IndexFields`` — the id field (raw text, indexed and
+stored), ``_partition`` (u64, indexed), ``_deleted`` (u64, indexed: 1 for a
+tombstone) — on *every* doc, tombstones included: the node's ``max_doc``,
+the N tantivy's own idf uses, is read as ``doc_freq(_deleted, 0) +
+doc_freq(_deleted, 1)``. For ``exact`` ranking, round 1 must be able to
+total the tokens tantivy indexed for each scored field ``f`` over any set of
+documents (``IndexFields.tokens_known``): from a u64 fast field (e.g.
+``_len_f``) holding each doc's count (``field_length`` computes it at ingest;
+0 or absent on tombstones); from ``f``'s own fast column, when ``f`` makes
+one token per value (``counted_fields``); or as the document count, for a
+field with one token in every document (``one_per_doc``: the id).
 
 Imports tantivy; turns its ``ValueError`` s on user input into
 ``legion.errors.BadRequest``. Reads the index and searcher it is handed,
@@ -116,9 +120,15 @@ class IndexFields:
     schema: tantivy.Schema
     names: tuple[str, ...]  # every field, in the order the schema builder added them (id = position)
     length_fields: Mapping[str, str] = field(default_factory=dict)  # field → u64 fast field of its token counts
-    id_field: str = "_id"
+    id_field: str = "_id"  # raw text, indexed and stored: the document's id
     partition_field: str = "_partition"
     deleted_field: str = "_deleted"
+    counted_fields: frozenset[str] = frozenset()  # fields whose tokens are the values in their own fast column
+    one_per_doc: frozenset[str] = frozenset()  # fields with exactly one token in every live document (the id)
+
+    def tokens_known(self, name: str) -> bool:
+        """Whether round 1 can total the tokens of field ``name`` over any set of documents."""
+        return name in self.length_fields or name in self.counted_fields or name in self.one_per_doc
 
     def name(self, field_id: int) -> str:
         """The name of the field with id ``field_id``."""
@@ -171,7 +181,7 @@ def parse_query(
         return ParsedQuery(text, original, tree, RANKING_LOCAL, reason, StatsRequest())
     keys = tuple(dict.fromkeys(term_key(fields, term) for term in qt.scoring_terms(tree)))
     scored = tuple(dict.fromkeys(_leaf_field(fields, leaf) for leaf in qt.scoring_leaves(tree)))
-    missing = [name for name in scored if name not in fields.length_fields]
+    missing = [name for name in scored if not fields.tokens_known(name)]
     if missing:
         reason = f"no length field for {', '.join(missing)}: average field lengths stay each node's own"
         return ParsedQuery(text, original, tree, RANKING_GLOBAL_IDF, reason, StatsRequest(keys))
@@ -300,7 +310,7 @@ def local_stats(
         if view is not None:
             stats.field_tokens = view.token_totals(partitions, request.fields)
         else:
-            stats.field_tokens = token_totals(searcher, fields, request.fields, live)
+            stats.field_tokens = token_totals(searcher, fields, request.fields, live, stats.doc_count)
     return stats
 
 
@@ -308,14 +318,26 @@ def _count(searcher: tantivy.Searcher, query: tantivy.Query) -> int:
     return searcher.search(query, limit=1, count=True).count  # limit=0 panics in tantivy
 
 
-def token_totals(searcher: tantivy.Searcher, fields: IndexFields, names: Sequence[str], live: tantivy.Query) -> dict[str, int]:
-    """The tokens of each field of ``names`` in the documents ``live`` matches (sums of their length fields)."""
-    unknown = [name for name in names if name not in fields.length_fields]
+def token_totals(
+    searcher: tantivy.Searcher, fields: IndexFields, names: Sequence[str], live: tantivy.Query, doc_count: int
+) -> dict[str, int]:
+    """The tokens of each field of ``names`` in the ``doc_count`` documents ``live`` matches.
+
+    A length field's counts are summed; a counted field's values are counted in
+    its fast column; a field with one token per document has ``doc_count``."""
+    unknown = [name for name in names if not fields.tokens_known(name)]
     if unknown:
         raise BadRequest(f"no length field for {', '.join(unknown)} in this index")
-    aggregation = {f"f{i}": {"sum": {"field": fields.length_fields[name]}} for i, name in enumerate(names)}
-    result = searcher.aggregate(live, aggregation)
-    return {name: int(result[f"f{i}"]["value"] or 0) for i, name in enumerate(names)}
+    aggregation: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        if name in fields.length_fields:
+            aggregation[f"f{i}"] = {"sum": {"field": fields.length_fields[name]}}
+        elif name in fields.counted_fields:
+            aggregation[f"f{i}"] = {"value_count": {"field": name}}
+    result = searcher.aggregate(live, aggregation) if aggregation else {}
+    return {
+        name: doc_count if f"f{i}" not in aggregation else int(result[f"f{i}"]["value"] or 0) for i, name in enumerate(names)
+    }
 
 
 def _key_query(fields: IndexFields, key: TermKey) -> tantivy.Query:

@@ -107,7 +107,7 @@ class SearcherView:
         if found is None:
             scope = self.scope(key[0])
             everything = scope.filter if scope.filter is not None else tantivy.Query.all_query()
-            found = token_totals(self.searcher, self.fields, names, everything)
+            found = token_totals(self.searcher, self.fields, names, everything, scope.doc_count)
             with self._lock:
                 if len(self._tokens) < MEMO_ENTRIES_MAX:
                     self._tokens[key] = found

@@ -42,14 +42,15 @@ import tantivy
 from engines.search.document_builder import (
     DELETED,
     HLC,
-    ID,
     INTERNAL_FIELDS,
+    LEGACY_ID,
     ORIGIN,
     PARTITION,
     POSITION,
     SOURCE,
     DocumentBuilder,
     Version,
+    counted_fields,
     length_fields,
 )
 from engines.search.operations import (
@@ -82,20 +83,30 @@ def index_fields(schema: IndexSchema) -> IndexFields:
     """What ``query_compile`` must know of an index: every field in the order ``tantivy_schema`` adds them."""
     lengths = length_fields(schema)
     names = (*(f.name for f in schema.fields), *INTERNAL_FIELDS, *lengths.values())
-    return IndexFields(tantivy_schema(schema), names, lengths, ID, PARTITION, DELETED)
+    return IndexFields(
+        tantivy_schema(schema),
+        names,
+        lengths,
+        id_field=schema.id_field,
+        partition_field=PARTITION,
+        deleted_field=DELETED,
+        counted_fields=counted_fields(schema),
+        one_per_doc=frozenset({schema.id_field}),
+    )
 
 
 def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
     """The tantivy schema of an index: the user's fields, then the engine's own, then the length fields.
 
-    tantivy stores none of the user's fields: ``_source`` holds the whole
-    document, and is what a hit returns (its ``stored`` fields) and what
+    tantivy stores none of the user's fields but the id: ``_source`` holds the
+    whole document, and is what a hit returns (its ``stored`` fields) and what
     snippets are cut from, so a second copy, field by field, would only double
-    the document store that every indexed document is compressed into."""
+    the document store that every indexed document is compressed into. The id
+    is stored on its own because searches, folds and version lookups read it
+    from every document they load, and ``_source`` would have to be parsed for it."""
     builder = tantivy.SchemaBuilder()
     for spec in schema.fields:
-        _add_field(builder, spec)
-    builder.add_text_field(ID, stored=True, tokenizer_name="raw")
+        _add_field(builder, spec, stored=spec.name == schema.id_field)
     builder.add_unsigned_field(PARTITION, stored=True, indexed=True, fast=True)
     builder.add_unsigned_field(DELETED, indexed=True, fast=True)
     builder.add_unsigned_field(HLC, stored=True)
@@ -107,8 +118,8 @@ def tantivy_schema(schema: IndexSchema) -> tantivy.Schema:
     return builder.build()
 
 
-def _add_field(builder: tantivy.SchemaBuilder, spec: FieldSpec) -> None:
-    name, stored, indexed, fast = spec.name, False, spec.indexed, spec.fast  # stored: see tantivy_schema
+def _add_field(builder: tantivy.SchemaBuilder, spec: FieldSpec, stored: bool) -> None:
+    name, indexed, fast = spec.name, spec.indexed, spec.fast
     if spec.type == "text":
         builder.add_text_field(name, stored=stored, fast=fast, tokenizer_name=spec.tokenizer)
     elif spec.type == "keyword":
@@ -133,19 +144,15 @@ class Shard:
     """The tantivy index of one incarnation of a search index on this node."""
 
     def __init__(self, directory: Path, index: str, incarnation: str, schema: IndexSchema) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.index_name = index
         self.incarnation = incarnation
         self.schema = schema
         self.fields = index_fields(schema)
         self.tantivy_schema = self.fields.schema
-        try:
-            self.index = tantivy.Index(self.tantivy_schema, path=str(directory))
-        except ValueError:
-            # An index an earlier version created, with the user's fields stored too: nothing reads
-            # them (see tantivy_schema), so it is opened as it is; the field numbers are the same.
-            self.index = tantivy.Index.open(str(directory))
+        self._id = schema.id_field
+        self._builder = DocumentBuilder(index, schema, self.tantivy_schema)
+        self.index = self._open_index()
         self._writer: tantivy.IndexWriter | None = self.index.writer(WRITER_HEAP_BYTES, WRITER_THREADS)
         self._pending: dict[str, Version] = {}
         # Per partition, id → (hlc, origin, position, tombstone) of writes committed since the shard opened,
@@ -156,11 +163,62 @@ class Shard:
         # opened (or since their last drop), and none was forgotten.
         self._incomplete: set[int] = set()
         self._lock = threading.Lock()  # guards _pending and _recent between the writer thread and readers
-        self._builder = DocumentBuilder(index, schema, self.tantivy_schema)
         self.index.reload()
         self._view = SearcherView(self.index.searcher(), self.fields)
         self._incomplete.update(self._view.held())
         self.reloads = 0  # searcher reloads since the shard opened (for the engine's metrics)
+
+    def _open_index(self) -> tantivy.Index:
+        """The index in ``directory``, created if there is none, rebuilt in this layout if it has another."""
+        directory = self.directory
+        rebuilding, legacy = _rebuild_paths(directory)
+        if legacy.exists():  # a rebuild stopped while it swapped directories
+            if directory.exists():
+                shutil.rmtree(legacy)
+            else:
+                legacy.rename(directory)
+        if rebuilding.exists():  # a rebuild stopped before its swap: start it again
+            shutil.rmtree(rebuilding)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return tantivy.Index(self.tantivy_schema, path=str(directory))
+        except ValueError:
+            pass  # tantivy refuses a schema other than the index's own: an index an earlier version laid out
+        self._rebuild(tantivy.Index.open(str(directory)), rebuilding)
+        directory.rename(legacy)
+        rebuilding.rename(directory)
+        shutil.rmtree(legacy)
+        return tantivy.Index(self.tantivy_schema, path=str(directory))
+
+    def _rebuild(self, old: tantivy.Index, into: Path) -> None:
+        """Index every document and tombstone of ``old`` (an earlier layout) in this layout, in ``into``.
+
+        Earlier layouts differ in the fields derived from the source (the id
+        field, ``_id``, the ``_len_`` fields, stored copies of user fields); the
+        version fields, ``_partition`` and ``_source`` are the same, and all a
+        document is rebuilt from."""
+        old.reload()
+        searcher = old.searcher()
+        into.mkdir(parents=True)
+        fresh = tantivy.Index(self.tantivy_schema, path=str(into))
+        writer = fresh.writer(WRITER_HEAP_BYTES, WRITER_THREADS)
+        rebuilt = 0
+        for partition in SearcherView(searcher, self.fields).held():
+            query = tantivy.Query.term_query(old.schema, PARTITION, partition)  # field ids are the old schema's
+            total = searcher.search(query, limit=1, count=True).count
+            for _score, address in searcher.search(query, limit=max(total, 1), count=False).hits:
+                doc = searcher.doc(address)
+                doc_id = doc.get_first(LEGACY_ID)
+                if doc_id is None:
+                    doc_id = doc.get_first(self._id)
+                if not isinstance(doc_id, str):
+                    log.warning("search index %s: a document without an id left out of the rebuilt index", self.index_name)
+                    continue
+                writer.add_document(self._builder.document(doc_id, _version(doc)))
+                rebuilt += 1
+        writer.commit()
+        writer.wait_merging_threads()
+        log.info("search index %s: %d documents and tombstones re-indexed in this version's layout", self.index_name, rebuilt)
 
     # --- the writer thread ----------------------------------------------------
 
@@ -176,7 +234,7 @@ class Shard:
                 if held is not None:
                     if held >= version.order:
                         continue
-                    writer.delete_documents_by_term(ID, doc_id)
+                    writer.delete_documents_by_term(self._id, doc_id)
                 self._add(writer, doc_id, version, counts[start : start + stride] if stride else None)
                 applied[doc_id] = version
         finally:
@@ -281,13 +339,13 @@ class Shard:
         searcher = self.index.searcher()
         if not searcher.num_docs:
             return out
-        doc_freq = searcher.doc_freq
-        lookup = [doc_id for doc_id in ids if doc_id not in out and doc_freq(ID, doc_id)]
+        doc_freq, id_field = searcher.doc_freq, self._id
+        lookup = [doc_id for doc_id in ids if doc_id not in out and doc_freq(id_field, doc_id)]
         if lookup:
-            query = tantivy.Query.term_set_query(self.tantivy_schema, ID, lookup)
+            query = tantivy.Query.term_set_query(self.tantivy_schema, id_field, lookup)
             for _score, address in searcher.search(query, limit=len(lookup), count=False).hits:
                 doc = searcher.doc(address)
-                out[doc.get_first(ID)] = (doc.get_first(HLC), doc.get_first(ORIGIN), doc.get_first(POSITION) or 0)
+                out[doc.get_first(id_field)] = (doc.get_first(HLC), doc.get_first(ORIGIN), doc.get_first(POSITION) or 0)
         return out
 
     # --- worker threads -------------------------------------------------------
@@ -306,7 +364,7 @@ class Shard:
         if pending is not None:
             return pending
         searcher = self.index.searcher()
-        hits = searcher.search(tantivy.Query.term_query(self.tantivy_schema, ID, doc_id), limit=1, count=False).hits
+        hits = searcher.search(tantivy.Query.term_query(self.tantivy_schema, self._id, doc_id), limit=1, count=False).hits
         if not hits:
             return None
         return _version(searcher.doc(hits[0][1]))
@@ -363,11 +421,11 @@ class Shard:
             return
         pick = wanted is not None and len(wanted) * ID_LOOKUP_DOCS < total
         if pick:
-            by_id = tantivy.Query.term_set_query(self.tantivy_schema, ID, sorted(wanted))
+            by_id = tantivy.Query.term_set_query(self.tantivy_schema, self._id, sorted(wanted))
             query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), (tantivy.Occur.Must, by_id)])
         for _score, address in searcher.search(query, limit=total, count=False).hits:
             doc = searcher.doc(address)
-            doc_id = doc.get_first(ID)
+            doc_id = doc.get_first(self._id)
             if doc_id not in pending and (wanted is None or pick or doc_id in wanted):
                 yield doc_id, _version(doc)
 
@@ -382,6 +440,11 @@ class Shard:
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.directory.iterdir() if f.is_file())
+
+
+def _rebuild_paths(directory: Path) -> tuple[Path, Path]:
+    """Where a rebuild writes the new index, and where the old one waits while the two are swapped."""
+    return directory.with_name(directory.name + ".rebuilding"), directory.with_name(directory.name + ".legacy")
 
 
 def _version(doc: tantivy.Document) -> Version:

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from engines.search import corpus
 from engines.search import operations as ops
-from engines.search.document_builder import DocumentBuilder, LengthCounter, Version, default_token_count, length_fields
+from engines.search.document_builder import (
+    DocumentBuilder,
+    LengthCounter,
+    Version,
+    counted_fields,
+    default_token_count,
+    length_fields,
+)
 from engines.search.query_compile import default_text_analyzer
 from engines.search.schema import parse_schema
 from engines.search.shard import Shard
@@ -49,7 +56,7 @@ def _stored(shard: Shard) -> dict[str, dict]:
     out = {}
     for _score, address in hits:
         doc = searcher.doc(address).to_dict()
-        out[doc["_id"][0]] = {name: sorted(values, key=repr) for name, values in doc.items()}
+        out[doc["id"][0]] = {name: sorted(values, key=repr) for name, values in doc.items()}
     return out
 
 
@@ -66,17 +73,40 @@ def test_both_paths_store_score_and_count_lengths_alike(tmp_path):
         for shard in (fast, slow):
             parsed = shard.index.parse_query(query, ["title", "body"])
             found = shard.searcher().search(parsed, limit=10).hits
-            hits.append([(score, shard.searcher().doc(address).get_first("_id")) for score, address in found])
+            hits.append([(score, shard.searcher().doc(address).get_first("id")) for score, address in found])
         assert hits[0] == hits[1], query
     fast.close()
     slow.close()
 
 
 def test_the_length_counter_counts_tokens_per_value_and_one_per_untokenized_value():
-    counter = LengthCounter(SCHEMA)
-    names = list(length_fields(SCHEMA))
-    counted = dict(zip(names, counter({"id": "a", "title": "json.decoder JSONDecoder", "body": ["one two", "three"], "kind": "x"})))
-    assert counted == {"id": 1, "title": 3, "body": 3, "module": 0, "kind": 1, "lines": 0, "size": 0}
+    schema = parse_schema(
+        {"fields": {"id": {"type": "keyword"}, "title": {"type": "text"}, "body": {"type": "text"}, "tag": {"type": "keyword"}, "n": {"type": "i64"}}}
+    )
+    counter = LengthCounter(schema)
+    names = list(length_fields(schema))
+    counted = dict(zip(names, counter({"id": "a", "title": "json.decoder JSONDecoder", "body": ["one two", "three"], "tag": ["x", "y"]})))
+    assert counted == {"title": 3, "body": 3, "tag": 2, "n": 0}
+
+
+def test_only_fields_whose_tokens_nothing_else_totals_get_a_length_field():
+    schema = parse_schema(
+        {
+            "fields": {
+                "id": {"type": "keyword"},  # one token in every document: the document count
+                "title": {"type": "text"},  # tokenized: only a length field knows
+                "raw": {"type": "text", "tokenizer": "raw", "fast": True},  # one token per value, in a fast column
+                "tag": {"type": "keyword", "fast": True},
+                "section": {"type": "keyword"},  # one per value, but no column to count them in
+                "n": {"type": "i64", "fast": True},
+                "attrs": {"type": "json"},  # never scored with global lengths
+                "hidden": {"type": "keyword", "indexed": False, "fast": True},  # never scored
+            }
+        }
+    )
+    assert set(length_fields(schema)) == {"title", "section"}
+    assert counted_fields(schema) == {"raw", "tag", "n"}
+    assert set(length_fields(SCHEMA)) == {"title", "body"}
 
 
 @pytest.mark.parametrize(
@@ -88,14 +118,14 @@ def test_the_length_counter_counts_tokens_per_value_and_one_per_untokenized_valu
 )
 def test_a_document_tantivy_s_json_reader_refuses_takes_the_per_field_path(tmp_path, source):
     doc_id = json.loads(source)["id"]
-    body = ops.index_body("docs", INC, source, [1, 1, 1, 0, 0, 0, 1])
+    body = ops.index_body("docs", INC, source, [1, 1])
     op = Operation(ops.ENGINE_NAME, partition_of(doc_id, PARTITIONS), doc_id.encode(), 1, "n1", ops.KIND_INDEX, body)
     shard = _shard_of(tmp_path, "s", [op])
     stored = _stored(shard)[doc_id]
     assert stored["_source"] == [source]
     # The rest of the document is indexed: its good text field finds it.
     found = shard.searcher().search(shard.index.parse_query("kept", ["title", "body"]), limit=1).hits
-    assert [shard.searcher().doc(address).get_first("_id") for _score, address in found] == [doc_id]
+    assert [shard.searcher().doc(address).get_first("id") for _score, address in found] == [doc_id]
     shard.close()
 
 
@@ -114,21 +144,23 @@ def test_json_text_appends_the_engine_fields_to_the_source():
     op = _op({"id": 'quote"d', "title": "t"})
     text = builder.json_text('quote"d', _version(op), ops.decode(op).lengths)
     parsed = json.loads(text)
-    assert parsed["_id"] == 'quote"d' and parsed["_partition"] == op.partition and parsed["_deleted"] == 0
+    # The id is the source's own id field (indexed raw and stored), not a copy of it.
+    assert parsed["id"] == 'quote"d' and "_id" not in parsed
+    assert parsed["_partition"] == op.partition and parsed["_deleted"] == 0
     assert parsed["_hlc"] == 1 and parsed["_origin"] == "n1" and parsed["title"] == "t"
     assert parsed["_len_title"] == 1 and parsed["_len_body"] == 0
     assert "_pos" not in parsed  # a document written alone is at position 0, which is not stored
     assert json.loads(builder.json_text('quote"d', _version(op, position=7), ops.decode(op).lengths))["_pos"] == 7
-    assert builder.json_text("x", _version(op, b"[1, 2]"), [0] * 7) is None  # not an object: per-field path
+    assert builder.json_text("x", _version(op, b"[1, 2]"), [0] * 2) is None  # not an object: per-field path
     assert builder.json_text("x", _version(op), [1]) is None  # wrong number of lengths
-    assert builder.json_text("x", _version(op), ['1,"_deleted":1'] * 7) is None  # no count: no text
+    assert builder.json_text("x", _version(op), ['1,"_deleted":1'] * 2) is None  # no count: no text
 
 
 def test_counts_that_are_no_counts_make_the_replica_count_itself(tmp_path):
     doc = {"id": "a", "title": "two words", "body": "three more words"}
     good = _op(doc)
     shards = []
-    for name, lengths in (("good", None), ("negative", [1, -2, 3, 0, 0, 0, 0]), ("text", ["1"] * 7)):
+    for name, lengths in (("good", None), ("negative", [-2, 3]), ("text", ["1"] * 2)):
         body = ops.index_body("docs", INC, ops.encode_source(doc), lengths)
         op = good if lengths is None else Operation(good.engine, good.partition, good.key, good.hlc, good.origin, good.kind, body)
         shards.append(_shard_of(tmp_path, name, [op]))

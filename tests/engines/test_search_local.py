@@ -7,6 +7,7 @@ a ``BaseException``, which would take the request down with a 500).
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engines.search import local_search
+from engines.search import shard as shard_module
 from engines.search import operations as ops
 from engines.search.ranking import CollectionStats, merge_stats
 from engines.search.schema import parse_schema
@@ -139,30 +141,83 @@ def test_snippets_are_cut_from_the_source_value_by_value(tmp_path):
     shard.close()
 
 
-def test_an_index_whose_user_fields_tantivy_stores_too_opens_and_answers(tmp_path, monkeypatch):
-    # Earlier versions stored every user field in tantivy besides _source; their indexes still open.
-    from engines.search import shard as shard_module
+def _legacy_index(directory, docs: list[dict], tombstones: dict[str, int]) -> None:
+    """An index in the layout of earlier versions: an ``_id`` field of the engine's own besides the
+    schema's id field, a ``_len_`` field for every scored field, every user field stored too."""
+    builder = tantivy.SchemaBuilder()
+    for spec in LEGACY_SCHEMA.fields:
+        shard_module._add_field(builder, spec, stored=True)
+    builder.add_text_field("_id", stored=True, tokenizer_name="raw")
+    builder.add_unsigned_field("_partition", stored=True, indexed=True, fast=True)
+    builder.add_unsigned_field("_deleted", indexed=True, fast=True)
+    builder.add_unsigned_field("_hlc", stored=True)
+    builder.add_text_field("_origin", stored=True, tokenizer_name="raw", index_option="basic")
+    builder.add_unsigned_field("_pos", stored=True)
+    builder.add_bytes_field("_source", stored=True, indexed=False)
+    for name in ("id", "title", "body", "tag"):
+        builder.add_unsigned_field(f"_len_{name}", fast=True)
+    directory.mkdir()
+    index = tantivy.Index(builder.build(), path=str(directory))
+    writer = index.writer(15_000_000, 1)
+    for i, doc in enumerate(docs):
+        engine = {"_id": doc["id"], "_partition": partition_of(doc["id"], PARTITIONS), "_deleted": 0, "_hlc": i + 1,
+                  "_origin": "n1", "_source": base64.b64encode(ops.encode_source(doc)).decode(), "_len_id": 1,
+                  "_len_title": 3, "_len_body": 0, "_len_tag": 1}  # fmt: skip
+        writer.add_json(json.dumps({**doc, **engine}))
+    for doc_id, hlc in tombstones.items():
+        tombstone = {"_id": doc_id, "_partition": partition_of(doc_id, PARTITIONS), "_deleted": 1, "_hlc": hlc, "_origin": "n1"}
+        writer.add_json(json.dumps(tombstone))
+    writer.commit()
+    writer.wait_merging_threads()
 
-    def stored_add_field(builder, spec):
-        if spec.type in ("text", "keyword"):
-            tokenizer = spec.tokenizer if spec.type == "text" else "raw"
-            builder.add_text_field(spec.name, stored=True, fast=spec.fast, tokenizer_name=tokenizer)
-        else:
-            add = {"i64": builder.add_integer_field, "u64": builder.add_unsigned_field, "f64": builder.add_float_field,
-                   "bool": builder.add_boolean_field, "date": builder.add_date_field}.get(spec.type)  # fmt: skip
-            if add is not None:
-                add(spec.name, stored=True, indexed=spec.indexed, fast=spec.fast)
-            else:
-                builder.add_json_field(spec.name, stored=True, tokenizer_name=spec.tokenizer)
 
-    with monkeypatch.context() as patched:
-        patched.setattr(shard_module, "_add_field", stored_add_field)
-        _filled(tmp_path / "s", DOCS).close()
+LEGACY_SCHEMA = parse_schema(
+    {
+        "id_field": "id",
+        "default_fields": ["title", "body"],
+        "fields": {"id": {"type": "keyword"}, "title": {"type": "text"}, "body": {"type": "text"}, "tag": {"type": "keyword", "fast": True}},
+    }
+)
+
+
+@pytest.mark.parametrize("stopped", [None, "before the swap", "amid the swap", "after the swap"])
+def test_an_index_of_an_earlier_layout_is_rebuilt_in_this_one_with_its_documents_and_tombstones(tmp_path, stopped):
+    docs = [{"id": f"d{i}", "title": f"title {i} alpha", "tag": f"t{i % 3}"} for i in range(20)]
+    live, deleted = [d for d in docs if d["id"] != "d3"], {"d3": 100}
+    directory = tmp_path / "s"
+    _legacy_index(directory, live, deleted)
     with pytest.raises(ValueError, match="schema does not match"):  # it is not the index this version creates
-        tantivy.Index(shard_module.tantivy_schema(SCHEMA), path=str(tmp_path / "s"))
-    reopened = Shard(tmp_path / "s", "docs", "0000000000000abc", SCHEMA)
-    answer = run(reopened, "dogs")
-    assert answer["total"] == len(DOCS)
-    score, doc_id, doc, snippets = answer["hits"][0]
-    assert doc == next(d for d in DOCS if d["id"] == doc_id) and "<b>" in snippets["body"]
+        tantivy.Index(shard_module.tantivy_schema(LEGACY_SCHEMA), path=str(directory))
+    if stopped is not None:  # a node that stopped in the middle of an earlier rebuild
+        rebuilding, legacy = directory.with_name("s.rebuilding"), directory.with_name("s.legacy")
+        if stopped == "before the swap":
+            rebuilding.mkdir()
+            (rebuilding / "meta.json").write_text("half written")
+        elif stopped == "amid the swap":
+            directory.rename(legacy)
+            rebuilding.mkdir()
+        else:
+            directory.rename(legacy)
+            _legacy_index(directory, live, deleted)  # stands for the rebuilt one, which the next open rebuilds again
+
+    reopened = Shard(directory, "docs", "0000000000000abc", LEGACY_SCHEMA)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+    answer = run(reopened, "alpha")
+    assert answer["total"] == len(live) == 19
+    assert answer["hits"][0][2] in live  # its source, as it was
+    assert run(reopened, "tag:t0")["total"] == sum(d["tag"] == "t0" for d in live)
+    # The tombstone is kept: an older write of its id still loses to it, a newer one wins.
+    tombstone = reopened.get("d3")
+    assert tombstone is not None and tombstone.source is None and tombstone.hlc == 100
+    older, newer = (Operation(ops.ENGINE_NAME, partition_of("d3", PARTITIONS), b"d3", hlc, "n1", ops.KIND_INDEX,
+                              ops.index_body("docs", "0000000000000abc", ops.encode_source({"id": "d3", "title": "alpha"})))
+                    for hlc in (50, 150))  # fmt: skip
+    reopened.apply([(older, ops.decode(older))])
+    reopened.commit()
+    assert run(reopened, "alpha")["total"] == 19
+    reopened.apply([(newer, ops.decode(newer))])
+    reopened.commit()
+    assert run(reopened, "alpha")["total"] == 20 and reopened.get("d3").hlc == 150
     reopened.close()
+
+

@@ -17,6 +17,8 @@ from engines.search import operations as ops
 from engines.search.schema import parse_schema
 from engines.search.document_builder import LengthCounter
 from engines.search.engine import SearchEngine
+from engines.search.query_compile import local_stats
+from engines.search.ranking import StatsRequest
 from engines.search import shard as shard_module
 from engines.search.shard import Shard
 from legion.keyspace import partition_of
@@ -421,3 +423,64 @@ def test_versions_remembered_at_commit_are_what_the_index_holds_through_updates_
     for p in range(PARTITIONS):
         assert dict(reopened.versions(p, ids_of[p])) == dict(reopened.versions(p)) == expected[p]
     reopened.close()
+
+
+def test_round_one_totals_each_scored_field_s_tokens_over_the_live_documents_of_a_plan(tmp_path):
+    # Text fields are totalled from their _len_ fields, fast one-token-per-value fields from their own
+    # column (value_count), a keyword without a column from its _len_ field, the id as the document count.
+    schema = parse_schema(
+        {
+            "id_field": "id",
+            "fields": {
+                "id": {"type": "keyword"},
+                "body": {"type": "text"},
+                "tag": {"type": "keyword", "fast": True},
+                "section": {"type": "keyword"},
+                "n": {"type": "i64", "fast": True},
+            },
+        }
+    )
+    count = LengthCounter(schema)
+
+    def doc(i: int, words: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": f"d{i}", "body": " ".join(["word"] * words), "n": [i, i + 1] if i % 4 == 0 else i}
+        if i % 3:
+            out["tag"] = ["a", "b", "c"][: i % 3 + 1] if i % 2 else "x"
+        if i % 5:
+            out["section"] = ["s", "t"] if i % 7 == 0 else "s"
+        return out
+
+    def index(d: dict[str, Any], hlc: int) -> Operation:
+        body = ops.index_body("docs", INC, ops.encode_source(d), count(d))
+        return Operation(ops.ENGINE_NAME, partition_of(d["id"], PARTITIONS), d["id"].encode(), hlc, "n1", ops.KIND_INDEX, body)
+
+    shard = Shard(tmp_path / "s", "docs", INC, schema)
+    docs = {f"d{i}": doc(i, i % 6 + 1) for i in range(60)}
+    _apply(shard, [index(d, 1) for d in docs.values()])
+    shard.commit()
+    # Some are deleted and some replaced (the old versions stay in the index as deleted documents).
+    _apply(shard, [_delete(f"d{i}", 2) for i in range(0, 60, 7)])
+    replaced = {f"d{i}": doc(i + 100, 2) | {"id": f"d{i}"} for i in range(1, 60, 9)}
+    _apply(shard, [index(d, 3) for d in replaced.values()])
+    shard.commit()
+    live = {k: v for k, v in docs.items() if int(k[1:]) % 7} | replaced  # d28 is written again after its delete
+
+    def values(d: dict[str, Any], name: str) -> int:
+        value = d.get(name)
+        return 0 if value is None else len(value) if isinstance(value, list) else 1
+
+    plan = [0, 1, 2, 3, 4]
+    in_plan = [d for k, d in live.items() if partition_of(k, PARTITIONS) in plan]
+    expected = {
+        "id": len(in_plan),
+        "body": sum(len(d["body"].split()) for d in in_plan),
+        "tag": sum(values(d, "tag") for d in in_plan),
+        "section": sum(values(d, "section") for d in in_plan),
+        "n": sum(values(d, "n") for d in in_plan),
+    }
+    names = list(expected)
+    assert set(shard.fields.length_fields) == {"body", "section"}  # tag and n are counted, the id is one per document
+    assert shard.view().token_totals(plan, names) == expected
+    stats = local_stats(shard.searcher(), shard.fields, StatsRequest((), tuple(names)), plan)
+    assert stats.doc_count == len(in_plan) and stats.field_tokens == expected
+    shard.close()
