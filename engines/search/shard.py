@@ -199,6 +199,11 @@ class Shard:
         document is rebuilt from."""
         old.reload()
         searcher = old.searcher()
+        log.info(
+            "search index %s: re-indexing %d documents and tombstones laid out by an earlier version (once)",
+            self.index_name,
+            searcher.num_docs,
+        )
         into.mkdir(parents=True)
         fresh = tantivy.Index(self.tantivy_schema, path=str(into))
         writer = fresh.writer(WRITER_HEAP_BYTES, WRITER_THREADS)
