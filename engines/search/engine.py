@@ -275,10 +275,12 @@ class SearchEngine(Engine):
             "documents": sum(shard.view().searcher.num_docs for shard in shards),
             "commits": self._commits,
             "searcher_reloads": sum(shard.reloads for shard in shards),
-            # Searches this node coordinated in one round, with statistics it remembered; and those whose
-            # remembered statistics a node had outdated (counted again, in two rounds).
+            # Searches this node coordinated in one round, with statistics it remembered; those whose
+            # remembered statistics a node had outdated (counted again, in two rounds); and those it had
+            # none remembered for (a query new to it, or forgotten: counted first, unless one node held the plan).
             "searches_one_round": self.remembered.hits - self.remembered.stale,
             "searches_recounted": self.remembered.stale,
+            "searches_unremembered": self.remembered.misses,
         }
 
     def dashboard_panel(self) -> DashboardPanel:

@@ -225,7 +225,9 @@ def test_a_coordinator_searches_in_one_round_with_remembered_statistics_only_unt
     cluster = cluster_of(replicas=1, documents=documents[:2_000])
     with cluster.node_client("n1") as client:
         search = SearchClient(client)
+        unremembered = metric(client, "legion_search_searches_unremembered")
         first = results(search)  # two rounds each: n1 counts, merges and remembers the statistics
+        assert metric(client, "legion_search_searches_unremembered") - unremembered == len(set(QUERIES))
         # A pass after one that remembered, with no commit since (a young cluster may still be moving
         # partitions: a few attempts), is all one round.
         for _attempt in range(10):
