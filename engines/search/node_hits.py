@@ -101,13 +101,14 @@ def node_search(
     if scope is not None and scope.native and stats.doc_count == scope.doc_count:
         hits, total = counted_top_hits(searcher, fields, parsed.original, partitions, count, scope)
         return NodeAnswer(hits, RANKING_EXACT, total)
-    query = ranked_query(parsed, fields, searcher, stats)
+    local_count = max_doc(searcher, fields)  # once: the boosts and the rescoring's pruning both need it
+    query = ranked_query(parsed, fields, searcher, stats, local_count)
     if parsed.ranking != RANKING_EXACT:
         hits, total = counted_top_hits(searcher, fields, query, partitions, count, scope)
         return NodeAnswer(hits, parsed.ranking, total)
     candidates, total = counted_top_hits(searcher, fields, query, partitions, rescore_candidates(count), scope)
     try:
-        rescored = rescore(parsed, fields, searcher, stats, candidates, count)
+        rescored = rescore(parsed, fields, searcher, stats, candidates, count, local_count)
     except ExplanationError:
         return NodeAnswer(first_hits(candidates, count), RANKING_GLOBAL_IDF, total)
     return NodeAnswer(first_hits(rescored, count), RANKING_EXACT, total)
@@ -125,18 +126,22 @@ def rescore(
     stats: CollectionStats,
     hits: Sequence[LocalHit],
     count: int | None = None,
+    local_count: int | None = None,
 ) -> list[LocalHit]:
     """``hits`` with their scores recomputed from ``explain`` with the global idf and average field lengths.
 
     ``hits`` come in boosted order. With ``count``, rescoring stops at the first
     hit whose exact score cannot reach the ``count`` best exact scores so far
-    (``ranking.rescore_bound``): those, and every later hit, are left out."""
+    (``ranking.rescore_bound``): those, and every later hit, are left out.
+    ``local_count`` is the searcher's ``max_doc``, if the caller has it already."""
     if not hits:
         return []
     marked, weights = rescoring_query(parsed, fields, stats)
     # Bounds hold for every score while f32 idfs stay positive (below 2**22 docs) and rounding stays in the slack.
     keep = count or 0
-    prune = keep > 0 and max_doc(searcher, fields) < PRUNE_DOCS_MAX
+    if keep > 0 and local_count is None:
+        local_count = max_doc(searcher, fields)
+    prune = keep > 0 and local_count is not None and local_count < PRUNE_DOCS_MAX
     seen: dict[str, float] = {}
     bound: float | None = None
     best: list[float] = []  # a min-heap of the ``keep`` best exact scores

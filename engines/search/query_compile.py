@@ -357,12 +357,19 @@ def max_doc(searcher: tantivy.Searcher, fields: IndexFields) -> int:
 
 
 def ranked_query(
-    parsed: ParsedQuery, fields: IndexFields, searcher: tantivy.Searcher, stats: CollectionStats
+    parsed: ParsedQuery,
+    fields: IndexFields,
+    searcher: tantivy.Searcher,
+    stats: CollectionStats,
+    local_count: int | None = None,
 ) -> tantivy.Query:
-    """The query with every BM25 leaf boosted by global idf / local idf (as parsed when ranking is local)."""
+    """The query with every BM25 leaf boosted by global idf / local idf (as parsed when ranking is local).
+
+    ``local_count`` is the searcher's ``max_doc``, if the caller has it already."""
     if parsed.ranking == RANKING_LOCAL or parsed.tree is None:
         return parsed.original
-    local_count = max_doc(searcher, fields)
+    if local_count is None:
+        local_count = max_doc(searcher, fields)
     if local_count == 0:
         return parsed.original  # an empty index matches nothing
 
