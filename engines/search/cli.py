@@ -139,13 +139,20 @@ def query(
     limit: Annotated[int, typer.Option("--limit", help="Hits to show.")] = 10,
     offset: Annotated[int, typer.Option("--offset", help="Hits to skip (pagination).")] = 0,
     fields: Annotated[str | None, typer.Option("--fields", help="Comma-separated stored fields to return.")] = None,
+    ranking: Annotated[
+        str | None,
+        typer.Option(
+            "--ranking",
+            help="exact (default: as one index would rank), global_idf (no rescoring) or local (each node's own statistics, one round).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     cluster: ClusterOption = None,
 ) -> None:
     """Search INDEX and print the best hits with highlighted snippets."""
     wanted = [f for f in fields.split(",") if f] if fields else None
     with _search(cluster) as search:
-        answer = search.search(index, text, limit=limit, offset=offset, fields=wanted)
+        answer = search.search(index, text, limit=limit, offset=offset, fields=wanted, ranking=ranking)
     if as_json:
         console.print_json(data=answer)
         return
@@ -156,6 +163,8 @@ def print_hits(out: Console, answer: dict[str, Any], offset: int = 0) -> None:
     """A search answer as a ranked list with highlighted snippets (also used by the demo)."""
     missing = answer.get("partitions_missing") or []
     header = f"{answer['total']:,} hits in {answer['took_ms']:.1f} ms"
+    if answer.get("ranking", "exact") != "exact":  # asked for, or all the query allows (e.g. a regex)
+        header += f" [dim](ranking: {escape(str(answer['ranking']))})[/dim]"
     if missing:
         header += f" — [yellow]partial: {len(missing)} partitions did not answer ({', '.join(map(str, missing[:10]))})[/yellow]"
     out.print(header)

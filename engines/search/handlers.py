@@ -10,7 +10,7 @@ anything is written; the runtime turns those into 4xx answers.
 | ``GET /v1/search`` | the indexes and their schemas |
 | ``PUT /v1/search/{index}`` | create an index from a JSON schema (``create`` to every partition) |
 | ``DELETE /v1/search/{index}`` | drop it (``drop`` to every partition) |
-| ``GET /v1/search/{index}?q=&limit=&offset=&fields=&snippets=`` | search |
+| ``GET /v1/search/{index}?q=&limit=&offset=&fields=&snippets=&ranking=`` | search |
 | ``POST /v1/search/{index}/_search`` | search with a JSON body, also ``aggs`` |
 | ``GET /v1/search/{index}/_stats`` | documents per partition and node, size on disk |
 | ``POST /v1/search/{index}/_refresh`` | make everything acknowledged so far searchable |
@@ -25,6 +25,13 @@ to the node count), it has the global statistics itself and answers in the
 first round. A coordinator remembers the merged statistics of recent queries
 (``stats_cache``): while no node has committed since, a repeated query is
 one round.
+
+``ranking`` trades that exactness for speed, as Elasticsearch's
+``search_type`` does (its default is the fast one; here it is the exact one):
+``exact`` (the default), ``global_idf`` (global term statistics, but each
+node's own average field lengths: no rescoring of the best hits) and
+``local`` (each node's own statistics: one round, no statistics at all). The
+answer's ``ranking`` says which the page got: the least exact any node used.
 """
 
 from __future__ import annotations
@@ -275,6 +282,8 @@ class SearchApi:
             "fields": [f for f in fields.split(",") if f] if fields else None,
             "snippets": flag(req, "snippets", True),
         }
+        if "ranking" in req.query:
+            request["ranking"] = req.query["ranking"]
         return await self._search(req.path_params["index"], request, cluster)
 
     async def search_post(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
@@ -288,15 +297,23 @@ class SearchApi:
         found = await self.describe(index, cluster)
         schema = self.schema(found)
         q, limit, offset, fields, snippets = _search_params(schema, request)
+        rank = _ranking_param(request)
         aggs = aggregations.check(schema, request.get("aggs"))
         search = {
             "index": index, "incarnation": found["incarnation"], "q": q, "op": "search", "k": offset + limit,
             "fields": fields, "snippets": snippets, "aggs": aggregations.shard_request(aggs),
         }  # fmt: skip
-        replies = await self._remembered_round(index, found["incarnation"], q, search, cluster)
+        # Statistics are remembered per ranking: a global_idf round 1 counts no field lengths, which exact needs.
+        remembered_as = q
+        if rank != RANKING_EXACT:
+            search["ranking"] = rank
+            remembered_as = f"{rank}\x00{q}"
+        replies = None
+        if rank != RANKING_LOCAL:  # a local search has no statistics to remember: it is one round anyway
+            replies = await self._remembered_round(index, found["incarnation"], remembered_as, search, cluster)
         missing: list[int] = []
         if replies is None:
-            replies, missing = await self._two_rounds(index, found["incarnation"], q, search, cluster)
+            replies, missing = await self._two_rounds(index, found["incarnation"], remembered_as, search, cluster)
         hits = ranking.merge_hits([[PageHit(h[1], h[0], h[2], h[3]) for h in r["hits"]] for r in replies], offset, limit)
         return HttpResponse.json(
             {
@@ -310,25 +327,26 @@ class SearchApi:
         )
 
     async def _remembered_round(
-        self, index: str, incarnation: str, q: str, search: dict[str, Any], cluster: Cluster
+        self, index: str, incarnation: str, remembered_as: str, search: dict[str, Any], cluster: Cluster
     ) -> list[dict[str, Any]] | None:
-        """The nodes' answers in one round, scored with the statistics remembered for ``q``; None when
-        there are none, or when a node's searcher changed since they were counted (``stats_cache``)."""
-        remembered = self.engine.remembered.get(index, incarnation, q)
+        """The nodes' answers in one round, scored with the statistics remembered as ``remembered_as``; None
+        when there are none, or when a node's searcher changed since they were counted (``stats_cache``)."""
+        remembered = self.engine.remembered.get(index, incarnation, remembered_as)
         if remembered is None:
             return None
         request = {**search, "stats": remembered.stats, "stamps": list(remembered.stamps)}
         result = await cluster.coverage(ENGINE_NAME, request, prefer=remembered.served_by, allow_partial=True)
         stale = any("stats" in reply.value for reply in result.replies)
         if stale or result.missing or not remembered.same_plan(result.served_by):
-            self.engine.remembered.forget(index, incarnation, q)
+            self.engine.remembered.forget(index, incarnation, remembered_as)
             return None
         return [reply.value for reply in result.replies]
 
     async def _two_rounds(
-        self, index: str, incarnation: str, q: str, search: dict[str, Any], cluster: Cluster
+        self, index: str, incarnation: str, remembered_as: str, search: dict[str, Any], cluster: Cluster
     ) -> tuple[list[dict[str, Any]], list[int]]:
-        """The nodes' answers and the partitions missing: round 1, then round 2 if round 1 gave statistics."""
+        """The nodes' answers and the partitions missing: round 1, then round 2 if round 1 gave statistics
+        (remembered as ``remembered_as``)."""
         # Round 1 asks for the answer outright: a node given the whole plan has the global statistics
         # and answers in one round; the others answer with their statistics, and round 2 follows.
         first = await cluster.coverage(ENGINE_NAME, {**search, "stats": None, "plan": cluster.partitions}, allow_partial=True)
@@ -338,7 +356,7 @@ class SearchApi:
         stats = ranking.merge_stats(ranking.CollectionStats.from_wire(value["stats"]) for value in counted).to_wire()
         if not first.missing and all("stamp" in value for value in counted):
             stamps = tuple(str(value["stamp"]) for value in counted)
-            self.engine.remembered.put(index, incarnation, q, RememberedStats(stats, stamps, dict(first.served_by)))
+            self.engine.remembered.put(index, incarnation, remembered_as, RememberedStats(stats, stamps, dict(first.served_by)))
         second = await cluster.coverage(
             ENGINE_NAME, {**search, "stats": stats}, partitions=sorted(first.served_by), prefer=first.served_by, allow_partial=True
         )
@@ -385,6 +403,17 @@ def _least_exact(rankings: Iterable[str]) -> str:
     """How exactly the page was ranked: the least exact of the nodes' rankings."""
     order = (RANKING_LOCAL, RANKING_GLOBAL_IDF, RANKING_EXACT)
     return min(rankings, key=lambda r: order.index(r) if r in order else 0, default=RANKING_EXACT)
+
+
+RANKINGS = (RANKING_EXACT, RANKING_GLOBAL_IDF, RANKING_LOCAL)
+
+
+def _ranking_param(request: dict[str, Any]) -> str:
+    """The ranking a search asks for (``exact`` when it names none)."""
+    value = request.get("ranking", RANKING_EXACT)
+    if value not in RANKINGS:
+        raise BadRequest(f"ranking must be one of {', '.join(RANKINGS)}, not {value!r:.40}")
+    return value
 
 
 def _search_params(schema: IndexSchema, request: dict[str, Any]) -> tuple[str, int, int, list[str] | None, bool]:

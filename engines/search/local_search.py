@@ -27,6 +27,12 @@ the global ones, and answers; any other node answers ``{"stats": …,
 A ``search`` with statistics remembered from an earlier search also names
 their ``"stamps"``; a node whose stamp is not among them answers as round 1.
 
+A request may ask for a less exact ``"ranking"`` (``query_compile``'s
+``global_idf``: the boosts without rescoring, so round 1 counts no field
+lengths; ``local``: each node's own statistics, so there is no round 1 and a
+search is one round, as Elasticsearch's ``query_then_fetch``). Without it,
+ranking is as exact as the query allows.
+
 ``count`` answers ``legion search stats``: live documents per partition,
 tombstones, and the size of the node's index on disk.
 """
@@ -41,7 +47,7 @@ from typing import Any
 import tantivy
 
 from engines.search.node_hits import node_search
-from engines.search.query_compile import ParsedQuery, parse_query
+from engines.search.query_compile import RANKING_LOCAL, ParsedQuery, parse_query, with_ranking
 from engines.search.query_compile import local_stats as count_stats
 from engines.search.ranking import CollectionStats
 from engines.search.scope import Scope, SearcherView
@@ -128,8 +134,19 @@ def _stats(shard: Shard | None, partitions: list[int], query: dict[str, Any]) ->
 def _counted(shard: Shard | None, view: SearcherView | None, partitions: list[int], query: dict[str, Any]) -> list[Any]:
     if shard is None or view is None:
         return CollectionStats().to_wire()
-    parsed = parse(shard, query.get("q"))
+    parsed = _ranked(shard, query)
     return count_stats(view.searcher, shard.fields, parsed.stats_request, partitions, view).to_wire()
+
+
+def _ranked(shard: Shard, query: dict[str, Any]) -> ParsedQuery:
+    """The request's query, ranked no more exactly than its ``"ranking"`` asks (as exactly as it can without one)."""
+    parsed = parse(shard, query.get("q"))
+    ranking = query.get("ranking")
+    if ranking is None:
+        return parsed
+    if not isinstance(ranking, str):
+        raise BadRequest("ranking must be a string")
+    return with_ranking(parsed, ranking)
 
 
 def _round_one(shard: Shard | None, view: SearcherView | None, partitions: list[int], query: dict[str, Any]) -> dict[str, Any]:
@@ -154,12 +171,16 @@ def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -
     # One searcher for the whole answer: counts, stamps, idfs and explanations agree.
     view = shard.view() if shard is not None else None
     whole_plan = query.get("stats") is None
+    own_statistics = query.get("ranking") == RANKING_LOCAL  # each node ranks with its own: no round 1
+    part_of_plan = False  # this node answers for some of the plan's partitions, with statistics of its own
     if whole_plan:
         plan = query.get("plan")
         if not isinstance(plan, int) or isinstance(plan, bool) or plan < 1:
             raise BadRequest("a search without statistics names the number of partitions of its plan")
-        if len(partitions) < plan:  # other nodes hold part of the plan: the global statistics come first
-            return _round_one(shard, view, partitions, query)
+        if len(partitions) < plan:
+            if not own_statistics:  # the global statistics come first
+                return _round_one(shard, view, partitions, query)
+            part_of_plan = True
     stamps = query.get("stamps")
     if stamps is not None:
         if not isinstance(stamps, list) or not all(isinstance(s, str) for s in stamps):
@@ -168,10 +189,10 @@ def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -
             return _round_one(shard, view, partitions, query)
     if shard is None or view is None:
         return {"total": 0, "hits": [], "aggs": {}, "ranking": "exact"}
-    parsed = parse(shard, query.get("q"))
+    parsed = _ranked(shard, query)
     searcher, scope = view.searcher, view.scope(partitions)
-    if whole_plan and scope.native:
-        stats = CollectionStats(scope.doc_count)  # tantivy's own statistics are the plan's: nothing to count
+    if whole_plan and (scope.native or own_statistics):
+        stats = CollectionStats(scope.doc_count)  # tantivy's own statistics are the plan's, or the ones asked for
     elif whole_plan:
         stats = count_stats(searcher, shard.fields, parsed.stats_request, partitions, view)
     else:
@@ -183,7 +204,9 @@ def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -
     hits = [[hit.score, hit.id, _stored(shard, source, fields), snip] for hit, source, snip in zip(found.hits, sources, snippets)]
     aggs = query.get("aggs") or {}
     aggregated = searcher.aggregate(_matching(parsed.original, scope), aggs) if aggs else {}
-    return {"total": found.total, "hits": hits, "aggs": aggregated, "ranking": found.ranking}
+    # Scores from this node's own statistics are the plan's only when it holds the whole plan.
+    ranked = RANKING_LOCAL if part_of_plan else found.ranking
+    return {"total": found.total, "hits": hits, "aggs": aggregated, "ranking": ranked}
 
 
 def _matching(query: tantivy.Query, scope: Scope) -> tantivy.Query:

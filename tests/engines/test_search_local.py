@@ -221,3 +221,24 @@ def test_an_index_of_an_earlier_layout_is_rebuilt_in_this_one_with_its_documents
     reopened.close()
 
 
+
+
+def test_a_less_exact_ranking_asked_for_changes_the_rounds_and_says_so(shard):
+    some = list(range(PARTITIONS // 2))  # this node answers for half of the plan
+    request = {"op": "search", "q": "dogs", "stats": None, "plan": PARTITIONS, "k": 5, "aggs": {}}
+    # exact (the default) and global_idf count the plan's statistics first; global_idf no field lengths.
+    exact_first = local_search.answer(shard, some, request)
+    global_first = local_search.answer(shard, some, {**request, "ranking": "global_idf"})
+    assert set(exact_first) == set(global_first) == {"stats", "stamp"}
+    assert CollectionStats.from_wire(exact_first["stats"]).field_tokens
+    assert not CollectionStats.from_wire(global_first["stats"]).field_tokens
+    second = local_search.answer(shard, some, {**request, "ranking": "global_idf", "stats": global_first["stats"]})
+    assert second["ranking"] == "global_idf" and second["hits"]
+    # local: no statistics at all, the hits in the first round, scored with this node's own.
+    local = local_search.answer(shard, some, {**request, "ranking": "local"})
+    assert local["ranking"] == "local" and local["total"] == second["total"]
+    assert {hit[1] for hit in local["hits"]} <= {d["id"] for d in DOCS if partition_of(d["id"], PARTITIONS) in some}
+    # Given the whole plan, its own statistics are the plan's: that is exact.
+    assert local_search.answer(shard, list(range(PARTITIONS)), {**request, "ranking": "local"})["ranking"] == "exact"
+    with pytest.raises(BadRequest, match="ranking must be one of"):
+        local_search.answer(shard, some, {**request, "ranking": "approximate"})

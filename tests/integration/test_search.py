@@ -169,6 +169,24 @@ def assert_aggregations_merge_across_nodes(search: SearchClient, documents: list
     assert [b["doc_count"] for b in answer["sizes"]["buckets"]] == [small, len(documents) - small]
 
 
+def assert_faster_rankings_say_so_and_leave_exact_ranking_intact(search: SearchClient) -> None:
+    # Elasticsearch's search_type: a less exact ranking is asked for by name, says so in its answer, finds
+    # the same documents, and keeps the statistics it remembers apart from the exact ranking's.
+    for query in QUERIES[:12]:
+        exact = search.search(INDEX, query, limit=K, snippets=False)
+        for ranking in ("global_idf", "local"):
+            for _repeat in range(2):  # a repeated global_idf search is one round, with what it remembered
+                answer = search.search(INDEX, query, limit=K, snippets=False, ranking=ranking)
+                assert answer["total"] == exact["total"], (query, ranking)
+                assert len(answer["hits"]) == len(exact["hits"]), (query, ranking)
+                # As asked, or less exact when exact ranking was already out of reach for the query.
+                assert answer["ranking"] == (ranking if exact["ranking"] == "exact" else "local"), (query, ranking)
+        again = search.search(INDEX, query, limit=K, snippets=False)
+        assert again["ranking"] == exact["ranking"] and again["hits"] == exact["hits"], query
+    with pytest.raises(BadRequest, match="ranking must be one of exact, global_idf, local"):
+        search.search(INDEX, "decode", ranking="fuzzy")
+
+
 def partitions_of(client: Client, node_id: str) -> list[int]:
     placement = client.status()["placement"]
     return [p for p, nodes in enumerate(placement) if node_id in nodes]
@@ -196,6 +214,7 @@ def test_one_replica_ranks_like_one_index_and_a_dead_node_s_partitions_are_named
     cluster = cluster_of(replicas=1, documents=documents)
     assert_ranks_like_one_index(cluster.search, reference)
     assert_aggregations_merge_across_nodes(cluster.search, documents)
+    assert_faster_rankings_say_so_and_leave_exact_ranking_intact(cluster.search)
     lost = partitions_of(cluster.client, "n3")
     local_cluster.stop_node(cluster.directory, "n3", kill=True)
     with cluster.node_client("n1") as client:
@@ -322,6 +341,12 @@ def test_a_search_right_after_cli_ingest_sees_every_document(cluster_of, legion_
     query = legion_cli("search", "query", INDEX, "*", "--json", *environment)
     assert query.returncode == 0, query.stderr
     assert json.loads(query.stdout)["total"] == 5_000
+    # --ranking reaches the nodes: every node holds every partition here, so even `local` ranks exactly.
+    local = legion_cli("search", "query", INDEX, "json", "--ranking", "local", "--json", *environment)
+    assert local.returncode == 0, local.stderr
+    assert json.loads(local.stdout)["ranking"] == "exact"
+    wrong = legion_cli("search", "query", INDEX, "json", "--ranking", "fuzzy", *environment)
+    assert wrong.returncode == 1 and "ranking must be one of exact, global_idf, local" in wrong.stderr
 
 
 def test_bad_input_gets_a_4xx_that_names_the_problem(cluster_of):
@@ -333,6 +358,7 @@ def test_bad_input_gets_a_4xx_that_names_the_problem(cluster_of):
         (lambda: search.search(INDEX, "colour:red"), BadRequest, "colour"),
         (lambda: search.search(INDEX, "lines:many"), BadRequest, "lines"),
         (lambda: search.search(INDEX, "hello", limit=-1), BadRequest, "limit"),
+        (lambda: cluster.client.request("GET", f"/v1/search/{INDEX}?q=hello&ranking=fuzzy"), BadRequest, "ranking must be one of"),
         (lambda: search.search(INDEX, "hello", fields=["nope"]), BadRequest, "nope"),
         (lambda: search.search(INDEX, "hello", aggs={"x": {"terms": {"field": "title"}}}), BadRequest, "fast"),
         (lambda: search.search("nothere", "hello"), NotFound, "nothere"),
