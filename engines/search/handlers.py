@@ -304,10 +304,9 @@ class SearchApi:
             "fields": fields, "snippets": snippets, "aggs": aggregations.shard_request(aggs),
         }  # fmt: skip
         # Statistics are remembered per ranking: a global_idf round 1 counts no field lengths, which exact needs.
-        remembered_as = q
+        remembered_as = (q, rank)
         if rank != RANKING_EXACT:
             search["ranking"] = rank
-            remembered_as = f"{rank}\x00{q}"
         replies = None
         if rank != RANKING_LOCAL:  # a local search has no statistics to remember: it is one round anyway
             replies = await self._remembered_round(index, found["incarnation"], remembered_as, search, cluster)
@@ -327,7 +326,7 @@ class SearchApi:
         )
 
     async def _remembered_round(
-        self, index: str, incarnation: str, remembered_as: str, search: dict[str, Any], cluster: Cluster
+        self, index: str, incarnation: str, remembered_as: tuple[str, str], search: dict[str, Any], cluster: Cluster
     ) -> list[dict[str, Any]] | None:
         """The nodes' answers in one round, scored with the statistics remembered as ``remembered_as``; None
         when there are none, or when a node's searcher changed since they were counted (``stats_cache``)."""
@@ -343,7 +342,7 @@ class SearchApi:
         return [reply.value for reply in result.replies]
 
     async def _two_rounds(
-        self, index: str, incarnation: str, remembered_as: str, search: dict[str, Any], cluster: Cluster
+        self, index: str, incarnation: str, remembered_as: tuple[str, str], search: dict[str, Any], cluster: Cluster
     ) -> tuple[list[dict[str, Any]], list[int]]:
         """The nodes' answers and the partitions missing: round 1, then round 2 if round 1 gave statistics
         (remembered as ``remembered_as``)."""

@@ -25,7 +25,7 @@ Pure: plain data, no I/O. One per node (``SearchEngine.remembered``), used from 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,17 +46,20 @@ class RememberedStats:
 
 
 class StatsCache:
-    """Remembered statistics by (index, incarnation, query text), the least recently used forgotten first."""
+    """Remembered statistics by (index, incarnation, query), the least recently used forgotten first.
+
+    The query is whatever names what the statistics were counted for: its text,
+    with the ranking asked for when that changes what round 1 counts."""
 
     def __init__(self, capacity: int = QUERIES_REMEMBERED_MAX) -> None:
         assert capacity > 0
         self.capacity = capacity
-        self._entries: OrderedDict[tuple[str, str, str], RememberedStats] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, Hashable], RememberedStats] = OrderedDict()
         self.hits = 0  # lookups that found statistics
         self.misses = 0  # lookups that found none
         self.stale = 0  # statistics found, then forgotten because a node had changed (``forget``)
 
-    def get(self, index: str, incarnation: str, query: str) -> RememberedStats | None:
+    def get(self, index: str, incarnation: str, query: Hashable) -> RememberedStats | None:
         found = self._entries.get((index, incarnation, query))
         if found is None:
             self.misses += 1
@@ -65,13 +68,13 @@ class StatsCache:
         self.hits += 1
         return found
 
-    def put(self, index: str, incarnation: str, query: str, remembered: RememberedStats) -> None:
+    def put(self, index: str, incarnation: str, query: Hashable, remembered: RememberedStats) -> None:
         self._entries[(index, incarnation, query)] = remembered
         self._entries.move_to_end((index, incarnation, query))
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
-    def forget(self, index: str, incarnation: str, query: str) -> None:
+    def forget(self, index: str, incarnation: str, query: Hashable) -> None:
         """Drop the statistics of a query, found out of date."""
         if self._entries.pop((index, incarnation, query), None) is not None:
             self.stale += 1
