@@ -219,6 +219,9 @@ paths = st.one_of(
     ),
     st.text(alphabet=QUERY_ALPHABET, max_size=40).map(lambda q: "/v1/search/fz?q=" + quote(q) + "&limit=3"),
     st.text(alphabet="qlimtofsenp=&%01-", max_size=40).map(lambda q: "/v1/search/fz?" + q),
+    st.tuples(st.text(alphabet=QUERY_ALPHABET, max_size=12), st.sampled_from(["exact", "global_idf", "local", "", "LOCAL", "%00"])).map(
+        lambda qr: "/v1/search/fz?q=" + quote(qr[0]) + "&ranking=" + qr[1]
+    ),
 )
 
 
