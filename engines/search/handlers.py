@@ -307,13 +307,17 @@ class SearchApi:
         remembered_as = (q, rank)
         if rank != RANKING_EXACT:
             search["ranking"] = rank
-        replies = None
+        counted: tuple[list[dict[str, Any]], RememberedStats] | None = None
         if rank != RANKING_LOCAL:  # a local search has no statistics to remember: it is one round anyway
-            replies = await self._remembered_round(index, found["incarnation"], remembered_as, search, cluster)
+            counted = await self._remembered_round(index, found["incarnation"], remembered_as, search, cluster)
         missing: list[int] = []
-        if replies is None:
-            replies, missing = await self._two_rounds(index, found["incarnation"], remembered_as, search, cluster)
+        if counted is not None:
+            replies, remembered = counted
+        else:
+            replies, missing, remembered = await self._two_rounds(index, found["incarnation"], remembered_as, search, cluster)
         hits = ranking.merge_hits([[PageHit(h[1], h[0], h[2], h[3]) for h in r["hits"]] for r in replies], offset, limit)
+        if remembered is not None and not missing and limit and len(hits) == limit:
+            remembered.floors[offset + limit] = hits[-1].score  # the next search of it may send it as "floor"
         return HttpResponse.json(
             {
                 "hits": [hit._asdict() for hit in hits],
@@ -327,39 +331,47 @@ class SearchApi:
 
     async def _remembered_round(
         self, index: str, incarnation: str, remembered_as: tuple[str, str], search: dict[str, Any], cluster: Cluster
-    ) -> list[dict[str, Any]] | None:
-        """The nodes' answers in one round, scored with the statistics remembered as ``remembered_as``; None
-        when there are none, or when a node's searcher changed since they were counted (``stats_cache``)."""
+    ) -> tuple[list[dict[str, Any]], RememberedStats] | None:
+        """The nodes' answers in one round, scored with the statistics remembered as ``remembered_as``, and
+        those; None when there are none, or when a node's searcher changed since they were counted
+        (``stats_cache``). The lowest score of the page they gave before, if any, goes with them as ``floor``."""
         remembered = self.engine.remembered.get(index, incarnation, remembered_as)
         if remembered is None:
             return None
         request = {**search, "stats": remembered.stats, "stamps": list(remembered.stamps)}
+        floor = remembered.floors.get(search["k"])
+        if floor is not None:
+            request["floor"] = floor
         result = await cluster.coverage(ENGINE_NAME, request, prefer=remembered.served_by, allow_partial=True)
         stale = any("stats" in reply.value for reply in result.replies)
         if stale or result.missing or not remembered.same_plan(result.served_by):
             self.engine.remembered.forget(index, incarnation, remembered_as)
             return None
-        return [reply.value for reply in result.replies]
+        return [reply.value for reply in result.replies], remembered
 
     async def _two_rounds(
         self, index: str, incarnation: str, remembered_as: tuple[str, str], search: dict[str, Any], cluster: Cluster
-    ) -> tuple[list[dict[str, Any]], list[int]]:
-        """The nodes' answers and the partitions missing: round 1, then round 2 if round 1 gave statistics
-        (remembered as ``remembered_as``)."""
+    ) -> tuple[list[dict[str, Any]], list[int], RememberedStats | None]:
+        """The nodes' answers, the partitions missing, and the statistics remembered (as ``remembered_as``)
+        if any: round 1, then round 2 if round 1 gave statistics."""
         # Round 1 asks for the answer outright: a node given the whole plan has the global statistics
         # and answers in one round; the others answer with their statistics, and round 2 follows.
         first = await cluster.coverage(ENGINE_NAME, {**search, "stats": None, "plan": cluster.partitions}, allow_partial=True)
         counted = [reply.value for reply in first.replies if "stats" in reply.value]
         if not counted:
-            return [reply.value for reply in first.replies], list(first.missing)
+            return [reply.value for reply in first.replies], list(first.missing), None
         stats = ranking.merge_stats(ranking.CollectionStats.from_wire(value["stats"]) for value in counted).to_wire()
+        remembered = None
         if not first.missing and all("stamp" in value for value in counted):
             stamps = tuple(str(value["stamp"]) for value in counted)
-            self.engine.remembered.put(index, incarnation, remembered_as, RememberedStats(stats, stamps, dict(first.served_by)))
+            remembered = RememberedStats(stats, stamps, dict(first.served_by))
+            self.engine.remembered.put(index, incarnation, remembered_as, remembered)
         second = await cluster.coverage(
             ENGINE_NAME, {**search, "stats": stats}, partitions=sorted(first.served_by), prefer=first.served_by, allow_partial=True
         )
-        return [reply.value for reply in second.replies], sorted(set(first.missing) | set(second.missing))
+        if second.missing or not (remembered is None or remembered.same_plan(second.served_by)):
+            remembered = None  # a page from another plan says nothing of the plan these statistics were counted over
+        return [reply.value for reply in second.replies], sorted(set(first.missing) | set(second.missing)), remembered
 
     async def stats(self, req: HttpRequest, cluster: Cluster) -> HttpResponse:
         index = req.path_params["index"]

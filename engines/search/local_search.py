@@ -27,6 +27,10 @@ the global ones, and answers; any other node answers ``{"stats": …,
 A ``search`` with statistics remembered from an earlier search also names
 their ``"stamps"``; a node whose stamp is not among them answers as round 1.
 
+A ``search`` may name a ``"floor"``: the lowest score its page can hold,
+which the coordinator learnt from the same search over the same searchers
+(``stats_cache``); hits below it are not sent, and fewer are rescored.
+
 A request may ask for a less exact ``"ranking"`` (``query_compile``'s
 ``global_idf``: the boosts without rescoring, so round 1 counts no field
 lengths; ``local``: each node's own statistics, so there is no round 1 and a
@@ -39,6 +43,7 @@ tombstones, and the size of the node's index on disk.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -197,7 +202,7 @@ def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -
         stats = count_stats(searcher, shard.fields, parsed.stats_request, partitions, view)
     else:
         stats = CollectionStats.from_wire(query.get("stats"))
-    found = node_search(parsed, shard.fields, searcher, stats, partitions, k, scope)
+    found = node_search(parsed, shard.fields, searcher, stats, partitions, k, scope, _floor(query))
     sources = [_source(searcher.doc(hit.address)) for hit in found.hits]
     fields = query.get("fields")
     snippets = _snippets(shard, searcher, parsed.original, sources) if query.get("snippets", True) else [{} for _ in sources]
@@ -207,6 +212,16 @@ def _search(shard: Shard | None, partitions: list[int], query: dict[str, Any]) -
     # Scores from this node's own statistics are the plan's only when it holds the whole plan.
     ranked = RANKING_LOCAL if part_of_plan else found.ranking
     return {"total": found.total, "hits": hits, "aggs": aggregated, "ranking": ranked}
+
+
+def _floor(query: dict[str, Any]) -> float | None:
+    """The lowest score the page can hold, when the coordinator knows it (``node_hits.node_search``)."""
+    floor = query.get("floor")
+    if floor is None:
+        return None
+    if not isinstance(floor, int | float) or isinstance(floor, bool) or not math.isfinite(floor):
+        raise BadRequest("floor must be a finite number")
+    return float(floor)
 
 
 def _matching(query: tantivy.Query, scope: Scope) -> tantivy.Query:

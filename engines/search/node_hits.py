@@ -91,27 +91,39 @@ def node_search(
     partitions: Collection[int],
     count: int,
     scope: Scope | None = None,
+    floor: float | None = None,
 ) -> NodeAnswer:
     """Round 2 on one node: its first ``count`` hits in the global order, ranked with the global statistics.
 
     With the searcher's ``scope`` for ``partitions`` (``scope.SearcherView.scope``), its
     filter restricts the search; and when the scope is native and the plan's
     statistics are this node's alone (the plan's live documents are all here),
-    the query's own scores are the global ones: no boost, no rescoring."""
+    the query's own scores are the global ones: no boost, no rescoring.
+
+    ``floor``, when the coordinator knows it, is the lowest score the page can
+    hold (the same search, over the same searchers and statistics, found it
+    before): hits scoring below it are left out, and rescoring stops at the
+    first candidate that cannot reach it — a node then explains about as many
+    candidates as it has hits on the page, instead of ``count`` and more."""
     if scope is not None and scope.native and stats.doc_count == scope.doc_count:
         hits, total = counted_top_hits(searcher, fields, parsed.original, partitions, count, scope)
-        return NodeAnswer(hits, RANKING_EXACT, total)
+        return NodeAnswer(_at_least(hits, floor), RANKING_EXACT, total)
     local_count = max_doc(searcher, fields)  # once: the boosts and the rescoring's pruning both need it
     query = ranked_query(parsed, fields, searcher, stats, local_count)
     if parsed.ranking != RANKING_EXACT:
         hits, total = counted_top_hits(searcher, fields, query, partitions, count, scope)
-        return NodeAnswer(hits, parsed.ranking, total)
+        return NodeAnswer(_at_least(hits, floor), parsed.ranking, total)
     candidates, total = counted_top_hits(searcher, fields, query, partitions, rescore_candidates(count), scope)
     try:
-        rescored = rescore(parsed, fields, searcher, stats, candidates, count, local_count)
+        seen = scope.view.average_field_lengths if scope is not None else None
+        rescored = rescore(parsed, fields, searcher, stats, candidates, count, local_count, floor, seen)
     except ExplanationError:
-        return NodeAnswer(first_hits(candidates, count), RANKING_GLOBAL_IDF, total)
-    return NodeAnswer(first_hits(rescored, count), RANKING_EXACT, total)
+        return NodeAnswer(_at_least(first_hits(candidates, count), floor), RANKING_GLOBAL_IDF, total)
+    return NodeAnswer(_at_least(first_hits(rescored, count), floor), RANKING_EXACT, total)
+
+
+def _at_least(hits: list[LocalHit], floor: float | None) -> list[LocalHit]:
+    return hits if floor is None else [hit for hit in hits if hit.score >= floor]
 
 
 def rescore_candidates(count: int) -> int:
@@ -127,37 +139,49 @@ def rescore(
     hits: Sequence[LocalHit],
     count: int | None = None,
     local_count: int | None = None,
+    floor: float | None = None,
+    seen: dict[str, float] | None = None,
 ) -> list[LocalHit]:
     """``hits`` with their scores recomputed from ``explain`` with the global idf and average field lengths.
 
     ``hits`` come in boosted order. With ``count``, rescoring stops at the first
     hit whose exact score cannot reach the ``count`` best exact scores so far
-    (``ranking.rescore_bound``): those, and every later hit, are left out.
-    ``local_count`` is the searcher's ``max_doc``, if the caller has it already."""
+    (``ranking.rescore_bound``): those, and every later hit, are left out; with
+    ``floor``, also at the first that cannot reach ``floor``.
+    ``local_count`` is the searcher's ``max_doc``, if the caller has it already;
+    ``seen`` the average field lengths earlier explanations on this searcher
+    printed (``scope.SearcherView.average_field_lengths``, filled in here), so
+    that the bound is known before every field's leaf has been explained here."""
     if not hits:
         return []
     marked, weights = rescoring_query(parsed, fields, stats)
     # Bounds hold for every score while f32 idfs stay positive (below 2**22 docs) and rounding stays in the slack.
     keep = count or 0
-    if keep > 0 and local_count is None:
+    if (keep > 0 or floor is not None) and local_count is None:
         local_count = max_doc(searcher, fields)
-    prune = keep > 0 and local_count is not None and local_count < PRUNE_DOCS_MAX
-    seen: dict[str, float] = {}
+    prune = (keep > 0 or floor is not None) and local_count is not None and local_count < PRUNE_DOCS_MAX
+    if seen is None:
+        seen = {}
     bound: float | None = None
     best: list[float] = []  # a min-heap of the ``keep`` best exact scores
     rescored = []
     for hit in hits:
-        if bound is not None and len(best) == keep and hit.score * bound * (1 + PRUNE_SLACK) < best[0]:
-            break
+        if bound is not None:
+            cut = best[0] if keep > 0 and len(best) == keep else floor
+            if floor is not None and cut is not None and floor > cut:
+                cut = floor
+            if cut is not None and hit.score * bound * (1 + PRUNE_SLACK) < cut:
+                break
         explanation = json_codec.loads(marked.explain(searcher, hit.address).to_json().encode())
         score = explained_score(explanation, weights)
         rescored.append(LocalHit(hit.id, score, hit.address))
         if prune:
             bound = bound or rescore_bound(explanation, weights, seen)
-            if len(best) < keep:
-                heapq.heappush(best, score)
-            elif score > best[0]:
-                heapq.heapreplace(best, score)
+            if keep > 0:
+                if len(best) < keep:
+                    heapq.heappush(best, score)
+                elif score > best[0]:
+                    heapq.heapreplace(best, score)
     return rescored
 
 

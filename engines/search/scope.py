@@ -67,6 +67,9 @@ class SearcherView:
         self._tokens: dict[tuple[frozenset[int], tuple[str, ...]], dict[str, int]] = {}
         self._held: frozenset[int] | None = None
         self._ids: dict[tuple[int, int], str] = {}
+        # Field → the average length this searcher's BM25 uses for it (tantivy's, over every document it
+        # holds), as explanations printed it: the same for every search on the view (``node_hits.rescore``).
+        self.average_field_lengths: dict[str, float] = {}
         self.generation = uuid.uuid4().hex  # unique to this view: no other commit, node or process has it
 
     def stamp(self, partitions: Collection[int]) -> str:

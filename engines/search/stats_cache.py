@@ -15,6 +15,11 @@ statistics can send round 2 at once. It remembers them with:
   counted over is asked for again (``Cluster.coverage``'s ``prefer``). An
   answer from another plan (a node died, a partition moved) is not used.
 
+With them it remembers the lowest score of each full page it found (per
+result window): the same statistics over the same searchers give the same
+page, so the next search of the query tells the nodes not to send — nor to
+rescore exactly — what scores below it.
+
 Statistics are remembered only when round 1 covered every partition; an
 answer with partitions missing always counts anew. Elasticsearch's request
 cache is invalidated by refresh in the same way.
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 QUERIES_REMEMBERED_MAX = 1_024  # per coordinator: a few hundred bytes each
@@ -39,6 +44,9 @@ class RememberedStats:
     stats: list[Any]  # ``ranking.CollectionStats.to_wire()`` of the merged statistics
     stamps: tuple[str, ...]
     served_by: Mapping[int, str]  # partition → node that counted it
+    # Per result window (offset + limit), the lowest score of a full page found with these statistics:
+    # the same searchers give the same page, so a node may leave out what scores below it.
+    floors: dict[int, float] = field(default_factory=dict, compare=False)
 
     def same_plan(self, served_by: Mapping[int, str]) -> bool:
         """Whether an answer came from the plan these statistics were counted over."""

@@ -242,3 +242,26 @@ def test_a_less_exact_ranking_asked_for_changes_the_rounds_and_says_so(shard):
     assert local_search.answer(shard, list(range(PARTITIONS)), {**request, "ranking": "local"})["ranking"] == "exact"
     with pytest.raises(BadRequest, match="ranking must be one of"):
         local_search.answer(shard, some, {**request, "ranking": "approximate"})
+
+
+def test_a_floor_leaves_out_only_the_hits_below_it_and_stops_the_rescoring_there(shard, monkeypatch):
+    from engines.search import node_hits
+
+    explained = []
+    score_of = node_hits.explained_score
+    monkeypatch.setattr(node_hits, "explained_score", lambda *args: explained.append(1) or score_of(*args))
+    some = list(range(PARTITIONS // 2))  # not every partition: the scores are rescored exactly
+    request = {"op": "search", "q": "dogs OR alpha", "k": 10, "aggs": {}, "stats": None, "plan": PARTITIONS}
+    request["stats"] = local_search.answer(shard, some, request)["stats"]
+    full = local_search.answer(shard, some, request)
+    assert full["ranking"] == "exact" and len(full["hits"]) >= 6
+    explained_in_full = len(explained)
+    explained.clear()
+    floor = full["hits"][4][0]  # the page's lowest score, as a coordinator would have learnt it
+    floored = local_search.answer(shard, some, {**request, "floor": floor})
+    assert floored["hits"] == [hit for hit in full["hits"] if hit[0] >= floor]
+    assert floored["total"] == full["total"]
+    assert len(explained) < explained_in_full
+    for bad in ("high", float("nan"), True):
+        with pytest.raises(BadRequest, match="floor"):
+            local_search.answer(shard, some, {**request, "floor": bad})

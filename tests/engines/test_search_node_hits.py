@@ -116,9 +116,12 @@ def test_merged_node_answers_are_the_reference_page() -> None:
 @pytest.mark.parametrize("messy", [False, True])
 def test_rescoring_stops_early_only_where_no_later_candidate_could_enter_the_page(messy: bool) -> None:
     sharded = testing.ShardedCorpus.build(corpus.documents(limit=1_500), shards=3, messy=messy)
-    explained = pruned_away = 0
+    explained = pruned_away = floored_away = 0
+    # Per shard, the average field lengths explanations printed, shared by every search on it, as a
+    # SearcherView shares them: later queries know them before explaining a leaf of every field.
+    average_lengths: list[dict[str, float]] = [{} for _ in sharded.shards]
     for text in testing.QUERIES:
-        for shard, partitions in zip(sharded.shards, sharded.plan):
+        for shard, partitions, seen in zip(sharded.shards, sharded.plan, average_lengths):
             searcher = shard.searcher()
             parsed = query_compile.parse_query(shard, sharded.fields, text, TEXT)
             if parsed.ranking != RANKING_EXACT:
@@ -130,11 +133,20 @@ def test_rescoring_stops_early_only_where_no_later_candidate_could_enter_the_pag
             query = query_compile.ranked_query(parsed, sharded.fields, searcher, stats)
             candidates = node_hits.top_hits(searcher, sharded.fields, query, partitions, node_hits.rescore_candidates(10))
             every = node_hits.rescore(parsed, sharded.fields, searcher, stats, candidates)
-            some = node_hits.rescore(parsed, sharded.fields, searcher, stats, candidates, 10)
+            some = node_hits.rescore(parsed, sharded.fields, searcher, stats, candidates, 10, seen=seen)
             assert some == every[: len(some)], text
             assert ranking.first_hits(some, 10) == ranking.first_hits(every, 10), text
             explained, pruned_away = explained + len(every), pruned_away + len(every) - len(some)
+            # With a floor (here the 5th best exact score), only what can reach it is explained.
+            page = ranking.first_hits(every, 10)
+            if len(page) >= 5:
+                floor = page[4].score
+                above = node_hits.rescore(parsed, sharded.fields, searcher, stats, candidates, 10, floor=floor, seen=seen)
+                assert above == every[: len(above)], text
+                assert [h for h in ranking.first_hits(above, 10) if h.score >= floor] == [h for h in page if h.score >= floor], text
+                floored_away += len(some) - len(above)
     assert pruned_away > explained // 3  # the point: most candidates past the page are never explained
+    assert floored_away > 0
 
 
 @pytest.mark.parametrize("messy", [False, True])
