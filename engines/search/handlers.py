@@ -24,7 +24,8 @@ is given the whole plan (every node holds every partition, as with N equal
 to the node count), it has the global statistics itself and answers in the
 first round. A coordinator remembers the merged statistics of recent queries
 (``stats_cache``): while no node has committed since, a repeated query is
-one round.
+one round, and it names the lowest score its page had the last time
+(``floor``), so that the nodes send, and rescore, little more than the page.
 
 ``ranking`` trades that exactness for speed, as Elasticsearch's
 ``search_type`` does (its default is the fast one; here it is the exact one):
