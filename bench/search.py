@@ -68,7 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.search import corpus  # noqa: E402
 from engines.search.client import SearchClient  # noqa: E402
 from engines.search.node_hits import top_hits  # noqa: E402
-from engines.search.query_compile import IndexFields  # noqa: E402
+from engines.search.query_compile import RANKING_EXACT, IndexFields  # noqa: E402
 from engines.search.ranking import overlap_at_k, top1_agrees  # noqa: E402
 from engines.search.testing import QUERIES  # noqa: E402
 from legion.client import Client  # noqa: E402
@@ -81,7 +81,6 @@ K = 10
 CLI_TIMEOUT_S = 900.0
 CLUSTER_START_TIMEOUT_S = 120.0
 TARGET_RATIO = {1: 0.5, 3: 0.25}
-EXACT = "exact"  # the search ranking the targets are for (the default); others are measured beside it
 RAW_WRITER_HEAP_BYTES = 128_000_000  # tantivy-py's default
 TARGET_P50_MS, TARGET_P99_MS = 10.0, 40.0
 OTHER_PYTHONS = (Path.home() / ".pyenv" / "versions", Path("/usr/lib"), Path("/usr/local/lib"))
@@ -191,7 +190,7 @@ def cli_ingest(cluster: Path, corpus_path: Path, docs: int) -> float:
     return docs / elapsed
 
 
-def ranking(search: SearchClient, reference: Reference, mode: str = EXACT) -> tuple[float, float]:
+def ranking(search: SearchClient, reference: Reference, mode: str = RANKING_EXACT) -> tuple[float, float]:
     """Mean overlap@10 and top-1 agreement of the cluster's answers (ranked as ``mode`` asks) with the reference's."""
     overlaps, top1 = [], []
     for query in QUERIES:
@@ -203,7 +202,7 @@ def ranking(search: SearchClient, reference: Reference, mode: str = EXACT) -> tu
     return statistics.mean(overlaps), statistics.mean(top1)
 
 
-def query_load(urls: list[str], token: str, clients: int, seconds: float, mode: str = EXACT) -> dict[str, float]:
+def query_load(urls: list[str], token: str, clients: int, seconds: float, mode: str = RANKING_EXACT) -> dict[str, float]:
     """``clients`` threads searching for ``seconds`` (ranked as ``mode`` asks); p50/p99 latency (ms) and queries per second."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     failures: list[BaseException] = []
@@ -274,7 +273,7 @@ def legion_run(workdir: Path, replicas: int, corpus_path: Path, docs: int, refer
 def modes(args: argparse.Namespace, replicas: int) -> list[str]:
     """The rankings measured at ``replicas``: with every partition on every node, one node holds each
     plan, and ranks exactly in one round whatever was asked, so only exact ranking is measured there."""
-    return [mode for mode in args.rankings.split(",") if mode == EXACT or replicas < NODES]
+    return [mode for mode in args.rankings.split(",") if mode == RANKING_EXACT or replicas < NODES]
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -349,7 +348,7 @@ def print_table(results: dict[str, list[dict[str, float]]], docs: int, replicati
     for r in replication:
         side = f"n{r}"
         for mode in modes(args, r):
-            label = f"legion N={r}" + ("" if mode == EXACT else f", ranking {mode}")
+            label = f"legion N={r}" + ("" if mode == RANKING_EXACT else f", ranking {mode}")
             print(f"{label:<32}{median(side, f'{mode}:p50_ms'):>8.1f}{median(side, f'{mode}:p99_ms'):>8.1f}"
                   f"{median(side, f'{mode}:qps'):>7.0f}{median(side, f'{mode}:overlap'):>12.4f}"
                   f"{median(side, f'{mode}:top1'):>7.4f}")  # fmt: skip

@@ -106,13 +106,18 @@ def counted_fields(schema: IndexSchema) -> frozenset[str]:
     return frozenset(
         f.name
         for f in schema.fields
-        if f.indexed and f.fast and f.type != "json" and f.name != schema.id_field and analyzer(f) is None
+        if f.indexed and f.fast and f.type != "json" and f.name != schema.id_field and one_token_per_value(f)
     )
+
+
+def one_token_per_value(spec: FieldSpec) -> bool:
+    """Whether tantivy indexes each value of the field as one token (every type but tokenized text)."""
+    return spec.type != "text" or spec.tokenizer == "raw"
 
 
 def analyzer(spec: FieldSpec) -> tantivy.TextAnalyzer | None:
     """An analyzer that splits a field's text into as many tokens as tantivy's tokenizer does (None: one per value)."""
-    if spec.type != "text" or spec.tokenizer == "raw":
+    if one_token_per_value(spec):
         return None
     if spec.tokenizer == "whitespace":
         return tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()

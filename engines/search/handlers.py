@@ -58,7 +58,7 @@ from engines.search.operations import (
     delete_body,
     drop_body,
 )
-from engines.search.query_compile import RANKING_EXACT, RANKING_GLOBAL_IDF, RANKING_LOCAL
+from engines.search.query_compile import RANKING_EXACT, RANKING_LOCAL, RANKINGS
 from engines.search.schema import IndexSchema, check_document, check_index_name, parse_schema
 from engines.search.stats_cache import RememberedStats
 from legion import ndjson
@@ -413,18 +413,14 @@ class PageHit(NamedTuple):
 
 def _least_exact(rankings: Iterable[str]) -> str:
     """How exactly the page was ranked: the least exact of the nodes' rankings."""
-    order = (RANKING_LOCAL, RANKING_GLOBAL_IDF, RANKING_EXACT)
-    return min(rankings, key=lambda r: order.index(r) if r in order else 0, default=RANKING_EXACT)
-
-
-RANKINGS = (RANKING_EXACT, RANKING_GLOBAL_IDF, RANKING_LOCAL)
+    return min(rankings, key=lambda r: RANKINGS.index(r) if r in RANKINGS else 0, default=RANKING_EXACT)
 
 
 def _ranking_param(request: dict[str, Any]) -> str:
     """The ranking a search asks for (``exact`` when it names none)."""
     value = request.get("ranking", RANKING_EXACT)
     if value not in RANKINGS:
-        raise BadRequest(f"ranking must be one of {', '.join(RANKINGS)}, not {value!r:.40}")
+        raise BadRequest(f"ranking must be one of {', '.join(reversed(RANKINGS))}, not {value!r:.40}")
     return value
 
 

@@ -30,6 +30,7 @@ Imports tantivy; reads the searcher it is handed, nothing else.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -167,10 +168,8 @@ def rescore(
     rescored = []
     for hit in hits:
         if bound is not None:
-            cut = best[0] if keep > 0 and len(best) == keep else floor
-            if floor is not None and cut is not None and floor > cut:
-                cut = floor
-            if cut is not None and hit.score * bound * (1 + PRUNE_SLACK) < cut:
+            cut = max(best[0] if keep > 0 and len(best) == keep else -math.inf, -math.inf if floor is None else floor)
+            if hit.score * bound * (1 + PRUNE_SLACK) < cut:
                 break
         explanation = json_codec.loads(marked.explain(searcher, hit.address).to_json().encode())
         score = explained_score(explanation, weights)

@@ -61,8 +61,8 @@ total the tokens tantivy indexed for each scored field ``f`` over any set of
 documents (``IndexFields.tokens_known``): from a u64 fast field (e.g.
 ``_len_f``) holding each doc's count (``field_length`` computes it at ingest;
 0 or absent on tombstones); from ``f``'s own fast column, when ``f`` makes
-one token per value (``counted_fields``); or as the document count, for a
-field with one token in every document (``one_per_doc``: the id).
+one token per value (``counted_fields``); or as the document count, for the
+id field, which has one token in every document.
 
 Imports tantivy; turns its ``ValueError`` s on user input into
 ``legion.errors.BadRequest``. Reads the index and searcher it is handed,
@@ -101,6 +101,7 @@ DEFAULT_TOKEN_CHARS_MAX = 40  # tantivy's "default" tokenizer drops longer token
 RANKING_EXACT = "exact"
 RANKING_GLOBAL_IDF = "global_idf"
 RANKING_LOCAL = "local"
+RANKINGS = (RANKING_LOCAL, RANKING_GLOBAL_IDF, RANKING_EXACT)  # from the least exact to the most
 
 _OCCUR = {"Must": tantivy.Occur.Must, "Should": tantivy.Occur.Should, "MustNot": tantivy.Occur.MustNot}
 _RANGE_FIELD_TYPES = {
@@ -120,15 +121,14 @@ class IndexFields:
     schema: tantivy.Schema
     names: tuple[str, ...]  # every field, in the order the schema builder added them (id = position)
     length_fields: Mapping[str, str] = field(default_factory=dict)  # field → u64 fast field of its token counts
-    id_field: str = "_id"  # raw text, indexed and stored: the document's id
+    id_field: str = "_id"  # raw text, indexed and stored: the document's id, one token in every document
     partition_field: str = "_partition"
     deleted_field: str = "_deleted"
     counted_fields: frozenset[str] = frozenset()  # fields whose tokens are the values in their own fast column
-    one_per_doc: frozenset[str] = frozenset()  # fields with exactly one token in every live document (the id)
 
     def tokens_known(self, name: str) -> bool:
         """Whether round 1 can total the tokens of field ``name`` over any set of documents."""
-        return name in self.length_fields or name in self.counted_fields or name in self.one_per_doc
+        return name in self.length_fields or name in self.counted_fields or name == self.id_field
 
     def name(self, field_id: int) -> str:
         """The name of the field with id ``field_id``."""
@@ -190,10 +190,9 @@ def parse_query(
 
 def with_ranking(parsed: ParsedQuery, ranking: str) -> ParsedQuery:
     """The same query ranked no more exactly than ``ranking`` (to skip rescoring, or to compare modes)."""
-    order = (RANKING_LOCAL, RANKING_GLOBAL_IDF, RANKING_EXACT)
-    if ranking not in order:
-        raise BadRequest(f"ranking must be one of {', '.join(order)}, not {ranking!r}")
-    if order.index(ranking) >= order.index(parsed.ranking):
+    if ranking not in RANKINGS:
+        raise BadRequest(f"ranking must be one of {', '.join(RANKINGS)}, not {ranking!r}")
+    if RANKINGS.index(ranking) >= RANKINGS.index(parsed.ranking):
         return parsed
     request = StatsRequest(parsed.stats_request.term_keys) if ranking == RANKING_GLOBAL_IDF else StatsRequest()
     return replace(parsed, ranking=ranking, reason=f"{ranking} ranking asked for", stats_request=request)
@@ -324,7 +323,7 @@ def token_totals(
     """The tokens of each field of ``names`` in the ``doc_count`` documents ``live`` matches.
 
     A length field's counts are summed; a counted field's values are counted in
-    its fast column; a field with one token per document has ``doc_count``."""
+    its fast column; the id field has one token per document: ``doc_count``."""
     unknown = [name for name in names if not fields.tokens_known(name)]
     if unknown:
         raise BadRequest(f"no length field for {', '.join(unknown)} in this index")

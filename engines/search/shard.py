@@ -91,7 +91,6 @@ def index_fields(schema: IndexSchema) -> IndexFields:
         partition_field=PARTITION,
         deleted_field=DELETED,
         counted_fields=counted_fields(schema),
-        one_per_doc=frozenset({schema.id_field}),
     )
 
 

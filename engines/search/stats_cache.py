@@ -56,8 +56,9 @@ class RememberedStats:
 class StatsCache:
     """Remembered statistics by (index, incarnation, query), the least recently used forgotten first.
 
-    The query is whatever names what the statistics were counted for: its text,
-    with the ranking asked for when that changes what round 1 counts."""
+    The query is whatever names what the statistics were counted for: the
+    coordinator uses its text and the ranking asked for, which changes what
+    round 1 counts."""
 
     def __init__(self, capacity: int = QUERIES_REMEMBERED_MAX) -> None:
         assert capacity > 0
