@@ -16,6 +16,7 @@ import pytest
 from engines.kv import KVClient
 from legion.client import Client
 from legion.errors import BadRequest, DeadlineExceeded, NotFound
+from legion.node_figures import sample_sum
 from legion.placement import moved_slots, node_loads
 from legion.runtime import local_cluster as cluster_processes
 from legion.runtime.transport import DEADLINE_HEADER
@@ -50,6 +51,24 @@ def wait_status(client: Client, predicate, timeout_s: float) -> tuple[dict, floa
 
 def statuses(status: dict) -> dict[str, str]:
     return {m["id"]: m["status"] for m in status["members"]}
+
+
+def handing_over(cluster: LocalCluster, node_ids: tuple[str, ...]) -> dict[str, float]:
+    """Each node's count of partitions it no longer owns and still holds (``legion_partitions_handing_over``)."""
+    counts = {}
+    for node_id in node_ids:
+        with cluster.node_client(node_id) as client:
+            counts[node_id] = sample_sum(client.metrics(), "legion_partitions_handing_over")
+    return counts
+
+
+@pytest.mark.cluster(nodes=3, partitions=64, replicas=1)
+def test_up_returns_once_the_first_node_handed_over_what_the_others_took(local_cluster: LocalCluster):
+    # n1 owned all 64 partitions until n2 and n3 joined; with N=1 it keeps 22 of them.
+    assert handing_over(local_cluster, ("n1", "n2", "n3")) == {"n1": 0, "n2": 0, "n3": 0}
+    with local_cluster.node_client("n1") as client:
+        loads = node_loads(client.status()["placement"])
+    assert sorted(loads.values()) == [21, 21, 22]
 
 
 def test_three_nodes_write_through_one_read_through_the_others(local_cluster: LocalCluster):
@@ -101,6 +120,8 @@ def test_a_fourth_node_takes_only_what_must_move_and_serves_every_key(local_clus
 
     cluster_processes.add_node(local_cluster.directory, timeout_s=60)
 
+    # add_node returns once the old owners handed over what moved, not while they still ship it.
+    assert handing_over(local_cluster, ("n1", "n2", "n3")) == {"n1": 0, "n2": 0, "n3": 0}
     with local_cluster.node_client("n1") as c1:
         status = c1.status()
     new = tuple(tuple(nodes) for nodes in status["placement"])

@@ -45,7 +45,8 @@ def up(
     tls: bool = False,
     metadata: str | None = None,
 ) -> dict[str, Any]:
-    """Start a new cluster of ``nodes`` processes in ``directory``; its ``cluster.json`` once all are up.
+    """Start a new cluster of ``nodes`` processes in ``directory``; its ``cluster.json`` once all are up,
+    every partition is placed, and no node still holds a copy of one it gave away.
 
     ``base_port=0`` picks free ports. ``reset=True`` deletes the data of a
     stopped cluster in ``directory`` first; without it such a directory is
@@ -111,6 +112,10 @@ def up(
         with cluster_directory.client(directory, document["nodes"]) as client:
             ids = [node["id"] for node in document["nodes"]]
             readiness.wait_settled(client, document["nodes"], readiness.all_up(ids), deadline, timeout_s, "the cluster to settle")
+        # The first node owned every partition until the others joined: a cluster is ready once it
+        # handed the rest over, not while that work still competes with the first writes.
+        for node in document["nodes"]:
+            readiness.wait_handed_over(directory, node, deadline, timeout_s)
     except BaseException:
         # Ctrl-C or a failed node: leave no orphan processes; the logs stay.
         down(directory)
@@ -135,7 +140,8 @@ def down(directory: Path) -> list[str]:
 
 
 def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | None = None) -> dict[str, Any]:
-    """Start one more node, join it to the cluster, wait until it is up and rebalanced; its entry."""
+    """Start one more node, join it to the cluster, wait until it is up and rebalanced and the old
+    owners handed over what moved; its entry."""
     directory = Path(directory).resolve()
     document = load(directory)
     live = cluster_directory.running(document)
@@ -153,6 +159,8 @@ def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | Non
     _report(progress, f"waiting for {node_id} to be up and partitions to move")
     with cluster_directory.client(directory, live + [node]) as client:
         readiness.wait_settled(client, [node], readiness.all_up([node_id]), deadline, timeout_s, f"{node_id} to join")
+    for other in live:
+        readiness.wait_handed_over(directory, other, deadline, timeout_s)
     return node
 
 
