@@ -312,7 +312,13 @@ class SearchEngine(Engine):
             catalog_ops = self._catalog.operations(partition)
             shards = list(self._shards.values())
         held: dict[bytes, list[list[object]]] = defaultdict(list)
-        for op in [*catalog_ops, *self._parked(partition)]:
+        for op in catalog_ops:
+            if wanted is None or op.key in wanted:
+                # The catalog is the node's, learnt from whichever partition's operation came first, and
+                # that one's stamp differs from node to node (with N=1 no two see the same partitions):
+                # an entry's version is what it says, or every hand-over would ship it again.
+                held[op.key].append([op.kind, op.body])
+        for op in self._parked(partition):
             if wanted is None or op.key in wanted:
                 held[op.key].append(op.to_wire())
         ids = None if wanted is None else [k.decode("utf-8", "surrogatepass") for k in wanted]

@@ -24,10 +24,10 @@ def _engine(tmp_path: Path) -> SearchEngine:
     return engine
 
 
-def _create(partition: int, incarnation: str = INC) -> Operation:
+def _create(partition: int, incarnation: str = INC, hlc: int = 1, origin: str = "n1") -> Operation:
     key = ops.catalog_keys("docs", PARTITIONS)[partition]
     body = ops.create_body("docs", incarnation, SCHEMA, PARTITIONS)
-    return Operation(ops.ENGINE_NAME, partition, key, 1, "n1", ops.KIND_CREATE, body)
+    return Operation(ops.ENGINE_NAME, partition, key, hlc, origin, ops.KIND_CREATE, body)
 
 
 def _drop(partition: int, incarnation: str = INC) -> Operation:
@@ -78,6 +78,23 @@ def test_a_batch_for_a_dropped_index_is_ignored(tmp_path):
     assert [op.kind for op in engine.fold(5)] == [ops.KIND_CREATE, ops.KIND_DROP]
     for p in range(PARTITIONS):
         engine.close(p)
+
+
+def test_nodes_that_learnt_the_same_catalog_from_different_partitions_hold_the_same_versions_of_it(tmp_path):
+    # With N=1 each node learns an index from its own partitions' create operations, each stamped
+    # apart; a node still holding a partition it handed over must not differ from the owner by that.
+    a, b, c = (_engine(tmp_path / name) for name in "abc")
+    a.apply_batch({p: [_create(p, hlc=10 + p, origin="n1")] for p in range(0, 4)})
+    b.apply_batch({p: [_create(p, hlc=10 + p, origin="n2")] for p in range(4, 8)})
+    for p in range(PARTITIONS):
+        assert dict(a.versions(p)) == dict(b.versions(p)) != {}
+    c.apply_batch({p: [_create(p), _drop(p)] for p in range(PARTITIONS)})  # what the catalog says does count
+    assert dict(c.versions(0)) != dict(a.versions(0))
+    key = ops.catalog_keys("docs", PARTITIONS)[0]
+    assert dict(a.versions(0, [key])) == dict(b.versions(0, [key])) == {key: dict(a.versions(0))[key]}
+    for engine in (a, b, c):
+        for p in range(PARTITIONS):
+            engine.close(p)
 
 
 def test_a_replica_refuses_a_batch_holding_a_document_of_another_partition(tmp_path):
