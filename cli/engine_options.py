@@ -13,6 +13,8 @@ import typer
 
 from legion.errors import ConfigError
 
+# engines.mapreduce.dask_adapter.OPTION_SCHEDULER, named again: importing it would load the
+# map/reduce engine (pyarrow) into every `legion cluster` and `legion node` command.
 DASK_SCHEDULER_OPTION = "mr.scheduler"
 
 DaskSchedulerOption = Annotated[

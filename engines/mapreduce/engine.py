@@ -163,7 +163,7 @@ class MapReduceEngine(Engine):
         )  # fmt: skip
         self._worker = Sidecar("dask-worker", argv, log_path=node.root / "dask-worker.log", env=worker_environment(node.node_id))
         self._worker.start()
-        node.publish({RESOURCE_ATTRIBUTE: resource_name(node.node_id), THREADS_ATTRIBUTE: str(threads), "mr.scheduler": scheduler})
+        node.publish({RESOURCE_ATTRIBUTE: resource_name(node.node_id), THREADS_ATTRIBUTE: str(threads), OPTION_SCHEDULER: scheduler})
 
     def stop(self) -> None:
         worker, self._worker = self._worker, None

@@ -168,3 +168,12 @@ def test_the_engine_converges_under_the_kit_batches_creates_and_drops_in_any_ord
     if dropped:
         ops += [drop_op(p) for p in range(P)]
     assert_converges(MapReduceEngine, ops, rnd, state=engine_state)
+
+
+def test_the_command_line_names_the_scheduler_option_as_the_engine_reads_it():
+    # cli.engine_options names it again rather than import the engine (pyarrow) into every command.
+    from cli.engine_options import DASK_SCHEDULER_OPTION, with_dask_scheduler
+    from engines.mapreduce.dask_adapter import OPTION_SCHEDULER
+
+    assert DASK_SCHEDULER_OPTION == OPTION_SCHEDULER
+    assert with_dask_scheduler({}, "tcp://127.0.0.1:8786") == {OPTION_SCHEDULER: "tcp://127.0.0.1:8786"}
