@@ -457,13 +457,30 @@ def merge_hits(hit_lists: Iterable[Iterable[H]], offset: int, limit: int) -> lis
 # --- metrics ---------------------------------------------------------------------------------
 
 
-def overlap_at_k(result_ids: Sequence[str], reference_ids: Sequence[str], k: int) -> float:
-    """The share of the reference's first ``k`` ids that the result's first ``k`` also holds (1.0 if none)."""
+def overlap_at_k(
+    result_ids: Sequence[str], reference_ids: Sequence[str], k: int, reference_scores: Mapping[str, float] | None = None
+) -> float:
+    """The share of the reference's first ``k`` ids that the result's first ``k`` also holds (1.0 if none).
+
+    With ``reference_scores`` (ids to their score in the reference index), a result hit the
+    reference's first ``k`` lack also agrees when its score there ties that of a reference hit
+    the result lacks: it replaced an equal (each replaced hit counts once). That is the issue's
+    measure, for runs of tied scores longer than a page, which each side cuts in its own order."""
     assert k > 0
-    reference = set(reference_ids[:k])
+    reference = list(dict.fromkeys(reference_ids[:k]))
     if not reference:
         return 1.0 if not result_ids else 0.0
-    return len(reference & set(result_ids[:k])) / len(reference)
+    result = list(dict.fromkeys(result_ids[:k]))
+    agreeing = set(reference) & set(result)
+    count = len(agreeing)
+    if reference_scores is not None:
+        replaced = [reference_scores[i] for i in reference if i not in agreeing and i in reference_scores]
+        for extra in (i for i in result if i not in agreeing and i in reference_scores):
+            tied = next((n for n, score in enumerate(replaced) if scores_tie(score, reference_scores[extra])), None)
+            if tied is not None:
+                del replaced[tied]
+                count += 1
+    return count / len(reference)
 
 
 def top1_agrees(

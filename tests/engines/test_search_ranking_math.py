@@ -215,6 +215,19 @@ def test_overlap_at_k() -> None:
     assert ranking.overlap_at_k(["a"], [], 10) == 0.0
 
 
+def test_overlap_at_k_with_reference_scores_counts_a_hit_that_ties_the_one_it_replaced() -> None:
+    scores = {"a": 3.0, "b": 2.0, "c": 2.0, "d": 2.0, "e": 1.0, "f": 2.0 + 1e-12}
+    reference = ["a", "b", "c"]
+    assert ranking.overlap_at_k(["a", "d", "c"], reference, 3) == 2 / 3  # by ids alone
+    assert ranking.overlap_at_k(["a", "d", "c"], reference, 3, scores) == 1.0  # d ties the b it replaced
+    assert ranking.overlap_at_k(["a", "f", "c"], reference, 3, scores) == 1.0  # equal as float32
+    assert ranking.overlap_at_k(["a", "e", "c"], reference, 3, scores) == 2 / 3  # e scores less than b
+    assert ranking.overlap_at_k(["a", "d", "f"], reference, 3, scores) == 1.0  # two replaced, two ties
+    assert ranking.overlap_at_k(["d", "b", "c"], reference, 3, scores) == 2 / 3  # d does not tie a
+    assert ranking.overlap_at_k(["a", "d", "x"], reference, 3, scores) == 2 / 3  # x: no score in the reference
+    assert ranking.overlap_at_k(["a", "d", "f", "b"], ["a", "b", "c", "e"], 4, scores) == 3 / 4  # one e, no tie for it
+
+
 def test_top1_agrees_with_the_reference_first_or_a_doc_that_ties_it() -> None:
     reference = [Hit("a", 2.0), Hit("b", 2.0), Hit("c", 1.0)]
     scores = {hit.id: hit.score for hit in reference}
