@@ -19,6 +19,7 @@ from legion.errors import BadRequest, DeadlineExceeded, NotFound
 from legion.node_figures import sample_sum
 from legion.placement import moved_slots, node_loads
 from legion.runtime import local_cluster as cluster_processes
+from legion.runtime.local_cluster import readiness
 from legion.runtime.transport import DEADLINE_HEADER
 from tests.conftest import LocalCluster
 
@@ -139,6 +140,27 @@ def test_a_fourth_node_takes_only_what_must_move_and_serves_every_key(local_clus
     # r=1 through n4 reads n4's own replica where it holds one: proof it pulled the data before serving.
     with local_cluster.node_client("n4") as c4:
         assert_all_readable(KVClient(c4), keys, r=1)
+
+
+def test_a_node_joins_while_another_is_down_and_the_copies_it_owns_are_handed_over_once_it_is_back(
+    local_cluster: LocalCluster,
+):
+    keys = [f"doc:{i}" for i in range(300)]
+    with local_cluster.node_client("n1") as c1:
+        write_keys(KVClient(c1), keys)
+    local_cluster.kill("n2")
+    started = time.monotonic()
+    # n2 is a replica of every partition: what moves to n4 cannot be handed over in full before it is back.
+    cluster_processes.add_node(local_cluster.directory, timeout_s=60)
+    assert time.monotonic() - started < 45, "add_node waited for a hand-over that needs the stopped node"
+    with local_cluster.node_client("n4") as c4:
+        assert statuses(c4.status())["n4"] == "up"
+        assert_all_readable(KVClient(c4), keys)
+    local_cluster.restart("n2")
+    deadline = time.monotonic() + 60
+    for node_id in ("n1", "n3"):
+        readiness.wait_handed_over(local_cluster.directory, local_cluster.node(node_id), deadline, 60)
+    assert handing_over(local_cluster, ("n1", "n2", "n3", "n4")) == {"n1": 0, "n2": 0, "n3": 0, "n4": 0}
 
 
 def test_a_change_forwarded_to_a_stalled_claimant_is_504_outcome_unknown_and_never_applied_late(
