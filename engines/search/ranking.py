@@ -464,8 +464,8 @@ def overlap_at_k(
 
     With ``reference_scores`` (ids to their score in the reference index), a result hit the
     reference's first ``k`` lack also agrees when its score there ties that of a reference hit
-    the result lacks: it replaced an equal (each replaced hit counts once). That is the issue's
-    measure, for runs of tied scores longer than a page, which each side cuts in its own order."""
+    the result lacks: it replaced an equal (each replaced hit counts once). A run of tied scores
+    longer than a page is cut in each side's own order, and which of its equals show is no ranking."""
     assert k > 0
     reference = list(dict.fromkeys(reference_ids[:k]))
     if not reference:
