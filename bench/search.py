@@ -186,7 +186,7 @@ class Reference:
         for doc_id in ids:
             if doc_id in scores:
                 continue
-            found = searcher.search(tantivy.Query.term_query(self.index.schema, "id", doc_id), 1).hits
+            found = searcher.search(tantivy.Query.term_query(self.index.schema, self.fields.id_field, doc_id), 1).hits
             try:
                 explained = json.loads(parsed.explain(searcher, found[0][1]).to_json()) if found else None
             except ValueError:  # tantivy: the document does not match

@@ -121,7 +121,7 @@ class IndexFields:
     schema: tantivy.Schema
     names: tuple[str, ...]  # every field, in the order the schema builder added them (id = position)
     length_fields: Mapping[str, str] = field(default_factory=dict)  # field → u64 fast field of its token counts
-    id_field: str = "_id"  # raw text, indexed and stored: the document's id, one token in every document
+    id_field: str = "_id"  # the stored raw-text field holding the id, one token per document (a shard: its schema's id field)
     partition_field: str = "_partition"
     deleted_field: str = "_deleted"
     counted_fields: frozenset[str] = frozenset()  # fields whose tokens are the values in their own fast column

@@ -16,11 +16,11 @@ import pytest
 from engines.kv import KVClient
 from legion.client import Client
 from legion.errors import BadRequest, DeadlineExceeded, NotFound
-from legion.node_figures import sample_sum
 from legion.placement import moved_slots, node_loads
 from legion.runtime import local_cluster as cluster_processes
 from legion.runtime.local_cluster import readiness
 from legion.runtime.transport import DEADLINE_HEADER
+from legion.testing.cluster import node_metric
 from tests.conftest import LocalCluster
 
 PARTITIONS = 64
@@ -56,11 +56,7 @@ def statuses(status: dict) -> dict[str, str]:
 
 def handing_over(cluster: LocalCluster, node_ids: tuple[str, ...]) -> dict[str, float]:
     """Each node's count of partitions it no longer owns and still holds (``legion_partitions_handing_over``)."""
-    counts = {}
-    for node_id in node_ids:
-        with cluster.node_client(node_id) as client:
-            counts[node_id] = sample_sum(client.metrics(), "legion_partitions_handing_over")
-    return counts
+    return {node_id: node_metric(cluster.directory, node_id, "legion_partitions_handing_over") for node_id in node_ids}
 
 
 @pytest.mark.cluster(nodes=3, partitions=64, replicas=1)

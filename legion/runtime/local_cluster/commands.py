@@ -159,12 +159,12 @@ def add_node(directory: Path, *, timeout_s: float = 60, progress: Progress | Non
     _report(progress, f"waiting for {node_id} to be up and partitions to move")
     with cluster_directory.client(directory, live + [node]) as client:
         readiness.wait_settled(client, [node], readiness.all_up([node_id]), deadline, timeout_s, f"{node_id} to join")
-    members = [other for other in document["nodes"] if not other.get("removed")]
-    if len(live) + 1 == len(members):
+    stopped = [other["id"] for other in document["nodes"] if not other.get("removed") and other not in live and other is not node]
+    if stopped:  # a stopped member may own some of what moved: those copies are handed over once it is back
+        _report(progress, f"{', '.join(stopped)} stopped: the old owners hand over the rest once they are back")
+    else:
         for other in live:
             readiness.wait_handed_over(directory, other, deadline, timeout_s)
-    else:  # a stopped member may own some of what moved: those copies are handed over once it is back
-        _report(progress, f"{len(members) - len(live) - 1} member(s) stopped: the old owners hand over the rest once they are back")
     return node
 
 
